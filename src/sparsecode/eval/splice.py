@@ -1,0 +1,220 @@
+"""Spliced fidelity: how much the model's own output changes when the hooked activations are
+replaced by their reconstructions.
+
+The model is run on the eval chunks normally ("clean") and then with the hooked module's output
+(or first input, for ``hook_side="input"``) overwritten at the kept positions (the positions that
+are activation rows: non-pad, non-special) by
+
+- ``spliced``: ``reconstruct(acts)``;
+- ``zero_ablation``: zeros;
+- ``mean_ablation``: the mean activation over the kept positions of all evaluated chunks.
+
+All other positions keep their exact clean values, and the substituted tensor has the hooked
+tensor's dtype, so an identity ``reconstruct`` reproduces the clean run bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import DataError
+
+Replace = Callable[[torch.Tensor], torch.Tensor]
+"""Maps the kept rows (n, d) float32 to their replacement (n, d)."""
+
+MODES = ("clean", "spliced", "zero_ablation", "mean_ablation")
+
+
+def _split_hidden(value: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
+    """The hidden-state tensor inside a module output/input, and a function rebuilding the value around a new one."""
+    if isinstance(value, torch.Tensor):
+        return value, lambda h: h
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return value[0], lambda h: type(value)([h, *value[1:]])
+    raise DataError(f"hooked module produced {type(value).__name__}; expected a tensor or a tuple whose first element is the hidden state")
+
+
+def _substitute(h: torch.Tensor, keep: torch.Tensor, replace: Replace) -> torch.Tensor:
+    """Copy of ``h`` (B, T, d) with rows at ``keep`` (B, T) replaced by ``replace(h[keep] as float32)``."""
+    if h.shape[:2] != keep.shape:
+        raise DataError(f"hooked activations have shape {tuple(h.shape)}, but the keep mask is {tuple(keep.shape)}")
+    rows = h[keep].to(torch.float32)  # (n, d)
+    new_rows = replace(rows)  # (n, d)
+    if new_rows.shape != rows.shape:
+        raise DataError(f"reconstruction has shape {tuple(new_rows.shape)}, expected {tuple(rows.shape)}")
+    out = h.clone()
+    out[keep] = new_rows.to(device=h.device, dtype=h.dtype)
+    return out
+
+
+@contextmanager
+def _hooked(module: torch.nn.Module, side: str, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
+    """Register a hook that passes the hidden state to ``fn``; a non-None return replaces it."""
+    if side == "output":
+
+        def hook(_mod, _args, output):
+            h, rebuild = _split_hidden(output)
+            new = fn(h)
+            return None if new is None else rebuild(new)
+
+        handle = module.register_forward_hook(hook)
+    elif side == "input":
+
+        def pre_hook(_mod, args, kwargs):
+            if args:
+                h, rebuild = _split_hidden(args[0])
+                new = fn(h)
+                return None if new is None else ((rebuild(new), *args[1:]), kwargs)
+            if kwargs:  # called with keywords only: the first one is the input (as the source captures it)
+                key = next(iter(kwargs))
+                h, rebuild = _split_hidden(kwargs[key])
+                new = fn(h)
+                return None if new is None else (args, {**kwargs, key: rebuild(new)})
+            raise DataError("hook_side='input' but the hooked module was called without any input")
+
+        handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    else:
+        raise DataError(f"hook_side must be 'output' or 'input', got {side!r}")
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _run(source: Any, batch: dict[str, torch.Tensor], keep: torch.Tensor, replace: Replace | None,
+         capture: list[torch.Tensor] | None = None) -> Any:
+    """One forward pass; ``replace`` substitutes the kept rows, ``capture`` collects them (float64 sum, count)."""
+
+    def fn(h: torch.Tensor) -> torch.Tensor | None:
+        if capture is not None:
+            rows = h[keep].to(torch.float64)  # (n, d)
+            capture.append(rows.sum(dim=0).cpu())
+            capture.append(torch.tensor(float(rows.shape[0]), dtype=torch.float64))
+        return None if replace is None else _substitute(h, keep, replace)
+
+    side = getattr(source.config, "hook_side", "output")
+    with _hooked(source.module, side, fn):
+        extra = {"use_cache": False} if source.is_causal_lm else {}
+        return source.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra)
+
+
+def _sentence_embedding(out: Any, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, d) attention-mask-weighted mean of the final hidden states, as sentence-transformers pools."""
+    h = getattr(out, "last_hidden_state", None)
+    if h is None:
+        raise DataError(f"spliced fidelity: {type(out).__name__} has no last_hidden_state to pool into an embedding")
+    h = h.to(torch.float64)  # (B, T, d)
+    m = attention_mask.to(torch.float64).unsqueeze(-1)  # (B, T, 1)
+    return (h * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)  # (B, d)
+
+
+def _next_token_ce(out: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[float, int]:
+    """(Σ cross-entropy, count) of predicting token t+1 from position t, over pairs where both are non-pad."""
+    logits = out.logits[:, :-1].to(torch.float64)  # (B, T-1, V)
+    targets = input_ids[:, 1:]  # (B, T-1)
+    valid = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()  # (B, T-1)
+    ce = torch.nn.functional.cross_entropy(logits[valid], targets[valid], reduction="sum")
+    return float(ce), int(valid.sum())
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den != 0 else None
+
+
+@torch.inference_mode()
+def spliced_fidelity(
+    source: Any,
+    reconstruct: Replace,
+    split: str = "eval",
+    max_chunks: int | None = 64,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Compare the model's output with and without the hooked activations replaced by ``reconstruct``.
+
+    ``source`` is a :class:`sparsecode.sources.hf.ModelSource`; ``reconstruct`` maps kept rows
+    (n, d_in) float32 (on the model's device) to their reconstructions.
+
+    Encoder models (``source.is_causal_lm`` false), with e the mask-weighted mean pool of the last
+    hidden state of a chunk (its sentence embedding):
+
+    - ``embedding_cosine`` = (1/C) Σ_chunks cos(e_clean, e_spliced), and likewise
+      ``embedding_cosine_zero_ablation`` and ``embedding_cosine_mean_ablation``.
+
+    Causal LMs, with CE = mean next-token cross-entropy over all non-pad (t, t+1) pairs:
+
+    - ``ce_clean``, ``ce_spliced``, ``ce_zero_ablation``, ``ce_mean_ablation``;
+    - ``ce_increase`` = ce_spliced − ce_clean;
+    - ``loss_recovered_zero_ablation`` = (ce_zero_ablation − ce_spliced) / (ce_zero_ablation − ce_clean),
+      and ``loss_recovered_mean_ablation`` likewise (None when the denominator is 0).
+    """
+    chunks = source.chunks(split)
+    if max_chunks is not None:
+        chunks = chunks[:max_chunks]
+    if not chunks:
+        raise DataError(f"spliced fidelity: the {split} split has no chunks")
+    groups = [chunks[i : i + batch_size] for i in range(0, len(chunks), batch_size)]
+    model = source.model
+    was_training = model.training
+    model.eval()
+    try:
+        # Pass 1: clean outputs, and the mean kept activation over the whole split for mean-ablation.
+        clean: list[Any] = []
+        capture: list[torch.Tensor] = []
+        for group in tqdm(groups, desc="splice (clean)", unit="batch", disable=not progress, leave=False):
+            batch = source.tokenize(group)
+            keep = source.keep_mask(batch["input_ids"], batch["attention_mask"])
+            clean.append(_summarise(source, _run(source, batch, keep, None, capture), batch))
+        n_kept = float(sum(capture[1::2]))
+        if n_kept == 0:
+            raise DataError(f"spliced fidelity: no kept token positions in the {split} split")
+        mean_act = (sum(capture[0::2]) / n_kept).to(torch.float32)  # (d,)
+
+        replacements: dict[str, Replace] = {
+            "spliced": reconstruct,
+            "zero_ablation": lambda a: torch.zeros_like(a),
+            "mean_ablation": lambda a: mean_act.to(a.device).expand_as(a),
+        }
+        # Pass 2: each replacement on the same batches.
+        per_mode: dict[str, list[Any]] = {name: [] for name in replacements}
+        for group in tqdm(groups, desc="splice", unit="batch", disable=not progress, leave=False):
+            batch = source.tokenize(group)
+            keep = source.keep_mask(batch["input_ids"], batch["attention_mask"])
+            for name, replace in replacements.items():
+                per_mode[name].append(_summarise(source, _run(source, batch, keep, replace), batch))
+    finally:
+        model.train(was_training)
+
+    result: dict[str, Any] = {"splice_chunks": len(chunks), "splice_tokens": int(n_kept)}
+    if source.is_causal_lm:
+        ce = {name: _mean_ce(v) for name, v in [("clean", clean), *per_mode.items()]}
+        result.update({f"ce_{name}": value for name, value in ce.items()})
+        result["ce_increase"] = ce["spliced"] - ce["clean"]
+        for abl in ("zero_ablation", "mean_ablation"):
+            result[f"loss_recovered_{abl}"] = _ratio(ce[abl] - ce["spliced"], ce[abl] - ce["clean"])
+    else:
+        clean_emb = torch.cat(clean)  # (C, d)
+        for name, embs in per_mode.items():
+            cos = torch.nn.functional.cosine_similarity(clean_emb, torch.cat(embs), dim=1, eps=1e-12)  # (C,)
+            key = "embedding_cosine" if name == "spliced" else f"embedding_cosine_{name}"
+            result[key] = float(cos.mean())
+    return result
+
+
+def _summarise(source: Any, out: Any, batch: dict[str, torch.Tensor]) -> Any:
+    """What each forward pass contributes: (Σ CE, count) for causal LMs, (B, d) embeddings otherwise."""
+    if source.is_causal_lm:
+        return _next_token_ce(out, batch["input_ids"], batch["attention_mask"])
+    return _sentence_embedding(out, batch["attention_mask"]).cpu()
+
+
+def _mean_ce(parts: list[tuple[float, int]]) -> float:
+    total, count = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    if count == 0:
+        raise DataError("spliced fidelity: no next-token pairs to score (chunks shorter than 2 tokens)")
+    return total / count

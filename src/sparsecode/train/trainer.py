@@ -1,0 +1,214 @@
+"""The training loop: Adam with warmup and decay, checkpoints that resume bit-exactly, metrics, plots.
+
+Exact resume holds because every piece of state is saved or derivable: the SAE weights and Adam
+moments (checkpoint), the data position (the store's batch count), the dead-latent counters, and the
+schedule (a pure function of the step). Training runs in the *normalised* space (inputs times
+``input_scale``); the saved ``sae.safetensors`` has that scale folded back in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm.auto import tqdm
+
+from ..activations import ActivationStore
+from ..errors import DataError, SparsecodeError
+from ..io import atomic_write, load_tensors, read_metadata, save_tensors
+from ..layout import CHECKPOINT_FILE, METRICS_FILE, SAE_FILE, TRAINING_PLOT
+from ..sae import SparseAutoencoder, build_sae
+from ..sources.base import Source
+from .plots import plot_training_curves
+
+if TYPE_CHECKING:
+    from ..run import RunConfig
+
+
+class Trainer:
+    """Trains ``config.sae`` on ``source`` into ``run_dir``. Call ``fit()``."""
+
+    def __init__(self, config: "RunConfig", run_dir: str | Path, source: Source, progress: bool = True) -> None:
+        if source.d_in != config.sae.d_in:
+            raise DataError(f"the source yields rows of width {source.d_in} but sae.d_in is {config.sae.d_in}")
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.source = source
+        self.progress = progress
+        self.device = torch.device(config.train.device)
+        self._stop_requested = False
+
+    # -- public ---------------------------------------------------------------------------------
+    def fit(self, resume: bool = False, stop_at_step: int | None = None) -> SparseAutoencoder:
+        """Train to the token budget (or, for tests and interruptions, until ``stop_at_step``).
+
+        Returns the SAE acting on raw activations once finished; when stopped early, the training-space
+        SAE is returned and a checkpoint is on disk for ``fit(resume=True)``.
+        """
+        tc = self.config.train
+        if resume:
+            sae, optimizer, tokens_since_fired, step, store = self._load_checkpoint()
+        else:
+            sae, optimizer, tokens_since_fired, step, store = self._start_fresh()
+        scale = float(self.config.input_scale or 1.0)
+        total = tc.total_steps
+        end = total if stop_at_step is None else min(stop_at_step, total)
+        peak_lr = tc.learning_rate(self.config.sae.n_latents)
+        sae.train()
+
+        bar = tqdm(total=total * tc.batch_size, initial=step * tc.batch_size, unit="tok", unit_scale=True,
+                   desc="train", disable=not self.progress, dynamic_ncols=True, smoothing=0.1)
+        previous_handler = self._install_sigint_handler()
+        t_last, tokens_last = time.perf_counter(), step * tc.batch_size
+        try:
+            while step < end and not self._stop_requested:
+                x = next(store).to(self.device, non_blocking=True) * scale  # (batch, d_in)
+                dead_mask = tokens_since_fired >= tc.dead_tokens  # (n_latents,)
+                for group in optimizer.param_groups:
+                    group["lr"] = peak_lr * tc.lr_factor(step)
+                out = sae.training_output(x, dead_mask=dead_mask, progress=step / total)
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                sae.remove_parallel_grad_()
+                optimizer.step()
+                sae.normalize_decoder_()
+                fired = (out.latents > 0).any(0)  # (n_latents,)
+                tokens_since_fired += x.shape[0]
+                tokens_since_fired[fired] = 0
+                step += 1
+                bar.update(x.shape[0])
+
+                if step % tc.log_every == 0 or step == total:
+                    loss = out.loss.item()
+                    if not math.isfinite(loss):
+                        raise SparsecodeError(f"training diverged at step {step} (loss is {loss}); "
+                                              f"lower the learning rate (--lr) or check the inputs")
+                    now = time.perf_counter()
+                    row = {"step": step, "tokens": step * tc.batch_size, "lr": optimizer.param_groups[0]["lr"],
+                           "loss": loss, **{k: v.item() for k, v in out.metrics.items()},
+                           "dead_fraction": dead_mask.float().mean().item(),
+                           "tokens_per_s": (step * tc.batch_size - tokens_last) / max(now - t_last, 1e-9)}
+                    t_last, tokens_last = now, step * tc.batch_size
+                    self._append_metrics(row)
+                    bar.set_postfix(l0=f"{row['l0']:.1f}", fvu=f"{row['fvu']:.3f}", refresh=False)
+                if step % tc.checkpoint_every == 0 or step == total:
+                    self._save_checkpoint(sae, optimizer, tokens_since_fired, step, store)
+        finally:
+            bar.close()
+            self._restore_sigint_handler(previous_handler)
+
+        if self._stop_requested and step < total:
+            self._save_checkpoint(sae, optimizer, tokens_since_fired, step, store)
+            raise SparsecodeError(f"interrupted at step {step}/{total}; checkpoint saved — continue with "
+                                  f"`sparsecode train --resume --out {self.run_dir}`")
+        if step < total:
+            return sae
+        return self._finish(sae)
+
+    # -- setup ----------------------------------------------------------------------------------
+    def _make_store(self, batches_emitted: int) -> ActivationStore:
+        tc = self.config.train
+        return ActivationStore(self.source, batch_size=tc.batch_size, buffer_rows=tc.buffer_rows, seed=tc.seed,
+                               split="train", batches_emitted=batches_emitted)
+
+    def _optimizer(self, sae: SparseAutoencoder) -> torch.optim.Adam:
+        tc = self.config.train
+        return torch.optim.Adam(sae.parameters(), lr=tc.learning_rate(self.config.sae.n_latents),
+                                betas=(tc.beta1, tc.beta2))
+
+    def _start_fresh(self):
+        tc = self.config.train
+        store = self._make_store(0)
+        sample = store.peek(min(tc.init_rows, store.buffer_rows))  # (init_rows, d_in)
+        if not torch.isfinite(sample).all():
+            raise DataError("the source's activations contain NaN or inf values; fix or filter the input data")
+        mean_sq_norm = sample.pow(2).sum(-1).mean().item()
+        if mean_sq_norm <= 0:
+            raise DataError("the source's activations are all zero; nothing to learn")
+        self.config.input_scale = math.sqrt(self.config.sae.d_in / mean_sq_norm) if tc.normalize_inputs else 1.0
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config.save(self.run_dir)
+        (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
+
+        sae = build_sae(self.config.sae).to(self.device)
+        sae.initialize_from_data(sample.to(self.device) * self.config.input_scale)
+        tokens_since_fired = torch.zeros(self.config.sae.n_latents, dtype=torch.long, device=self.device)
+        return sae, self._optimizer(sae), tokens_since_fired, 0, store
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _save_checkpoint(self, sae, optimizer, tokens_since_fired, step: int, store: ActivationStore) -> None:
+        tensors = {f"sae.{k}": v for k, v in sae.state_dict().items()}
+        opt_state = optimizer.state_dict()
+        for idx, state in opt_state["state"].items():
+            for name, value in state.items():
+                tensors[f"optim.{idx}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+        tensors["tokens_since_fired"] = tokens_since_fired
+        meta = {"format": "sparsecode-checkpoint", "step": str(step), "store": json.dumps(store.state()),
+                "config": json.dumps(self.config.to_dict())}
+        save_tensors(self.run_dir / CHECKPOINT_FILE, tensors, metadata=meta)
+
+    def _load_checkpoint(self):
+        path = self.run_dir / CHECKPOINT_FILE
+        if not path.is_file():
+            raise DataError(f"nothing to resume: {path} not found")
+        meta = read_metadata(path)
+        if meta.get("format") != "sparsecode-checkpoint":
+            raise DataError(f"{path}: not a sparsecode checkpoint")
+        tensors = load_tensors(path, device=self.device)
+        step = int(meta["step"])
+        if step >= self.config.train.total_steps and (self.run_dir / SAE_FILE).is_file():
+            raise SparsecodeError(f"{self.run_dir} already finished all {step} steps; nothing to resume")
+        sae = build_sae(self.config.sae).to(self.device)
+        sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
+        optimizer = self._optimizer(sae)
+        opt_state = optimizer.state_dict()
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, idx, name = key.split(".", 2)
+                opt_state["state"].setdefault(int(idx), {})[name] = value.cpu() if name == "step" else value
+        optimizer.load_state_dict(opt_state)
+        store = self._make_store(json.loads(meta["store"])["batches_emitted"])
+        self._truncate_metrics(step)
+        return sae, optimizer, tensors["tokens_since_fired"].clone(), step, store
+
+    # -- outputs --------------------------------------------------------------------------------
+    def _append_metrics(self, row: dict) -> None:
+        with open(self.run_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric lines logged after the checkpoint we resume from (they will be logged again)."""
+        path = self.run_dir / METRICS_FILE
+        if not path.is_file():
+            return
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        atomic_write(path, lambda p: p.write_text("".join(line + "\n" for line in kept)))
+
+    def _finish(self, sae: SparseAutoencoder) -> SparseAutoencoder:
+        sae.eval()
+        sae = sae.to("cpu")
+        sae.fold_input_scale_(float(self.config.input_scale or 1.0))
+        sae.save(self.run_dir / SAE_FILE)
+        plot_training_curves(self.run_dir / METRICS_FILE, self.run_dir / TRAINING_PLOT)
+        return sae
+
+    # -- Ctrl-C: finish the current step, checkpoint, stop ---------------------------------------
+    def _install_sigint_handler(self):
+        def handler(signum, frame):
+            if self._stop_requested:  # second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self._stop_requested = True
+
+        try:
+            return signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread
+            return None
+
+    def _restore_sigint_handler(self, previous) -> None:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,169 @@
+"""The command line: a full train → eval round on a tiny model, and bad input → one line, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sparsecode.cli import main, parse_count
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "sparsecode", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("train:")]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def test_train_then_eval_on_a_tiny_model(tmp_path, tiny_bert_dir, text_corpus):
+    out = tmp_path / "run"
+    r = run_cli("train", "--model", str(tiny_bert_dir), "--hook", "encoder.layer.1", "--corpus", str(text_corpus),
+                "--arch", "topk", "--k", "4", "--latents", "128", "--tokens", "20k", "--batch-size", "256",
+                "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "next: sparsecode eval" in r.stdout
+    for name in ("config.json", "sae.safetensors", "metrics.jsonl", "training.png"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["source"]["kind"] == "model" and config["sae"]["n_latents"] == 128 and config["sae"]["d_in"] == 32
+
+    r = run_cli("eval", str(out), "--quiet", "--splice-chunks", "8")
+    assert r.returncode == 0, r.stderr
+    result = json.loads((out / "eval.json").read_text())
+    assert 0 <= result["fvu"] < 1 and 0 < result["l0"] <= 4
+    assert -1 <= result["embedding_cosine"] <= 1
+    assert (out / "density.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "FVU" in r.stdout
+
+    # a second run over the same source reads the activation cache instead of re-running the model
+    assert any((tmp_path / "cache").rglob("manifest.json"))
+
+
+def test_synthetic_source_from_the_command_line(tmp_path):
+    out = tmp_path / "toy"
+    assert main(["train", "--synthetic", "features=64,dim=16,active=3", "--arch", "relu", "--l1", "1",
+                 "--latents", "64", "--tokens", "20k", "--batch-size", "256", "--out", str(out), "--quiet"]) == 0
+    assert main(["eval", str(out), "--quiet", "--max-rows", "4096"]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert 0 <= result["mmcs"] <= 1 and "recovery_fraction_0.9" in result
+
+
+def test_resume_from_the_command_line(tmp_path):
+    out = tmp_path / "toy"
+    args = ["train", "--synthetic", "features=64,dim=16,active=3", "--k", "3", "--latents", "64", "--tokens", "20k",
+            "--batch-size", "256", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    assert main(["train", "--resume", "--out", str(out), "--quiet"]) == 2  # already finished: says so
+
+
+# -- bad input ------------------------------------------------------------------------------------
+def test_missing_model_directory(tmp_path):
+    r = run_cli("train", "--model", str(tmp_path / "no-such-model"), "--hook", "encoder.layer.3", "--out",
+                str(tmp_path / "run"))
+    assert_one_line_error(r, "no-such-model")
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_hook_lists_close_names(tmp_path, tiny_bert_dir, text_corpus):
+    r = run_cli("train", "--model", str(tiny_bert_dir), "--hook", "encoder.layer.7", "--corpus", str(text_corpus),
+                "--out", str(tmp_path / "run"))
+    assert_one_line_error(r, "encoder.layer.7", "encoder.layer.1")
+    assert not (tmp_path / "run").exists()
+
+
+def test_nan_in_activations(tmp_path):
+    x = np.random.default_rng(0).standard_normal((500, 8)).astype(np.float32)
+    x[123, 4] = np.nan
+    np.save(tmp_path / "acts.npy", x)
+    r = run_cli("train", "--activations", str(tmp_path / "acts.npy"), "--out", str(tmp_path / "run"))
+    assert_one_line_error(r, "acts.npy", "123")
+    assert not (tmp_path / "run").exists()
+
+
+def test_wrong_dimensions(tmp_path):
+    np.save(tmp_path / "cube.npy", np.zeros((4, 5, 6), dtype=np.float32))
+    r = run_cli("train", "--activations", str(tmp_path / "cube.npy"), "--out", str(tmp_path / "run"))
+    assert_one_line_error(r, "cube.npy", "(4, 5, 6)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_malformed_config_file(tmp_path):
+    (tmp_path / "config.json").write_text('{"source": {"kind": "synthetic"}, "sae": ')
+    r = run_cli("train", "--config", str(tmp_path / "config.json"), "--out", str(tmp_path / "run"))
+    assert_one_line_error(r, "config.json", "line 1")
+    assert not (tmp_path / "run").exists()
+
+
+def test_contradictory_config(tmp_path):
+    bad = {"source": {"kind": "synthetic", "n_features": 64, "dim": 16},
+           "sae": {"arch": "topk", "d_in": 16, "n_latents": 32, "k": 64}, "train": {"tokens": 10000}}
+    (tmp_path / "config.json").write_text(json.dumps(bad))
+    r = run_cli("train", "--config", str(tmp_path / "config.json"), "--out", str(tmp_path / "run"))
+    assert_one_line_error(r, "sae.k", "64")
+    assert not (tmp_path / "run").exists()
+    r = run_cli("train", "--synthetic", "features=64,dim=16", "--k", "100", "--latents", "32", "--out",
+                str(tmp_path / "run"))
+    assert_one_line_error(r, "sae.k")
+    r = run_cli("train", "--synthetic", "features=64,dim=16", "--activations", "x.npy", "--out", str(tmp_path / "run"))
+    assert_one_line_error(r, "exactly one source")
+    assert not (tmp_path / "run").exists()
+
+
+def test_truncated_checkpoint(tmp_path):
+    out = tmp_path / "toy"
+    assert main(["train", "--synthetic", "features=64,dim=16,active=3", "--k", "3", "--latents", "64", "--tokens",
+                 "20k", "--batch-size", "256", "--out", str(out), "--quiet"]) == 0
+    sae_file = out / "sae.safetensors"
+    sae_file.write_bytes(sae_file.read_bytes()[:1000])
+    r = run_cli("eval", str(out))
+    assert_one_line_error(r, "sae.safetensors", "truncated")
+    assert not (out / "eval.json").exists()
+    ckpt = out / "checkpoint.safetensors"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    sae_file.unlink()
+    r = run_cli("train", "--resume", "--out", str(out))
+    assert_one_line_error(r, "checkpoint.safetensors", "truncated")
+
+
+def test_existing_run_is_not_overwritten_by_accident(tmp_path):
+    out = tmp_path / "toy"
+    args = ["train", "--synthetic", "features=64,dim=16,active=3", "--k", "3", "--latents", "64", "--tokens", "20k",
+            "--batch-size", "256", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    before = (out / "sae.safetensors").read_bytes()
+    r = run_cli(*args)
+    assert_one_line_error(r, "--resume", "--overwrite")
+    assert (out / "sae.safetensors").read_bytes() == before
+
+
+def test_eval_of_a_folder_that_is_not_a_run(tmp_path):
+    r = run_cli("eval", str(tmp_path))
+    assert_one_line_error(r, "config.json")
+    r = run_cli("eval", str(tmp_path / "nowhere"))
+    assert_one_line_error(r, "not found")
+
+
+def test_help_mentions_every_source():
+    r = run_cli("train", "--help")
+    assert r.returncode == 0
+    for flag in ("--model", "--hook", "--corpus", "--activations", "--synthetic", "--arch", "--k", "--l1",
+                 "--latents", "--tokens", "--out", "--resume"):
+        assert flag in r.stdout
+
+
+@pytest.mark.parametrize("text, value", [("2M", 2_000_000), ("500k", 500_000), ("1e6", 1_000_000), ("4096", 4096)])
+def test_parse_count(text, value):
+    assert parse_count(text) == value

@@ -1,0 +1,158 @@
+"""Activation store, cache and trainer: planted-feature recovery, exact resume, bounded shuffling."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sparsecode.activations import ActivationStore, CachedSource
+from sparsecode.errors import ConfigError
+from sparsecode.eval import mmcs, recovery_fraction
+from sparsecode.io import load_tensors
+from sparsecode.run import RunConfig, load_run
+from sparsecode.sae import ReLUConfig, TopKConfig
+from sparsecode.sources import ArraySourceConfig, SyntheticSourceConfig, open_source
+from sparsecode.train import TrainConfig, Trainer
+
+
+def train(tmp_path, name, source_config, sae_config, stop_at_step=None, resume=False, **train_kw):
+    source = open_source(source_config)
+    run_dir = tmp_path / name
+    config = RunConfig.load(run_dir) if resume else RunConfig(source_config, sae_config, TrainConfig(**train_kw))
+    return Trainer(config, run_dir, source, progress=False).fit(resume=resume, stop_at_step=stop_at_step), source
+
+
+# -- planted features ------------------------------------------------------------------------------
+def test_topk_recovers_planted_features(tmp_path):
+    """512 features in 64 dims, 5 active on average: TopK (k=5) finds ≥ 90% of them at cosine ≥ 0.9."""
+    src_cfg = SyntheticSourceConfig(n_features=512, dim=64, active=5, seed=0)
+    sae, source = train(tmp_path, "topk", src_cfg, TopKConfig(d_in=64, n_latents=512, k=5),
+                        tokens=1_000_000, batch_size=256, lr=4e-3, dead_tokens=50_000, buffer_rows=65536)
+    rec = recovery_fraction(sae.W_dec.detach(), source.true_features, threshold=0.9)
+    assert rec >= 0.9, rec
+    assert mmcs(sae.W_dec.detach(), source.true_features) > 0.95
+
+
+def test_relu_recovers_most_planted_features(tmp_path):
+    src_cfg = SyntheticSourceConfig(n_features=512, dim=64, active=5, seed=1)
+    sae, source = train(tmp_path, "relu", src_cfg, ReLUConfig(d_in=64, n_latents=512, l1=RELU_L1),
+                        tokens=1_000_000, batch_size=256, lr=4e-3, buffer_rows=65536)
+    rec = recovery_fraction(sae.W_dec.detach(), source.true_features, threshold=0.9)
+    assert rec >= 0.6, rec
+
+
+RELU_L1 = 5.0
+
+
+# -- exact resume ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("sae_config", [TopKConfig(d_in=16, n_latents=64, k=3),
+                                        ReLUConfig(d_in=16, n_latents=64, l1=1.0)], ids=["topk", "relu"])
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, sae_config):
+    src_cfg = SyntheticSourceConfig(n_features=64, dim=16, active=3, seed=2)
+    # small buffer so the interruption falls mid-way through a later shuffle fill; dead_tokens small so
+    # the dead-latent counters (AuxK) matter and must be restored too
+    kw = dict(tokens=64 * 200, batch_size=64, buffer_rows=64 * 7, checkpoint_every=30, log_every=10,
+              dead_tokens=640, warmup_steps=10)
+    full, _ = train(tmp_path, "full", src_cfg, sae_config, **kw)
+    train(tmp_path, "split", src_cfg, sae_config, stop_at_step=97, **kw)  # last checkpoint at step 90
+    ckpt = load_tensors(tmp_path / "split" / "checkpoint.safetensors")
+    assert not torch.equal(ckpt["sae.W_dec"], full.W_dec.detach())  # really stopped part-way
+    resumed, _ = train(tmp_path, "split", src_cfg, sae_config, resume=True)
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    full_lines = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    split_lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "tokens_per_s"} for x in lines]
+    assert strip(full_lines) == strip(split_lines)
+
+
+def test_run_folder_contents_and_scale_folding(tmp_path):
+    """Train on raw activations far from unit scale; the saved SAE reconstructs the raw data directly."""
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((32, 8)).astype(np.float32)
+    codes = (rng.random((20_000, 32)) < 0.08) * rng.random((20_000, 32))
+    x = (codes @ features * 50.0 + 300.0).astype(np.float32)  # big scale and offset
+    np.save(tmp_path / "acts.npy", x)
+    src_cfg = ArraySourceConfig(path=str(tmp_path / "acts.npy"))
+    sae, _ = train(tmp_path, "arr", src_cfg, TopKConfig(d_in=8, n_latents=64, k=4), tokens=200_000,
+                   batch_size=256, lr=3e-3, buffer_rows=8192)
+    run = load_run(tmp_path / "arr")
+    for name in ("config.json", "sae.safetensors", "metrics.jsonl", "training.png", "checkpoint.safetensors"):
+        assert (tmp_path / "arr" / name).is_file(), name
+    assert run.config.input_scale is not None and run.config.input_scale < 0.1
+    xt = torch.from_numpy(x[:4096])
+    fvu = ((run.sae(xt) - xt).pow(2).sum() / (xt - xt.mean(0)).pow(2).sum()).item()
+    assert fvu < 0.2, fvu
+    assert torch.equal(run.sae(xt), sae(xt))
+
+
+# -- store and cache -------------------------------------------------------------------------------
+def _array_source(tmp_path, n=1000, d=4):
+    x = np.arange(n * d, dtype=np.float32).reshape(n, d)
+    np.save(tmp_path / "rows.npy", x)
+    return open_source(ArraySourceConfig(path=str(tmp_path / "rows.npy"), eval_fraction=0.2, chunk_rows=37))
+
+
+def test_store_emits_each_row_once_per_epoch_shuffled(tmp_path):
+    source = _array_source(tmp_path)
+    n = source.num_rows("train")  # 800
+    store = ActivationStore(source, batch_size=50, buffer_rows=200, seed=0)
+    rows = torch.cat([next(store) for _ in range(n // 50)])
+    assert sorted(rows[:, 0].tolist()) == sorted(r[0] for r in np.load(tmp_path / "rows.npy")[:n].tolist())
+    assert not torch.equal(rows[:, 0], torch.sort(rows[:, 0]).values)  # shuffled
+    # shuffling is local: a batch only holds rows of its own fill (bounded memory)
+    assert rows[:200, 0].max() < rows[200:, 0].min()
+
+
+def test_store_resumes_from_its_batch_count(tmp_path):
+    source = _array_source(tmp_path)
+    a = ActivationStore(source, batch_size=50, buffer_rows=150, seed=3)
+    reference = [next(a) for _ in range(40)]  # crosses epochs (800 rows = 16 batches) and fills
+    b = ActivationStore(source, batch_size=50, buffer_rows=150, seed=3, batches_emitted=23)
+    for i in range(23, 40):
+        assert torch.equal(next(b), reference[i])
+
+
+def test_cache_reuses_a_complete_pass_and_never_keeps_a_partial_one(tmp_path):
+    source = _array_source(tmp_path)
+    calls = []
+    original = source.iter_batches
+
+    def counting(split="train", start_row=0):
+        calls.append((split, start_row))
+        return original(split, start_row)
+
+    source.iter_batches = counting
+    cached = CachedSource(source, tmp_path / "cache", shard_rows=100)
+    first = list(cached.iter_batches("train"))
+    partial = cached.iter_batches("eval")
+    next(partial)
+    partial.close()  # an interrupted pass
+    assert not cached.is_cached("eval") and cached.is_cached("train")
+    calls.clear()
+    again = torch.cat([b.acts for b in cached.iter_batches("train")])
+    assert calls == []  # served from disk
+    assert torch.equal(again, torch.cat([b.acts for b in first]))
+    tail = torch.cat([b.acts for b in cached.iter_batches("train", start_row=333)])
+    assert torch.equal(tail, again[333:])
+    # a second wrapper (another run) with the same source config finds the same cache
+    assert CachedSource(source, tmp_path / "cache").is_cached("train")
+
+
+def test_learning_rate_schedule():
+    tc = TrainConfig(tokens=100 * 10, batch_size=10, warmup_steps=10, decay_fraction=0.2)
+    factors = [tc.lr_factor(s) for s in range(100)]
+    assert factors[0] < factors[5] < factors[9] < 1.0
+    assert factors[10:80] == [1.0] * 70
+    assert factors[80] == 1.0 and factors[99] == pytest.approx(0.05) and all(
+        a > b for a, b in zip(factors[80:], factors[81:]))
+
+
+@pytest.mark.parametrize("kw, field", [({"batch_size": 0}, "batch_size"), ({"tokens": 100, "batch_size": 200}, "batch_size"),
+                                        ({"warmup_steps": 10_000}, "warmup_steps"), ({"lr": 5.0}, "lr")])
+def test_contradictory_train_configs_are_rejected(kw, field):
+    with pytest.raises(ConfigError, match=field):
+        TrainConfig(**kw)
