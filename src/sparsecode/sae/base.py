@@ -74,8 +74,8 @@ class TrainOutput:
     """Scalar loss to minimise."""
     x_hat: torch.Tensor
     """(n, d_in) reconstruction."""
-    latents: torch.Tensor
-    """(n, n_latents) latent activations (used to track which latents fire)."""
+    fired: torch.Tensor
+    """(n_latents,) bool: which latents were active on at least one row of the batch."""
     metrics: dict[str, torch.Tensor]
     """Scalars worth logging (detached), e.g. fvu, l0, auxk_loss."""
 
@@ -98,8 +98,12 @@ class SparseAutoencoder(nn.Module):
 
     # -- the interface -------------------------------------------------------------------------
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, d_in) -> (n, n_latents) encoder pre-activations."""
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        """(n, d_in) -> (n, n_latents) encoder pre-activations, (x - b_dec) @ W_enc + b_enc.
+
+        Written as x @ W_enc - b_dec @ W_enc so that b_dec's gradient costs a vector-matrix product
+        instead of a second (n, n_latents) x (n_latents, d_in) GEMM in the backward pass.
+        """
+        return x @ self.W_enc + (self.b_enc - self.b_dec @ self.W_enc)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(n, d_in) -> (n, n_latents) sparse non-negative latent activations."""

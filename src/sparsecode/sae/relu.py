@@ -44,4 +44,4 @@ class ReLUSAE(SparseAutoencoder):
         loss = sq_err + self.cfg.l1 * ramp * weighted_l1
         fvu = (x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
         metrics = {"fvu": fvu.detach(), "l1": weighted_l1.detach(), "l0": (latents > 0).sum(-1).float().mean().detach()}
-        return TrainOutput(loss=loss, x_hat=x_hat, latents=latents.detach(), metrics=metrics)
+        return TrainOutput(loss=loss, x_hat=x_hat, fired=(latents > 0).any(0), metrics=metrics)

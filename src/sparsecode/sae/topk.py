@@ -73,6 +73,7 @@ class TopKSAE(SparseAutoencoder):
             loss = loss + self.cfg.auxk_alpha * auxk
             metrics["auxk_loss"] = auxk.detach()
 
-        latents = torch.zeros_like(pre).scatter_(-1, indices, values)
+        fired = torch.zeros(self.cfg.n_latents, dtype=torch.bool, device=x.device)
+        fired[indices[values > 0]] = True  # from the k winners, without a dense (n, n_latents) matrix
         metrics["l0"] = (values > 0).sum(-1).float().mean().detach()
-        return TrainOutput(loss=loss, x_hat=x_hat, latents=latents.detach(), metrics=metrics)
+        return TrainOutput(loss=loss, x_hat=x_hat, fired=fired, metrics=metrics)

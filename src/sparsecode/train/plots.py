@@ -1,4 +1,4 @@
-"""Training curves as a PNG: loss, L0 and FVU against tokens."""
+"""Training curves as a PNG: loss, FVU, L0 and dead fraction against tokens."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from ..io import atomic_write
 
 
 def plot_training_curves(metrics_path: str | Path, out_path: str | Path) -> None:
-    """Read metrics.jsonl and write a three-panel PNG (loss, L0, FVU vs tokens), atomically."""
+    """Read metrics.jsonl and write a PNG of loss, FVU, L0 and dead fraction against tokens, atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,9 +19,10 @@ def plot_training_curves(metrics_path: str | Path, out_path: str | Path) -> None
     if not rows:
         return
     tokens = [r["tokens"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, key, title, log in ((axes[0], "loss", "training loss", True), (axes[1], "l0", "L0 (active latents / token)", False),
-                                (axes[2], "fvu", "FVU (fraction of variance unexplained)", True)):
+    panels = (("loss", "training loss", True), ("fvu", "FVU (fraction of variance unexplained)", True),
+              ("l0", "L0 (active latents / token)", False), ("dead_fraction", "dead latent fraction", False))
+    fig, axes = plt.subplots(1, len(panels), figsize=(17, 3.6))
+    for ax, (key, title, log) in zip(axes, panels):
         ax.plot(tokens, [r.get(key, float("nan")) for r in rows], lw=1.2)
         ax.set_title(title)
         ax.set_xlabel("tokens")

@@ -77,9 +77,8 @@ class Trainer:
                 sae.remove_parallel_grad_()
                 optimizer.step()
                 sae.normalize_decoder_()
-                fired = (out.latents > 0).any(0)  # (n_latents,)
                 tokens_since_fired += x.shape[0]
-                tokens_since_fired[fired] = 0
+                tokens_since_fired[out.fired] = 0
                 step += 1
                 bar.update(x.shape[0])
 
