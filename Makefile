@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO_RUN ?= runs/demo
-DEMO_TOKENS ?= 1M
+DEMO_TOKENS ?= 2M
 
 .PHONY: setup demo test clean
 
@@ -13,7 +13,6 @@ setup: $(STAMP)
 # torch first, pinned: on these machines 2.13.0 is a local CPU build; a looser pin pulls CUDA wheels.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)

@@ -18,7 +18,6 @@ from sparsecode.eval import (
     spliced_fidelity,
 )
 
-
 # -- reconstruction metrics ------------------------------------------------------------------------
 
 def _stats(x: torch.Tensor, x_hat: torch.Tensor, latents: torch.Tensor | None = None, batch: int | None = None,

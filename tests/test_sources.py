@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from sparsecode.errors import ConfigError, DataError
-from sparsecode.sources import hf
 from sparsecode.sources import (
     SOURCE_KINDS,
     ArraySource,
@@ -19,6 +18,7 @@ from sparsecode.sources import (
     SyntheticSource,
     SyntheticSourceConfig,
     find_module,
+    hf,
     load_documents,
     open_source,
     parse_synthetic_spec,

@@ -16,11 +16,10 @@ from typing import Any
 
 from .errors import ConfigError, DataError
 from .io import read_json, write_json
+from .layout import CHECKPOINT_FILE, CONFIG_FILE, SAE_FILE
 from .sae import SAEConfig, SparseAutoencoder, load_sae, sae_config_from_dict
 from .sources import source_config_from_dict
 from .train.config import TrainConfig
-
-from .layout import CHECKPOINT_FILE, CONFIG_FILE, SAE_FILE
 
 
 @dataclass
@@ -46,7 +45,7 @@ class RunConfig:
                 "sae": self.sae.to_dict(), "train": self.train.to_dict(), "input_scale": self.input_scale}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "config") -> "RunConfig":
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> RunConfig:
         for key in ("source", "sae", "train"):
             if not isinstance(d.get(key), dict):
                 raise ConfigError(f"{where}: missing or malformed section '{key}' (expected a JSON object)")
@@ -60,7 +59,7 @@ class RunConfig:
         write_json(Path(run_dir) / CONFIG_FILE, self.to_dict())
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> "RunConfig":
+    def load(cls, run_dir: str | Path) -> RunConfig:
         path = Path(run_dir) / CONFIG_FILE
         return cls.from_dict(read_json(path), where=str(path))
 

@@ -8,5 +8,15 @@ from .plots import plot_density_histogram
 from .report import evaluate_run, format_report
 from .splice import spliced_fidelity
 
-__all__ = ["ReconstructionStats", "evaluate_reconstruction", "mmcs", "recovery_fraction", "max_cosines",
-           "random_mmcs_baseline", "spliced_fidelity", "plot_density_histogram", "evaluate_run", "format_report"]
+__all__ = [
+           "ReconstructionStats",
+           "evaluate_reconstruction",
+           "evaluate_run",
+           "format_report",
+           "max_cosines",
+           "mmcs",
+           "plot_density_histogram",
+           "random_mmcs_baseline",
+           "recovery_fraction",
+           "spliced_fidelity",
+]

@@ -55,5 +55,17 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SparseAuto
     return sae.to(device)
 
 
-__all__ = ["ARCHITECTURES", "SAEConfig", "SparseAutoencoder", "TrainOutput", "TopKConfig", "TopKSAE",
-           "ReLUConfig", "ReLUSAE", "build_sae", "load_sae", "sae_config_from_dict", "geometric_median"]
+__all__ = [
+    "ARCHITECTURES",
+    "ReLUConfig",
+    "ReLUSAE",
+    "SAEConfig",
+    "SparseAutoencoder",
+    "TopKConfig",
+    "TopKSAE",
+    "TrainOutput",
+    "build_sae",
+    "geometric_median",
+    "load_sae",
+    "sae_config_from_dict",
+]

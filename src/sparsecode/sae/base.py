@@ -12,13 +12,14 @@ Weights follow one convention for every architecture::
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from ..configs import dataclass_from_dict
 from ..errors import ConfigError
 from ..io import save_tensors
 
@@ -54,16 +55,9 @@ class SAEConfig:
         return {"arch": self.arch, **asdict(self)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SAEConfig":
+    def from_dict(cls, d: dict[str, Any]) -> SAEConfig:
         d = {k: v for k, v in d.items() if k != "arch"}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"sae: unknown field(s) {', '.join(unknown)} for arch '{cls.arch}'; known: {', '.join(sorted(known))}")
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise ConfigError(f"sae: {e}") from None
+        return dataclass_from_dict(cls, d, "sae", f"for arch '{cls.arch}'")
 
 
 @dataclass
@@ -171,7 +165,7 @@ class SparseAutoencoder(nn.Module):
         save_tensors(path, dict(self.state_dict()), metadata=meta)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "SparseAutoencoder":
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> SparseAutoencoder:
         """Load any architecture from a file written by ``save`` (dispatches on its config)."""
         from . import load_sae
 

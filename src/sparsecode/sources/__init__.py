@@ -46,8 +46,24 @@ def open_source(config: SourceConfig) -> Source:
 
 
 __all__ = [
-    "SPLITS", "SOURCE_KINDS", "ActivationBatch", "ArraySource", "ArraySourceConfig", "ModelSource",
-    "ModelSourceConfig", "Source", "SourceConfig", "SourceConfigBase", "SyntheticSource",
-    "SyntheticSourceConfig", "check_split", "find_module", "load_documents", "load_model",
-    "open_source", "parse_synthetic_spec", "source_config_from_dict", "split_documents",
+    "SOURCE_KINDS",
+    "SPLITS",
+    "ActivationBatch",
+    "ArraySource",
+    "ArraySourceConfig",
+    "ModelSource",
+    "ModelSourceConfig",
+    "Source",
+    "SourceConfig",
+    "SourceConfigBase",
+    "SyntheticSource",
+    "SyntheticSourceConfig",
+    "check_split",
+    "find_module",
+    "load_documents",
+    "load_model",
+    "open_source",
+    "parse_synthetic_spec",
+    "source_config_from_dict",
+    "split_documents",
 ]

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
+from ..configs import dataclass_from_dict
 from ..errors import ConfigError
 
 SPLITS = ("train", "eval")
@@ -39,7 +40,7 @@ class ActivationBatch:
     def __len__(self) -> int:
         return self.acts.shape[0]
 
-    def slice(self, start: int, stop: int | None = None) -> "ActivationBatch":
+    def slice(self, start: int, stop: int | None = None) -> ActivationBatch:
         """Rows ``start:stop`` of every field."""
         s = slice(start, stop)
         return ActivationBatch(
@@ -94,15 +95,7 @@ class SourceConfigBase:
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
         d = {k: v for k, v in d.items() if k != "kind"}
-        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"source: unknown field(s) {', '.join(unknown)} for kind '{cls.kind}'; known: {', '.join(sorted(known))}")
-        missing = [f.name for f in fields(cls) if f.name not in d  # type: ignore[arg-type]
-                   and f.default is MISSING and f.default_factory is MISSING]
-        if missing:
-            raise ConfigError(f"source: missing required field(s) {', '.join(missing)} for kind '{cls.kind}'")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "source", f"for kind '{cls.kind}'")
 
 
 def check_split(split: str) -> None:

@@ -109,7 +109,6 @@ class SyntheticSource:
 
     def num_rows(self, split: str = "train") -> None:
         check_split(split)
-        return None
 
     def _block(self, split: str, chunk: int, block: int, rows: int) -> ActivationBatch:
         c = self.config

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..configs import dataclass_from_dict
 from ..errors import ConfigError
 
 
@@ -85,12 +86,5 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"train: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise ConfigError(f"train: {e}") from None
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return dataclass_from_dict(cls, d, "train")

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 class Trainer:
     """Trains ``config.sae`` on ``source`` into ``run_dir``. Call ``fit()``."""
 
-    def __init__(self, config: "RunConfig", run_dir: str | Path, source: Source, progress: bool = True) -> None:
+    def __init__(self, config: RunConfig, run_dir: str | Path, source: Source, progress: bool = True) -> None:
         if source.d_in != config.sae.d_in:
             raise DataError(f"the source yields rows of width {source.d_in} but sae.d_in is {config.sae.d_in}")
         self.config = config
