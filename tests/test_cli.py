@@ -167,3 +167,38 @@ def test_help_mentions_every_source():
 @pytest.mark.parametrize("text, value", [("2M", 2_000_000), ("500k", 500_000), ("1e6", 1_000_000), ("4096", 4096)])
 def test_parse_count(text, value):
     assert parse_count(text) == value
+
+
+def test_ctrl_c_checkpoints_and_resume_finishes(tmp_path):
+    """SIGINT mid-run: exit 130, a checkpoint and a hint; --resume then completes the run."""
+    import signal
+    import time
+
+    out = tmp_path / "toy"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sparsecode", "train", "--synthetic", "features=64,dim=16,active=3",
+                             "--k", "3", "--latents", "64", "--tokens", "50M", "--batch-size", "256",
+                             "--checkpoint-every", "1000000", "--out", str(out), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "checkpoint saved" in err and "--resume" in err and "Traceback" not in err
+    assert (out / "checkpoint.safetensors").is_file() and not (out / "sae.safetensors").exists()
+    r = run_cli("eval", str(out))
+    assert_one_line_error(r, "--resume --out " + str(out))
+
+
+def test_train_then_eval_on_a_tiny_causal_lm(tmp_path, tiny_gpt2_dir, text_corpus):
+    out = tmp_path / "gpt"
+    assert main(["train", "--model", str(tiny_gpt2_dir), "--hook", "transformer.h.0", "--corpus", str(text_corpus),
+                 "--k", "4", "--latents", "128", "--tokens", "20k", "--batch-size", "256", "--out", str(out),
+                 "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    assert main(["eval", str(out), "--quiet", "--splice-chunks", "8"]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert result["ce_spliced"] >= 0 and result["ce_clean"] > 0
+    assert result["ce_increase"] == pytest.approx(result["ce_spliced"] - result["ce_clean"])
+    assert "loss_recovered_zero_ablation" in result

@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, SparsecodeError
+from .errors import ConfigError, Interrupted, SparsecodeError
 
 EPILOG_TRAIN = """examples:
   sparsecode train --hook encoder.layer.3 --arch topk --k 32 --latents 6144 --tokens 2M --out runs/minilm-l3
@@ -161,7 +161,7 @@ def _open(source_config, args: argparse.Namespace):
     if hasattr(source, "validate"):
         source.validate()
     if source_config.kind == "model" and not args.no_cache:
-        source = CachedSource(source, args.cache_dir or default_cache_dir())
+        source = CachedSource(source, args.cache_dir or default_cache_dir(), progress=not args.quiet)
     return source
 
 
@@ -259,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        return 130
     except SparsecodeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -13,5 +13,9 @@ class ConfigError(SparsecodeError, ValueError):
     """A configuration value is malformed or contradicts another one."""
 
 
+class Interrupted(SparsecodeError):
+    """The user stopped a long job (Ctrl-C); what could be saved was saved. The CLI exits with 130."""
+
+
 class DataError(SparsecodeError, ValueError):
     """Input data is missing, malformed, of the wrong shape, or not finite."""

@@ -81,7 +81,7 @@ def load_run(run_dir: str | Path) -> Run:
     if not (run_dir / CONFIG_FILE).is_file():
         raise DataError(f"{run_dir} is not a run folder: {CONFIG_FILE} is missing")
     if not (run_dir / SAE_FILE).is_file():
-        hint = " (training did not finish; continue it with `sparsecode train --resume --out RUN`)" \
+        hint = f" (training did not finish; continue it with `sparsecode train --resume --out {run_dir}`)" \
             if (run_dir / CHECKPOINT_FILE).is_file() else ""
         raise DataError(f"{run_dir / SAE_FILE} is missing{hint}")
     config = RunConfig.load(run_dir)

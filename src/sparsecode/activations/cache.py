@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ..io import load_tensors, save_tensors, write_json
 from ..sources.base import ActivationBatch, Source
@@ -45,8 +46,9 @@ def cache_key(source: Source) -> str:
 class CachedSource:
     """Wraps a source; same protocol; serves complete passes from disk."""
 
-    def __init__(self, source: Source, cache_dir: str | Path, shard_rows: int = 65536) -> None:
+    def __init__(self, source: Source, cache_dir: str | Path, shard_rows: int = 65536, progress: bool = False) -> None:
         self.inner = source
+        self.progress = progress
         self.config = source.config
         self.root = Path(cache_dir) / cache_key(source)
         self.shard_rows = shard_rows
@@ -108,9 +110,12 @@ class CachedSource:
             shard_rows.append(len(merged["acts"]))
             pending.clear()
 
+        bar = tqdm(total=self.inner.num_rows(split), unit="tok", unit_scale=True, desc=f"activations ({split})",
+                   disable=not self.progress, leave=False, dynamic_ncols=True)
         try:
             buffered = 0
             for block in self.inner.iter_batches(split, 0):
+                bar.update(len(block))
                 pending.append(block)
                 buffered += len(block)
                 if buffered >= self.shard_rows:
@@ -127,4 +132,5 @@ class CachedSource:
             else:
                 os.replace(tmp, final)
         finally:  # an unfinished pass leaves nothing behind (after the rename, tmp is gone)
+            bar.close()
             shutil.rmtree(tmp, ignore_errors=True)

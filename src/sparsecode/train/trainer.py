@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..activations import ActivationStore
-from ..errors import DataError, SparsecodeError
+from ..errors import DataError, Interrupted, SparsecodeError
 from ..io import atomic_write, load_tensors, read_metadata, save_tensors
 from ..layout import CHECKPOINT_FILE, METRICS_FILE, SAE_FILE, TRAINING_PLOT
 from ..sae import SparseAutoencoder, build_sae
@@ -103,7 +103,7 @@ class Trainer:
 
         if self._stop_requested and step < total:
             self._save_checkpoint(sae, optimizer, tokens_since_fired, step, store)
-            raise SparsecodeError(f"interrupted at step {step}/{total}; checkpoint saved — continue with "
+            raise Interrupted(f"interrupted at step {step}/{total}; checkpoint saved — continue with "
                                   f"`sparsecode train --resume --out {self.run_dir}`")
         if step < total:
             return sae
