@@ -1,6 +1,7 @@
 """Time training steps of a TopK SAE at the demo's shape on random data (tokens/s, median of repeats).
 
     python bench/train_step.py [--d-in 384] [--latents 6144] [--k 32] [--batch 4096] [--steps 20] [--repeats 3]
+                               [--dead-fraction 0.1]
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dead-fraction", type=float, default=0.0,
+                    help="fraction of latents marked dead, so the AuxK loss runs (default 0: no AuxK)")
     args = ap.parse_args()
 
     sae = build_sae(TopKConfig(d_in=args.d_in, n_latents=args.latents, k=args.k))
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
     x = torch.randn(args.batch, args.d_in)
     dead = torch.zeros(args.latents, dtype=torch.bool)
-    dead[: args.latents // 10] = True  # exercise AuxK as in a real run with some dead latents
+    dead[: int(args.latents * args.dead_fraction)] = True
 
     def step() -> None:
         out = sae.training_output(x, dead_mask=dead, progress=0.5)
@@ -47,7 +50,7 @@ def main() -> None:
             step()
         rates.append(args.steps * args.batch / (time.perf_counter() - t))
     gflop = 2 * args.d_in * args.latents * args.batch / 1e9
-    print(f"TopK d_in={args.d_in} latents={args.latents} k={args.k} batch={args.batch} threads={torch.get_num_threads()}: "
+    print(f"TopK d_in={args.d_in} latents={args.latents} k={args.k} batch={args.batch} dead={args.dead_fraction:.0%} threads={torch.get_num_threads()}: "
           f"median {statistics.median(rates):,.0f} tokens/s over {args.repeats} repeats "
           f"(runs: {', '.join(f'{r:,.0f}' for r in rates)}); encoder GEMM alone is {gflop:.1f} GFLOP per step")
 

@@ -23,11 +23,15 @@ def plot_training_curves(metrics_path: str | Path, out_path: str | Path) -> None
               ("l0", "L0 (active latents / token)", False), ("dead_fraction", "dead latent fraction", False))
     fig, axes = plt.subplots(1, len(panels), figsize=(17, 3.6))
     for ax, (key, title, log) in zip(axes, panels):
-        ax.plot(tokens, [r.get(key, float("nan")) for r in rows], lw=1.2)
+        values = [r.get(key, float("nan")) for r in rows]
+        ax.plot(tokens, values, lw=1.2)
         ax.set_title(title)
         ax.set_xlabel("tokens")
         if log:
             ax.set_yscale("log")
+        else:  # counts and fractions: show them against zero so a flat line is not magnified
+            finite = [v for v in values if v == v]
+            ax.set_ylim(0, max(max(finite, default=0) * 1.15, 0.01 if key == "dead_fraction" else 1.0))
         ax.grid(alpha=0.3)
     fig.tight_layout()
     atomic_write(out_path, lambda p: fig.savefig(p, format="png", dpi=110))
