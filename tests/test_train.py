@@ -58,6 +58,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, sae_config):
               dead_tokens=640, warmup_steps=10)
     full, _ = train(tmp_path, "full", src_cfg, sae_config, **kw)
     train(tmp_path, "split", src_cfg, sae_config, stop_at_step=97, **kw)  # last checkpoint at step 90
+    with open(tmp_path / "split" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 98, "tok')  # a line cut short by a hard kill
     ckpt = load_tensors(tmp_path / "split" / "checkpoint.safetensors")
     assert not torch.equal(ckpt["sae.W_dec"], full.W_dec.detach())  # really stopped part-way
     resumed, _ = train(tmp_path, "split", src_cfg, sae_config, resume=True)

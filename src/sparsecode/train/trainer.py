@@ -185,7 +185,13 @@ class Trainer:
         path = self.run_dir / METRICS_FILE
         if not path.is_file():
             return
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a line cut short by a hard kill
         atomic_write(path, lambda p: p.write_text("".join(line + "\n" for line in kept)))
 
     def _finish(self, sae: SparseAutoencoder) -> SparseAutoencoder:
