@@ -164,7 +164,8 @@ def test_help_mentions_every_source():
         assert flag in r.stdout
 
 
-@pytest.mark.parametrize("text, value", [("2M", 2_000_000), ("500k", 500_000), ("1e6", 1_000_000), ("4096", 4096)])
+@pytest.mark.parametrize("text, value", [("2M", 2_000_000), ("500k", 500_000), ("1e6", 1_000_000), ("4096", 4096),
+                                         ("2.01M", 2_010_000), ("4.03k", 4030)])
 def test_parse_count(text, value):
     assert parse_count(text) == value
 
@@ -202,3 +203,44 @@ def test_train_then_eval_on_a_tiny_causal_lm(tmp_path, tiny_gpt2_dir, text_corpu
     assert result["ce_spliced"] >= 0 and result["ce_clean"] > 0
     assert result["ce_increase"] == pytest.approx(result["ce_spliced"] - result["ce_clean"])
     assert "loss_recovered_zero_ablation" in result
+
+
+def test_failed_overwrite_restores_the_old_run(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--synthetic", "features=64,dim=16,active=3", "--k", "3", "--latents", "64", "--tokens", "20k",
+            "--batch-size", "256", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    np.save(tmp_path / "zeros.npy", np.zeros((5000, 16), dtype=np.float32))
+    r = run_cli("train", "--activations", str(tmp_path / "zeros.npy"), "--latents", "64", "--batch-size", "256",
+                "--overwrite", "--out", str(out))
+    assert_one_line_error(r, "all zero")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if "replaced" in p.name] == []
+    assert main([*args, "--overwrite", "--seed", "1"]) == 0  # a successful overwrite replaces it
+    assert (out / "sae.safetensors").read_bytes() != before["sae.safetensors"]
+    assert [p.name for p in tmp_path.iterdir() if "replaced" in p.name] == []
+
+
+@pytest.mark.parametrize("device, needle", [("foo", "unknown device"), ("cuda:0", "not available")])
+def test_unusable_device_is_a_one_line_error(tmp_path, device, needle):
+    if device.startswith("cuda") and __import__("torch").cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = run_cli("train", "--synthetic", "features=64,dim=16", "--latents", "64", "--device", device,
+                "--out", str(tmp_path / "run"))
+    assert_one_line_error(r, needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_values_of_the_wrong_type(tmp_path):
+    bad = {"source": {"kind": "synthetic", "n_features": 64, "dim": 16},
+           "sae": {"arch": "topk", "d_in": 16, "n_latents": 64, "k": 3.0}, "train": {"tokens": 10000}}
+    (tmp_path / "c.json").write_text(json.dumps(bad))
+    assert_one_line_error(run_cli("train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "r")),
+                          "sae.k must be a whole number")
+    bad["sae"]["k"] = 3
+    bad["train"]["normalize_inputs"] = "no"
+    (tmp_path / "c.json").write_text(json.dumps(bad))
+    assert_one_line_error(run_cli("train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "r")),
+                          "train.normalize_inputs must be true or false")
+    assert not (tmp_path / "r").exists()

@@ -158,3 +158,20 @@ def test_learning_rate_schedule():
 def test_contradictory_train_configs_are_rejected(kw, field):
     with pytest.raises(ConfigError, match=field):
         TrainConfig(**kw)
+
+
+def test_cache_key_follows_the_corpus_text_and_the_model_files(tmp_path, tiny_bert_dir, text_corpus):
+    from sparsecode.activations import cache_key
+    from sparsecode.sources import ModelSourceConfig
+
+    config = ModelSourceConfig(model=str(tiny_bert_dir), hook="encoder.layer.0", corpus=[str(text_corpus)])
+    key = cache_key(open_source(config))
+    assert cache_key(open_source(config)) == key  # stable
+    with open(text_corpus / "a.txt", "a") as f:
+        f.write("\n\nA paragraph added after the first run.\n")
+    assert cache_key(open_source(config)) != key  # edited corpus: the old activations are not served
+    key2 = cache_key(open_source(config))
+    (tiny_bert_dir / "config.json").touch()
+    import os
+    os.utime(tiny_bert_dir / "config.json", ns=(1, 1))
+    assert cache_key(open_source(config)) != key2  # replaced model files

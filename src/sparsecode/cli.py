@@ -11,8 +11,10 @@ import os
 import re
 import shutil
 import sys
+from decimal import Decimal
 from pathlib import Path
 
+from .device import check_device
 from .errors import ConfigError, Interrupted, SparsecodeError
 
 EPILOG_TRAIN = """examples:
@@ -29,10 +31,20 @@ def parse_count(text: str) -> int:
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMgGbB]?)\s*", text)
     if not m:
         raise argparse.ArgumentTypeError(f"not a count: {text!r} (examples: 2000000, 2M, 500k, 1e6)")
-    value = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}[m.group(2).lower()]
-    if value < 1 or value != int(value):
+    value = Decimal(m.group(1)) * {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}[m.group(2).lower()]
+    if value < 1 or value != value.to_integral_value():
         raise argparse.ArgumentTypeError(f"not a positive whole count: {text!r}")
     return int(value)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--hook-side", choices=["output", "input"], help="take the module's output (default) or its input")
     src.add_argument("--corpus", nargs="+", metavar="PATH", help=".txt/.jsonl files or folders (default: CPython's "
                      "bundled documentation text)")
-    src.add_argument("--max-length", type=int, metavar="N", help="tokens per text chunk (default 128)")
+    src.add_argument("--max-length", type=positive_int, metavar="N", help="tokens per text chunk (default 128)")
     src.add_argument("--activations", metavar="FILE", help="array file [n, d]: .npy, .safetensors or .parquet")
     src.add_argument("--key", help="tensor name (.safetensors) or column (.parquet) to read")
     src.add_argument("--synthetic", metavar="SPEC", help="synthetic data with known features, e.g. "
@@ -64,15 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     d = t.add_argument_group("dictionary")
     d.add_argument("--arch", choices=None, help="architecture: topk (default) or relu")
     d.add_argument("--latents", type=parse_count, metavar="N", help="dictionary size (default 16 × input width)")
-    d.add_argument("--k", type=int, help="active latents per token, TopK (default 32)")
+    d.add_argument("--k", type=positive_int, help="active latents per token, TopK (default 32)")
     d.add_argument("--l1", type=float, help="L1 coefficient, ReLU (default 5)")
 
     tr = t.add_argument_group("training")
     tr.add_argument("--tokens", type=parse_count, metavar="N", help="token budget, e.g. 2M (default 2M)")
-    tr.add_argument("--batch-size", type=int, metavar="N", help="tokens per step (default 4096)")
+    tr.add_argument("--batch-size", type=positive_int, metavar="N", help="tokens per step (default 4096)")
     tr.add_argument("--lr", type=float, help="peak learning rate (default 6e-4 / sqrt(latents / 16384))")
     tr.add_argument("--seed", type=int, help="seed for initialisation and data order (default 0)")
-    tr.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="checkpoint interval (default 200)")
+    tr.add_argument("--checkpoint-every", type=positive_int, metavar="STEPS", help="checkpoint interval (default 200)")
     tr.add_argument("--device", help="torch device: cpu, cuda, cuda:1, ... (default cpu)")
     tr.add_argument("--config", metavar="FILE", help="a run config JSON (as written to RUN/config.json); "
                     "training flags given too override its train section")
@@ -90,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate a run on its held-out split; writes RUN/eval.json and RUN/density.png.")
     e.add_argument("run", metavar="RUN", help="run folder written by `sparsecode train`")
     e.add_argument("--max-rows", type=parse_count, default=65536, metavar="N", help="eval rows (default 65536)")
-    e.add_argument("--splice-chunks", type=int, default=64, metavar="N",
+    e.add_argument("--splice-chunks", type=positive_int, default=64, metavar="N",
                    help="text chunks for spliced fidelity (default 64)")
     e.add_argument("--device", default="cpu", help="torch device (default cpu)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -170,7 +182,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, Trainer
 
     out = Path(args.out)
-    existed = out.exists()
+    if args.device:
+        check_device(args.device)
     train_overrides = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
 
     if args.resume:
@@ -184,6 +197,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             if bad:
                 raise ConfigError(f"--resume keeps the saved training settings; only --device may change (drop --{bad[0].replace('_', '-')})")
             config.train.device = train_overrides["device"]
+            if hasattr(config.source, "device"):
+                config.source.device = train_overrides["device"]
     else:
         if (out / CONFIG_FILE).exists() and not args.overwrite:
             raise ConfigError(f"{out} already holds a run; continue it with --resume, replace it with --overwrite, "
@@ -211,21 +226,37 @@ def cmd_train(args: argparse.Namespace) -> int:
         source = _open(config.source, args)
 
     trainer = Trainer(config, out, source, progress=not args.quiet)
-    if args.overwrite and existed and not args.resume:
-        from .layout import CHECKPOINT_FILE, SAE_FILE
-
-        for name in (SAE_FILE, CHECKPOINT_FILE, "eval.json"):
-            (out / name).unlink(missing_ok=True)
+    # --overwrite: the old run is moved aside, and deleted only once the new one has finished
+    replaced = _move_aside(out) if args.overwrite and out.exists() and not args.resume else None
+    existed = out.exists()
     try:
         trainer.fit(resume=args.resume)
-    except BaseException:
+    except BaseException as e:
         from .layout import CHECKPOINT_FILE
 
-        if not existed and out.exists() and not (out / CHECKPOINT_FILE).exists():
-            shutil.rmtree(out, ignore_errors=True)  # nothing resumable was written: leave no trace
+        interrupted_with_checkpoint = isinstance(e, Interrupted) and (out / CHECKPOINT_FILE).exists()
+        if not existed and out.exists() and not interrupted_with_checkpoint and (
+                replaced is not None or not (out / CHECKPOINT_FILE).exists()):
+            shutil.rmtree(out, ignore_errors=True)  # leave no trace of a run that cannot be continued
+        if replaced is not None:
+            if out.exists():  # the new run stays, resumable: the replacement the user asked for
+                shutil.rmtree(replaced, ignore_errors=True)
+            else:
+                os.replace(replaced, out)  # the old run comes back untouched
         raise
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
     _print_train_summary(out)
     return 0
+
+
+def _move_aside(out: Path) -> Path:
+    aside = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+    try:
+        os.replace(out, aside)
+    except OSError as e:
+        raise ConfigError(f"--overwrite: cannot move the old run {out} aside: {e.strerror or e}") from None
+    return aside
 
 
 def _print_train_summary(out: Path) -> None:

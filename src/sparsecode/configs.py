@@ -28,3 +28,27 @@ def dataclass_from_dict(cls: type[T], d: dict[str, Any], section: str, what: str
         return cls(**d)
     except TypeError as e:
         raise ConfigError(f"{section}: {e}") from None
+
+
+def check_field_types(obj: Any, section: str) -> None:
+    """Reject values of the wrong JSON type for fields annotated int / float / bool / str (optionally
+    ``| None``), e.g. ``"k": 3.0`` or ``"normalize_inputs": "no"``; ints given for floats become floats."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        annotation = str(f.type).replace(" ", "")
+        optional = annotation.endswith("|None")
+        base = annotation.removesuffix("|None")
+        if value is None and optional:
+            continue
+        ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+              "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+              "bool": isinstance(value, bool),
+              "str": isinstance(value, str)}.get(base, True)
+        if not ok:
+            expected = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string"}[base]
+            raise ConfigError(f"{section}.{f.name} must be {expected}" + (" or null" if optional else "")
+                              + f", got {value!r}")
+        if base == "float" and isinstance(value, int):
+            object.__setattr__(obj, f.name, float(value))
+        if base == "int" and abs(value) > 2**62:
+            raise ConfigError(f"{section}.{f.name} is out of range: {value}")

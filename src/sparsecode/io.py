@@ -70,10 +70,11 @@ def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[s
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        return load_file(str(path), device=str(device))
+        tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{path}: truncated or corrupt safetensors file ({first})") from None
+    return {k: v.to(device) for k, v in tensors.items()}
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

@@ -35,11 +35,13 @@ def default_cache_dir() -> Path:
 
 
 def cache_key(source: Source) -> str:
-    """A stable hash of what determines the activations (device and batch size do not)."""
+    """A stable hash of what determines the activations: the source config (less the device) and, where the
+    source offers one, its ``fingerprint()`` (e.g. the text and the model files, so an edited corpus or a
+    replaced model never reads stale activations)."""
     cfg = dict(source.config.to_dict())
-    for irrelevant in ("device", "batch_size"):
-        cfg.pop(irrelevant, None)
-    blob = json.dumps({"format": CACHE_FORMAT, "source": cfg}, sort_keys=True)
+    cfg.pop("device", None)
+    fingerprint = source.fingerprint() if hasattr(source, "fingerprint") else None
+    blob = json.dumps({"format": CACHE_FORMAT, "source": cfg, "fingerprint": fingerprint}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -127,10 +129,10 @@ class CachedSource:
                                                "shards": shards, "shard_rows": shard_rows,
                                                "source": self.config.to_dict()})
             final = self.root / split
-            if final.exists():  # another process finished first; theirs is as good as ours
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
+            try:
                 os.replace(tmp, final)
+            except OSError:  # another process finished the same pass first; theirs is as good as ours
+                pass
         finally:  # an unfinished pass leaves nothing behind (after the rename, tmp is gone)
             bar.close()
             shutil.rmtree(tmp, ignore_errors=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..device import check_device
 from ..errors import DataError
 from ..io import write_json
 from ..layout import DENSITY_PLOT, EVAL_FILE
@@ -53,7 +54,10 @@ def evaluate_run(
     from ..sources import open_source
 
     run_dir = Path(run_dir)
+    check_device(device)
     run = load_run(run_dir)  # one-line DataError naming any missing or broken file
+    if hasattr(run.config.source, "device"):  # evaluate where asked, whatever device the run trained on
+        run.config.source.device = device
     sae = run.sae.to(device).eval()
     source = open_source(run.config.source)
     d_in, n_latents = int(sae.cfg.d_in), int(sae.cfg.n_latents)

@@ -115,11 +115,11 @@ def _sentence_embedding(out: Any, attention_mask: torch.Tensor) -> torch.Tensor:
 
 def _next_token_ce(out: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[float, int]:
     """(Σ cross-entropy, count) of predicting token t+1 from position t, over pairs where both are non-pad."""
-    logits = out.logits[:, :-1].to(torch.float64)  # (B, T-1, V)
     targets = input_ids[:, 1:]  # (B, T-1)
     valid = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()  # (B, T-1)
-    ce = torch.nn.functional.cross_entropy(logits[valid], targets[valid], reduction="sum")
-    return float(ce), int(valid.sum())
+    logits = out.logits[:, :-1][valid].float()  # (n_valid, V): only the scored positions, never (B, T, V) in float64
+    ce = torch.nn.functional.cross_entropy(logits, targets[valid], reduction="none")  # (n_valid,)
+    return float(ce.double().sum()), int(valid.sum())
 
 
 def _ratio(num: float, den: float) -> float | None:

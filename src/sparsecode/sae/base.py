@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..configs import dataclass_from_dict
+from ..configs import check_field_types, dataclass_from_dict
 from ..errors import ConfigError
 from ..io import save_tensors
 
@@ -44,6 +44,7 @@ class SAEConfig:
     arch: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
+        check_field_types(self, "sae")
         if self.d_in < 1:
             raise ConfigError(f"sae.d_in must be >= 1, got {self.d_in}")
         if self.n_latents < 1:
@@ -175,7 +176,8 @@ class SparseAutoencoder(nn.Module):
 @torch.no_grad()
 def geometric_median(points: torch.Tensor, max_iter: int = 100, tol: float = 1e-6) -> torch.Tensor:
     """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances to ``points`` (n, d)."""
-    points = points.double()
+    device = points.device
+    points = points.detach().cpu().double()  # float64 on the CPU: small sample, and not every accelerator has it
     median = points.mean(0)
     for _ in range(max_iter):
         dist = (points - median).norm(dim=1).clamp_min(1e-12)  # (n,)
@@ -185,4 +187,4 @@ def geometric_median(points: torch.Tensor, max_iter: int = 100, tol: float = 1e-
             median = new
             break
         median = new
-    return median.float()
+    return median.float().to(device)

@@ -10,6 +10,7 @@ non-padding token (and, by default, non-special token) becomes one activation ro
 from __future__ import annotations
 
 import difflib
+import hashlib
 import itertools
 import os
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..device import check_device
 from ..errors import ConfigError, DataError
 from .base import ActivationBatch, SourceConfigBase, check_choice, check_int, check_split
 from .text import load_documents, split_documents
@@ -179,15 +181,6 @@ def is_causal_lm_config(config: Any) -> bool:
     return bool(getattr(config, "is_decoder", False)) or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
 
 
-def _check_device(device: str) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DataError(f"device '{device}' requested but CUDA is not available; use device='cpu'")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise DataError(f"device '{device}' requested but MPS is not available; use device='cpu'")
-    return dev
-
-
 def _dtype_kwarg() -> str:
     import transformers
 
@@ -197,7 +190,7 @@ def _dtype_kwarg() -> str:
 def _load_weights(path: str, config: Any, device: str, dtype: str) -> nn.Module:
     from transformers import AutoModel, AutoModelForCausalLM
 
-    dev = _check_device(device)
+    dev = check_device(device)
     cls = AutoModelForCausalLM if is_causal_lm_config(config) else AutoModel
     try:
         with _quiet():
@@ -276,7 +269,7 @@ class ModelSource:
 
     def __init__(self, config: ModelSourceConfig):
         self.config = config
-        _check_device(config.device)
+        check_device(config.device)
         self.model_path = resolve_model(config.model)
         self.model_config = _load_config(self.model_path)
         self.tokenizer = _load_tokenizer(self.model_path)
@@ -324,6 +317,27 @@ class ModelSource:
             enc = self.tokenize([probe])
             self._d_in = int(self.activations(enc["input_ids"], enc["attention_mask"]).shape[-1])
         return self._d_in
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the activations depend on beyond the config strings: the documents' text, the model's
+        files (name, size, mtime) and the library versions. Keys the on-disk activation cache."""
+        import transformers
+
+        text = hashlib.sha256()
+        for split in ("train", "eval"):
+            for doc in self.documents(split):
+                text.update(doc.encode("utf-8") + b"\0")
+            text.update(b"\1")
+        where = resolve_model(self.config.model)
+        files = []
+        if os.path.isdir(where):
+            where = os.path.abspath(where)
+            for entry in sorted(os.scandir(where), key=lambda e: e.name):
+                if entry.is_file():
+                    st = entry.stat()
+                    files.append([entry.name, st.st_size, st.st_mtime_ns])
+        return {"documents_sha256": text.hexdigest(), "model": where, "model_files": files,
+                "transformers": transformers.__version__, "torch": torch.__version__.split("+")[0]}
 
     # -- corpus -----------------------------------------------------------------
 

@@ -104,8 +104,10 @@ def load_documents(paths: list[str] | None) -> list[str]:
 
 
 def split_documents(docs: list[str], split: str, eval_every: int = 20) -> list[str]:
-    """The documents of ``split``: every ``eval_every``-th one (index % eval_every == eval_every-1)
-    is held out as "eval", the rest are "train"."""
+    """The documents of ``split``: of the distinct documents (first occurrence kept, so a paragraph repeated
+    in the corpus cannot sit on both sides), every ``eval_every``-th one (index % eval_every ==
+    eval_every-1) is held out as "eval", the rest are "train"."""
     check_split(split)
     held_out = split == "eval"
-    return [d for i, d in enumerate(docs) if (i % eval_every == eval_every - 1) == held_out]
+    distinct = list(dict.fromkeys(docs))
+    return [d for i, d in enumerate(distinct) if (i % eval_every == eval_every - 1) == held_out]

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..configs import dataclass_from_dict
+from ..configs import check_field_types, dataclass_from_dict
 from ..errors import ConfigError
 
 
@@ -23,8 +23,8 @@ class TrainConfig:
     """Adam β1."""
     beta2: float = 0.999
     """Adam β2."""
-    warmup_steps: int = 50
-    """Linear learning-rate warmup from 0, in steps."""
+    warmup_steps: int | None = None
+    """Linear learning-rate warmup from 0, in steps; None means min(50, total_steps // 10)."""
     decay_fraction: float = 0.2
     """The learning rate decays linearly to 0 over this final fraction of the steps."""
     buffer_rows: int = 131072
@@ -45,6 +45,7 @@ class TrainConfig:
     """Torch device for training, e.g. 'cpu', 'cuda', 'cuda:1'."""
 
     def __post_init__(self) -> None:
+        check_field_types(self, "train")
         for name in ("tokens", "batch_size", "buffer_rows", "checkpoint_every", "log_every", "init_rows", "dead_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
@@ -56,9 +57,9 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be in (0, 1), got {self.lr}")
         if not 0 <= self.decay_fraction <= 1:
             raise ConfigError(f"train.decay_fraction must be in [0, 1], got {self.decay_fraction}")
-        if self.warmup_steps < 0 or self.warmup_steps >= self.total_steps:
+        if self.warmup_steps is not None and not 0 <= self.warmup_steps < self.total_steps:
             raise ConfigError(f"train.warmup_steps ({self.warmup_steps}) must be >= 0 and below the total steps "
-                              f"({self.total_steps} = tokens / batch_size); lower it or raise --tokens")
+                              f"({self.total_steps} = tokens / batch_size); lower it or raise the token budget")
         for b in ("beta1", "beta2"):
             if not 0 <= getattr(self, b) < 1:
                 raise ConfigError(f"train.{b} must be in [0, 1), got {getattr(self, b)}")
@@ -68,14 +69,19 @@ class TrainConfig:
         """Optimizer steps for the token budget."""
         return math.ceil(self.tokens / self.batch_size)
 
+    @property
+    def warmup(self) -> int:
+        """Warmup steps in effect."""
+        return self.warmup_steps if self.warmup_steps is not None else min(50, self.total_steps // 10)
+
     def learning_rate(self, n_latents: int) -> float:
         """The peak learning rate (``lr`` or the size-scaled default)."""
         return self.lr if self.lr is not None else 6e-4 / math.sqrt(n_latents / 2**14)
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of the peak learning rate at ``step``: linear warmup, flat, linear decay to 0."""
-        if step < self.warmup_steps:
-            return (step + 1) / (self.warmup_steps + 1)
+        if step < self.warmup:
+            return (step + 1) / (self.warmup + 1)
         decay_steps = int(self.total_steps * self.decay_fraction)
         decay_start = self.total_steps - decay_steps
         if decay_steps > 0 and step >= decay_start:

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..activations import ActivationStore
+from ..device import check_device
 from ..errors import DataError, Interrupted, SparsecodeError
 from ..io import atomic_write, load_tensors, read_metadata, save_tensors
 from ..layout import CHECKPOINT_FILE, METRICS_FILE, SAE_FILE, TRAINING_PLOT
@@ -40,15 +41,16 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.source = source
         self.progress = progress
-        self.device = torch.device(config.train.device)
+        self.device = check_device(config.train.device)
         self._stop_requested = False
 
     # -- public ---------------------------------------------------------------------------------
     def fit(self, resume: bool = False, stop_at_step: int | None = None) -> SparseAutoencoder:
         """Train to the token budget (or, for tests and interruptions, until ``stop_at_step``).
 
-        Returns the SAE acting on raw activations once finished; when stopped early, the training-space
-        SAE is returned and a checkpoint is on disk for ``fit(resume=True)``.
+        Returns the SAE acting on raw activations once finished. When stopped early by ``stop_at_step``
+        (as a crash would), the training-space SAE is returned and ``fit(resume=True)`` continues from the
+        last periodic checkpoint, if one was written.
         """
         tc = self.config.train
         if resume:
@@ -130,8 +132,11 @@ class Trainer:
         if mean_sq_norm <= 0:
             raise DataError("the source's activations are all zero; nothing to learn")
         self.config.input_scale = math.sqrt(self.config.sae.d_in / mean_sq_norm) if tc.normalize_inputs else 1.0
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.config.save(self.run_dir)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.config.save(self.run_dir)
+        except OSError as e:
+            raise DataError(f"cannot write the run folder {self.run_dir}: {e.strerror or e}") from None
         (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
 
         sae = build_sae(self.config.sae).to(self.device)
