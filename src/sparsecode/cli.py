@@ -14,7 +14,6 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
-from .device import check_device
 from .errors import ConfigError, Interrupted, SparsecodeError
 
 EPILOG_TRAIN = """examples:
@@ -182,8 +181,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, Trainer
 
     out = Path(args.out)
-    if args.device:
-        check_device(args.device)
     train_overrides = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
 
     if args.resume:
@@ -234,10 +231,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     except BaseException as e:
         from .layout import CHECKPOINT_FILE
 
-        interrupted_with_checkpoint = isinstance(e, Interrupted) and (out / CHECKPOINT_FILE).exists()
-        if not existed and out.exists() and not interrupted_with_checkpoint and (
-                replaced is not None or not (out / CHECKPOINT_FILE).exists()):
-            shutil.rmtree(out, ignore_errors=True)  # leave no trace of a run that cannot be continued
+        # a new run folder stays only if it can be continued, and (when it replaces an old run) only if the
+        # user stopped it on purpose; otherwise it leaves no trace
+        resumable = (out / CHECKPOINT_FILE).exists() and (isinstance(e, Interrupted) or replaced is None)
+        if not existed and not resumable:
+            shutil.rmtree(out, ignore_errors=True)
         if replaced is not None:
             if out.exists():  # the new run stays, resumable: the replacement the user asked for
                 shutil.rmtree(replaced, ignore_errors=True)
