@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text chunks for spliced fidelity (default 64)")
     e.add_argument("--device", default="cpu", help="torch device (default cpu)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_dashboard_commands(sub)
     return parser
 
 
@@ -281,6 +282,74 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval}
+
+
+# -- features, serve -----------------------------------------------------------------------------------
+EPILOG_FEATURES = """examples:
+  sparsecode features runs/demo                       # held-out split of the run's corpus
+  sparsecode features runs/demo --split train --max-tokens 200k --top 30
+  sparsecode serve runs/demo                          # then open http://127.0.0.1:8000
+"""
+
+EPILOG_SERVE = """examples:
+  sparsecode serve runs/demo
+  sparsecode serve runs/demo --port 8080
+  sparsecode serve runs/demo --host 0.0.0.0    # reachable from other machines: only on a trusted network
+"""
+
+
+def _add_dashboard_commands(sub) -> None:
+    f = sub.add_parser("features", help="compute every latent's statistics and top contexts into RUN/features.sqlite",
+                       description="Stream a split of the run's corpus through its model and SAE and store, for "
+                       "every latent, density, mean/max activation, quantiles, a histogram, top-activating and "
+                       "lower-quantile contexts, and the tokens its decoder direction promotes/suppresses, in "
+                       "RUN/features.sqlite (written atomically). Browse it with `sparsecode serve RUN`.",
+                       epilog=EPILOG_FEATURES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    f.add_argument("run", metavar="RUN", help="run folder written by `sparsecode train` (text model source)")
+    f.add_argument("--split", choices=["eval", "train"], default="eval",
+                   help="corpus split to read (default eval: the documents held out from training)")
+    f.add_argument("--max-tokens", type=parse_count, metavar="N", help="read at most about N tokens (whole chunks)")
+    f.add_argument("--top", type=positive_int, default=20, metavar="N", help="top contexts per latent (default 20)")
+    f.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="text chunks per forward pass")
+    f.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("serve", help="browse RUN/features.sqlite in a local web dashboard",
+                       description="Serve the feature dashboard of a run: a sortable feature list, a page per "
+                       "feature, \"what fires here?\" for pasted text, and JSON for every page.",
+                       epilog=EPILOG_SERVE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("run", metavar="RUN", help="run folder holding features.sqlite (see `sparsecode features`)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from .features import FeaturesConfig, build_features
+
+    config = FeaturesConfig(split=args.split, max_tokens=args.max_tokens, top_n=args.top,
+                            batch_size=args.batch_size, device=args.device)
+    r = build_features(args.run, config, progress=not args.quiet)
+    print(f"wrote {r['path']}: {r['n_latents']} latents over {r['n_tokens']:,} tokens of the {r['split']} split "
+          f"in {r['seconds']:.0f}s; {r['dead']} dead, {r['dense']} dense")
+    print(f"  promoted/suppressed tokens via: {r['logit_embedding']}")
+    print(f"  browse: sparsecode serve {args.run}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .dashboard import create_app
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535, got {args.port}")
+    app = create_app(args.run)
+    print(f"serving {args.run} at http://{args.host}:{args.port}/  (Ctrl-C to stop)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+COMMANDS.update(features=cmd_features, serve=cmd_serve)
 
 
 def main(argv: list[str] | None = None) -> int:

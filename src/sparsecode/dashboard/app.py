@@ -1,0 +1,165 @@
+"""The dashboard: a small FastAPI app over RUN/features.sqlite, server-rendered with Jinja2.
+
+    /features            feature list: sort, filter dead/dense, search by id or token text   (+ /features.json)
+    /features/{id}       one feature: stats, histogram, contexts, promoted/suppressed tokens  (+ /features/{id}.json)
+    /fires?text=...      which features fire on each token of a text (loads the model)       (+ /fires.json)
+    /meta.json           what the database was built from
+
+Browsing needs only sqlite3, FastAPI and Jinja2; torch is imported by /fires alone, on first use. Requests
+never name files: the database path is fixed when the app is created and static files come from the
+package's own folder through Starlette's StaticFiles (which refuses paths leading outside it).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from urllib.parse import urlencode
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.exceptions import HTTPException
+
+from ..layout import FEATURES_FILE
+from .db import FILTERS, SORTS, FeatureDB
+from .fires import FiresModel
+
+HERE = Path(__file__).parent
+FEATURE_ID = re.compile(r"[0-9]{1,12}")
+MAX_PER_PAGE = 500
+MAX_TEXT_CHARS = 2000
+
+
+def _templates() -> Environment:
+    env = Environment(loader=PackageLoader("sparsecode.dashboard", "templates"),
+                      autoescape=select_autoescape(["html"], default=True), trim_blocks=True, lstrip_blocks=True)
+    env.filters["tok"] = lambda t: t.replace("\n", "↵").replace("\t", "⇥") if t else "∅"
+    env.filters["pct"] = lambda x: "—" if x is None else f"{100 * x:.3g}%"
+    env.filters["num"] = lambda x, d=3: "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{d}g}"
+    env.filters["shade"] = lambda a, top: 0.0 if not a or not top else round(min(max(a / top, 0.0), 1.0), 3)
+    return env
+
+
+def _parse_feature_id(raw: str, db: FeatureDB) -> int:
+    """400 for anything but a plain decimal number, 404 for a number that is not a feature."""
+    if not FEATURE_ID.fullmatch(raw):
+        raise HTTPException(400, f"malformed feature id {raw[:40]!r}: expected a whole number")
+    fid = int(raw)
+    if fid >= db.n_latents:
+        raise HTTPException(404, f"no feature {fid}: this dictionary has features 0 to {db.n_latents - 1}")
+    return fid
+
+
+def _choice(params: dict[str, str], name: str, choices, default: str) -> str:
+    value = params.get(name, default) or default
+    if value not in choices:
+        raise HTTPException(400, f"{name} must be one of {', '.join(choices)}, got {value[:40]!r}")
+    return value
+
+
+def _positive(params: dict[str, str], name: str, default: int, maximum: int) -> int:
+    raw = params.get(name, "") or str(default)
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise HTTPException(400, f"{name} must be a whole number from 1 to {maximum}, got {raw[:40]!r}")
+    return int(raw)
+
+
+def create_app(run_dir: str | Path) -> FastAPI:
+    """The dashboard for the run in ``run_dir`` (its features.sqlite must exist)."""
+    run_dir = Path(run_dir)
+    db = FeatureDB(run_dir / FEATURES_FILE)
+    env = _templates()
+    fires_model = FiresModel(run_dir)
+    counts = db.list_features(filter="dead", limit=1)[0], db.list_features(filter="dense", limit=1)[0]
+    app = FastAPI(title="sparsecode dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.state.db = db
+
+    def page(name: str, request: Request, status: int = 200, **context: Any) -> HTMLResponse:
+        html = env.get_template(name).render(meta=db.meta, run_name=run_dir.resolve().name, counts=counts,
+                                             path=request.url.path, **context)
+        return HTMLResponse(html, status_code=status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if request.url.path.endswith(".json"):
+            return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+        return page("error.html", request, status=exc.status_code, status_code=exc.status_code, message=exc.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        return await http_error(request, HTTPException(400, "malformed request"))
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("/features")
+
+    def feature_list(request: Request) -> dict[str, Any]:
+        params = dict(request.query_params)
+        sort = _choice(params, "sort", tuple(SORTS), "max_act")
+        order = _choice(params, "order", ("asc", "desc"), "desc")
+        filt = _choice(params, "filter", FILTERS, "all")
+        per_page = _positive(params, "per_page", 100, MAX_PER_PAGE)
+        page_no = _positive(params, "page", 1, 10**9)
+        query = params.get("q", "")[:100]
+        total, rows = db.list_features(sort, order, filt, query, (page_no - 1) * per_page, per_page)
+        return {"total": total, "page": page_no, "per_page": per_page, "pages": max(1, math.ceil(total / per_page)),
+                "sort": sort, "order": order, "filter": filt, "q": query, "features": rows}
+
+    @app.get("/features.json")
+    def features_json(request: Request) -> dict[str, Any]:
+        return feature_list(request)
+
+    @app.get("/features", response_class=HTMLResponse)
+    def features_html(request: Request) -> HTMLResponse:
+        listing = feature_list(request)
+        q = listing["q"].strip()
+        if q.isdigit() and listing["total"] == 1:  # a feature id: go straight to it
+            return RedirectResponse(f"/features/{int(q)}")  # type: ignore[return-value]
+        current = {k: listing[k] for k in ("sort", "order", "filter", "q", "per_page")}
+
+        def link(**changes: Any) -> str:
+            params = {**current, "page": listing["page"], **changes}
+            return "/features?" + urlencode({k: v for k, v in params.items() if v != ""})
+
+        return page("list.html", request, link=link, **listing)
+
+    @app.get("/features/{fid}.json")
+    def feature_json(fid: str) -> dict[str, Any]:
+        return db.feature(_parse_feature_id(fid, db))  # type: ignore[return-value]
+
+    @app.get("/features/{fid}", response_class=HTMLResponse)
+    def feature_html(request: Request, fid: str) -> HTMLResponse:
+        feature = db.feature(_parse_feature_id(fid, db))
+        return page("feature.html", request, f=feature)
+
+    def fires(request: Request) -> dict[str, Any]:
+        text = request.query_params.get("text", "")
+        if len(text) > MAX_TEXT_CHARS:
+            raise HTTPException(400, f"text is {len(text)} characters long; paste at most {MAX_TEXT_CHARS}")
+        if not text.strip():
+            return {"text": text, "tokens": [], "top_features": [], "error": None}
+        return {"text": text, **fires_model.run(text)}
+
+    @app.get("/fires.json")
+    def fires_json(request: Request) -> dict[str, Any]:
+        result = fires(request)
+        if result.get("error"):
+            return JSONResponse(result, status_code=503)  # type: ignore[return-value]
+        return result
+
+    @app.get("/fires", response_class=HTMLResponse)
+    def fires_html(request: Request) -> HTMLResponse:
+        result = fires(request)
+        return page("fires.html", request, status=503 if result.get("error") else 200, **result)
+
+    @app.get("/meta.json")
+    def meta_json() -> dict[str, Any]:
+        return db.meta
+
+    return app

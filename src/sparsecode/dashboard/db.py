@@ -1,0 +1,108 @@
+"""Read-only access to RUN/features.sqlite (sqlite3 only: browsing never imports torch)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+
+FORMAT, VERSION = "sparsecode-features", 1  # what sparsecode.features.database writes
+
+SORTS = {"id": "id", "density": "density", "max_act": "max_act", "mean_act": "mean_act"}
+"""List sort keys (query value -> column)."""
+FILTERS = ("all", "alive", "dead", "dense")
+"""List filters."""
+
+
+class FeatureDB:
+    """Queries the dashboard needs. One read-only connection per thread (the server runs handlers in a pool)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"{self.path} not found; build it with `sparsecode features {self.path.parent}`")
+        self._local = threading.local()
+        try:
+            self.meta = {k: json.loads(v) for k, v in self._con().execute("SELECT key, value FROM meta")}
+        except (sqlite3.DatabaseError, json.JSONDecodeError) as e:
+            raise DataError(f"{self.path}: not a readable feature database ({e}); rebuild it with "
+                            f"`sparsecode features {self.path.parent}`") from None
+        if self.meta.get("format") != FORMAT or self.meta.get("version") != VERSION:
+            raise DataError(f"{self.path}: not a sparsecode feature database of version {VERSION}; rebuild it with "
+                            f"`sparsecode features {self.path.parent}`")
+        self.n_latents: int = int(self.meta["n_latents"])
+        self.dense_threshold: float = float(self.meta["settings"]["dense_threshold"])
+        self._token_text: dict[int, str] | None = None
+
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            con.row_factory = sqlite3.Row
+            self._local.con = con
+        return con
+
+    def token_texts(self, ids: list[int]) -> list[str]:
+        if self._token_text is None:  # small (the tokens shown anywhere); loaded once
+            self._token_text = dict(self._con().execute("SELECT id, text FROM tokens").fetchall())
+        return [self._token_text.get(i, f"<{i}>") for i in ids]
+
+    # -- list ----------------------------------------------------------------------------------------
+    def list_features(self, sort: str = "max_act", order: str = "desc", filter: str = "all", query: str = "",
+                      offset: int = 0, limit: int = 100) -> tuple[int, list[dict[str, Any]]]:
+        """(total matching, one page of summary rows). ``query``: a feature id, or a token's text (exact,
+        case-insensitive, ignoring surrounding spaces) that the feature fires on in its top contexts."""
+        where, params = [], []
+        join = ""
+        if filter == "alive":
+            where.append("fire_count > 0")
+        elif filter == "dead":
+            where.append("fire_count = 0")
+        elif filter == "dense":
+            where.append("density > ?")
+            params.append(self.dense_threshold)
+        query = query.strip()
+        if query.isdigit():
+            where.append("id = ?")
+            params.append(int(query))
+        elif query:
+            join = ("JOIN (SELECT ft.feature, MAX(ft.activation) AS match_act FROM feature_tokens ft "
+                    "JOIN tokens t ON t.id = ft.token WHERE t.key = ? GROUP BY ft.feature) m ON m.feature = features.id")
+            params.insert(0, query.lower())
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        direction = "ASC" if order == "asc" else "DESC"
+        con = self._con()
+        total = con.execute(f"SELECT COUNT(*) FROM features {join} {clause}", params).fetchone()[0]
+        rows = con.execute(
+            f"SELECT id, fire_count, density, mean_act, max_act, top_tokens FROM features {join} {clause} "
+            f"ORDER BY {SORTS[sort]} {direction}, id ASC LIMIT ? OFFSET ?", [*params, limit, offset]).fetchall()
+        return total, [{**dict(r), "top_tokens": json.loads(r["top_tokens"])} for r in rows]
+
+    # -- one feature ---------------------------------------------------------------------------------
+    def feature(self, fid: int) -> dict[str, Any] | None:
+        """Everything about feature ``fid``, or None if there is no such feature."""
+        con = self._con()
+        r = con.execute("SELECT * FROM features WHERE id = ?", (fid,)).fetchone()
+        if r is None:
+            return None
+        out = dict(r)
+        out["quantiles"] = dict(zip((str(q) for q in self.meta["quantile_levels"]), json.loads(r["quantiles"])))
+        out["histogram"] = [{"low": lo, "high": hi, "count": c} for lo, hi, c in json.loads(r["histogram"])]
+        out["top_tokens"] = json.loads(r["top_tokens"])
+        for side in ("promoted", "suppressed"):
+            pairs = json.loads(r[side])
+            texts = self.token_texts([i for i, _ in pairs])
+            out[side] = [{"token_id": i, "text": t, "score": s} for (i, s), t in zip(pairs, texts)]
+        out["dense"] = out["density"] > self.dense_threshold
+        out["contexts"] = {"top": [], "quantile": []}
+        for c in con.execute("SELECT * FROM contexts WHERE feature = ? ORDER BY kind, rank", (fid,)):
+            ids = json.loads(c["token_ids"])
+            out["contexts"][c["kind"]].append({
+                "activation": c["activation"], "band": c["band"], "chunk": c["chunk"], "position": c["position"],
+                "center": c["center"], "tokens": [{"id": i, "text": t, "act": a} for i, t, a in
+                                                  zip(ids, self.token_texts(ids), json.loads(c["acts"]))]})
+        return out
