@@ -73,3 +73,26 @@ def text_corpus(tmp_path) -> Path:
         + "\n"
     )
     return d
+
+
+@pytest.fixture(scope="session")
+def planted_run(tmp_path_factory, tiny_bert_dir) -> Path:
+    """A run folder (no features.sqlite yet) whose SAE has known features; see tests/planted_run.py."""
+    from planted_run import write_corpus, write_model, write_planted_run
+
+    root = tmp_path_factory.mktemp("planted")
+    model = write_model(tiny_bert_dir, root / "model")
+    return write_planted_run(root / "run", model, write_corpus(root / "corpus"))
+
+
+@pytest.fixture(scope="session")
+def planted_features(tmp_path_factory, planted_run) -> Path:
+    """A copy of ``planted_run`` with its feature database built (default settings, eval split)."""
+    import shutil
+
+    from sparsecode.features import FeaturesConfig, build_features
+
+    run = tmp_path_factory.mktemp("planted_features") / "run"
+    shutil.copytree(planted_run, run)
+    build_features(run, FeaturesConfig(top_n=5, n_samples=12, context_left=4, context_right=3), progress=False)
+    return run

@@ -101,12 +101,14 @@ def create_app(run_dir: str | Path) -> FastAPI:
 
     def feature_list(request: Request) -> dict[str, Any]:
         params = dict(request.query_params)
-        sort = _choice(params, "sort", tuple(SORTS), "max_act")
+        query = params.get("q", "")[:100]
+        token_query = bool(query.strip()) and not query.strip().isdigit()
+        sort = _choice(params, "sort", tuple(SORTS) if token_query else tuple(k for k in SORTS if k != "match"),
+                       "match" if token_query else "max_act")
         order = _choice(params, "order", ("asc", "desc"), "desc")
         filt = _choice(params, "filter", FILTERS, "all")
         per_page = _positive(params, "per_page", 100, MAX_PER_PAGE)
         page_no = _positive(params, "page", 1, 10**9)
-        query = params.get("q", "")[:100]
         total, rows = db.list_features(sort, order, filt, query, (page_no - 1) * per_page, per_page)
         return {"total": total, "page": page_no, "per_page": per_page, "pages": max(1, math.ceil(total / per_page)),
                 "sort": sort, "order": order, "filter": filt, "q": query, "features": rows}
@@ -127,7 +129,7 @@ def create_app(run_dir: str | Path) -> FastAPI:
             params = {**current, "page": listing["page"], **changes}
             return "/features?" + urlencode({k: v for k, v in params.items() if v != ""})
 
-        return page("list.html", request, link=link, **listing)
+        return page("list.html", request, link=link, token_query=bool(q) and not q.isdigit(), **listing)
 
     @app.get("/features/{fid}.json")
     def feature_json(fid: str) -> dict[str, Any]:

@@ -12,8 +12,8 @@ from ..errors import DataError
 
 FORMAT, VERSION = "sparsecode-features", 1  # what sparsecode.features.database writes
 
-SORTS = {"id": "id", "density": "density", "max_act": "max_act", "mean_act": "mean_act"}
-"""List sort keys (query value -> column)."""
+SORTS = {"id": "id", "density": "density", "max_act": "max_act", "mean_act": "mean_act", "match": "match_act"}
+"""List sort keys (query value -> column); "match" (activation on the searched token) needs a token query."""
 FILTERS = ("all", "alive", "dead", "dense")
 """List filters."""
 
@@ -55,9 +55,10 @@ class FeatureDB:
     def list_features(self, sort: str = "max_act", order: str = "desc", filter: str = "all", query: str = "",
                       offset: int = 0, limit: int = 100) -> tuple[int, list[dict[str, Any]]]:
         """(total matching, one page of summary rows). ``query``: a feature id, or a token's text (exact,
-        case-insensitive, ignoring surrounding spaces) that the feature fires on in its top contexts."""
+        case-insensitive, ignoring surrounding spaces) that the feature fires on in its top contexts; rows then
+        carry ``match_act``, the feature's largest activation on that token."""
         where, params = [], []
-        join = ""
+        join, match = "", ", NULL AS match_act"
         if filter == "alive":
             where.append("fire_count > 0")
         elif filter == "dead":
@@ -73,12 +74,15 @@ class FeatureDB:
             join = ("JOIN (SELECT ft.feature, MAX(ft.activation) AS match_act FROM feature_tokens ft "
                     "JOIN tokens t ON t.id = ft.token WHERE t.key = ? GROUP BY ft.feature) m ON m.feature = features.id")
             params.insert(0, query.lower())
+            match = ", match_act"
+        elif sort == "match":
+            raise ValueError("sort 'match' needs a token query")
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         direction = "ASC" if order == "asc" else "DESC"
         con = self._con()
         total = con.execute(f"SELECT COUNT(*) FROM features {join} {clause}", params).fetchone()[0]
         rows = con.execute(
-            f"SELECT id, fire_count, density, mean_act, max_act, top_tokens FROM features {join} {clause} "
+            f"SELECT id, fire_count, density, mean_act, max_act, top_tokens{match} FROM features {join} {clause} "
             f"ORDER BY {SORTS[sort]} {direction}, id ASC LIMIT ? OFFSET ?", [*params, limit, offset]).fetchall()
         return total, [{**dict(r), "top_tokens": json.loads(r["top_tokens"])} for r in rows]
 
