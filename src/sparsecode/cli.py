@@ -337,15 +337,9 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from .dashboard.server import serve
 
-    from .dashboard import create_app
-
-    if not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port must be between 0 and 65535, got {args.port}")
-    app = create_app(args.run)
-    print(f"serving {args.run} at http://{args.host}:{args.port}/  (Ctrl-C to stop)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    serve(args.run, host=args.host, port=args.port)
     return 0
 
 

@@ -41,6 +41,8 @@ def _templates() -> Environment:
     env.filters["tok"] = lambda t: t.replace("\n", "↵").replace("\t", "⇥") if t else "∅"
     env.filters["pct"] = lambda x: "—" if x is None else f"{100 * x:.3g}%"
     env.filters["num"] = lambda x, d=3: "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{d}g}"
+    # density bar: log scale from 1e-5 (empty) to 1 (full), since densities span orders of magnitude
+    env.filters["logbar"] = lambda d: 0.0 if not d else round(min(max((math.log10(d) + 5) / 5, 0.0), 1.0) * 100, 1)
     env.filters["shade"] = lambda a, top: 0.0 if not a or not top else round(min(max(a / top, 0.0), 1.0), 3)
     return env
 
