@@ -227,3 +227,20 @@ def test_bad_input(tmp_path, planted_run):
     sae.save(tmp_path / "sae.safetensors")
     with pytest.raises(DataError, match="text model"):
         build_features(tmp_path, progress=False)
+
+
+def test_command_line(planted_run, tmp_path, capsys):
+    from sparsecode.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(planted_run, run)
+    assert main(["serve", str(run)]) == 2  # no database yet: one line saying how to build it
+    assert "sparsecode features" in capsys.readouterr().err
+    assert main(["features", str(run), "--top", "3", "--max-tokens", "100", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {run / 'features.sqlite'}: {N_LATENTS} latents" in out and "1 dead" in out
+    assert f"browse: sparsecode serve {run}" in out
+    assert _db(run).execute("SELECT MAX(rank) FROM contexts WHERE kind = 'top'").fetchone()[0] == 2
+    assert main(["features", str(tmp_path / "missing"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "not found" in err and len(err.splitlines()) == 1

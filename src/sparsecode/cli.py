@@ -310,7 +310,8 @@ def _add_dashboard_commands(sub) -> None:
                    help="corpus split to read (default eval: the documents held out from training)")
     f.add_argument("--max-tokens", type=parse_count, metavar="N", help="read at most about N tokens (whole chunks)")
     f.add_argument("--top", type=positive_int, default=20, metavar="N", help="top contexts per latent (default 20)")
-    f.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="text chunks per forward pass")
+    f.add_argument("--batch-tokens", type=parse_count, default=4096, metavar="N",
+                   help="padded tokens per forward pass (default 4096; memory grows with N × latents)")
     f.add_argument("--device", default="cpu", help="torch device (default cpu)")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -327,7 +328,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     from .features import FeaturesConfig, build_features
 
     config = FeaturesConfig(split=args.split, max_tokens=args.max_tokens, top_n=args.top,
-                            batch_size=args.batch_size, device=args.device)
+                            batch_tokens=args.batch_tokens, device=args.device)
     r = build_features(args.run, config, progress=not args.quiet)
     print(f"wrote {r['path']}: {r['n_latents']} latents over {r['n_tokens']:,} tokens of the {r['split']} split "
           f"in {r['seconds']:.0f}s; {r['dead']} dead, {r['dense']} dense")

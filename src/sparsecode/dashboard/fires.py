@@ -42,7 +42,8 @@ class FiresModel:
             return self._loaded
 
     def run(self, text: str) -> dict[str, Any]:
-        """Per token of ``text``: its display text and the features firing on it (strongest first)."""
+        """Per token of ``text``: its display text and the features firing on it (strongest first); and the features
+        with the largest summed activation over the text, with their activation on every token."""
         loaded = self._load()
         if loaded is None:
             return {"tokens": [], "top_features": [], "error": self._error}
@@ -68,6 +69,6 @@ class FiresModel:
                 {"id": int(f), "act": round(float(v), 4)} for v, f in zip(values, latent_ids) if v > 0]})
         total = latents.sum(0)  # (n_latents,)
         values, latent_ids = total.topk(min(TOP_OVERALL, total.shape[0]))
-        top = [{"id": int(f), "total": round(float(v), 4), "tokens": int((latents[:, f] > 0).sum())}
-               for v, f in zip(values, latent_ids) if v > 0]
+        top = [{"id": int(f), "total": round(float(v), 4), "tokens": int((latents[:, f] > 0).sum()),
+                "acts": [round(a, 4) for a in latents[:, f].tolist()]} for v, f in zip(values, latent_ids) if v > 0]
         return {"tokens": tokens, "top_features": top, "error": None, "truncated": len(body) < len(all_ids)}

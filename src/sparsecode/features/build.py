@@ -41,6 +41,18 @@ def _pick_chunks(counts: list[int], max_tokens: int | None) -> list[int]:
     return picked
 
 
+def _batches(order: list[int], chunks: list[list[int]], batch_tokens: int) -> list[list[int]]:
+    """Consecutive groups of ``order`` (chunk indices sorted by length) whose padded size, group size × longest
+    chunk, stays within ``batch_tokens`` (a chunk longer than that gets a group of its own)."""
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and (len(groups[-1]) + 1) * max(len(chunks[i]), len(chunks[groups[-1][-1]])) <= batch_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 def build_features(run_dir: str | Path, config: FeaturesConfig | None = None, progress: bool = True) -> dict[str, Any]:
     """Compute every latent's statistics and examples for the run in ``run_dir``; write RUN/features.sqlite.
 
@@ -77,8 +89,7 @@ def build_features(run_dir: str | Path, config: FeaturesConfig | None = None, pr
     bar = tqdm(total=sum(counts[i] for i in picked), unit="tok", desc=f"features ({config.split} split)",
                disable=not progress, dynamic_ncols=True)
     with torch.inference_mode():
-        for s in range(0, len(order), config.batch_size):
-            group = order[s : s + config.batch_size]
+        for group in _batches(order, chunks, config.batch_tokens):
             enc = source.tokenize([chunks[i] for i in group])
             keep = source.keep_mask(enc["input_ids"], enc["attention_mask"])  # (B, T)
             x = source.activations(enc["input_ids"], enc["attention_mask"]).float()  # (B, T, d_in)

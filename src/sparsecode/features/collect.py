@@ -51,17 +51,25 @@ class Examples:
                    positions=torch.zeros(n_latents, size, dtype=torch.long),
                    windows=torch.full((n_latents, size, window), torch.nan))
 
-    def merge(self, candidates: Examples) -> None:
-        """Keep, per latent, the ``size`` best of the current examples and ``candidates`` (same layout)."""
+    def merge(self, latent: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, chunks: torch.Tensor,
+              positions: torch.Tensor, windows: torch.Tensor) -> None:
+        """Offer C candidate examples: ``latent``, ``keys``, ``values``, ``chunks``, ``positions`` (C,) and
+        ``windows`` (C, window). Each latent keeps the ``size`` best of its examples and its candidates (on equal
+        keys, the examples it already had)."""
         size = self.keys.shape[1]
-        keys = torch.cat([self.keys, candidates.keys], dim=1)  # (n_latents, size + n_cand)
-        best = keys.topk(size, dim=1).indices  # (n_latents, size), sorted best first
-        self.keys = keys.gather(1, best)
-        self.values = torch.cat([self.values, candidates.values], dim=1).gather(1, best)
-        self.chunks = torch.cat([self.chunks, candidates.chunks], dim=1).gather(1, best)
-        self.positions = torch.cat([self.positions, candidates.positions], dim=1).gather(1, best)
-        windows = torch.cat([self.windows, candidates.windows], dim=1)  # (n_latents, size + n_cand, window)
-        self.windows = windows.gather(1, best[:, :, None].expand(-1, -1, windows.shape[2]))
+        rows = latent.unique()  # (L,) ascending: only these latents change
+        old = {name: getattr(self, name)[rows].flatten(0, 1) for name in ("keys", "values", "chunks", "positions",
+                                                                            "windows")}  # (L * size, ...)
+        owner = torch.cat([rows.repeat_interleave(size), latent])  # (L * size + C,)
+        pool = {"keys": keys, "values": values, "chunks": chunks, "positions": positions, "windows": windows}
+        pool = {name: torch.cat([old[name], new]) for name, new in pool.items()}
+        by_key = torch.argsort(pool["keys"], descending=True, stable=True)
+        order = by_key[torch.argsort(owner[by_key], stable=True)]  # grouped by latent, best key first
+        _, counts = torch.unique_consecutive(owner[order], return_counts=True)
+        rank = torch.arange(order.numel()) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+        chosen = order[rank < size]  # exactly ``size`` per latent (each had ``size`` slots), in ``rows`` order
+        for name, pooled in pool.items():
+            getattr(self, name)[rows] = pooled[chosen].view(rows.numel(), size, *pooled.shape[1:])
 
     def as_lists(self) -> ExampleLists:
         """The same examples as nested Python lists, for fast per-example reading. Activations are rounded (in float64,
@@ -102,46 +110,59 @@ class FeatureAccumulator:
 
     @torch.inference_mode()
     def update(self, latents: torch.Tensor, keep: torch.Tensor, chunk_ids: torch.Tensor) -> None:
-        """One batch of chunks: ``latents`` (B, T, n_latents) activations, ``keep`` (B, T) bool marking the
-        tokens that count (not padding, not special), ``chunk_ids`` (B,) their chunk indices."""
-        latents = latents.detach().to("cpu", torch.float32) * keep[:, :, None]  # (B, T, n_latents)
+        """One batch of chunks: ``latents`` (B, T, n_latents) non-negative activations, ``keep`` (B, T) bool
+        marking the tokens that count (not padding, not special), ``chunk_ids`` (B,) their chunk indices.
+
+        Apart from listing the non-zero entries once, the work is proportional to their number, not B·T·m.
+        """
+        latents = latents.detach().to("cpu", torch.float32)  # (B, T, m)
+        keep = keep.to("cpu")
         B, T, m = latents.shape
         self.n_tokens += int(keep.sum())
-        fired = latents > 0  # (B, T, m)
-        self.fire_count += fired.sum(dim=(0, 1))
-        self.act_sum += latents.sum(dim=(0, 1), dtype=torch.float64)
-
-        where = fired.nonzero()  # (nnz, 3): chunk, position, latent
-        values = latents[fired]  # (nnz,), same order as ``where``
-        latent_of = where[:, 2]
+        where = latents.nonzero()  # (nnz, 3): chunk, position, latent
+        where = where[keep[where[:, 0], where[:, 1]]]  # firings on tokens that count
+        chunk_of, pos_of, latent_of = where.unbind(1)
+        values = latents[chunk_of, pos_of, latent_of]  # (nnz,)
+        self.fire_count += torch.bincount(latent_of, minlength=m)
+        self.act_sum.index_add_(0, latent_of, values.double())
         self.min_act.scatter_reduce_(0, latent_of, values, reduce="amin")
         bins = ((values.double().log() - self.log_low) / self.log_step).long().clamp_(0, HIST_BINS - 1)
         self.hist.view(-1).index_add_(0, latent_of * HIST_BINS + bins, torch.ones_like(bins))
 
-        by_latent = latents.transpose(1, 2)  # (B, m, T), a view
+        cell = chunk_of * m + latent_of  # (nnz,) index of the (chunk, latent) pair
+        top_values, top_pos = self._chunk_argmax(values, cell, pos_of, B * m)
+        self._offer(self.top, top_values, top_values, top_pos, latents, keep, chunk_ids)
+        sample_keys, sample_pos = self._chunk_argmax(torch.rand(values.shape, generator=self.generator), cell, pos_of,
+                                                     B * m)
+        sample_values = latents.view(B, T, m).gather(1, sample_pos.view(B, 1, m)).view(-1)  # (B * m,)
+        self._offer(self.samples, sample_keys, sample_values, sample_pos, latents, keep, chunk_ids)
 
-        top_values, top_pos = latents.max(dim=1)  # (B, m) each
-        self.top.merge(self._candidates(top_values, top_values, top_pos, by_latent, keep, chunk_ids))
+    @staticmethod
+    def _chunk_argmax(keys: torch.Tensor, cell: torch.Tensor, pos_of: torch.Tensor, n_cells: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per (chunk, latent) cell: the largest of its entries' ``keys`` (-inf if none) and that entry's position."""
+        best = torch.full((n_cells,), -torch.inf).scatter_reduce_(0, cell, keys, reduce="amax")  # (n_cells,)
+        winner = keys == best[cell]  # (nnz,), ties: the position is one of the tied entries'
+        positions = torch.zeros(n_cells, dtype=torch.long).scatter_(0, cell[winner], pos_of[winner])
+        return best, positions
 
-        keys = torch.rand(B, T, m, generator=self.generator).masked_fill_(~fired, -1.0)
-        sample_keys, sample_pos = keys.max(dim=1)  # (B, m)
-        sample_values = by_latent.gather(2, sample_pos[:, :, None])[:, :, 0]  # (B, m)
-        self.samples.merge(self._candidates(sample_keys, sample_values, sample_pos, by_latent, keep, chunk_ids))
-
-    def _candidates(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, by_latent: torch.Tensor,
-                    keep: torch.Tensor, chunk_ids: torch.Tensor) -> Examples:
-        """One candidate example per (chunk, latent), keyed by ``keys`` (B, m); only firing ones compete."""
-        B, m, T = by_latent.shape
-        idx = positions[:, :, None] + self.offsets  # (B, m, window)
+    def _offer(self, examples: Examples, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
+               latents: torch.Tensor, keep: torch.Tensor, chunk_ids: torch.Tensor) -> None:
+        """Offer one candidate per (chunk, latent) cell: ``keys``, ``values``, ``positions`` (B * m,), -inf keys
+        for cells where the latent does not fire. Only cells whose key beats the latent's worst kept example
+        become candidates, so once the sets fill up a batch touches few of them."""
+        B, T, m = latents.shape
+        cells = (keys > examples.keys[:, -1].repeat(B)).nonzero()[:, 0]  # (C,)
+        if cells.numel() == 0:
+            return
+        chunk, latent, centre = cells // m, cells % m, positions[cells]
+        idx = centre[:, None] + self.offsets  # (C, window)
         inside = (idx >= 0) & (idx < T)
         idx = idx.clamp(0, T - 1)
-        windows = by_latent.gather(2, idx)  # (B, m, window)
-        shown = inside & keep[torch.arange(B)[:, None, None], idx]  # padding and special tokens are not shown
-        windows = windows.masked_fill(~shown, torch.nan)
-        firing = values > 0
-        return Examples(keys=keys.masked_fill(~firing, -torch.inf).T.contiguous(), values=values.T.contiguous(),
-                        chunks=chunk_ids[None, :].expand(m, B).contiguous(), positions=positions.T.contiguous(),
-                        windows=windows.transpose(0, 1).contiguous())
+        windows = latents[chunk[:, None], idx, latent[:, None]]  # (C, window)
+        shown = inside & keep[chunk[:, None], idx]  # padding and special tokens are not shown
+        examples.merge(latent, keys[cells], values[cells], chunk_ids[chunk], centre,
+                       windows.masked_fill(~shown, torch.nan))
 
     # -- results -------------------------------------------------------------------------------------
     def quantiles(self, levels: tuple[float, ...]) -> torch.Tensor:

@@ -31,8 +31,8 @@ class FeaturesConfig:
     """Tokens the decoder direction promotes (and suppresses) most, through the model's token embeddings."""
     dense_threshold: float = 0.1
     """A latent firing on more than this fraction of tokens counts as dense."""
-    batch_size: int = 32
-    """Text chunks per forward pass."""
+    batch_tokens: int = 4096
+    """Padded tokens (chunks × longest chunk) per forward pass; memory grows with batch_tokens × n_latents."""
     seed: int = 0
     """Seed for the random sample of firings."""
     device: str = "cpu"
@@ -44,7 +44,7 @@ class FeaturesConfig:
             raise ConfigError(f"features.split must be 'eval' or 'train', got {self.split!r}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ConfigError(f"features.max_tokens must be >= 1, got {self.max_tokens}")
-        for name in ("top_n", "n_samples", "batch_size"):
+        for name in ("top_n", "n_samples", "batch_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"features.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("quantile_examples", "context_left", "context_right", "n_logit_tokens"):
