@@ -187,5 +187,5 @@ def test_browsing_never_imports_torch(planted_features):
         print("ok")
     """)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -37,7 +37,7 @@ class FiresModel:
                     self._loaded = (source, run.sae.eval())
                 except ImportError as e:
                     self._error = f"the model is not available: {e.name or e} is not installed"
-                except Exception as e:  # a missing or broken model: say so on the page, keep browsing
+                except Exception as e:  # noqa: BLE001 -- a missing or broken model: say so on the page, keep browsing
                     self._error = f"the model is not available: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
             return self._loaded
 
@@ -50,7 +50,6 @@ class FiresModel:
         import torch
 
         from ..features.vocab import token_texts
-
         from ..sources.hf import special_affixes
 
         source, sae = loaded

@@ -10,7 +10,9 @@ per-token activations):
   is distributed as u^(1/f), so keeping the chunks with the largest keys is weighted reservoir sampling
   (Efraimidis & Spirakis) with weight = firings in the chunk, i.e. close to uniform over firings.
 
-Both sets are merged per batch by concatenating the batch's candidates and taking a per-latent top-k.
+Per batch, the non-zero activations are listed once; everything after that costs in proportion to them. A
+(chunk, latent) pair becomes a candidate only if it beats the latent's worst kept example, and candidates are
+merged into the kept sets by one sort over (latent, key).
 """
 
 from __future__ import annotations
