@@ -126,7 +126,7 @@ def test_planted_features(planted_features):
 def test_accumulator_is_independent_of_batching():
     """Streaming in 1 batch or many gives the same statistics and top examples."""
     g = torch.Generator().manual_seed(0)
-    latents = torch.randn(12, 10, 6, generator=g).relu()  # (chunks, T, m)
+    latents = torch.randn(12, 10, 6, generator=g)  # (chunks, T, m); negative values do not count as firing
     keep = torch.rand(12, 10, generator=g) > 0.2
     results = []
     for step in (12, 5, 1):
@@ -142,6 +142,8 @@ def test_accumulator_is_independent_of_batching():
     masked = latents * keep[:, :, None]
     assert torch.equal(results[0].fire_count, (masked > 0).sum((0, 1)))
     assert torch.allclose(results[0].max_act, masked.amax((0, 1)))
+    assert torch.allclose(results[0].min_act, masked.where(masked > 0, torch.inf).amin((0, 1)))
+    assert torch.allclose(results[0].act_sum, masked.clamp(min=0).sum((0, 1)).double())
     assert hist_edges()[0] < 1e-5 and results[0].quantiles((0.5,)).shape == (6, 1)
 
 

@@ -112,7 +112,7 @@ class FeatureAccumulator:
 
     @torch.inference_mode()
     def update(self, latents: torch.Tensor, keep: torch.Tensor, chunk_ids: torch.Tensor) -> None:
-        """One batch of chunks: ``latents`` (B, T, n_latents) non-negative activations, ``keep`` (B, T) bool
+        """One batch of chunks: ``latents`` (B, T, n_latents) activations (> 0 counts as firing), ``keep`` (B, T) bool
         marking the tokens that count (not padding, not special), ``chunk_ids`` (B,) their chunk indices.
 
         Apart from listing the non-zero entries once, the work is proportional to their number, not B·T·m.
@@ -122,9 +122,10 @@ class FeatureAccumulator:
         B, T, m = latents.shape
         self.n_tokens += int(keep.sum())
         where = latents.nonzero()  # (nnz, 3): chunk, position, latent
-        where = where[keep[where[:, 0], where[:, 1]]]  # firings on tokens that count
+        values = latents[where.unbind(1)]  # (nnz,)
+        counts = keep[where[:, 0], where[:, 1]] & (values > 0)  # firings (> 0) on tokens that count
+        where, values = where[counts], values[counts]
         chunk_of, pos_of, latent_of = where.unbind(1)
-        values = latents[chunk_of, pos_of, latent_of]  # (nnz,)
         self.fire_count += torch.bincount(latent_of, minlength=m)
         self.act_sum.index_add_(0, latent_of, values.double())
         self.min_act.scatter_reduce_(0, latent_of, values, reduce="amin")
