@@ -36,9 +36,9 @@ def browser(tmp_path_factory):
     for flag in FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    options.add_argument("--window-size=1280,1000")
     # the driver's path is given, so Selenium Manager never runs (and never downloads a browser)
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.set_window_size(1280, 1000)
     driver.implicitly_wait(5)
     yield driver
     driver.quit()

@@ -58,6 +58,8 @@ def test_search_by_id_and_by_token_text(client):
     script = client.get("/features.json", params={"q": SCRIPT_TOKEN}).json()
     assert script["features"][0]["id"] == SCRIPT
     assert client.get("/features.json", params={"q": "no-such-token"}).json()["total"] == 0
+    for not_an_id in ("²", "9" * 30):  # searched as token text, found nowhere
+        assert client.get("/features.json", params={"q": not_an_id}).json()["total"] == 0
     r = client.get("/features", params={"q": str(APPLES)}, follow_redirects=False)  # an id opens the feature
     assert r.status_code in (302, 307) and r.headers["location"] == f"/features/{APPLES}"
 
@@ -102,7 +104,7 @@ def test_token_text_is_escaped(client):
     ("/features/12345678901234567890", 400), (f"/features/{N_LATENTS}", 404), (f"/features/{N_LATENTS}.json", 404),
     ("/features.json?sort=nope", 400), ("/features.json?page=0", 400), ("/features.json?per_page=100000", 400),
     ("/features.json?order=sideways", 400), ("/features.json?filter=x", 400), ("/features.json?sort=match", 400),
-    ("/nope", 404), ("/fires.json?text=" + "a" * 2001, 400),
+    ("/features.json?page=%C2%B2", 400), ("/features/%D9%A3", 400), ("/nope", 404), ("/fires.json?text=" + "a" * 2001, 400),
 ])
 def test_malformed_and_unknown_requests(client, url, status):
     r = client.get(url)

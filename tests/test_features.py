@@ -232,7 +232,9 @@ def test_bad_input(tmp_path, planted_run):
 
 
 def test_command_line(planted_run, tmp_path, capsys):
-    from sparsecode.cli import main
+    from sparsecode.cli import build_parser, main
+
+    assert build_parser().parse_args(["serve", "RUN"]).host == "127.0.0.1"  # this machine only, unless told
 
     run = tmp_path / "run"
     shutil.copytree(planted_run, run)

@@ -13,7 +13,6 @@ package's own folder through Starlette's StaticFiles (which refuses paths leadin
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -26,11 +25,10 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.exceptions import HTTPException
 
 from ..layout import FEATURES_FILE
-from .db import FILTERS, SORTS, FeatureDB
+from .db import FEATURE_ID, FILTERS, SORTS, FeatureDB
 from .fires import FiresModel
 
 HERE = Path(__file__).parent
-FEATURE_ID = re.compile(r"[0-9]{1,12}")
 MAX_PER_PAGE = 500
 MAX_TEXT_CHARS = 2000
 
@@ -66,7 +64,7 @@ def _choice(params: dict[str, str], name: str, choices, default: str) -> str:
 
 def _positive(params: dict[str, str], name: str, default: int, maximum: int) -> int:
     raw = params.get(name, "") or str(default)
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not FEATURE_ID.fullmatch(raw) or not 1 <= int(raw) <= maximum:
         raise HTTPException(400, f"{name} must be a whole number from 1 to {maximum}, got {raw[:40]!r}")
     return int(raw)
 
@@ -104,7 +102,7 @@ def create_app(run_dir: str | Path) -> FastAPI:
     def feature_list(request: Request) -> dict[str, Any]:
         params = dict(request.query_params)
         query = params.get("q", "")[:100]
-        token_query = bool(query.strip()) and not query.strip().isdigit()
+        token_query = bool(query.strip()) and not FEATURE_ID.fullmatch(query.strip())
         sort = _choice(params, "sort", tuple(SORTS) if token_query else tuple(k for k in SORTS if k != "match"),
                        "match" if token_query else "max_act")
         order = _choice(params, "order", ("asc", "desc"), "desc")
@@ -123,7 +121,7 @@ def create_app(run_dir: str | Path) -> FastAPI:
     def features_html(request: Request) -> HTMLResponse:
         listing = feature_list(request)
         q = listing["q"].strip()
-        if q.isdigit() and listing["total"] == 1:  # a feature id: go straight to it
+        if FEATURE_ID.fullmatch(q) and listing["total"] == 1:  # a feature id: go straight to it
             return RedirectResponse(f"/features/{int(q)}")  # type: ignore[return-value]
         current = {k: listing[k] for k in ("sort", "order", "filter", "q", "per_page")}
 
@@ -131,7 +129,7 @@ def create_app(run_dir: str | Path) -> FastAPI:
             params = {**current, "page": listing["page"], **changes}
             return "/features?" + urlencode({k: v for k, v in params.items() if v != ""})
 
-        return page("list.html", request, link=link, token_query=bool(q) and not q.isdigit(), **listing)
+        return page("list.html", request, link=link, token_query=bool(q) and not FEATURE_ID.fullmatch(q), **listing)
 
     @app.get("/features/{fid}.json")
     def feature_json(fid: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from pathlib import Path
@@ -11,6 +12,9 @@ from typing import Any
 from ..errors import DataError
 
 FORMAT, VERSION = "sparsecode-features", 1  # what sparsecode.features.database writes
+
+FEATURE_ID = re.compile(r"[0-9]{1,12}")
+"""A feature id as written in URLs and searches: ASCII digits only (str.isdigit() also accepts "²" and "٣")."""
 
 SORTS = {"id": "id", "density": "density", "max_act": "max_act", "mean_act": "mean_act", "match": "match_act"}
 """List sort keys (query value -> column); "match" (activation on the searched token) needs a token query."""
@@ -67,7 +71,7 @@ class FeatureDB:
             where.append("density > ?")
             params.append(self.dense_threshold)
         query = query.strip()
-        if query.isdigit():
+        if FEATURE_ID.fullmatch(query):
             where.append("id = ?")
             params.append(int(query))
         elif query:
