@@ -95,7 +95,10 @@ def test_quantiles_and_sampled_contexts(planted_features):
         assert len(set(bands)) >= 2 and all(bands.count(b) <= 2 for b in bands)
         q = dict(zip(levels, stored))
         bounds = {"0-25%": (0, q[0.25]), "25-50%": (q[0.25], q[0.5]), "50-75%": (q[0.5], q[0.75])}
+        top = {tuple(r) for r in con.execute("SELECT chunk, position FROM contexts WHERE feature = ? AND kind = 'top'",
+                                             (f,))}
         for s in samples:
+            assert (s["chunk"], s["position"]) not in top  # not shown twice
             lo, hi = bounds[s["band"]]
             assert lo <= s["activation"] < hi
             lat = ref[s["chunk"]][2]

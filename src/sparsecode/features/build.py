@@ -180,7 +180,9 @@ def _feature_rows(acc: FeatureAccumulator, config: FeaturesConfig, chunks: list[
             for t, a in zip(ids, acts):
                 if a > feature_tokens.get((t, f), 0.0):
                     feature_tokens[(t, f)] = a
-        for row, ids in _quantile_rows(samples, f, dict(zip(band_levels, band_q[f])), config, chunks, offsets):
+        shown_top = set(zip(top.chunks[f][: top.used[f]], top.positions[f][: top.used[f]]))
+        for row, ids in _quantile_rows(samples, f, dict(zip(band_levels, band_q[f])), config, chunks, offsets,
+                                       shown_top):
             contexts.append(row)
             token_ids.update(ids)
         sides = ["[]", "[]"]
@@ -196,13 +198,17 @@ def _feature_rows(acc: FeatureAccumulator, config: FeaturesConfig, chunks: list[
 
 
 def _quantile_rows(samples: ExampleLists, f: int, q: dict[float, float], config: FeaturesConfig,
-                   chunks: list[list[int]], offsets: range) -> list[tuple[tuple, list[int]]]:
-    """Up to ``quantile_examples`` sampled contexts per band of the latent's activations, in random (key) order."""
+                   chunks: list[list[int]], offsets: range, shown_top: set[tuple[int, int]]
+                   ) -> list[tuple[tuple, list[int]]]:
+    """Up to ``quantile_examples`` sampled contexts per band of the latent's activations, in random (key) order,
+    leaving out firings already shown as top contexts (``shown_top``: (chunk, position) pairs)."""
     rows: list[tuple[tuple, list[int]]] = []
     values = samples.values[f]
+    fresh = [slot for slot in range(samples.used[f])
+             if (samples.chunks[f][slot], samples.positions[f][slot]) not in shown_top]
     for lo, hi in QUANTILE_BANDS:
         band = f"{round(100 * lo)}-{round(100 * hi)}%"
-        in_band = [slot for slot in range(samples.used[f]) if (lo == 0 or q[lo] <= values[slot]) and values[slot] < q[hi]]
+        in_band = [slot for slot in fresh if (lo == 0 or q[lo] <= values[slot]) and values[slot] < q[hi]]
         for slot in in_band[: config.quantile_examples]:
             row, ids, _ = _context(f, "quantile", band, len(rows), samples, slot, chunks, offsets)
             rows.append((row, ids))
