@@ -216,3 +216,51 @@ def test_absorption_on_planted_case():
     r2 = feature_absorption(x, latents, w_dec2, letter, doc_ids)
     assert r2["letters"]["a"]["absorption_rate"] == 0.0
     assert r2["letters"]["a"]["main_miss_rate"] == pytest.approx(0.36, abs=0.04)
+
+
+# -- KL in spliced fidelity, neuron sparsity -------------------------------------------------------
+
+def test_splice_kl_causal_lm(tiny_gpt2_dir, text_corpus):
+    from sparsecode.eval import spliced_fidelity
+    from sparsecode.sources.hf import ModelSource, ModelSourceConfig
+
+    src = ModelSource(ModelSourceConfig(model=str(tiny_gpt2_dir), hook="transformer.h.0", corpus=[str(text_corpus)],
+                                        eval_every=2))
+    same = spliced_fidelity(src, lambda a: a, max_chunks=6, batch_size=3, progress=False)
+    assert same["kl_spliced"] == 0.0 and same["kl_zero_ablation"] > 0 and same["kl_mean_ablation"] > 0
+    zero = spliced_fidelity(src, torch.zeros_like, max_chunks=6, batch_size=3, progress=False)
+    assert zero["kl_spliced"] == pytest.approx(zero["kl_zero_ablation"], rel=1e-9)
+
+
+def _set_mlp_biases(model, layer_fracs: list[float], n: int) -> None:
+    """Zero each BERT intermediate weight; bias +1 on the first frac·n neurons, −1 on the rest."""
+    for layer, frac in zip(model.encoder.layer, layer_fracs):
+        dense = layer.intermediate.dense
+        with torch.no_grad():
+            dense.weight.zero_()
+            dense.bias.fill_(-1.0)
+            dense.bias[: int(frac * n)] = 1.0
+
+
+@pytest.mark.parametrize("act, threshold", [("relu", None), ("gelu", None), ("gelu", 0.9)])
+def test_neuron_sparsity_known_answer(tiny_bert_dir, text_corpus, act, threshold):
+    """Constant pre-activations ±1: the on-fraction per layer is exactly the planted share of +1 biases
+    (GELU(1) = 0.841 > 0.01, GELU(−1) < 0); a threshold above 0.841 turns every neuron off."""
+    from transformers import BertConfig, BertModel
+
+    from sparsecode.eval.neurons import neuron_sparsity
+    from sparsecode.sources.hf import ModelSource, ModelSourceConfig
+
+    src = ModelSource(ModelSourceConfig(model=str(tiny_bert_dir), hook="encoder.layer.0", corpus=[str(text_corpus)],
+                                        eval_every=2))
+    cfg = BertConfig.from_pretrained(str(tiny_bert_dir), hidden_act=act)
+    model = BertModel(cfg).eval()
+    _set_mlp_biases(model, [0.25, 0.5], cfg.intermediate_size)
+    src._model, src.model_config = model, cfg
+    r = neuron_sparsity(src, max_chunks=4, threshold=threshold, progress=False)
+    assert r["threshold"] == (threshold if threshold is not None else (0.0 if act == "relu" else 0.01))
+    assert [lay["module"] for lay in r["layers"]] == ["encoder.layer.0.intermediate", "encoder.layer.1.intermediate"]
+    expected = [0.0, 0.0] if threshold == 0.9 else [0.25, 0.5]
+    assert [lay["fraction_active"] for lay in r["layers"]] == expected
+    assert r["layers"][0]["never_active_fraction"] == 1 - expected[0]
+    assert r["tokens"] > 0

@@ -64,8 +64,10 @@ def feature_absorption(residual: torch.Tensor, latents: torch.Tensor, w_dec: tor
     ``doc_ids`` (n,) for the train/test split. Letters with fewer than ``min_tokens`` tokens on the
     train or the test side (or fewer negatives) are skipped.
     """
-    words = letter >= 0
     train = split_train_test(doc_ids)
+    words = letter >= 0  # only word-start alphabetic tokens take part: drop the others up front
+    residual, latents, letter, train = residual[words], latents[words], letter[words], train[words]
+    words = words[words]
     present = [i for i in range(len(LETTERS)) if min(int(((letter == i) & train).sum()), int(((letter == i) & ~train).sum()),
                                                      int(((letter != i) & words & train).sum())) >= min_tokens]
     result: dict[str, Any] = {"cos_threshold": cos_threshold, "split_threshold": split_threshold,

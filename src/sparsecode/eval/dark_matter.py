@@ -24,11 +24,13 @@ def _ridge(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor
     return a, my - mx @ a
 
 
-def dark_matter(x: torch.Tensor, x_hat: torch.Tensor, train_fraction: float = 0.5, ridge: float = 1e-4) -> dict[str, float]:
-    """Fit linear maps from the input to the SAE error on the first ``train_fraction`` of the rows and
+def dark_matter(x: torch.Tensor, x_hat: torch.Tensor, n_fit: int | None = None, ridge: float = 1e-4,
+                target: torch.Tensor | None = None) -> dict[str, float]:
+    """Fit linear maps from the input to the SAE error on the first ``n_fit`` rows (default: half) and
     score them on the remaining (held-out) rows.
 
-    ``x`` (n, d) inputs, ``x_hat`` (n, d) reconstructions, e = x − x̂. On held-out rows, with ê the
+    ``x`` (n, d) inputs, ``x_hat`` (n, d) reconstructions, e = x − x̂ (or ``target`` − x̂ when the
+    dictionary predicts a separate target, e.g. a transcoder; x̄ below is then the target's mean). On held-out rows, with ê the
     linear prediction of e from x (ridge regression with penalty ``ridge`` × mean diagonal of XᵀX),
     ē the held-out mean error and x̄ the held-out mean input:
 
@@ -41,21 +43,24 @@ def dark_matter(x: torch.Tensor, x_hat: torch.Tensor, train_fraction: float = 0.
       the input's variance (they add up to about the held-out FVU, with ``total_error_fvu`` = Σ‖e − ē‖² / Σ‖x − x̄‖²);
     - ``n_fit`` and ``n_heldout`` rows.
     """
-    if x.ndim != 2 or x_hat.shape != x.shape:
-        raise DataError(f"dark matter: input {tuple(x.shape)} and reconstruction {tuple(x_hat.shape)} differ in shape")
+    y = x if target is None else target
+    if x.ndim != 2 or y.shape[0] != x.shape[0] or x_hat.shape != y.shape:
+        raise DataError(f"dark matter: input {tuple(x.shape)}, target {tuple(y.shape)} and reconstruction "
+                        f"{tuple(x_hat.shape)} do not line up")
     n = x.shape[0]
-    n_fit = int(round(n * train_fraction))
+    n_fit = n // 2 if n_fit is None else n_fit
     if n_fit < x.shape[1] + 2 or n - n_fit < 2:
         raise DataError(f"dark matter needs more rows than dimensions to fit a linear map: {n} rows for width "
                         f"{x.shape[1]}; evaluate more rows")
     x = x.detach().to("cpu", torch.float64)
-    e = x - x_hat.detach().to("cpu", torch.float64)  # (n, d)
+    y = y.detach().to("cpu", torch.float64)
+    e = y - x_hat.detach().to("cpu", torch.float64)  # (n, d_out)
     norm = e.norm(dim=1, keepdim=True)  # (n, 1)
     a, c = _ridge(x[:n_fit], torch.cat([e[:n_fit], norm[:n_fit]], dim=1), ridge)
     pred = x[n_fit:] @ a + c  # (n_test, d + 1)
     e_test, e_pred = e[n_fit:], pred[:, :-1]
     n_test, n_pred = norm[n_fit:, 0], pred[:, -1]
-    x_var = float(((x[n_fit:] - x[n_fit:].mean(0)) ** 2).sum())
+    x_var = float(((y[n_fit:] - y[n_fit:].mean(0)) ** 2).sum())
     e_var = float(((e_test - e_test.mean(0)) ** 2).sum())
     resid = float(((e_test - e_pred) ** 2).sum())
     norm_var = float(((n_test - n_test.mean()) ** 2).sum())

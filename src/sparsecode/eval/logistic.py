@@ -49,14 +49,21 @@ def weighted_moments(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, l2: float = 1e-3, iters: int = 50,
-                 tol: float = 1e-10) -> LogisticFit:
+                 tol: float = 1e-7) -> LogisticFit:
     """Fit C independent probes by damped Newton's method.
 
     ``x`` (C, n, k) features, ``y`` (C, n) labels in {0, 1}, ``w`` (C, n) non-negative row weights.
     Each problem minimises  Σ_i w_i · BCE(σ(z_i·β + b), y_i) / Σ_i w_i  +  (l2 / 2)·‖β‖²  with z the
     features standardised by their weighted mean and std (so ``l2`` means the same at every scale).
-    The objective is strictly convex; each Newton step is halved until the objective does not rise.
+    The objective is strictly convex; each Newton step is halved until the objective does not rise;
+    iteration stops when no problem's objective improves by more than ``tol``.
     """
+    # each problem keeps only its own weighted rows (padded with weight-0 rows to the largest count):
+    # rows a problem does not use cost time and change nothing
+    order = torch.sort((w > 0).to(torch.int8), dim=1, descending=True, stable=True).indices  # (C, n)
+    order = order[:, : max(int((w > 0).sum(1).max()), 1)]  # (C, n_used)
+    x = torch.gather(x, 1, order[..., None].expand(-1, -1, x.shape[2]))
+    y, w = torch.gather(y, 1, order), torch.gather(w, 1, order)
     n_prob, _, k = x.shape
     mean, std = weighted_moments(x, w)
     z = (x.to(torch.float64) - mean[:, None]) / std[:, None]  # (C, n, k)

@@ -117,14 +117,18 @@ def split_train_test(doc_ids: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def collect_token_rows(source: Any, sae: torch.nn.Module, max_tokens: int = 8192, device: str = "cpu",
                        progress: bool = True) -> TokenRows:
-    """Run the model over the first eval chunks until ``max_tokens`` kept tokens, capturing at once the
-    hooked activation ("residual"), the MLP hidden activations of the same layer ("neurons", when the
-    layer's MLP is recognised) and the SAE's latents ("sae")."""
+    """Run the model over text chunks until ``max_tokens`` kept tokens, capturing at once the hooked
+    activation ("residual"), the MLP hidden activations of the same layer ("neurons", when the layer's
+    MLP is recognised) and the SAE's latents ("sae").
+
+    Chunks come from the eval split first and, when it holds fewer than ``max_tokens`` tokens, then from
+    the train split (a probe needs positives; its own train/test split is by chunk either way).
+    ``doc_ids`` number eval chunks 0.. and train chunks after them."""
     model = source.model
     neuron_name = neuron_module_for_hook(model, source.config.hook)
     neuron_mod = dict(model.named_modules())[neuron_name] if neuron_name else None
     side = getattr(source.config, "hook_side", "output")
-    chunks = source.chunks("eval")
+    chunks = source.chunks("eval") + source.chunks("train")
     parts: dict[str, list[torch.Tensor]] = {"residual": [], "neurons": [], "token_ids": [], "doc_ids": []}
     grabbed: dict[str, torch.Tensor] = {}
     wanted = {"residual"} | ({"neurons"} if neuron_mod is not None else set())
