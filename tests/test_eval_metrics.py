@@ -264,3 +264,18 @@ def test_neuron_sparsity_known_answer(tiny_bert_dir, text_corpus, act, threshold
     assert [lay["fraction_active"] for lay in r["layers"]] == expected
     assert r["layers"][0]["never_active_fraction"] == 1 - expected[0]
     assert r["tokens"] > 0
+
+
+def test_l0_histogram_and_std():
+    from sparsecode.eval import ReconstructionStats
+
+    lat = torch.zeros(6, 4)
+    lat[0, :3] = 1.0  # L0 per row: 3, 0, 1, 1, 0, 4
+    lat[2, 1] = lat[3, 2] = 2.0
+    lat[5] = 0.5
+    s = ReconstructionStats(4)
+    s.update(torch.randn(3, 2), lat[:3], torch.zeros(3, 2))
+    s.update(torch.randn(3, 2), lat[3:], torch.zeros(3, 2))
+    r = s.result()
+    assert r["l0_histogram"] == [2, 2, 0, 1, 1]
+    assert r["l0_std"] == pytest.approx(float(torch.tensor([3.0, 0, 1, 1, 0, 4]).std(unbiased=False)))

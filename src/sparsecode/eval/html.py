@@ -110,8 +110,8 @@ def _dark_matter(r: dict[str, Any]) -> str:
             ("nonlinear_error_fvu", "nonlinear error (fraction of input variance)"),
             ("total_error_fvu", "total error (fraction of input variance)"), ("n_fit", "rows fitted"),
             ("n_heldout", "rows scored")]
-    return "<h2>Dark matter</h2><p class=note>A ridge regression from the input to the SAE error, fitted on the " \
-           "first half of the rows and scored on the second (Engels et al. 2024).</p>" + _kv(dm, keys)
+    return "<h2>Dark matter</h2><p class=note>A ridge regression from the input to the SAE error, fitted on " \
+           "train-split rows and scored on the held-out rows (Engels et al. 2024).</p>" + _kv(dm, keys)
 
 
 def _probing(r: dict[str, Any], figures: dict[str, bytes]) -> str:
@@ -119,9 +119,9 @@ def _probing(r: dict[str, Any], figures: dict[str, bytes]) -> str:
     if not pr:
         return ""
     ks = pr["ks"]
-    out = ["<h2>Sparse probing</h2><p class=note>Token concepts derived from the token strings; k-sparse "
-           "logistic probes on the top-k coordinates by class-mean difference; balanced held-out tokens "
-           f"(chance = 0.5); {pr['n_tokens']} tokens, train/test split by text chunk.</p>"]
+    out = [("<h2>Sparse probing</h2><p class=note>Token concepts derived from the token strings; k-sparse "
+            "logistic probes on the top-k coordinates by class-mean difference; balanced held-out tokens "
+            f"(chance = 0.5); {pr['n_tokens']} tokens, train/test split by text chunk.</p>")]
     rows = []
     for rep, scores in pr["mean"].items():
         rows.append([f"{rep} F1"] + scores["f1"])
@@ -143,11 +143,11 @@ def _absorption(r: dict[str, Any], figures: dict[str, bytes]) -> str:
     ab = r.get("absorption")
     if not ab:
         return ""
-    out = [f"<h2>First-letter feature absorption</h2><p>mean absorption rate: <b>{fmt(ab.get('absorption_rate'))}</b>"
-           f" &nbsp; mean main-latent miss rate: {fmt(ab.get('main_miss_rate'))}</p>"
-           "<p class=note>Held-out word-start tokens a linear probe assigns to the right first letter; "
-           "'absorbed' = the letter's main latents are silent and another latent aligned with the probe "
-           f"(cos ≥ {fmt(ab['cos_threshold'], 'g')}) carries at least {fmt(ab['min_share'], 'g')} of the letter signal.</p>"]
+    out = [(f"<h2>First-letter feature absorption</h2><p>mean absorption rate: <b>{fmt(ab.get('absorption_rate'))}</b>"
+            f" &nbsp; mean main-latent miss rate: {fmt(ab.get('main_miss_rate'))}</p>"
+            "<p class=note>Held-out word-start tokens a linear probe assigns to the right first letter; "
+            "'absorbed' = the letter's main latents are silent and another latent aligned with the probe "
+            f"(cos ≥ {fmt(ab['cos_threshold'], 'g')}) carries at least {fmt(ab['min_share'], 'g')} of the letter signal.</p>")]
     out.append(img(figures.get("absorption"), "absorption"))
     rows = [[c, v["absorption_rate"], v["main_miss_rate"], v["probe_correct_tokens"], v["main_f1"],
              ", ".join(map(str, v["main_latents"]))] for c, v in ab["letters"].items()]

@@ -122,8 +122,8 @@ def neuron_sparsity(source: Any, split: str = "eval", max_chunks: int | None = 6
 
 def format_neurons(result: dict[str, Any]) -> str:
     """One line per layer: module, neurons, % active, % never active."""
-    lines = [f"MLP neuron sparsity ({result['activation']}, on = activation > {result['threshold']:g}; "
-             f"{result['tokens']} tokens from {result['chunks']} chunks)"]
+    lines = [(f"MLP neuron sparsity ({result['activation']}, on = activation > {result['threshold']:g}; "
+              f"{result['tokens']} tokens from {result['chunks']} chunks)")]
     for layer in result["layers"]:
         lines.append(f"  {layer['module']:<40} {layer['n_neurons']:>6} neurons   active {100 * layer['fraction_active']:6.2f}%"
                      f"   never active {100 * layer['never_active_fraction']:5.1f}%")

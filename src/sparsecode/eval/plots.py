@@ -113,8 +113,9 @@ def probing_figure(probing: dict) -> bytes:
         ax.bar(np.arange(len(names)) + r * width, vals, width=width, label=rep)
     ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2)
     ax.set_xticklabels([n.replace("first_letter_", "") for n in names], rotation=90, fontsize=7)
-    ax.set_ylim(0.4, 1.02)
+    ax.set_ylim(0.0, 1.02)
     ax.set_ylabel("F1 of the 1-sparse probe")
+    ax.legend(fontsize=7)
     ax.set_title("per concept (letters: first_letter_x)")
     return png_bytes(fig)
 
