@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import keyword
 import string
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,7 +129,6 @@ def collect_token_rows(source: Any, sae: torch.nn.Module, max_tokens: int = 8192
     neuron_name = neuron_module_for_hook(model, source.config.hook)
     neuron_mod = dict(model.named_modules())[neuron_name] if neuron_name else None
     side = getattr(source.config, "hook_side", "output")
-    chunks = source.chunks("eval") + source.chunks("train")
     parts: dict[str, list[torch.Tensor]] = {"residual": [], "neurons": [], "token_ids": [], "doc_ids": []}
     grabbed: dict[str, torch.Tensor] = {}
     wanted = {"residual"} | ({"neurons"} if neuron_mod is not None else set())
@@ -144,10 +144,10 @@ def collect_token_rows(source: Any, sae: torch.nn.Module, max_tokens: int = 8192
     bar = tqdm(total=max_tokens, desc="probe rows", unit="tok", disable=not progress, leave=False)
     try:
         with _hooked(source.module, side, lambda h: take("residual", h)):
-            for start in range(0, len(chunks), bs):
+            for start, group in _chunk_groups(source, bs):
                 if n_rows >= max_tokens:
                     break
-                batch = source.tokenize(chunks[start : start + bs])
+                batch = source.tokenize(group)
                 keep = source.keep_mask(batch["input_ids"], batch["attention_mask"])  # (B, T)
                 grabbed.clear()
                 try:
@@ -179,6 +179,17 @@ def collect_token_rows(source: Any, sae: torch.nn.Module, max_tokens: int = 8192
     token_ids = torch.cat(parts["token_ids"])[cut]
     tokens = source.tokenizer.convert_ids_to_tokens(token_ids.tolist())
     return TokenRows(token_ids=token_ids, doc_ids=torch.cat(parts["doc_ids"])[cut], reps=reps, tokens=tokens)
+
+
+def _chunk_groups(source: Any, batch_size: int) -> Iterator[tuple[int, list[list[int]]]]:
+    """(number of the first chunk, up to ``batch_size`` chunks): eval chunks, then train chunks (tokenized
+    only if reached), numbered on after the eval ones."""
+    offset = 0
+    for split in ("eval", "train"):
+        chunks = source.chunks(split)
+        for start in range(0, len(chunks), batch_size):
+            yield offset + start, chunks[start : start + batch_size]
+        offset += len(chunks)
 
 
 def _encode(sae: torch.nn.Module, x: torch.Tensor, device: str, batch: int = 4096) -> torch.Tensor:

@@ -125,10 +125,13 @@ def _next_token_ce(out: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
 def _next_token_kl(clean: Any, other: Any, attention_mask: torch.Tensor) -> tuple[float, int]:
     """(Σ KL(p_clean ‖ p_other), count) over positions t whose next token t+1 is scored (as in the CE)."""
     valid = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()  # (B, T-1)
-    log_p = torch.log_softmax(clean.logits[:, :-1][valid].float(), dim=-1)  # (n_valid, V)
-    log_q = torch.log_softmax(other.logits[:, :-1][valid].float(), dim=-1)  # (n_valid, V)
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # (n_valid,)
-    return float(kl.double().sum()), int(valid.sum())
+    p_logits, q_logits = clean.logits[:, :-1][valid], other.logits[:, :-1][valid]  # (n_valid, V)
+    total = 0.0
+    for i in range(0, p_logits.shape[0], 256):  # row blocks: a few (256, V) float32 temporaries at a time
+        log_p = torch.log_softmax(p_logits[i : i + 256].float(), dim=-1)
+        log_q = torch.log_softmax(q_logits[i : i + 256].float(), dim=-1)
+        total += float((log_p.exp() * (log_p - log_q)).sum(-1).double().sum())
+    return total, int(valid.sum())
 
 
 def _ratio(num: float, den: float) -> float | None:
