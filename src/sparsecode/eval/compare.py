@@ -62,7 +62,8 @@ def pareto_figure(evals: list[dict[str, Any]]) -> bytes:
     front = pareto_front(l0, fvu)
     fig = new_figure()
     ax = fig.add_subplot(1, 1, 1)
-    ax.scatter(l0[~front], fvu[~front], color="tab:gray", label="dominated")
+    if (~front).any():
+        ax.scatter(l0[~front], fvu[~front], color="tab:gray", label="dominated")
     ax.scatter(l0[front], fvu[front], color="tab:blue", label="Pareto front", zorder=3)
     order = np.argsort(l0[front])
     ax.plot(l0[front][order], fvu[front][order], color="tab:blue")
