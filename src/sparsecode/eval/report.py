@@ -70,9 +70,11 @@ def evaluate_run(
     an unbounded source); ground truth (``mmcs``, ``recovery_fraction_0.9`` and a ``ground_truth``
     section with feature-level precision / recall / F1) when the source knows its true features;
     spliced fidelity over ``splice_chunks`` eval chunks (0 to skip) when it is a model source.
-    Unless ``quick``: ``dark_matter`` over the first ``dark_matter_rows`` eval rows, and for model
-    sources ``probing`` and ``absorption`` over ``probe_tokens`` eval tokens and the ``neurons``
-    profile over ``neuron_chunks`` eval chunks. ``timings`` holds seconds per part.
+    Unless ``quick``: ``dark_matter`` (linear maps fitted on up to ``dark_matter_rows`` train-split rows,
+    scored on up to as many of the eval rows above), and for model sources ``probing`` and
+    ``absorption`` over ``probe_tokens`` tokens (eval chunks first, train chunks if the eval split is
+    shorter) and the ``neurons`` profile over ``neuron_chunks`` eval chunks. ``timings`` holds seconds
+    per part.
     Nothing is written until every input has been loaded and checked.
     """
     from ..run import load_run
