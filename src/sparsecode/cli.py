@@ -97,14 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-cache", action="store_true", help="do not cache model activations on disk")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    e = sub.add_parser("eval", help="evaluate a trained run: FVU, L0, dead latents, spliced fidelity, ground truth",
-                       description="Evaluate a run on its held-out split; writes RUN/eval.json and RUN/density.png.")
+    e = sub.add_parser("eval", help="evaluate a trained run: FVU, L0, dead latents, spliced fidelity, ground truth, "
+                       "dark matter, sparse probing, absorption, neuron sparsity",
+                       description="Evaluate a run on its held-out split; writes RUN/eval.json, RUN/density.png and "
+                       "a self-contained RUN/report.html (plots embedded).", epilog=EPILOG_EVAL,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("run", metavar="RUN", help="run folder written by `sparsecode train`")
     e.add_argument("--max-rows", type=parse_count, default=65536, metavar="N", help="eval rows (default 65536)")
     e.add_argument("--splice-chunks", type=positive_int, default=64, metavar="N",
                    help="text chunks for spliced fidelity (default 64)")
     e.add_argument("--device", default="cpu", help="torch device (default cpu)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_eval_report_flags(e)
+    _add_neurons_parser(sub)
+    _add_compare_parser(sub)
     _add_dashboard_commands(sub)
     return parser
 
@@ -272,16 +278,101 @@ def _print_train_summary(out: Path) -> None:
 
 
 # -- eval --------------------------------------------------------------------------------------------
+EPILOG_EVAL = """examples:
+  sparsecode eval runs/minilm-l3                  # every metric that applies; open runs/minilm-l3/report.html
+  sparsecode eval runs/minilm-l3 --quick          # core metrics only (reconstruction, sparsity, fidelity)
+  sparsecode eval runs/toy --max-rows 65536       # synthetic runs: ground truth (MMCS, recovery, feature F1)
+"""
+
+
+def _add_eval_report_flags(e: argparse.ArgumentParser) -> None:
+    e.add_argument("--quick", action="store_true", help="core metrics only: skip dark matter, sparse probing, "
+                   "absorption and the neuron sparsity profile")
+    e.add_argument("--probe-tokens", type=parse_count, default=8192, metavar="N",
+                   help="tokens for sparse probing and absorption (default 8192)")
+    e.add_argument("--neuron-chunks", type=positive_int, default=64, metavar="N",
+                   help="text chunks for the neuron sparsity profile (default 64)")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .eval import evaluate_run, format_report
 
     result = evaluate_run(args.run, max_rows=args.max_rows, splice_chunks=args.splice_chunks, device=args.device,
-                          progress=not args.quiet)
+                          progress=not args.quiet, quick=args.quick, probe_tokens=args.probe_tokens,
+                          neuron_chunks=args.neuron_chunks)
     print(format_report(result))
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval}
+# -- neurons -----------------------------------------------------------------------------------------
+EPILOG_NEURONS = """examples:
+  sparsecode neurons                              # the embedded MiniLM on the default corpus
+  sparsecode neurons --model PATH --corpus texts/ --threshold 0.05 --out neurons.png
+"""
+
+
+def _add_neurons_parser(sub) -> None:
+    n = sub.add_parser("neurons", help="MLP neuron sparsity profile of a model, per layer (no SAE needed)",
+                       description="Fraction of MLP hidden activations that are on (> threshold) in every layer, "
+                       "over the held-out documents of a corpus; prints a table and writes a bar plot.",
+                       epilog=EPILOG_NEURONS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    n.add_argument("--model", metavar="PATH_OR_NAME", help="transformers model (default: the embedded all-MiniLM-L6-v2)")
+    n.add_argument("--corpus", nargs="+", metavar="PATH", help=".txt/.jsonl files or folders (default: CPython docs)")
+    n.add_argument("--threshold", type=float, help="an activation counts as on above this (default 0 for ReLU "
+                   "models, 0.01 otherwise)")
+    n.add_argument("--chunks", type=positive_int, default=64, metavar="N", help="text chunks to run (default 64)")
+    n.add_argument("--max-length", type=positive_int, default=128, metavar="N", help="tokens per chunk (default 128)")
+    n.add_argument("--out", default="neurons.png", metavar="PNG", help="plot file (default neurons.png); the numbers "
+                   "go beside it as .json")
+    n.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    n.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_neurons(args: argparse.Namespace) -> int:
+    from .eval.neurons import format_neurons, neuron_sparsity
+    from .eval.plots import neurons_figure, save_png
+    from .io import write_json
+    from .sources.hf import ModelSource, ModelSourceConfig
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out must name a .png file, got {args.out}")
+    # the hook is not used: the profile hooks every layer's MLP itself
+    source = ModelSource(ModelSourceConfig(model=args.model, hook="(every MLP)", corpus=args.corpus,
+                                           max_length=args.max_length, device=args.device))
+    result = neuron_sparsity(source, max_chunks=args.chunks, threshold=args.threshold, progress=not args.quiet)
+    result["model"] = source.model_path
+    save_png(neurons_figure(result), out)
+    write_json(out.with_suffix(".json"), result)
+    print(format_neurons(result))
+    print(f"  wrote {out}, {out.with_suffix('.json')}")
+    return 0
+
+
+# -- compare -----------------------------------------------------------------------------------------
+EPILOG_COMPARE = """examples:
+  sparsecode compare runs/k16 runs/k32 runs/k64             # after `sparsecode eval` (or eval --quick) of each
+  sparsecode compare runs/sweep-* --out runs/sweep-compare
+"""
+
+
+def _add_compare_parser(sub) -> None:
+    c = sub.add_parser("compare", help="several evaluated runs side by side: table, FVU-vs-L0 Pareto plot, "
+                       "fidelity-vs-L0 plot", description="Compare runs by their eval.json: prints a table and writes "
+                       "compare.json, pareto.png, fidelity.png and compare.html into --out.",
+                       epilog=EPILOG_COMPARE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("runs", nargs="+", metavar="RUN", help="run folders, each evaluated with `sparsecode eval`")
+    c.add_argument("--out", default="compare", metavar="DIR", help="output folder (default ./compare)")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .eval.compare import compare_runs, format_compare
+
+    print(format_compare(compare_runs(args.runs, args.out)))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "neurons": cmd_neurons, "compare": cmd_compare}
 
 
 # -- features, serve -----------------------------------------------------------------------------------

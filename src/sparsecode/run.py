@@ -5,7 +5,7 @@
     RUN/checkpoint.safetensors   resumable training state (weights, optimizer, data position)
     RUN/metrics.jsonl      one JSON line per logged step
     RUN/training.png       loss / L0 / FVU curves
-    RUN/eval.json, RUN/density.png   written by `sparsecode eval`
+    RUN/eval.json, RUN/density.png, RUN/report.html   written by `sparsecode eval`
 """
 
 from __future__ import annotations

@@ -71,3 +71,62 @@ def random_mmcs_baseline(d: int, m: int, grid: int = 200_001) -> float:
     cdf_m = cdf**m
     integral = float(np.sum((cdf_m[1:] + cdf_m[:-1]) * 0.5 * np.diff(t)))
     return 1.0 - integral
+
+
+def match_features(learned: torch.Tensor, true: torch.Tensor, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each true feature i, the learned row j* = argmax_j cos(true_i, learned_j) and that cosine.
+
+    ``learned`` (m, d), ``true`` (F, d). Returns (indices (F,) int64, cosines (F,) float64). The matching
+    is by *decoder direction* (many true features may share one learned row), not by activations.
+    """
+    max_cosines(learned, true, chunk_size)  # shape checks
+    learned_u, true_u = _unit_rows(learned), _unit_rows(true)
+    idx, cos = [], []
+    for start in range(0, true_u.shape[0], chunk_size):
+        best = (true_u[start : start + chunk_size] @ learned_u.T).max(dim=1)  # (chunk,)
+        idx.append(best.indices)
+        cos.append(best.values)
+    return torch.cat(idx), torch.cat(cos)
+
+
+class FeatureF1:
+    """Streaming precision / recall / F1 of "matched latent fires" against "true feature is active".
+
+    Built from ``match`` (F,): the latent matched to each true feature (see :func:`match_features`).
+    Per row and true feature i, with c the true code and f the latent activations:
+    predicted = f[match_i] > 0, actual = c_i > 0. Over all rows,
+    precision_i = TP/(TP+FP), recall_i = TP/(TP+FN), F1_i = 2TP/(2TP+FP+FN) (0 when the denominator is 0).
+    """
+
+    def __init__(self, match: torch.Tensor) -> None:
+        self.match = match.to(torch.long)
+        n = match.shape[0]
+        self.tp = torch.zeros(n, dtype=torch.int64)
+        self.fp = torch.zeros(n, dtype=torch.int64)
+        self.fn = torch.zeros(n, dtype=torch.int64)
+
+    @torch.inference_mode()
+    def update(self, codes: torch.Tensor, latents: torch.Tensor) -> None:
+        """Add rows: ``codes`` (n, F) true activations, ``latents`` (n, m) the SAE's activations."""
+        if codes.ndim != 2 or codes.shape[1] != self.match.shape[0] or codes.shape[0] != latents.shape[0]:
+            raise DataError(f"true codes have shape {tuple(codes.shape)}; expected ({latents.shape[0]}, {self.match.shape[0]})")
+        actual = codes.detach().cpu() > 0  # (n, F)
+        predicted = latents.detach().cpu()[:, self.match] > 0  # (n, F)
+        self.tp += (actual & predicted).sum(0)
+        self.fp += (~actual & predicted).sum(0)
+        self.fn += (actual & ~predicted).sum(0)
+
+    def per_feature(self) -> dict[str, torch.Tensor]:
+        """(F,) float64 precision, recall and F1 of every true feature."""
+        tp, fp, fn = (t.to(torch.float64) for t in (self.tp, self.fp, self.fn))
+        return {"precision": tp / (tp + fp).clamp_min(1), "recall": tp / (tp + fn).clamp_min(1),
+                "f1": 2 * tp / (2 * tp + fp + fn).clamp_min(1)}
+
+    def result(self) -> dict[str, float]:
+        """Means over true features that were active at least once: ``precision``, ``recall``, ``f1``."""
+        seen = (self.tp + self.fn) > 0  # (F,)
+        if not seen.any():
+            raise DataError("feature F1: no true feature was active on the evaluated rows")
+        out = {name: float(v[seen].mean()) for name, v in self.per_feature().items()}
+        out["features_seen"] = int(seen.sum())
+        return out

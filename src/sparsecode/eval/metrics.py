@@ -6,7 +6,7 @@ rounding, whatever the batch sizes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -41,6 +41,7 @@ class ReconstructionStats:
         self.l2_ratio_sum = 0.0  # Σ ‖x̂‖ / ‖x‖
         self.l0_sum = 0.0  # Σ (non-zero latents per row)
         self.fire_counts = torch.zeros(n_latents, dtype=torch.int64)  # (n_latents,)
+        self.l0_counts = torch.zeros(n_latents + 1, dtype=torch.int64)  # (n_latents+1,) rows with exactly i active
 
     @torch.inference_mode()
     def update(self, x: torch.Tensor, latents: torch.Tensor, x_hat: torch.Tensor) -> None:
@@ -81,6 +82,7 @@ class ReconstructionStats:
 
         active = latents > 0  # (n, n_latents)
         self.l0_sum += float(active.sum())
+        self.l0_counts += torch.bincount(active.sum(dim=1), minlength=self.n_latents + 1)
         self.fire_counts += active.sum(dim=0).to(torch.int64)
 
     def density(self) -> torch.Tensor:
@@ -98,6 +100,8 @@ class ReconstructionStats:
         - ``cosine`` = (1/N) Σ x·x̂ / (‖x‖‖x̂‖)
         - ``l2_ratio`` = (1/N) Σ ‖x̂‖ / ‖x‖
         - ``l0`` = (1/N) Σ #{j : f_j > 0}
+        - ``l0_std``: standard deviation of #{j : f_j > 0} over rows; ``l0_histogram``: list whose
+          entry i is the number of rows with exactly i active latents (trailing zeros cut)
         - ``dead_fraction`` = fraction of latents with f_j > 0 on no row
         - ``dense_fraction`` = fraction of latents with density > ``dense_threshold``,
           where density_j = #{rows : f_j > 0} / N
@@ -110,6 +114,11 @@ class ReconstructionStats:
         density = self.density()
         n_dead = int((self.fire_counts == 0).sum())
         n_dense = int((density > self.dense_threshold).sum())
+        values = torch.arange(self.n_latents + 1, dtype=torch.float64)
+        counts = self.l0_counts.to(torch.float64)
+        l0_var = float((counts * (values - self.l0_sum / n) ** 2).sum()) / n
+        nz = torch.nonzero(self.l0_counts).flatten()
+        histogram = self.l0_counts[: int(nz.max()) + 1].tolist() if nz.numel() else [0]
         return {
             "n_rows": n,
             "fvu": fvu,
@@ -118,6 +127,8 @@ class ReconstructionStats:
             "cosine": self.cos_sum / n,
             "l2_ratio": self.l2_ratio_sum / n,
             "l0": self.l0_sum / n,
+            "l0_std": l0_var**0.5,
+            "l0_histogram": histogram,
             "n_dead": n_dead,
             "dead_fraction": n_dead / self.n_latents,
             "n_dense": n_dense,
@@ -126,22 +137,22 @@ class ReconstructionStats:
         }
 
 
-def _take_rows(batches: Iterable[Any], max_rows: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(input, target) pairs from ActivationBatches or bare tensors, stopping after ``max_rows`` rows."""
+def _take_rows(batches: Iterable[Any], max_rows: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor, Any]]:
+    """(input, target, batch) from ActivationBatches or bare tensors, stopping after ``max_rows`` rows;
+    ``batch`` is the (possibly cut) ActivationBatch, or None for a bare tensor."""
     seen = 0
     for batch in batches:
         if max_rows is not None and seen >= max_rows:
             return
+        if max_rows is not None and seen + len(batch) > max_rows:
+            batch = batch[: max_rows - seen] if isinstance(batch, torch.Tensor) else batch.slice(0, max_rows - seen)
         if isinstance(batch, torch.Tensor):
-            x, target = batch, batch
+            x, target, batch = batch, batch, None
         else:
             x = batch.acts
             target = batch.targets if getattr(batch, "targets", None) is not None else x
-        if max_rows is not None and seen + x.shape[0] > max_rows:
-            keep = max_rows - seen
-            x, target = x[:keep], target[:keep]
         seen += x.shape[0]
-        yield x, target
+        yield x, target, batch
 
 
 def _n_latents(sae: nn.Module) -> int:
@@ -159,12 +170,14 @@ def evaluate_reconstruction(
     device: str | torch.device = "cpu",
     progress: bool = True,
     dense_threshold: float = 0.1,
+    on_batch: Callable[[Any, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> tuple[dict[str, Any], torch.Tensor]:
     """Run ``sae`` over ``batches`` (ActivationBatch or (n, d_in) tensors), at most ``max_rows`` rows.
 
     The reconstruction target is the batch's ``targets`` when present (transcoders), else its input.
     ``sae`` is moved to ``device`` (in place, as ``nn.Module.to`` does) and left in its original
-    train/eval mode.
+    train/eval mode. ``on_batch(batch, target, latents, x_hat)`` is called after every batch (batch is
+    the ActivationBatch or None; tensors on ``device``), so other metrics can share this one pass.
     Returns (:meth:`ReconstructionStats.result`, density per latent (n_latents,) float64).
     """
     sae = sae.to(device)
@@ -173,11 +186,13 @@ def evaluate_reconstruction(
     stats = ReconstructionStats(_n_latents(sae), dense_threshold=dense_threshold)
     bar = tqdm(total=max_rows, desc="eval", unit="row", disable=not progress, leave=False)
     try:
-        for x, target in _take_rows(batches, max_rows):
+        for x, target, batch in _take_rows(batches, max_rows):
             x_dev = x.to(device, torch.float32)  # (n, d_in)
             latents = sae.encode(x_dev)  # (n, n_latents)
             x_hat = sae.decode(latents)  # (n, d_out)
             stats.update(target, latents, x_hat)
+            if on_batch is not None:
+                on_batch(batch, target, latents, x_hat)
             bar.update(x.shape[0])
     finally:
         bar.close()

@@ -1,8 +1,12 @@
-"""Evaluate a finished run folder: write eval.json and density.png, and summarise them for the CLI."""
+"""Evaluate a finished run folder: one pass over held-out rows feeds every metric; write eval.json,
+density.png and a self-contained report.html, and summarise them for the CLI."""
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +14,24 @@ import torch
 
 from ..device import check_device
 from ..errors import DataError
-from ..io import write_json
-from ..layout import DENSITY_PLOT, EVAL_FILE
-from .ground_truth import mmcs, recovery_fraction
+from ..io import atomic_write, write_json
+from ..layout import DENSITY_PLOT, EVAL_FILE, REPORT_FILE
+from .absorption import feature_absorption
+from .dark_matter import dark_matter
+from .ground_truth import FeatureF1, match_features, random_mmcs_baseline, recovery_fraction
+from .html import render_report
 from .metrics import evaluate_reconstruction
-from .plots import plot_density_histogram
+from .neurons import neuron_sparsity
+from .plots import (
+    absorption_figure,
+    density_figure,
+    l0_figure,
+    max_cos_figure,
+    neurons_figure,
+    probing_figure,
+    save_png,
+)
+from .probing import collect_token_rows, sparse_probing, token_concepts
 from .splice import spliced_fidelity
 
 RECOVERY_THRESHOLD = 0.9
@@ -42,12 +59,22 @@ def evaluate_run(
     device: str = "cpu",
     progress: bool = True,
     dense_threshold: float = 0.1,
+    quick: bool = False,
+    probe_tokens: int = 8192,
+    neuron_chunks: int = 64,
+    dark_matter_rows: int = 16384,
 ) -> dict[str, Any]:
-    """Evaluate the SAE in ``run_dir`` on its source's eval split; write eval.json and density.png.
+    """Evaluate the SAE in ``run_dir`` on its source's eval split; write eval.json, density.png and report.html.
 
-    Reconstruction metrics use at most ``max_rows`` eval rows (required for an unbounded source).
-    Adds ``mmcs`` and ``recovery_fraction_0.9`` when the source knows its true features, and spliced
-    fidelity over ``splice_chunks`` eval chunks (0 to skip) when it is a model source.
+    Core (always): reconstruction and sparsity metrics over at most ``max_rows`` eval rows (required for
+    an unbounded source); ground truth (``mmcs``, ``recovery_fraction_0.9`` and a ``ground_truth``
+    section with feature-level precision / recall / F1) when the source knows its true features;
+    spliced fidelity over ``splice_chunks`` eval chunks (0 to skip) when it is a model source.
+    Unless ``quick``: ``dark_matter`` (linear maps fitted on up to ``dark_matter_rows`` train-split rows,
+    scored on up to as many of the eval rows above), and for model sources ``probing`` and
+    ``absorption`` over ``probe_tokens`` tokens (eval chunks first, train chunks if the eval split is
+    shorter) and the ``neurons`` profile over ``neuron_chunks`` eval chunks. ``timings`` holds seconds
+    per part.
     Nothing is written until every input has been loaded and checked.
     """
     from ..run import load_run
@@ -59,7 +86,10 @@ def evaluate_run(
     if hasattr(run.config.source, "device"):  # evaluate where asked, whatever device the run trained on
         run.config.source.device = device
     sae = run.sae.to(device).eval()
-    source = open_source(run.config.source)
+    try:
+        source = open_source(run.config.source)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{run_dir}: cannot rebuild the run's source ({type(e).__name__}: {e})") from None
     d_in, n_latents = int(sae.cfg.d_in), int(sae.cfg.n_latents)
     if source.d_in != d_in:
         raise DataError(f"{run_dir}: the source yields rows of width {source.d_in} but the SAE expects d_in={d_in}")
@@ -68,29 +98,122 @@ def evaluate_run(
         raise DataError("the source is unbounded (synthetic): give a row limit (max_rows)")
     n_rows = n_eval if max_rows is None else (max_rows if n_eval is None else min(n_eval, max_rows))
 
-    result: dict[str, Any] = {"run": str(run_dir), "arch": sae.cfg.arch, "n_latents": n_latents, "d_in": d_in}
-    recon, density = evaluate_reconstruction(sae, source.iter_batches("eval"), max_rows=n_rows, device=device,
-                                             progress=progress, dense_threshold=dense_threshold)
-    result.update(recon)
+    result: dict[str, Any] = {"run": str(run_dir), "arch": sae.cfg.arch, "n_latents": n_latents, "d_in": d_in,
+                              "quick": quick, "timings": {}}
+    figures: dict[str, bytes] = {}
+    timer = _Timer(result["timings"])
 
     true = getattr(source, "true_features", None)
+    learned = sae.W_dec.detach()  # (n_latents, d_in)
+    f1 = None
     if true is not None:
-        learned = sae.W_dec.detach()  # (n_latents, d_in)
-        result["mmcs"] = mmcs(learned, true)
-        result[f"recovery_fraction_{RECOVERY_THRESHOLD}"] = recovery_fraction(learned, true, RECOVERY_THRESHOLD)
+        match, best_cos = match_features(learned, true)
+        f1 = FeatureF1(match)
+    dm_rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    dm_count = [0]
 
-    if splice_chunks and _is_model_source(source):
+    def on_batch(batch: Any, target: torch.Tensor, latents: torch.Tensor, x_hat: torch.Tensor) -> None:
+        if f1 is not None and batch is not None and batch.codes is not None:
+            f1.update(batch.codes, latents)
+        if not quick and dm_count[0] < dark_matter_rows:
+            take = min(dark_matter_rows - dm_count[0], x_hat.shape[0])
+            x = batch.acts if batch is not None else target
+            dm_rows.append((x[:take].cpu(), target[:take].cpu(), x_hat[:take].detach().cpu()))
+            dm_count[0] += take
+
+    with timer("core"):
+        recon, density = evaluate_reconstruction(sae, source.iter_batches("eval"), max_rows=n_rows, device=device,
+                                                 progress=progress, dense_threshold=dense_threshold, on_batch=on_batch)
+    result.update(recon)
+    figures["density"] = density_figure(density)
+    figures["l0"] = l0_figure(recon["l0_histogram"])
+
+    if true is not None:
+        result["mmcs"] = float(best_cos.mean())
+        result[f"recovery_fraction_{RECOVERY_THRESHOLD}"] = recovery_fraction(learned, true, RECOVERY_THRESHOLD)
+        gt = {"mmcs": result["mmcs"], f"recovery_fraction_{RECOVERY_THRESHOLD}": result[f"recovery_fraction_{RECOVERY_THRESHOLD}"],
+              "random_mmcs_baseline": random_mmcs_baseline(d_in, n_latents) if d_in >= 2 else None,
+              "n_true_features": int(true.shape[0]), "matching": "decoder cosine"}
+        if f1 is not None and int((f1.tp + f1.fn).sum()) > 0:
+            gt.update(f1.result())
+        result["ground_truth"] = gt
+        figures["max_cos"] = max_cos_figure(best_cos.numpy(), RECOVERY_THRESHOLD)
+
+    model_source = _is_model_source(source)
+    if splice_chunks and model_source:
 
         def reconstruct(acts: torch.Tensor) -> torch.Tensor:
             return sae(acts.to(device, torch.float32)).to(acts.device)  # (n, d_in)
 
-        result.update(spliced_fidelity(source, reconstruct, split="eval", max_chunks=splice_chunks, progress=progress))
+        with timer("splice"):
+            result.update(spliced_fidelity(source, reconstruct, split="eval", max_chunks=splice_chunks,
+                                           progress=progress))
 
-    eval_path, plot_path = run_dir / EVAL_FILE, run_dir / DENSITY_PLOT
-    result["files"] = {"eval_json": str(eval_path), "density_png": str(plot_path)}
-    plot_density_histogram(density, plot_path)
-    write_json(eval_path, _json_safe(result))
+    if not quick and dm_rows:
+        with timer("dark_matter"):
+            result["dark_matter"] = _dark_matter_section(sae, source, dm_rows, dark_matter_rows, device, progress)
+    if not quick and model_source:
+        with timer("probing"):
+            rows = collect_token_rows(source, sae, max_tokens=probe_tokens, device=device, progress=progress)
+            result["probing"] = sparse_probing(rows, progress=progress)
+        if result["probing"]["concepts"]:
+            figures["probing"] = probing_figure(result["probing"])
+        with timer("absorption"):
+            _, letter = token_concepts(rows.tokens)
+            result["absorption"] = feature_absorption(rows.reps["residual"], rows.reps["sae"], learned.cpu(), letter,
+                                                      rows.doc_ids)
+        if result["absorption"]["letters"]:
+            figures["absorption"] = absorption_figure(result["absorption"])
+        del rows
+        with timer("neurons"):
+            try:
+                result["neurons"] = neuron_sparsity(source, max_chunks=neuron_chunks, progress=progress)
+            except DataError as e:  # an architecture whose MLP modules are not recognised
+                result["neurons"] = {"skipped": str(e)}
+        if result["neurons"].get("layers"):
+            figures["neurons"] = neurons_figure(result["neurons"])
+
+    eval_path, plot_path, html_path = run_dir / EVAL_FILE, run_dir / DENSITY_PLOT, run_dir / REPORT_FILE
+    result["files"] = {"eval_json": str(eval_path), "density_png": str(plot_path), "report_html": str(html_path)}
+    save_png(figures["density"], plot_path)
+    safe = _json_safe(result)
+    write_json(eval_path, safe)
+    atomic_write(html_path, lambda p: p.write_text(render_report(safe, figures), encoding="utf-8"))
     return result
+
+
+def _dark_matter_section(sae: Any, source: Any, heldout: list[tuple[torch.Tensor, ...]], n_rows: int, device: str,
+                         progress: bool) -> dict[str, Any]:
+    """Dark matter with the linear maps fitted on up to ``n_rows`` rows of the *train* split and scored
+    on the held-out eval rows gathered by the core pass (``heldout``: (x, target, x_hat) per batch)."""
+    fit: list[tuple[torch.Tensor, ...]] = []
+
+    def collect(batch: Any, target: torch.Tensor, latents: torch.Tensor, x_hat: torch.Tensor) -> None:
+        fit.append((batch.acts if batch is not None else target, target.cpu(), x_hat.detach().cpu()))
+
+    evaluate_reconstruction(sae, source.iter_batches("train"), max_rows=n_rows, device=device, progress=progress,
+                            on_batch=collect)
+    x, target, x_hat = (torch.cat(t) for t in zip(*fit, *heldout))
+    same = target.shape == x.shape and torch.equal(target, x)
+    try:
+        return dark_matter(x, x_hat, n_fit=sum(len(f[0]) for f in fit), target=None if same else target)
+    except DataError as e:
+        return {"skipped": str(e)}
+
+
+class _Timer:
+    """``with timer(name):`` adds the block's wall-clock seconds to ``timings[name]``."""
+
+    def __init__(self, timings: dict[str, float]) -> None:
+        self.timings = timings
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
 def _fmt(x: Any, spec: str = ".4f") -> str:
@@ -124,7 +247,44 @@ def format_report(result: dict[str, Any]) -> str:
         rec = r.get(f"recovery_fraction_{RECOVERY_THRESHOLD}")
         lines.append(f"  ground truth: MMCS {_fmt(r['mmcs'])}   recovered (cos >= {RECOVERY_THRESHOLD}) "
                      f"{_fmt(None if rec is None else 100 * rec, '.1f')}%")
+    if "kl_spliced" in r:
+        lines.append(f"  KL(clean || spliced) {_fmt(r['kl_spliced'])} nats/token "
+                     f"(zero-ablation {_fmt(r.get('kl_zero_ablation'))}, mean-ablation {_fmt(r.get('kl_mean_ablation'))})")
+    gt = r.get("ground_truth") or {}
+    if "f1" in gt:
+        lines.append(f"  ground truth per feature: precision {_fmt(gt['precision'])}   recall {_fmt(gt['recall'])}   "
+                     f"F1 {_fmt(gt['f1'])}   (random-dictionary MMCS {_fmt(gt.get('random_mmcs_baseline'))})")
+    lines.extend(_deep_lines(r))
     files = r.get("files", {})
     if files:
         lines.append("  wrote " + ", ".join(str(p) for p in files.values()))
     return "\n".join(lines)
+
+
+def _deep_lines(r: dict[str, Any]) -> list[str]:
+    """Summary lines for the sections a full (not --quick) evaluation adds."""
+    lines = []
+    dm = r.get("dark_matter") or {}
+    if "error_linear_r2" in dm:
+        lines.append(f"  dark matter: {_fmt(100 * dm['error_linear_r2'], '.1f')}% of the error variance is linear in x "
+                     f"(held-out); linear / nonlinear error FVU {_fmt(dm['linear_error_fvu'])} / "
+                     f"{_fmt(dm['nonlinear_error_fvu'])}; error-norm R² {_fmt(dm['error_norm_r2'], '.3f')}")
+    pr = r.get("probing") or {}
+    if pr.get("mean"):
+        ks = pr["ks"]
+        parts = [f"{rep} {_fmt(v['f1'][0], '.3f')} → {_fmt(v['f1'][-1], '.3f')}" for rep, v in pr["mean"].items()]
+        lines.append(f"  sparse probing, mean F1 at k={ks[0]} → k={ks[-1]} over {len(pr['concepts'])} concepts: "
+                     + ", ".join(parts))
+        digit = pr["concepts"].get("is_digit")
+        if digit:
+            lines.append("  is_digit, 1-sparse F1: " + ", ".join(f"{rep} {_fmt(digit[rep]['f1'][0], '.3f')}"
+                                                                for rep in pr["mean"]))
+    ab = r.get("absorption") or {}
+    if ab.get("letters"):
+        lines.append(f"  first-letter absorption {_fmt(ab['absorption_rate'], '.3f')} over {len(ab['letters'])} letters "
+                     f"(main latents silent on {_fmt(100 * ab['main_miss_rate'], '.1f')}% of letter tokens)")
+    ne = r.get("neurons") or {}
+    if ne.get("layers"):
+        lines.append("  MLP neurons on (" + f"> {ne['threshold']:g}): " +
+                     " ".join(f"L{i} {100 * lay['fraction_active']:.1f}%" for i, lay in enumerate(ne["layers"])))
+    return lines

@@ -122,6 +122,18 @@ def _next_token_ce(out: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
     return float(ce.double().sum()), int(valid.sum())
 
 
+def _next_token_kl(clean: Any, other: Any, attention_mask: torch.Tensor) -> tuple[float, int]:
+    """(Σ KL(p_clean ‖ p_other), count) over positions t whose next token t+1 is scored (as in the CE)."""
+    valid = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()  # (B, T-1)
+    p_logits, q_logits = clean.logits[:, :-1][valid], other.logits[:, :-1][valid]  # (n_valid, V)
+    total = 0.0
+    for i in range(0, p_logits.shape[0], 256):  # row blocks: a few (256, V) float32 temporaries at a time
+        log_p = torch.log_softmax(p_logits[i : i + 256].float(), dim=-1)
+        log_q = torch.log_softmax(q_logits[i : i + 256].float(), dim=-1)
+        total += float((log_p.exp() * (log_p - log_q)).sum(-1).double().sum())
+    return total, int(valid.sum())
+
+
 def _ratio(num: float, den: float) -> float | None:
     return num / den if den != 0 else None
 
@@ -150,6 +162,8 @@ def spliced_fidelity(
 
     - ``ce_clean``, ``ce_spliced``, ``ce_zero_ablation``, ``ce_mean_ablation``;
     - ``ce_increase`` = ce_spliced − ce_clean;
+    - ``kl_spliced`` = mean over the same positions of KL(p_clean ‖ p_spliced) of the next-token
+      distributions, in nats; ``kl_zero_ablation`` and ``kl_mean_ablation`` likewise;
     - ``loss_recovered_zero_ablation`` = (ce_zero_ablation − ce_spliced) / (ce_zero_ablation − ce_clean),
       and ``loss_recovered_mean_ablation`` likewise (None when the denominator is 0).
     """
@@ -182,11 +196,17 @@ def spliced_fidelity(
         }
         # Pass 2: each replacement on the same batches.
         per_mode: dict[str, list[Any]] = {name: [] for name in replacements}
+        kl: dict[str, list[tuple[float, int]]] = {name: [] for name in replacements}
         for group in tqdm(groups, desc="splice", unit="batch", disable=not progress, leave=False):
             batch = source.tokenize(group)
             keep = source.keep_mask(batch["input_ids"], batch["attention_mask"])
+            # causal LMs: the clean logits again, for the KL divergence (keeping every batch's would not fit)
+            clean_out = _run(source, batch, keep, None) if source.is_causal_lm else None
             for name, replace in replacements.items():
-                per_mode[name].append(_summarise(source, _run(source, batch, keep, replace), batch))
+                out = _run(source, batch, keep, replace)
+                per_mode[name].append(_summarise(source, out, batch))
+                if clean_out is not None:
+                    kl[name].append(_next_token_kl(clean_out, out, batch["attention_mask"]))
     finally:
         model.train(was_training)
 
@@ -195,6 +215,8 @@ def spliced_fidelity(
         ce = {name: _mean_ce(v) for name, v in [("clean", clean), *per_mode.items()]}
         result.update({f"ce_{name}": value for name, value in ce.items()})
         result["ce_increase"] = ce["spliced"] - ce["clean"]
+        for name, parts in kl.items():
+            result["kl_spliced" if name == "spliced" else f"kl_{name}"] = _mean_ce(parts)
         for abl in ("zero_ablation", "mean_ablation"):
             result[f"loss_recovered_{abl}"] = _ratio(ce[abl] - ce["spliced"], ce[abl] - ce["clean"])
     else:
