@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO_RUN ?= runs/demo
 DEMO_TOKENS ?= 2M
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean bench bench-setup
 
 setup: $(STAMP)
 
@@ -25,5 +25,25 @@ demo: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
+# Speed benchmark against the peers (EleutherAI sparsify, SAELens). They live in their own venv so the
+# product never depends on them; jemalloc (Debian libjemalloc2) runs sparsify a second time with an
+# allocator that keeps freed pages.
+BENCH_VENV  := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_ARGS  ?=
+
+bench-setup: $(BENCH_STAMP)
+
+$(BENCH_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(BENCH_VENV)/bin/python -m pip install --quiet eai-sparsify==1.3.3 sae-lens==6.54.12
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e .
+	test -e /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 || (apt-get update -q && apt-get install -y -q libjemalloc2)
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	HF_HUB_OFFLINE=1 $(BENCH_VENV)/bin/python bench/speed.py $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) runs .pytest_cache

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..configs import check_field_types, dataclass_from_dict
@@ -114,9 +115,12 @@ class SparseAutoencoder(nn.Module):
 
     transform = encode  # scikit-learn spelling
 
-    def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float) -> TrainOutput:
+    def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float,
+                        target: torch.Tensor | None = None) -> TrainOutput:
         """Loss and diagnostics for one batch. ``progress`` in [0, 1] is the fraction of training done;
-        ``dead_mask`` (n_latents,) marks latents that have not fired for a while."""
+        ``dead_mask`` (n_latents,) marks latents that have not fired for a while; ``target`` is what to
+        reconstruct (None: x itself; a transcoder's output otherwise). Normalise losses with
+        ``total_variance`` (or per-row means) so data-parallel gradients average to the global one."""
         raise NotImplementedError
 
     # -- shared training helpers ---------------------------------------------------------------
@@ -171,6 +175,26 @@ class SparseAutoencoder(nn.Module):
         from . import load_sae
 
         return load_sae(path, device=device)
+
+
+@torch.no_grad()
+def total_variance(x: torch.Tensor) -> torch.Tensor:
+    """Σ‖x_i − mean‖² over the batch: the FVU denominator.
+
+    Under data-parallel training (torch.distributed initialised, several processes) each process holds
+    a slice of the global batch; this returns the *global* batch's total variance divided by the number of
+    processes, so that each process's ``Σ err² / total_variance`` is its share of the global FVU times the
+    world size, and the average of the processes' gradients is the gradient of the global FVU.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return (x - x.mean(0)).pow(2).sum()
+    world = dist.get_world_size()
+    stats = torch.cat([x.sum(0), x.new_tensor([x.shape[0]])]).double()  # (d + 1,)
+    dist.all_reduce(stats)
+    mean = (stats[:-1] / stats[-1]).to(x.dtype)
+    local = (x - mean).pow(2).sum().double().reshape(1)
+    dist.all_reduce(local)
+    return (local[0] / world).to(x.dtype)
 
 
 @torch.no_grad()
