@@ -88,7 +88,9 @@ class SparseAutoencoder(nn.Module):
         W_dec = torch.randn(cfg.n_latents, cfg.d_in, generator=g)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(W_dec)  # (n_latents, d_in)
-        self.W_enc = nn.Parameter(W_dec.T.clone())  # (d_in, n_latents): starts as the decoder's transpose
+        # (d_in, n_latents): starts as the decoder's transpose, stored row-major like every other weight (a
+        # transposed layout would differ from a reloaded checkpoint's and from its optimizer state's)
+        self.W_enc = nn.Parameter(W_dec.T.contiguous())
         self.b_enc = nn.Parameter(torch.zeros(cfg.n_latents))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
 

@@ -51,9 +51,12 @@ class SparsePattern:
         if self._by_latent is None:
             flat = self.flat
             k = self.indices.shape[1]
-            sorted_latents, order = torch.sort(flat)
+            # Radix sort on narrow keys is ~100x faster than a comparison sort of int64 on CPU.
+            keys = flat.to(torch.int16 if self.n_latents <= 2**15 else torch.int32)
+            order = torch.sort(keys, stable=True).indices
             rows = order // k
-            offsets = torch.searchsorted(sorted_latents, torch.arange(self.n_latents + 1, device=flat.device))
+            offsets = torch.zeros(self.n_latents + 1, dtype=torch.long, device=flat.device)
+            torch.cumsum(torch.bincount(flat, minlength=self.n_latents), 0, out=offsets[1:])
             self._by_latent = (order, rows, offsets)
         return self._by_latent
 
@@ -110,8 +113,9 @@ class _GatheredPreActs(torch.autograd.Function):
         grad_W_enc = grad_b_dec = None
         if ctx.needs_input_grad[2]:
             # pre = (x − b_dec) W_enc + b_enc  ⇒  dW_enc = xᵀG − b_dec ⊗ colsum(G)
-            grad_W_enc = pattern.transposed_matmul(grad, x).T.contiguous()  # (d, n_latents)
-            grad_W_enc.sub_(b_dec[:, None] * grad_b_enc[None, :])
+            # written into a buffer laid out like W_enc: optimizers (fused Adam) assume matching strides
+            grad_W_enc = torch.empty_like(W_enc)  # (d, n_latents)
+            torch.addr(pattern.transposed_matmul(grad, x).T, b_dec, grad_b_enc, alpha=-1, out=grad_W_enc)
         if ctx.needs_input_grad[4]:
             grad_b_dec = -(W_enc @ grad_b_enc)  # (d,)
         return None, None, grad_W_enc, grad_b_enc if ctx.needs_input_grad[3] else None, grad_b_dec, None
