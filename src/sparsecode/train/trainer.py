@@ -26,6 +26,7 @@ from ..layout import CHECKPOINT_FILE, METRICS_FILE, SAE_FILE, TRAINING_PLOT
 from ..sae import SparseAutoencoder, build_sae
 from ..sources.base import Source
 from .distributed import DataParallel
+from .memory import keep_freed_memory
 from .plots import plot_training_curves
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class Trainer:
         last periodic checkpoint, if one was written.
         """
         tc = self.config.train
+        keep_freed_memory()
         if resume:
             sae, optimizer, tokens_since_fired, step, store = self._load_checkpoint()
         else:
