@@ -3,6 +3,8 @@ and a 2-process checkpoint resumes in 1 process."""
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from sparsecode.io import load_tensors, read_metadata
@@ -36,7 +38,6 @@ def test_two_processes_equal_one_and_resume_in_one(tmp_path):
     ddp = load_tensors(tmp_path / "ddp" / "sae.safetensors")
     assert_close_weights(single, ddp)
     # AuxK really ran (dead latents existed) and the logged metrics are the global ones
-    import json
     rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     ref = [json.loads(line) for line in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
     assert any("auxk_loss" in r for r in ref)
@@ -50,3 +51,19 @@ def test_two_processes_equal_one_and_resume_in_one(tmp_path):
     assert not (tmp_path / "split" / "sae.safetensors").exists()
     fit_worker(RunConfig.load(tmp_path / "split"), tmp_path / "split", resume=True)
     assert_close_weights(single, load_tensors(tmp_path / "split" / "sae.safetensors"))
+
+
+def test_cli_nproc(tmp_path, capsys):
+    from sparsecode.cli import main
+
+    args = ["train", "--synthetic", "features=64,dim=16,active=3", "--k", "3", "--latents", "64", "--tokens", "8k",
+            "--batch-size", "255", "--nproc", "2", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "odd")]) == 2
+    assert "--nproc 2 must divide the batch size (255)" in capsys.readouterr().err
+    assert not (tmp_path / "odd").exists()
+
+    args[args.index("255")] = "256"
+    assert main(args + ["--out", str(tmp_path / "run")]) == 0
+    assert "trained" in capsys.readouterr().out
+    assert (tmp_path / "run" / "sae.safetensors").is_file()
+    assert read_metadata(tmp_path / "run" / "checkpoint.safetensors")["step"] == "32"
