@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -273,11 +274,11 @@ def plot(summary: dict, limit: float, path: Path, title: str) -> None:
 
     names = list(summary)
     rates = [summary[n]["tokens_per_s"] for n in names]
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [3, 2]})
     colors = ["#1f77b4" if n == "sparsecode" else "#999999" for n in names]
     ax.barh(names, rates, color=colors)
     ax.axvline(limit, color="#d62728", ls="--", lw=1)
-    ax.text(limit, len(names) - 0.45, " 1-GEMM limit", color="#d62728", va="top", fontsize=8)
+    ax.text(limit, -0.55, " 1-GEMM limit", color="#d62728", va="bottom", fontsize=8)
     for i, n in enumerate(names):
         ax.text(rates[i], i, f" {rates[i]:,.0f}  (FVU {summary[n]['fvu']:.3f})", va="center", fontsize=8)
     ax.set_xlim(0, max(limit, max(rates)) * 1.45)
@@ -287,7 +288,7 @@ def plot(summary: dict, limit: float, path: Path, title: str) -> None:
     ax2.invert_yaxis()
     ax2.set_yticklabels([])
     ax2.set_xlabel("peak RSS (MiB)")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle("\n".join(textwrap.wrap(title, 150)), fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

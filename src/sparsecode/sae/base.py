@@ -146,7 +146,7 @@ class SparseAutoencoder(nn.Module):
         """Drop the part of each decoder row's gradient that would only change its norm."""
         if self.cfg.unit_norm_decoder and self.W_dec.grad is not None:
             W, G = self.W_dec, self.W_dec.grad
-            G -= (G * W).sum(dim=1, keepdim=True) * W
+            G.addcmul_(torch.linalg.vecdot(G, W)[:, None], W, value=-1)  # in place: no (n_latents, d_in) temporaries
 
     @torch.no_grad()
     def fold_input_scale_(self, scale: float) -> None:
@@ -189,7 +189,7 @@ def total_variance(x: torch.Tensor) -> torch.Tensor:
     world size, and the average of the processes' gradients is the gradient of the global FVU.
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return (x - x.mean(0)).pow(2).sum()
+        return x.var(0, correction=0).sum() * x.shape[0]
     world = dist.get_world_size()
     stats = torch.cat([x.sum(0), x.new_tensor([x.shape[0]])]).double()  # (d + 1,)
     dist.all_reduce(stats)

@@ -19,6 +19,7 @@ plain autograd on (n, k) tensors.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -49,15 +50,19 @@ class SparsePattern:
         that order, and latent j's entries are ``offsets[j]:offsets[j+1]`` — the CSR form of the
         transposed (n_latents, n) pattern."""
         if self._by_latent is None:
-            flat = self.flat
-            k = self.indices.shape[1]
-            # Radix sort on narrow keys is ~100x faster than a comparison sort of int64 on CPU.
-            keys = flat.to(torch.int16 if self.n_latents <= 2**15 else torch.int32)
-            order = torch.sort(keys, stable=True).indices
-            rows = order // k
-            offsets = torch.zeros(self.n_latents + 1, dtype=torch.long, device=flat.device)
-            torch.cumsum(torch.bincount(flat, minlength=self.n_latents), 0, out=offsets[1:])
-            self._by_latent = (order, rows, offsets)
+            flat, k, m = self.flat, self.indices.shape[1], self.n_latents
+            if flat.device.type == "cpu":
+                # numpy radix-sorts 16-bit keys: an order of magnitude faster than torch.sort on CPU
+                keys = flat.numpy().astype(np.int16 if m <= 2**15 else np.int32)
+                order = np.argsort(keys, kind="stable")
+                offsets = np.zeros(m + 1, dtype=np.int64)
+                np.cumsum(np.bincount(keys, minlength=m), out=offsets[1:])
+                self._by_latent = (torch.from_numpy(order), torch.from_numpy(order // k), torch.from_numpy(offsets))
+            else:
+                order = torch.sort(flat.to(torch.int32), stable=True).indices
+                offsets = torch.zeros(m + 1, dtype=torch.long, device=flat.device)
+                torch.cumsum(torch.bincount(flat, minlength=m), 0, out=offsets[1:])
+                self._by_latent = (order, order // k, offsets)
         return self._by_latent
 
     def transposed_matmul(self, weights: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:

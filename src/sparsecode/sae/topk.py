@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .base import SAEConfig, SparseAutoencoder, TrainOutput, total_variance
@@ -65,7 +66,7 @@ class TopKSAE(SparseAutoencoder):
         pattern = SparsePattern(indices, n_latents)
         values = gathered_pre_acts(top_pre, x, self.W_enc, self.b_enc, self.b_dec, pattern).relu()  # (n, k)
         x_hat = sparse_decode(values, pattern, self.W_dec) + self.b_dec  # (n, d_in)
-        fvu = (x_hat - target).pow(2).sum() / total_variance(target)
+        fvu = F.mse_loss(x_hat, target, reduction="sum") / total_variance(target)
         loss = fvu
         metrics = {"fvu": fvu.detach()}
 
@@ -75,14 +76,15 @@ class TopKSAE(SparseAutoencoder):
             aux_values = gathered_pre_acts(auxk.values, x, self.W_enc, self.b_enc, self.b_dec, aux_pattern).relu()
             err_hat = sparse_decode(aux_values, aux_pattern, self.W_dec)  # (n, d_in)
             residual = (target - x_hat).detach()
-            aux_loss = (err_hat - residual).pow(2).sum() / total_variance(residual).clamp_min(1e-12)
+            aux_loss = F.mse_loss(err_hat, residual, reduction="sum") / total_variance(residual).clamp_min(1e-12)
             aux_loss = torch.nan_to_num(aux_loss, nan=0.0)
             loss = loss + self.cfg.auxk_alpha * aux_loss
             metrics["auxk_loss"] = aux_loss.detach()
 
-        fired = torch.zeros(n_latents, dtype=torch.bool, device=x.device)
-        fired[indices[values > 0]] = True  # from the k winners, without a dense (n, n_latents) matrix
-        metrics["l0"] = (values > 0).sum(-1).float().mean().detach()
+        active = (values > 0).detach()  # (n, k)
+        fired = torch.zeros(n_latents, dtype=torch.uint8, device=x.device).scatter_reduce_(
+            0, pattern.flat, active.view(-1).to(torch.uint8), "amax").bool()  # from the k winners only
+        metrics["l0"] = active.sum() / x.shape[0]
         return TrainOutput(loss=loss, x_hat=x_hat, fired=fired, metrics=metrics)
 
     def _auxk_selector(self, dead_mask: torch.Tensor | None, d_in: int) -> _DeadTopK | None:
