@@ -143,8 +143,8 @@ def chunked_topk(x: torch.Tensor, W_enc: torch.Tensor, bias: torch.Tensor, k: in
                  buffer: torch.Tensor, extra: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of ``x @ W_enc + bias`` per row, computed ``len(buffer)`` rows at a time into ``buffer``.
 
-    Each block of pre-activations is selected from while it is still in cache and the full (n, n_latents)
-    matrix never exists. ``extra`` callbacks ``f(start, pre_block)`` see each block too (e.g. AuxK).
+    The scratch ``buffer`` is reused from step to step (no fresh pages to fault in) and bounds the memory
+    for any batch size. ``extra`` callbacks ``f(start, pre_block)`` see each block too (e.g. AuxK).
     Returns values (n, k) (not ReLU'd) and indices (n, k).
     """
     n = x.shape[0]
