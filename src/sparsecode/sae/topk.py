@@ -93,6 +93,11 @@ class TopKSAE(SparseAutoencoder):
         dead = dead_mask.nonzero().squeeze(1)  # (n_dead,)
         return _DeadTopK(dead, min(self.cfg.k_aux or d_in // 2, len(dead)))
 
+    def train(self, mode: bool = True) -> TopKSAE:
+        if not mode:
+            self.__dict__.pop("_scratch", None)  # the training scratch block is not needed for inference
+        return super().train(mode)
+
     def _pre_block(self, x: torch.Tensor) -> torch.Tensor:
         """A reused (rows, n_latents) scratch block for pre-activations: allocated once, not every step
         (fresh multi-megabyte buffers cost page faults on every step)."""
