@@ -18,16 +18,16 @@ from sparsecode.train.trainer import fit_worker
 
 def config(**train_kw) -> RunConfig:
     # dead_tokens small so AuxK runs and the dead-latent counters must agree across processes
-    kw = dict(tokens=64 * 24, batch_size=64, buffer_rows=64 * 4, checkpoint_every=10, log_every=4,
-              dead_tokens=256, warmup_steps=2, lr=3e-3)
+    kw = {"tokens": 64 * 24, "batch_size": 64, "buffer_rows": 64 * 4, "checkpoint_every": 10, "log_every": 4,
+          "dead_tokens": 256, "warmup_steps": 2, "lr": 3e-3}
     return RunConfig(SyntheticSourceConfig(n_features=96, dim=16, active=3, seed=5),
                      TopKConfig(d_in=16, n_latents=96, k=3, k_aux=8), TrainConfig(**{**kw, **train_kw}))
 
 
 def assert_close_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=2e-4, atol=2e-5, msg=name)
+    for name, value in a.items():
+        torch.testing.assert_close(value, b[name], rtol=2e-4, atol=2e-5, msg=name)
 
 
 def test_two_processes_equal_one_and_resume_in_one(tmp_path):

@@ -185,7 +185,6 @@ def _open(source_config, args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from .run import CONFIG_FILE, RunConfig
     from .train import TrainConfig, Trainer
-
     from .train.distributed import init_from_environment
 
     if args.nproc > 1 and "WORLD_SIZE" in os.environ:

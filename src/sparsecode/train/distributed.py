@@ -101,7 +101,7 @@ def init_from_environment(device: str) -> bool:
     if not dist.is_initialized():
         dist.init_process_group(backend_for(device))
     if device.startswith("cuda"):
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return True
 
 
