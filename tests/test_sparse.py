@@ -121,3 +121,23 @@ def test_gathered_pre_acts_gradients_by_gradcheck():
     ref = torch.autograd.grad((reference(W_enc, b_enc, b_dec) * w).sum(), (W_enc, b_enc, b_dec))
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b)
+
+
+def test_bfloat16_encoder_gemm_under_autocast():
+    """--dtype bfloat16: only the encoder product runs in bf16; the result stays close to float32 and the
+    gradients land in float32 weights."""
+    torch.manual_seed(4)
+    sae = build_sae(TopKConfig(d_in=32, n_latents=256, k=8))
+    x = torch.randn(256, 32)
+    dead = torch.rand(256) < 0.2
+    ref = sae.training_output(x, dead_mask=dead, progress=0.0)
+    ref_grads = {n: g.clone() for n, g in grads(sae, ref.loss).items()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sae.training_output(x, dead_mask=dead, progress=0.0)
+    assert sae.__dict__["_scratch"].dtype == torch.bfloat16 and out.loss.dtype == torch.float32
+    ours = grads(sae, out.loss)
+    torch.testing.assert_close(out.loss, ref.loss, rtol=0.05, atol=0)
+    for name, g in ours.items():
+        assert g.dtype == torch.float32 and torch.isfinite(g).all(), name
+        cos = torch.nn.functional.cosine_similarity(g.flatten(), ref_grads[name].flatten(), dim=0)
+        assert cos > 0.9, (name, cos)

@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, help="seed for initialisation and data order (default 0)")
     tr.add_argument("--checkpoint-every", type=positive_int, metavar="STEPS", help="checkpoint interval (default 200)")
     tr.add_argument("--device", help="torch device: cpu, cuda, cuda:1, ... (default cpu)")
+    tr.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                    help="precision of the dense products (default float32; bfloat16 for GPUs)")
     tr.add_argument("--nproc", type=positive_int, default=1, metavar="N",
                     help="data-parallel processes on this machine (torch.distributed: gloo on CPU, NCCL on "
                     "CUDA, one GPU each); the global batch is split between them (default 1). Under torchrun "
@@ -118,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 SOURCE_FLAGS = ("model", "hook", "hook_side", "corpus", "max_length", "activations", "key", "synthetic")
 SAE_FLAGS = ("arch", "latents", "k", "l1")
 TRAIN_FLAGS = {"tokens": "tokens", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
-               "checkpoint_every": "checkpoint_every", "device": "device"}
+               "checkpoint_every": "checkpoint_every", "device": "device", "dtype": "dtype"}
 
 
 def _given(args: argparse.Namespace, names) -> list[str]:

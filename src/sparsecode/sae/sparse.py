@@ -149,8 +149,10 @@ def chunked_topk(x: torch.Tensor, W_enc: torch.Tensor, bias: torch.Tensor, k: in
     """
     n = x.shape[0]
     rows = buffer.shape[0]
-    values = torch.empty(n, k, dtype=x.dtype, device=x.device)
+    values = torch.empty(n, k, dtype=buffer.dtype, device=x.device)
     indices = torch.empty(n, k, dtype=torch.long, device=x.device)
+    dtype = buffer.dtype  # the GEMM's precision (lower than x's under autocast, see ``gemm_dtype``)
+    x, W_enc, bias = x.to(dtype), W_enc.to(dtype), bias.to(dtype)
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         pre = buffer[: stop - start]  # (rows, n_latents)
@@ -159,3 +161,10 @@ def chunked_topk(x: torch.Tensor, W_enc: torch.Tensor, bias: torch.Tensor, k: in
         for f in extra or ():
             f(start, pre)
     return values, indices
+
+
+def gemm_dtype(x: torch.Tensor) -> torch.dtype:
+    """The encoder GEMM's dtype: autocast's (e.g. bfloat16, set by the trainer's ``dtype``) if enabled, else x's.
+    Only this dense product runs in lower precision; the sparse parts and the weights stay in x's dtype."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .base import SAEConfig, SparseAutoencoder, TrainOutput, total_variance
-from .sparse import SparsePattern, chunked_topk, gathered_pre_acts, sparse_decode
+from .sparse import SparsePattern, chunked_topk, gathered_pre_acts, gemm_dtype, sparse_decode
 
 
 @dataclass
@@ -59,10 +59,18 @@ class TopKSAE(SparseAutoencoder):
         target = x if target is None else target
         n_latents = self.cfg.n_latents
         auxk = self._auxk_selector(dead_mask, x.shape[1])
-        with torch.no_grad():
+        block = self._pre_block(x)  # in the GEMM's dtype
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             bias = self.b_enc - self.b_dec @ self.W_enc  # (n_latents,)
-            top_pre, indices = chunked_topk(x, self.W_enc, bias, self.cfg.k, buffer=self._pre_block(x),
+            top_pre, indices = chunked_topk(x, self.W_enc, bias, self.cfg.k, buffer=block,
                                             extra=[auxk.see] if auxk else None)  # (n, k) each
+            top_pre = top_pre.to(x.dtype)
+        with torch.autocast(x.device.type, enabled=False):  # the sparse rest in full precision
+            return self._sparse_loss(x, target, top_pre, indices, auxk)
+
+    def _sparse_loss(self, x: torch.Tensor, target: torch.Tensor, top_pre: torch.Tensor, indices: torch.Tensor,
+                     auxk: _DeadTopK | None) -> TrainOutput:
+        n_latents = self.cfg.n_latents
         pattern = SparsePattern(indices, n_latents)
         values = gathered_pre_acts(top_pre, x, self.W_enc, self.b_enc, self.b_dec, pattern).relu()  # (n, k)
         x_hat = sparse_decode(values, pattern, self.W_dec) + self.b_dec  # (n, d_in)
@@ -73,7 +81,7 @@ class TopKSAE(SparseAutoencoder):
         if auxk:
             # Only dead latents compete: model the residual the live latents leave.
             aux_pattern = SparsePattern(auxk.indices, n_latents)
-            aux_values = gathered_pre_acts(auxk.values, x, self.W_enc, self.b_enc, self.b_dec, aux_pattern).relu()
+            aux_values = gathered_pre_acts(auxk.values.to(x.dtype), x, self.W_enc, self.b_enc, self.b_dec, aux_pattern).relu()
             err_hat = sparse_decode(aux_values, aux_pattern, self.W_dec)  # (n, d_in)
             residual = (target - x_hat).detach()
             aux_loss = F.mse_loss(err_hat, residual, reduction="sum") / total_variance(residual).clamp_min(1e-12)
@@ -102,9 +110,10 @@ class TopKSAE(SparseAutoencoder):
         """A reused (rows, n_latents) scratch block for pre-activations: allocated once, not every step
         (fresh multi-megabyte buffers cost page faults on every step)."""
         rows = max(1, min(x.shape[0], PRE_BLOCK_ELEMENTS // self.cfg.n_latents))
+        dtype = gemm_dtype(x)
         block = self.__dict__.get("_scratch")
-        if block is None or block.shape[0] < rows or block.dtype != x.dtype or block.device != x.device:
-            block = torch.empty(rows, self.cfg.n_latents, dtype=x.dtype, device=x.device)
+        if block is None or block.shape[0] < rows or block.dtype != dtype or block.device != x.device:
+            block = torch.empty(rows, self.cfg.n_latents, dtype=dtype, device=x.device)
             self.__dict__["_scratch"] = block  # plain attribute: not a parameter, not saved
         return block[:rows]
 

@@ -71,6 +71,7 @@ class Trainer:
         sae.train()
 
         group = self.group
+        autocast = torch.autocast(self.device.type, dtype=getattr(torch, tc.dtype), enabled=tc.dtype != "float32")
         bar = tqdm(total=total * tc.batch_size, initial=step * tc.batch_size, unit="tok", unit_scale=True,
                    desc="train", disable=not self.progress, dynamic_ncols=True, smoothing=0.1)
         previous_handler = self._install_sigint_handler()
@@ -81,7 +82,8 @@ class Trainer:
                 dead_mask = tokens_since_fired >= tc.dead_tokens  # (n_latents,)
                 for param_group in optimizer.param_groups:
                     param_group["lr"] = peak_lr * tc.lr_factor(step)
-                out = sae.training_output(x, dead_mask=dead_mask, progress=step / total)
+                with autocast:
+                    out = sae.training_output(x, dead_mask=dead_mask, progress=step / total)
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 group.average_gradients(sae.parameters())
