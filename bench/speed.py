@@ -139,7 +139,7 @@ def child_sparsecode(a) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         config = RunConfig(ArraySourceConfig(path=a.train), TopKConfig(d_in=a.d_in, n_latents=a.latents, k=a.k),
-                           TrainConfig(tokens=a.tokens, batch_size=a.batch))
+                           TrainConfig(tokens=a.tokens, batch_size=a.batch, lr=a.lr))
         t = time.perf_counter()
         sae = Trainer(config, Path(tmp) / "run", open_source(config.source), progress=False).fit()
         wall = time.perf_counter() - t
@@ -235,7 +235,7 @@ def launch(name: str, a, train: Path) -> dict:
         env.update(LD_PRELOAD=JEMALLOC, MALLOC_CONF="dirty_decay_ms:-1,muzzy_decay_ms:-1")
     cmd = [sys.executable, __file__, "--child", child, "--train", str(train), "--heldout", str(a.heldout),
            "--tokens", str(a.tokens), "--batch", str(a.batch), "--latents", str(a.latents), "--k", str(a.k),
-           "--d-in", str(a.d_in), "--threads", str(a.threads)]
+           "--d-in", str(a.d_in), "--threads", str(a.threads)] + (["--lr", str(a.lr)] if a.lr else [])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -309,6 +309,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--latents", type=int, default=6144)
     ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--lr", type=float, help="sparsecode's learning rate (default: its own default)")
     ap.add_argument("--only", default=",".join(TRAINERS), help=f"comma-separated subset of {','.join(TRAINERS)}")
     ap.add_argument("--no-memory", action="store_true", help="skip the larger-corpus memory run")
     ap.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)

@@ -14,8 +14,10 @@ several machines.
 from __future__ import annotations
 
 import os
-import socket
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -112,9 +114,10 @@ def launch(nproc: int, device: str, worker: Callable[..., Any], *args: Any) -> N
     """
     import torch.multiprocessing as mp
 
-    port = _free_port()
+    # rendezvous through a file, not a TCP port: no race with other programs for a free port
+    rendezvous = Path(tempfile.mkdtemp(prefix="sparsecode-ddp-"))
     try:
-        mp.start_processes(_run_rank, args=(nproc, port, device, worker, args), nprocs=nproc,
+        mp.start_processes(_run_rank, args=(nproc, str(rendezvous / "store"), device, worker, args), nprocs=nproc,
                            start_method="spawn", join=True)
     except mp.ProcessRaisedException as e:
         # the worker's own one-line message (its last traceback line), not the parent's wrapper
@@ -122,23 +125,18 @@ def launch(nproc: int, device: str, worker: Callable[..., Any], *args: Any) -> N
         raise SparsecodeError(f"a training process failed: {last}") from None
     except mp.ProcessExitedException as e:
         raise SparsecodeError(f"a training process died: {e}") from None
+    finally:
+        shutil.rmtree(rendezvous, ignore_errors=True)
 
 
-def _run_rank(rank: int, world_size: int, port: int, device: str, worker, args) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+def _run_rank(rank: int, world_size: int, store_file: str, device: str, worker, args) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     # Each process gets its share of the cores, so N processes do not oversubscribe the machine.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     if device.startswith("cuda"):
         torch.cuda.set_device(rank % max(1, torch.cuda.device_count()))
-    dist.init_process_group(backend_for(device), rank=rank, world_size=world_size)
+    dist.init_process_group(backend_for(device), init_method=f"file://{store_file}", rank=rank, world_size=world_size)
     try:
         worker(*args)
     finally:
         dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
