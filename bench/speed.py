@@ -216,12 +216,22 @@ def child_saelens(a) -> dict:
 CHILDREN = {"sparsecode": child_sparsecode, "sparsify": child_sparsify, "saelens": child_saelens}
 
 
+def peak_rss_mib(usage) -> float:
+    """This process's own peak RSS. VmHWM starts afresh at exec; ru_maxrss would carry over the parent's."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return usage.ru_maxrss / 1024
+
+
 def run_child(a) -> None:
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     result = CHILDREN[a.child](a)
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    result.update(peak_rss_mib=usage.ru_maxrss / 1024, minor_faults=usage.ru_minflt,
+    result.update(peak_rss_mib=peak_rss_mib(usage), minor_faults=usage.ru_minflt,
                   tokens_per_s=result["tokens"] / result["train_s"])
     print("RESULT " + json.dumps(result))
 
