@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO_RUN ?= runs/demo
 DEMO_TOKENS ?= 2M
 
-.PHONY: setup demo test clean browser
+.PHONY: setup demo test clean browser bench bench-setup
 
 setup: $(STAMP)
 
@@ -24,7 +24,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/sparsecode features $(DEMO_RUN)
 	@echo "browse the features:  $(VENV)/bin/sparsecode serve $(DEMO_RUN)   (then open http://127.0.0.1:8000)"
 
-test: $(STAMP)
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 # Headless Chromium + its driver for the dashboard's browser tests (Debian packages; needs root).
@@ -32,6 +32,25 @@ browser:
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
 	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; \
 	fi
+# Speed benchmark against the peers (EleutherAI sparsify, SAELens). They live in their own venv so the
+# product never depends on them; jemalloc (Debian libjemalloc2) runs sparsify a second time with an
+# allocator that keeps freed pages.
+BENCH_VENV  := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_ARGS  ?=
+
+bench-setup: $(BENCH_STAMP)
+
+$(BENCH_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(BENCH_VENV)/bin/python -m pip install --quiet eai-sparsify==1.3.3 sae-lens==6.54.12
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e .
+	test -e /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 || (apt-get update -q && apt-get install -y -q libjemalloc2)
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	HF_HUB_OFFLINE=1 $(BENCH_VENV)/bin/python bench/speed.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) runs .pytest_cache

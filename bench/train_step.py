@@ -28,7 +28,7 @@ def main() -> None:
     args = ap.parse_args()
 
     sae = build_sae(TopKConfig(d_in=args.d_in, n_latents=args.latents, k=args.k))
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)  # as the trainer
     x = torch.randn(args.batch, args.d_in)
     dead = torch.zeros(args.latents, dtype=torch.bool)
     dead[: int(args.latents * args.dead_fraction)] = True

@@ -22,6 +22,8 @@ EPILOG_TRAIN = """examples:
   sparsecode train --activations recordings.npy --arch relu --l1 5 --latents 4096 --out runs/rec
   sparsecode train --synthetic features=512,dim=64,active=5 --arch topk --k 5 --latents 512 --out runs/toy
   sparsecode train --resume --out runs/minilm-l3
+  sparsecode train --activations acts.npy --latents 6144 --nproc 2 --out runs/ddp     # data-parallel, 2 processes
+  torchrun --nnodes 2 --nproc-per-node 4 ... -m sparsecode train ... --device cuda   # several machines
 """
 
 
@@ -85,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, help="seed for initialisation and data order (default 0)")
     tr.add_argument("--checkpoint-every", type=positive_int, metavar="STEPS", help="checkpoint interval (default 200)")
     tr.add_argument("--device", help="torch device: cpu, cuda, cuda:1, ... (default cpu)")
+    tr.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                    help="precision of the dense products (default float32; bfloat16 for GPUs)")
+    tr.add_argument("--nproc", type=positive_int, default=1, metavar="N",
+                    help="data-parallel processes on this machine (torch.distributed: gloo on CPU, NCCL on "
+                    "CUDA, one GPU each); the global batch is split between them (default 1). Under torchrun "
+                    "the group comes from its environment instead. A checkpoint resumes with any N")
     tr.add_argument("--config", metavar="FILE", help="a run config JSON (as written to RUN/config.json); "
                     "training flags given too override its train section")
 
@@ -119,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 SOURCE_FLAGS = ("model", "hook", "hook_side", "corpus", "max_length", "activations", "key", "synthetic")
 SAE_FLAGS = ("arch", "latents", "k", "l1")
 TRAIN_FLAGS = {"tokens": "tokens", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
-               "checkpoint_every": "checkpoint_every", "device": "device"}
+               "checkpoint_every": "checkpoint_every", "device": "device", "dtype": "dtype"}
 
 
 def _given(args: argparse.Namespace, names) -> list[str]:
@@ -186,7 +194,11 @@ def _open(source_config, args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from .run import CONFIG_FILE, RunConfig
     from .train import TrainConfig, Trainer
+    from .train.distributed import init_from_environment
 
+    if args.nproc > 1 and "WORLD_SIZE" in os.environ:
+        raise ConfigError("--nproc starts its own processes; under torchrun leave it out")
+    torchrun = init_from_environment(args.device or "cpu")  # launched by torchrun: one rank of its group
     out = Path(args.out)
     train_overrides = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
 
@@ -229,12 +241,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.config or args.resume:
         source = _open(config.source, args)
 
-    trainer = Trainer(config, out, source, progress=not args.quiet)
+    if torchrun:  # every rank has checked the arguments before any of them writes
+        import torch.distributed as dist
+
+        dist.barrier()
+        _train_process(config, out, args.resume, args)
+        if dist.get_rank() == 0:
+            _print_train_summary(out)
+        return 0
+    if args.nproc == 1:
+        trainer = Trainer(config, out, source, progress=not args.quiet)
+    elif config.train.batch_size % args.nproc:
+        raise ConfigError(f"--nproc {args.nproc} must divide the batch size ({config.train.batch_size})")
     # --overwrite: the old run is moved aside, and deleted only once the new one has finished
     replaced = _move_aside(out) if args.overwrite and out.exists() and not args.resume else None
     existed = out.exists()
     try:
-        trainer.fit(resume=args.resume)
+        if args.nproc == 1:
+            trainer.fit(resume=args.resume)
+        else:
+            from .train.distributed import launch
+
+            launch(args.nproc, config.train.device, _train_process, config, out, args.resume, args)
     except BaseException as e:
         from .layout import CHECKPOINT_FILE
 
@@ -253,6 +281,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         shutil.rmtree(replaced, ignore_errors=True)
     _print_train_summary(out)
     return 0
+
+
+def _train_process(config, out: Path, resume: bool, args: argparse.Namespace) -> None:
+    """One data-parallel rank (also the body of `--nproc` workers). Only rank 0 writes the activation cache."""
+    import torch.distributed as dist
+
+    from .train import Trainer
+
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    source = _open(config.source, argparse.Namespace(**{**vars(args), "no_cache": args.no_cache or rank > 0}))
+    Trainer(config, out, source, progress=not args.quiet and rank == 0).fit(resume=resume)
 
 
 def _move_aside(out: Path) -> Path:

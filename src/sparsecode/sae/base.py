@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..configs import check_field_types, dataclass_from_dict
@@ -87,7 +88,9 @@ class SparseAutoencoder(nn.Module):
         W_dec = torch.randn(cfg.n_latents, cfg.d_in, generator=g)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(W_dec)  # (n_latents, d_in)
-        self.W_enc = nn.Parameter(W_dec.T.clone())  # (d_in, n_latents): starts as the decoder's transpose
+        # (d_in, n_latents): starts as the decoder's transpose, stored row-major like every other weight (a
+        # transposed layout would differ from a reloaded checkpoint's and from its optimizer state's)
+        self.W_enc = nn.Parameter(W_dec.T.contiguous())
         self.b_enc = nn.Parameter(torch.zeros(cfg.n_latents))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
 
@@ -114,9 +117,12 @@ class SparseAutoencoder(nn.Module):
 
     transform = encode  # scikit-learn spelling
 
-    def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float) -> TrainOutput:
+    def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float,
+                        target: torch.Tensor | None = None) -> TrainOutput:
         """Loss and diagnostics for one batch. ``progress`` in [0, 1] is the fraction of training done;
-        ``dead_mask`` (n_latents,) marks latents that have not fired for a while."""
+        ``dead_mask`` (n_latents,) marks latents that have not fired for a while; ``target`` is what to
+        reconstruct (None: x itself; a transcoder's output otherwise). Normalise losses with
+        ``total_variance`` (or per-row means) so data-parallel gradients average to the global one."""
         raise NotImplementedError
 
     # -- shared training helpers ---------------------------------------------------------------
@@ -140,7 +146,7 @@ class SparseAutoencoder(nn.Module):
         """Drop the part of each decoder row's gradient that would only change its norm."""
         if self.cfg.unit_norm_decoder and self.W_dec.grad is not None:
             W, G = self.W_dec, self.W_dec.grad
-            G -= (G * W).sum(dim=1, keepdim=True) * W
+            G.addcmul_(torch.linalg.vecdot(G, W)[:, None], W, value=-1)  # in place: no (n_latents, d_in) temporaries
 
     @torch.no_grad()
     def fold_input_scale_(self, scale: float) -> None:
@@ -171,6 +177,26 @@ class SparseAutoencoder(nn.Module):
         from . import load_sae
 
         return load_sae(path, device=device)
+
+
+@torch.no_grad()
+def total_variance(x: torch.Tensor) -> torch.Tensor:
+    """Σ‖x_i − mean‖² over the batch: the FVU denominator.
+
+    Under data-parallel training (torch.distributed initialised, several processes) each process holds
+    a slice of the global batch; this returns the *global* batch's total variance divided by the number of
+    processes, so that each process's ``Σ err² / total_variance`` is its share of the global FVU times the
+    world size, and the average of the processes' gradients is the gradient of the global FVU.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x.var(0, correction=0).sum() * x.shape[0]
+    world = dist.get_world_size()
+    stats = torch.cat([x.sum(0), x.new_tensor([x.shape[0]])]).double()  # (d + 1,)
+    dist.all_reduce(stats)
+    mean = (stats[:-1] / stats[-1]).to(x.dtype)
+    local = (x - mean).pow(2).sum().double().reshape(1)
+    dist.all_reduce(local)
+    return (local[0] / world).to(x.dtype)
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ The last ``eval_fraction`` of the rows form the "eval" split, the rest "train".
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,7 +72,22 @@ class _NpyReader:
         self.shape = tuple(self.array.shape)
 
     def read(self, start: int, stop: int) -> torch.Tensor:
-        return torch.from_numpy(np.array(self.array[start:stop], dtype=np.float32))  # a copy, never the mmap
+        rows = torch.from_numpy(np.array(self.array[start:stop], dtype=np.float32))  # a copy, never the mmap
+        self._release(start, stop)
+        return rows
+
+    def _release(self, start: int, stop: int) -> None:
+        """Drop the file pages just read from this process's resident set: a pass over a large file must not
+        grow RSS with the file's size (the page cache still keeps them for the next epoch)."""
+        mm = getattr(self.array, "_mmap", None)
+        if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        row_bytes = self.array.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
+        base = self.array.offset % mmap.ALLOCATIONGRANULARITY  # where the data starts inside the mapping
+        lo = (base + start * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        hi = (base + stop * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE  # whole pages only
+        if hi > lo:
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 class _SafetensorsReader:

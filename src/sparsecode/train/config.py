@@ -10,6 +10,9 @@ from ..configs import check_field_types, dataclass_from_dict
 from ..errors import ConfigError
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 @dataclass
 class TrainConfig:
     tokens: int = 2_000_000
@@ -43,6 +46,9 @@ class TrainConfig:
     """Append a line to metrics.jsonl every this many steps."""
     device: str = "cpu"
     """Torch device for training, e.g. 'cpu', 'cuda', 'cuda:1'."""
+    dtype: str = "float32"
+    """Precision of the dense products (autocast): 'float32', 'bfloat16' or 'float16'. Weights, optimizer state
+    and a TopK step's sparse parts stay float32; bfloat16 pays on GPUs and CPUs with bf16 units."""
 
     def __post_init__(self) -> None:
         check_field_types(self, "train")
@@ -53,6 +59,8 @@ class TrainConfig:
             raise ConfigError(f"train.batch_size ({self.batch_size}) is larger than train.tokens ({self.tokens})")
         if self.buffer_rows < self.batch_size:
             raise ConfigError(f"train.buffer_rows ({self.buffer_rows}) must be >= train.batch_size ({self.batch_size})")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"train.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.lr is not None and not (0 < self.lr < 1):
             raise ConfigError(f"train.lr must be in (0, 1), got {self.lr}")
         if not 0 <= self.decay_fraction <= 1:

@@ -25,6 +25,8 @@ from ..io import atomic_write, load_tensors, read_metadata, save_tensors
 from ..layout import CHECKPOINT_FILE, METRICS_FILE, SAE_FILE, TRAINING_PLOT
 from ..sae import SparseAutoencoder, build_sae
 from ..sources.base import Source
+from .distributed import DataParallel
+from .memory import keep_freed_memory
 from .plots import plot_training_curves
 
 if TYPE_CHECKING:
@@ -43,6 +45,10 @@ class Trainer:
         self.progress = progress
         self.device = check_device(config.train.device)
         self._stop_requested = False
+        self.group = DataParallel()  # this process's place among data-parallel processes (alone: rank 0 of 1)
+        self.local_rows = self.group.local_rows(config.train.batch_size)
+        if not self.group.is_main:
+            self.progress = False
 
     # -- public ---------------------------------------------------------------------------------
     def fit(self, resume: bool = False, stop_at_step: int | None = None) -> SparseAutoencoder:
@@ -53,6 +59,7 @@ class Trainer:
         last periodic checkpoint, if one was written.
         """
         tc = self.config.train
+        keep_freed_memory()
         if resume:
             sae, optimizer, tokens_since_fired, step, store = self._load_checkpoint()
         else:
@@ -63,48 +70,57 @@ class Trainer:
         peak_lr = tc.learning_rate(self.config.sae.n_latents)
         sae.train()
 
+        group = self.group
+        autocast = torch.autocast(self.device.type, dtype=getattr(torch, tc.dtype), enabled=tc.dtype != "float32")
         bar = tqdm(total=total * tc.batch_size, initial=step * tc.batch_size, unit="tok", unit_scale=True,
                    desc="train", disable=not self.progress, dynamic_ncols=True, smoothing=0.1)
         previous_handler = self._install_sigint_handler()
         t_last, tokens_last = time.perf_counter(), step * tc.batch_size
         try:
             while step < end and not self._stop_requested:
-                x = next(store).to(self.device, non_blocking=True) * scale  # (batch, d_in)
+                x = next(store)[self.local_rows].to(self.device, non_blocking=True) * scale  # (batch / procs, d_in)
                 dead_mask = tokens_since_fired >= tc.dead_tokens  # (n_latents,)
-                for group in optimizer.param_groups:
-                    group["lr"] = peak_lr * tc.lr_factor(step)
-                out = sae.training_output(x, dead_mask=dead_mask, progress=step / total)
+                for param_group in optimizer.param_groups:
+                    param_group["lr"] = peak_lr * tc.lr_factor(step)
+                with autocast:
+                    out = sae.training_output(x, dead_mask=dead_mask, progress=step / total)
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
+                group.average_gradients(sae.parameters())
                 sae.remove_parallel_grad_()
                 optimizer.step()
                 sae.normalize_decoder_()
-                tokens_since_fired += x.shape[0]
-                tokens_since_fired[out.fired] = 0
+                fired, self._stop_requested = group.fired_and_stop(out.fired, self._stop_requested)
+                tokens_since_fired += tc.batch_size
+                tokens_since_fired[fired] = 0
                 step += 1
-                bar.update(x.shape[0])
+                bar.update(tc.batch_size)
 
                 if step % tc.log_every == 0 or step == total:
-                    loss = out.loss.item()
+                    scalars = group.mean({"loss": out.loss.item(), **{k: v.item() for k, v in out.metrics.items()}})
+                    loss = scalars["loss"]
                     if not math.isfinite(loss):
                         raise SparsecodeError(f"training diverged at step {step} (loss is {loss}); "
                                               f"lower the learning rate (--lr) or check the inputs")
                     now = time.perf_counter()
                     row = {"step": step, "tokens": step * tc.batch_size, "lr": optimizer.param_groups[0]["lr"],
-                           "loss": loss, **{k: v.item() for k, v in out.metrics.items()},
+                           **scalars,
                            "dead_fraction": dead_mask.float().mean().item(),
                            "tokens_per_s": (step * tc.batch_size - tokens_last) / max(now - t_last, 1e-9)}
                     t_last, tokens_last = now, step * tc.batch_size
-                    self._append_metrics(row)
+                    if group.is_main:
+                        self._append_metrics(row)
                     bar.set_postfix(l0=f"{row['l0']:.1f}", fvu=f"{row['fvu']:.3f}", refresh=False)
-                if step % tc.checkpoint_every == 0 or step == total:
+                if (step % tc.checkpoint_every == 0 or step == total) and group.is_main:
                     self._save_checkpoint(sae, optimizer, tokens_since_fired, step, store)
         finally:
             bar.close()
             self._restore_sigint_handler(previous_handler)
 
         if self._stop_requested and step < total:
-            self._save_checkpoint(sae, optimizer, tokens_since_fired, step, store)
+            if group.is_main:
+                self._save_checkpoint(sae, optimizer, tokens_since_fired, step, store)
+            group.barrier()
             raise Interrupted(f"interrupted at step {step}/{total}; checkpoint saved — continue with "
                                   f"`sparsecode train --resume --out {self.run_dir}`")
         if step < total:
@@ -119,8 +135,9 @@ class Trainer:
 
     def _optimizer(self, sae: SparseAutoencoder) -> torch.optim.Adam:
         tc = self.config.train
+        # fused: one kernel over all parameters instead of a dozen elementwise passes
         return torch.optim.Adam(sae.parameters(), lr=tc.learning_rate(self.config.sae.n_latents),
-                                betas=(tc.beta1, tc.beta2))
+                                betas=(tc.beta1, tc.beta2), fused=True)
 
     def _start_fresh(self):
         tc = self.config.train
@@ -132,12 +149,13 @@ class Trainer:
         if mean_sq_norm <= 0:
             raise DataError("the source's activations are all zero; nothing to learn")
         self.config.input_scale = math.sqrt(self.config.sae.d_in / mean_sq_norm) if tc.normalize_inputs else 1.0
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.config.save(self.run_dir)
-        except OSError as e:
-            raise DataError(f"cannot write the run folder {self.run_dir}: {e.strerror or e}") from None
-        (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
+        if self.group.is_main:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                self.config.save(self.run_dir)
+            except OSError as e:
+                raise DataError(f"cannot write the run folder {self.run_dir}: {e.strerror or e}") from None
+            (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
 
         sae = build_sae(self.config.sae).to(self.device)
         sae.initialize_from_data(sample.to(self.device) * self.config.input_scale)
@@ -177,7 +195,8 @@ class Trainer:
                 opt_state["state"].setdefault(int(idx), {})[name] = value.cpu() if name == "step" else value
         optimizer.load_state_dict(opt_state)
         store = self._make_store(json.loads(meta["store"])["batches_emitted"])
-        self._truncate_metrics(step)
+        if self.group.is_main:
+            self._truncate_metrics(step)
         return sae, optimizer, tensors["tokens_since_fired"].clone(), step, store
 
     # -- outputs --------------------------------------------------------------------------------
@@ -203,8 +222,10 @@ class Trainer:
         sae.eval()
         sae = sae.to("cpu")
         sae.fold_input_scale_(float(self.config.input_scale or 1.0))
-        sae.save(self.run_dir / SAE_FILE)
-        plot_training_curves(self.run_dir / METRICS_FILE, self.run_dir / TRAINING_PLOT)
+        if self.group.is_main:
+            sae.save(self.run_dir / SAE_FILE)
+            plot_training_curves(self.run_dir / METRICS_FILE, self.run_dir / TRAINING_PLOT)
+        self.group.barrier()  # the run folder is complete when any process returns
         return sae
 
     # -- Ctrl-C: finish the current step, checkpoint, stop ---------------------------------------
@@ -222,3 +243,12 @@ class Trainer:
     def _restore_sigint_handler(self, previous) -> None:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+def fit_worker(config: RunConfig, run_dir: str | Path, resume: bool = False, stop_at_step: int | None = None,
+               progress: bool = False) -> None:
+    """One data-parallel process: open the source from the config and train (see ``distributed.launch``)."""
+    from ..sources import open_source
+
+    Trainer(config, run_dir, open_source(config.source), progress=progress).fit(resume=resume,
+                                                                               stop_at_step=stop_at_step)

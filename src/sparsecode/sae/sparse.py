@@ -1,0 +1,170 @@
+"""Sparse kernels for dictionaries whose latents have a few non-zeros per row (TopK and kin).
+
+Only the encoder's forward product ``x @ W_enc`` is inherently dense. Once each row keeps ``k`` latents,
+the decoder forward, the decoder gradient and the encoder gradient touch only those ``k`` latents, so
+they cost O(n·k·d) instead of three more dense (n, d) × (d, n_latents) products:
+
+    x_hat   = Σ_j v[i,j] · W_dec[idx[i,j]]             embedding_bag over rows
+    dW_dec  = Fᵀ · dx_hat,   dW_encᵀ = Gᵀ · (x − b_dec)  embedding_bag over latents (same pattern)
+
+where F holds the selected values and G their gradients, both (n, n_latents) with the pattern ``idx``.
+Both transposed products are embedding_bag calls over the pattern sorted by latent, which a
+``SparsePattern`` computes once per step and shares between the decoder and the encoder backward.
+
+Architectures use two autograd functions: ``gathered_pre_acts`` (the selected pre-activations, with a
+sparse backward into W_enc, b_enc, b_dec) and ``sparse_decode`` (values, pattern → reconstruction).
+Whatever nonlinearity sits between them (ReLU, a threshold with a straight-through estimator, ...) is
+plain autograd on (n, k) tensors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class SparsePattern:
+    """The (n, k) latent indices of a batch, plus their latent-major order (computed on first use).
+
+    Padding is allowed: set a padded slot's value to 0 (its index may be any valid latent).
+    """
+
+    def __init__(self, indices: torch.Tensor, n_latents: int) -> None:
+        self.indices = indices  # (n, k) int64
+        self.n_latents = n_latents
+        self._by_latent: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def flat(self) -> torch.Tensor:
+        return self.indices.reshape(-1)  # (n·k,)
+
+    @property
+    def offsets(self) -> torch.Tensor:
+        """Bag offsets for a row-major embedding_bag over ``flat`` (one bag per row)."""
+        n, k = self.indices.shape
+        return torch.arange(0, n * k, k, device=self.indices.device)
+
+    def by_latent(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(order, rows, offsets): ``flat[order]`` is sorted by latent, ``rows`` the row of each entry in
+        that order, and latent j's entries are ``offsets[j]:offsets[j+1]`` — the CSR form of the
+        transposed (n_latents, n) pattern."""
+        if self._by_latent is None:
+            flat, k, m = self.flat, self.indices.shape[1], self.n_latents
+            if flat.device.type == "cpu":
+                # numpy radix-sorts 16-bit keys: an order of magnitude faster than torch.sort on CPU
+                keys = flat.numpy().astype(np.int16 if m <= 2**15 else np.int32)
+                order = np.argsort(keys, kind="stable")
+                offsets = np.zeros(m + 1, dtype=np.int64)
+                np.cumsum(np.bincount(keys, minlength=m), out=offsets[1:])
+                self._by_latent = (torch.from_numpy(order), torch.from_numpy(order // k), torch.from_numpy(offsets))
+            else:
+                order = torch.sort(flat.to(torch.int32), stable=True).indices
+                offsets = torch.zeros(m + 1, dtype=torch.long, device=flat.device)
+                torch.cumsum(torch.bincount(flat, minlength=m), 0, out=offsets[1:])
+                self._by_latent = (order, order // k, offsets)
+        return self._by_latent
+
+    def transposed_matmul(self, weights: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """(n_latents, d) = Wᵀ · dense, where W is (n, n_latents) with ``weights`` (n, k) on this pattern and
+        ``dense`` is (n, d)."""
+        order, rows, offsets = self.by_latent()
+        return F.embedding_bag(rows, dense, offsets, per_sample_weights=weights.reshape(-1)[order],
+                               mode="sum", include_last_offset=True)  # (n_latents, d)
+
+    def column_sums(self, weights: torch.Tensor) -> torch.Tensor:
+        """(n_latents,) column sums of the (n, n_latents) matrix with ``weights`` (n, k) on this pattern."""
+        out = torch.zeros(self.n_latents, dtype=weights.dtype, device=weights.device)
+        return out.index_add_(0, self.flat, weights.reshape(-1))
+
+
+class _SparseDecode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values, W_dec, pattern):  # type: ignore[override]
+        ctx.save_for_backward(values, W_dec)
+        ctx.pattern = pattern
+        return F.embedding_bag(pattern.indices, W_dec, per_sample_weights=values, mode="sum")  # (n, d)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        values, W_dec = ctx.saved_tensors
+        pattern: SparsePattern = ctx.pattern
+        grad_out = grad_out.contiguous()
+        grad_values = grad_W = None
+        if ctx.needs_input_grad[0]:
+            # dL/dv[i,j] = grad_out[i] · W_dec[idx[i,j]], without gathering an (n, k, d) tensor
+            n, k = pattern.indices.shape
+            grad_values = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                grad_out, W_dec, pattern.flat, pattern.offsets,
+                torch.arange(n, device=grad_out.device).repeat_interleave(k), 0, -1).view(n, k)
+        if ctx.needs_input_grad[1]:
+            grad_W = pattern.transposed_matmul(values, grad_out)  # (n_latents, d)
+        return grad_values, grad_W, None
+
+
+class _GatheredPreActs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, selected, x, W_enc, b_enc, b_dec, pattern):  # type: ignore[override]
+        ctx.save_for_backward(x, W_enc, b_dec)
+        ctx.pattern = pattern
+        return selected.clone()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, W_enc, b_dec = ctx.saved_tensors
+        pattern: SparsePattern = ctx.pattern
+        grad = grad.contiguous()  # (n, k)
+        grad_b_enc = pattern.column_sums(grad)  # (n_latents,)
+        grad_W_enc = grad_b_dec = None
+        if ctx.needs_input_grad[2]:
+            # pre = (x − b_dec) W_enc + b_enc  ⇒  dW_enc = xᵀG − b_dec ⊗ colsum(G)
+            # written into a buffer laid out like W_enc: optimizers (fused Adam) assume matching strides
+            grad_W_enc = torch.empty_like(W_enc)  # (d, n_latents)
+            torch.addr(pattern.transposed_matmul(grad, x).T, b_dec, grad_b_enc, alpha=-1, out=grad_W_enc)
+        if ctx.needs_input_grad[4]:
+            grad_b_dec = -(W_enc @ grad_b_enc)  # (d,)
+        return None, None, grad_W_enc, grad_b_enc if ctx.needs_input_grad[3] else None, grad_b_dec, None
+
+
+def sparse_decode(values: torch.Tensor, pattern: SparsePattern, W_dec: torch.Tensor) -> torch.Tensor:
+    """(n, k) values on ``pattern`` → (n, d) Σ_j values[i,j] · W_dec[idx[i,j]], with a sparse backward."""
+    return _SparseDecode.apply(values, W_dec, pattern)
+
+
+def gathered_pre_acts(selected: torch.Tensor, x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
+                      b_dec: torch.Tensor, pattern: SparsePattern) -> torch.Tensor:
+    """The pre-activations ``(x − b_dec) W_enc + b_enc`` at ``pattern``, already computed (without grad) as
+    ``selected`` (n, k), wired into autograd with a sparse backward into W_enc, b_enc and b_dec."""
+    return _GatheredPreActs.apply(selected, x, W_enc, b_enc, b_dec, pattern)
+
+
+@torch.no_grad()
+def chunked_topk(x: torch.Tensor, W_enc: torch.Tensor, bias: torch.Tensor, k: int, *,
+                 buffer: torch.Tensor, extra: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of ``x @ W_enc + bias`` per row, computed ``len(buffer)`` rows at a time into ``buffer``.
+
+    The scratch ``buffer`` is reused from step to step (no fresh pages to fault in) and bounds the memory
+    for any batch size. ``extra`` callbacks ``f(start, pre_block)`` see each block too (e.g. AuxK).
+    Returns values (n, k) (not ReLU'd) and indices (n, k).
+    """
+    n = x.shape[0]
+    rows = buffer.shape[0]
+    values = torch.empty(n, k, dtype=buffer.dtype, device=x.device)
+    indices = torch.empty(n, k, dtype=torch.long, device=x.device)
+    dtype = buffer.dtype  # the GEMM's precision (lower than x's under autocast, see ``gemm_dtype``)
+    x, W_enc, bias = x.to(dtype), W_enc.to(dtype), bias.to(dtype)
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        pre = buffer[: stop - start]  # (rows, n_latents)
+        torch.addmm(bias, x[start:stop], W_enc, out=pre)
+        torch.topk(pre, k, dim=-1, sorted=False, out=(values[start:stop], indices[start:stop]))
+        for f in extra or ():
+            f(start, pre)
+    return values, indices
+
+
+def gemm_dtype(x: torch.Tensor) -> torch.dtype:
+    """The encoder GEMM's dtype: autocast's (e.g. bfloat16, set by the trainer's ``dtype``) if enabled, else x's.
+    Only this dense product runs in lower precision; the sparse parts and the weights stay in x's dtype."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype

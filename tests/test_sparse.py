@@ -1,0 +1,143 @@
+"""The sparse TopK training step against a plain dense implementation: same loss, same gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparsecode.sae import TopKConfig, build_sae
+from sparsecode.sae import topk as topk_module
+from sparsecode.sae.sparse import SparsePattern, gathered_pre_acts, sparse_decode
+
+
+def dense_reference(sae, x, dead_mask, target=None):
+    """TopK + AuxK written the obvious way: dense pre-activations, dense latents, dense matmuls."""
+    target = x if target is None else target
+    cfg = sae.cfg
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc  # (n, m)
+    values, indices = pre.topk(cfg.k, dim=-1)
+    latents = torch.zeros_like(pre).scatter(-1, indices, values.relu())  # (n, m)
+    x_hat = latents @ sae.W_dec + sae.b_dec
+    loss = (x_hat - target).pow(2).sum() / (target - target.mean(0)).pow(2).sum()
+    if dead_mask is not None and dead_mask.any():
+        k_aux = min(cfg.k_aux or x.shape[1] // 2, int(dead_mask.sum()))
+        aux_v, aux_i = pre.masked_fill(~dead_mask, -torch.inf).topk(k_aux, dim=-1)
+        aux_latents = torch.zeros_like(pre).scatter(-1, aux_i, aux_v.relu())
+        residual = (target - x_hat).detach()
+        auxk = (aux_latents @ sae.W_dec - residual).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum()
+        loss = loss + cfg.auxk_alpha * auxk
+    return loss, x_hat
+
+
+def grads(sae, loss):
+    sae.zero_grad(set_to_none=True)
+    loss.backward()
+    return {name: p.grad for name, p in sae.named_parameters()}
+
+
+@pytest.mark.parametrize("dead_fraction", [0.0, 0.3, 1.0], ids=["no-auxk", "auxk", "all-dead"])
+@pytest.mark.parametrize("block_rows", [7, 10_000], ids=["blocks", "one-block"])
+@pytest.mark.parametrize("with_target", [False, True], ids=["sae", "transcoder"])
+def test_sparse_step_matches_dense_reference(monkeypatch, dead_fraction, block_rows, with_target):
+    n, d, m, k = 50, 12, 96, 5
+    monkeypatch.setattr(topk_module, "PRE_BLOCK_ELEMENTS", block_rows * m)
+    torch.manual_seed(0)
+    sae = build_sae(TopKConfig(d_in=d, n_latents=m, k=k, k_aux=7)).double()
+    with torch.no_grad():  # biases away from zero so their gradients are exercised
+        sae.b_enc.normal_(0, 0.3)
+        sae.b_dec.normal_(0, 0.5)
+    x = torch.randn(n, d, dtype=torch.float64) + 0.7
+    target = torch.randn(n, d, dtype=torch.float64) if with_target else None
+    dead = torch.rand(m) < dead_fraction
+    if dead_fraction == 1.0:
+        dead[:] = True
+
+    out = sae.training_output(x, dead_mask=dead, progress=0.5, target=target)
+    ours = grads(sae, out.loss)
+    ref_loss, ref_x_hat = dense_reference(sae, x, dead, target)
+    ref = grads(sae, ref_loss)
+
+    torch.testing.assert_close(out.loss, ref_loss, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(out.x_hat, ref_x_hat, rtol=1e-10, atol=1e-12)
+    assert ("auxk_loss" in out.metrics) == bool(dead.any())
+    for name, p in sae.named_parameters():
+        assert ours[name].stride() == p.stride(), name  # fused optimizers read gradients in the weights' layout
+    for name in ref:
+        assert ref[name].abs().sum() > 0, name  # every gradient is exercised
+        torch.testing.assert_close(ours[name], ref[name], rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_float32_step_matches_dense_reference():
+    """At the training dtype (float32) and a realistic width the two agree to float tolerance."""
+    torch.manual_seed(1)
+    sae = build_sae(TopKConfig(d_in=64, n_latents=1024, k=16))
+    x = torch.randn(512, 64)
+    dead = torch.rand(1024) < 0.2
+    out = sae.training_output(x, dead_mask=dead, progress=0.0)
+    ours = grads(sae, out.loss)
+    ref_loss, _ = dense_reference(sae, x, dead)
+    ref = grads(sae, ref_loss)
+    torch.testing.assert_close(out.loss, ref_loss, rtol=1e-5, atol=1e-6)
+    for name, p in sae.named_parameters():
+        assert ours[name].stride() == p.stride(), name
+    for name in ref:
+        torch.testing.assert_close(ours[name], ref[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_padded_pattern_slots_contribute_nothing():
+    """Rows with fewer active latents (JumpReLU, BatchTopK) pad with value 0: no output, no gradient."""
+    torch.manual_seed(2)
+    W_dec = torch.randn(10, 4, dtype=torch.float64, requires_grad=True)
+    indices = torch.tensor([[1, 3, 0], [2, 2, 2]])  # row 1 is all padding on latent 2
+    values = torch.tensor([[0.5, -1.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    out = sparse_decode(values, SparsePattern(indices, 10), W_dec)
+    torch.testing.assert_close(out[0], 0.5 * W_dec[1] - W_dec[3])
+    assert torch.equal(out[1], torch.zeros(4, dtype=torch.float64))
+    out.pow(2).sum().backward()
+    assert torch.equal(W_dec.grad[2], torch.zeros(4, dtype=torch.float64))
+    dense = torch.zeros(2, 10, dtype=torch.float64).scatter_add(1, indices, values.detach())
+    torch.testing.assert_close(W_dec.grad, dense.T @ (2 * out.detach()))
+
+
+def test_gathered_pre_acts_gradients_by_gradcheck():
+    torch.manual_seed(3)
+    n, d, m = 6, 3, 8
+    x = torch.randn(n, d, dtype=torch.float64)
+    W_enc = torch.randn(d, m, dtype=torch.float64, requires_grad=True)
+    b_enc = torch.randn(m, dtype=torch.float64, requires_grad=True)
+    b_dec = torch.randn(d, dtype=torch.float64, requires_grad=True)
+    indices = torch.randint(0, m, (n, 2))
+    pattern = SparsePattern(indices, m)
+
+    def f(W_enc, b_enc, b_dec):
+        selected = ((x - b_dec) @ W_enc + b_enc).gather(1, indices).detach()
+        return gathered_pre_acts(selected, x, W_enc, b_enc, b_dec, pattern)
+
+    def reference(W_enc, b_enc, b_dec):
+        return ((x - b_dec) @ W_enc + b_enc).gather(1, indices)
+
+    w = torch.randn(n, 2, dtype=torch.float64)
+    ours = torch.autograd.grad((f(W_enc, b_enc, b_dec) * w).sum(), (W_enc, b_enc, b_dec))
+    ref = torch.autograd.grad((reference(W_enc, b_enc, b_dec) * w).sum(), (W_enc, b_enc, b_dec))
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_bfloat16_encoder_gemm_under_autocast():
+    """--dtype bfloat16: only the encoder product runs in bf16; the result stays close to float32 and the
+    gradients land in float32 weights."""
+    torch.manual_seed(4)
+    sae = build_sae(TopKConfig(d_in=32, n_latents=256, k=8))
+    x = torch.randn(256, 32)
+    dead = torch.rand(256) < 0.2
+    ref = sae.training_output(x, dead_mask=dead, progress=0.0)
+    ref_grads = {n: g.clone() for n, g in grads(sae, ref.loss).items()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sae.training_output(x, dead_mask=dead, progress=0.0)
+    assert sae.__dict__["_scratch"].dtype == torch.bfloat16 and out.loss.dtype == torch.float32
+    ours = grads(sae, out.loss)
+    torch.testing.assert_close(out.loss, ref.loss, rtol=0.05, atol=0)
+    for name, g in ours.items():
+        assert g.dtype == torch.float32 and torch.isfinite(g).all(), name
+        cos = torch.nn.functional.cosine_similarity(g.flatten(), ref_grads[name].flatten(), dim=0)
+        assert cos > 0.9, (name, cos)
