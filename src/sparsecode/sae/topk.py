@@ -50,7 +50,8 @@ class TopKSAE(SparseAutoencoder):
         """Decode from (n, k) values and indices without building the dense latent matrix."""
         return torch.nn.functional.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum") + self.b_dec
 
-    def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float) -> TrainOutput:
+    def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float,
+                        target: torch.Tensor | None = None) -> TrainOutput:
         pre = self.pre_acts(x)  # (n, n_latents)
         values, indices = self.select(pre)  # (n, k)
         x_hat = self.decode_sparse(values, indices)  # (n, d_in)
