@@ -176,7 +176,7 @@ def evaluate_reconstruction(
         for x, target in _take_rows(batches, max_rows):
             x_dev = x.to(device, torch.float32)  # (n, d_in)
             latents = sae.encode(x_dev)  # (n, n_latents)
-            x_hat = sae.decode(latents)  # (n, d_out)
+            x_hat = sae.reconstruct(x_dev, latents) if hasattr(sae, "reconstruct") else sae.decode(latents)  # (n, d_out)
             stats.update(target, latents, x_hat)
             bar.update(x.shape[0])
     finally:

@@ -12,10 +12,12 @@ from ..device import check_device
 from ..errors import DataError
 from ..io import write_json
 from ..layout import DENSITY_PLOT, EVAL_FILE
+from .budgets import evaluate_budgets
 from .ground_truth import mmcs, recovery_fraction
 from .metrics import evaluate_reconstruction
 from .plots import plot_density_histogram
 from .splice import spliced_fidelity
+from .transcoder_splice import transcoder_spliced_fidelity
 
 RECOVERY_THRESHOLD = 0.9
 
@@ -72,6 +74,10 @@ def evaluate_run(
     recon, density = evaluate_reconstruction(sae, source.iter_batches("eval"), max_rows=n_rows, device=device,
                                              progress=progress, dense_threshold=dense_threshold)
     result.update(recon)
+    budgets = getattr(sae.cfg, "budgets", None)
+    if budgets:  # a multi-budget SAE: the same metrics at each budget
+        result["budgets"] = evaluate_budgets(sae, budgets, source.iter_batches("eval"), max_rows=n_rows,
+                                             device=device, progress=progress)
 
     true = getattr(source, "true_features", None)
     if true is not None:
@@ -82,9 +88,10 @@ def evaluate_run(
     if splice_chunks and _is_model_source(source):
 
         def reconstruct(acts: torch.Tensor) -> torch.Tensor:
-            return sae(acts.to(device, torch.float32)).to(acts.device)  # (n, d_in)
+            return sae(acts.to(device, torch.float32)).to(acts.device)  # (n, d_out)
 
-        result.update(spliced_fidelity(source, reconstruct, split="eval", max_chunks=splice_chunks, progress=progress))
+        splice = transcoder_spliced_fidelity if getattr(source.config, "target_hook", None) else spliced_fidelity
+        result.update(splice(source, reconstruct, split="eval", max_chunks=splice_chunks, progress=progress))
 
     eval_path, plot_path = run_dir / EVAL_FILE, run_dir / DENSITY_PLOT
     result["files"] = {"eval_json": str(eval_path), "density_png": str(plot_path)}
@@ -108,6 +115,9 @@ def format_report(result: dict[str, Any]) -> str:
         f"  L0 {_fmt(r.get('l0'), '.1f')}   dead {_fmt(100 * r['dead_fraction'] if 'dead_fraction' in r else None, '.1f')}%   "
         f"dense (>{r.get('dense_threshold', 0.1):g}) {_fmt(100 * r['dense_fraction'] if 'dense_fraction' in r else None, '.1f')}%",
     ]
+    for b in r.get("budgets") or []:
+        lines.append(f"  at k={b['k']}: FVU {_fmt(b.get('fvu'))}   L0 {_fmt(b.get('l0'), '.1f')}   "
+                     f"dead {_fmt(100 * b['dead_fraction'] if b.get('dead_fraction') is not None else None, '.1f')}%")
     if "embedding_cosine" in r:
         lines.append(
             f"  spliced embedding cosine {_fmt(r['embedding_cosine'])} "

@@ -47,8 +47,11 @@ class Transcoder(TopKSAE):
         g = torch.Generator().manual_seed(cfg.seed + 1)
         W_dec = torch.randn(cfg.n_latents, cfg.d_out, generator=g)
         self.W_dec = torch.nn.Parameter(W_dec / W_dec.norm(dim=1, keepdim=True))  # (n_latents, d_out)
-        W_enc = torch.randn(cfg.d_in, cfg.n_latents, generator=g)
-        self.W_enc = torch.nn.Parameter(W_enc / W_enc.norm(dim=0, keepdim=True))  # (d_in, n_latents)
+        if cfg.d_out != cfg.d_in:  # else keep the base init: encoder = decoder transpose, as for SAEs
+            W_enc = torch.randn(cfg.d_in, cfg.n_latents, generator=g)
+            self.W_enc = torch.nn.Parameter(W_enc / W_enc.norm(dim=0, keepdim=True))  # (d_in, n_latents)
+        else:
+            self.W_enc = torch.nn.Parameter(self.W_dec.detach().T.clone())
         self.b_dec = torch.nn.Parameter(torch.zeros(cfg.d_out))
         if cfg.skip:
             self.W_skip = torch.nn.Parameter(torch.zeros(cfg.d_in, cfg.d_out))
