@@ -54,14 +54,14 @@ class _Step(torch.autograd.Function):
 
 @dataclass
 class JumpReLUConfig(SAEConfig):
-    l0_coefficient: float = 1.0
-    """λ in ‖x − x̂‖² + λ·L0 (inputs normalised to E‖x‖² = d_in); with ``target_l0``, the weight of the pull
-    toward it."""
+    l0_coefficient: float | None = None
+    """λ in ‖x − x̂‖² + λ·L0 (inputs normalised to E‖x‖² = d_in), or in ‖x − x̂‖² + λ·(L0 − t)²/t with a target
+    L0 t; None means 1, or 100 with a target (the L0 then settles within a few % of t)."""
     target_l0: float | None = None
-    """If set, penalise λ·(L0/target − 1)² instead of λ·L0: the L0 settles near the target."""
+    """If set, penalise the distance of the batch L0 from this target instead of the L0 itself."""
     bandwidth: float = 0.05
     """Width ε of the rectangle kernel of the straight-through estimators (in normalised input units)."""
-    threshold_init: float = 0.1
+    threshold_init: float = 1.0
     """Initial threshold of every latent."""
     l0_warmup: float = 0.05
     """Fraction of training over which λ ramps linearly from 0 to its full value."""
@@ -70,6 +70,8 @@ class JumpReLUConfig(SAEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.l0_coefficient is None:
+            self.l0_coefficient = 1.0 if self.target_l0 is None else 100.0
         if self.l0_coefficient < 0:
             raise ConfigError(f"sae.l0_coefficient must be >= 0, got {self.l0_coefficient}")
         if self.target_l0 is not None and not 0 < self.target_l0 <= self.n_latents:
@@ -106,8 +108,9 @@ class JumpReLUSAE(SparseAutoencoder):
         x_hat = self.decode(latents)  # (n, d_in)
         sq_err = (x_hat - x).pow(2).sum(-1).mean()
         l0 = _Step.apply(pre, theta, self.cfg.bandwidth).sum(-1).mean()
-        penalty = l0 if self.cfg.target_l0 is None else (l0 / self.cfg.target_l0 - 1).pow(2)
         ramp = 1.0 if self.cfg.l0_warmup == 0 else min(1.0, progress / self.cfg.l0_warmup)
+        t = self.cfg.target_l0
+        penalty = l0 if t is None else (l0 - t).pow(2) / t
         loss = sq_err + self.cfg.l0_coefficient * ramp * penalty
         metrics = {"fvu": fvu(x_hat, x).detach(), "l0": l0.detach(), "mean_threshold": theta.mean().detach()}
         return TrainOutput(loss=loss, x_hat=x_hat, fired=(latents > 0).any(0), metrics=metrics)
