@@ -167,7 +167,7 @@ def test_gated_l1_only_acts_on_the_gate_path():
 
 
 def test_matryoshka_prefix_alone_beats_the_same_prefix_of_plain_topk(tmp_path):
-    kw = dict(tokens=150_000, batch_size=256, lr=4e-3, dead_tokens=20_000, buffer_rows=16384)
+    kw = dict(tokens=80_000, batch_size=256, lr=4e-3, dead_tokens=20_000, buffer_rows=16384)
     src = _synthetic(seed=4)
     plain = train(tmp_path, "topk", src, TopKConfig(d_in=32, n_latents=128, k=4), **kw)
     nested = train(tmp_path, "mat", src, MatryoshkaConfig(d_in=32, n_latents=128, k=4, prefixes=[16, 64]), **kw)
@@ -179,7 +179,7 @@ def test_matryoshka_prefix_alone_beats_the_same_prefix_of_plain_topk(tmp_path):
             latents[:, size:] = 0
             return float((sae.decode(latents) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
 
-    assert prefix_fvu(nested, 16) < 0.8 * prefix_fvu(plain, 16), (prefix_fvu(nested, 16), prefix_fvu(plain, 16))
+    assert prefix_fvu(nested, 16) < 0.9 * prefix_fvu(plain, 16), (prefix_fvu(nested, 16), prefix_fvu(plain, 16))
     assert torch.equal(nested.encode_prefix(x, 16)[:, 16:], torch.zeros(len(x), 112))
 
 
