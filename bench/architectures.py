@@ -191,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         synthetic_specs = synthetic_runs(5)
     syn = open_source(syn_cfg)
-    data = results["synthetic"] = results.get("synthetic") if args.skip_synthetic else {"title": "synthetic: 512 planted features in 64 dims, 5 active", "target_l0": 5,
-                                   "n_latents": 512, "tokens": args.synthetic_tokens, "rows": []}
+    fresh = {"title": "synthetic: 512 planted features in 64 dims, 5 active", "target_l0": 5, "n_latents": 512,
+             "tokens": args.synthetic_tokens, "rows": []}
+    data = results["synthetic"] = results.get("synthetic") if args.skip_synthetic else fresh
     for label, arch, kw in synthetic_specs:
         train = TrainConfig(tokens=args.synthetic_tokens, batch_size=256, lr=4e-3, dead_tokens=50_000,
                             buffer_rows=65536)
@@ -244,8 +245,8 @@ def report(results: dict, out: Path) -> int:
         if not data["rows"]:
             continue
         md += [f"## {data['title']}", "",
-               f"Target L0 {data['target_l0']}, {data['n_latents']} latents, {data['tokens']:,} training tokens "
-               "(matching pursuit on MiniLM: see the tokens column).", ""]
+               (f"Target L0 {data['target_l0']}, {data['n_latents']} latents, {data['tokens']:,} training tokens "
+                "(matching pursuit on MiniLM: see the tokens column)."), ""]
         md += table(data["rows"], data["target_l0"], with_mmcs="mmcs" in data["rows"][0])
         md.append("")
     md += ["![FVU vs L0](architectures.png)", ""]

@@ -4,6 +4,7 @@ planted-feature recovery, and the CLI/eval path."""
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import pytest
 import torch
@@ -129,7 +130,7 @@ def _synthetic(seed=0, n_features=128, dim=32, active=4.0):
 
 
 def test_jumprelu_l0_falls_as_its_penalty_rises_and_target_mode_hits_the_target(tmp_path):
-    kw = dict(tokens=60_000, batch_size=256, lr=4e-3, buffer_rows=16384)
+    kw = {"tokens": 60_000, "batch_size": 256, "lr": 4e-3, "buffer_rows": 16384}
     l0 = {}
     for lam in (0.3, 10.0):
         train(tmp_path, f"jr{lam}", _synthetic(), JumpReLUConfig(d_in=32, n_latents=128, l0_coefficient=lam), **kw)
@@ -167,7 +168,7 @@ def test_gated_l1_only_acts_on_the_gate_path():
 
 
 def test_matryoshka_prefix_alone_beats_the_same_prefix_of_plain_topk(tmp_path):
-    kw = dict(tokens=80_000, batch_size=256, lr=4e-3, dead_tokens=20_000, buffer_rows=16384)
+    kw = {"tokens": 80_000, "batch_size": 256, "lr": 4e-3, "dead_tokens": 20_000, "buffer_rows": 16384}
     src = _synthetic(seed=4)
     plain = train(tmp_path, "topk", src, TopKConfig(d_in=32, n_latents=128, k=4), **kw)
     nested = train(tmp_path, "mat", src, MatryoshkaConfig(d_in=32, n_latents=128, k=4, prefixes=[16, 64]), **kw)
@@ -189,7 +190,7 @@ def test_multibudget_fvu_falls_monotonically_with_k(tmp_path):
                 batch_size=256, lr=4e-3, dead_tokens=20_000, buffer_rows=16384)
     rows = evaluate_budgets(sae, [1, 2, 4, 8], open_source(src).iter_batches("eval"), max_rows=4096, progress=False)
     fvus = [r["fvu"] for r in rows]
-    assert all(b < a for a, b in zip(fvus, fvus[1:])), fvus
+    assert all(b < a for a, b in pairwise(fvus)), fvus
     assert [round(r["l0"]) for r in rows] == [1, 2, 4, 8]
     overall, _ = evaluate_reconstruction(sae, open_source(src).iter_batches("eval"), max_rows=4096, progress=False)
     assert overall["fvu"] == pytest.approx(fvus[-1])  # encode uses the largest budget
@@ -198,7 +199,7 @@ def test_multibudget_fvu_falls_monotonically_with_k(tmp_path):
 def test_matching_pursuit_residual_never_grows_and_matches_the_decoder():
     sae = perturbed("mp")
     x = torch.randn(200, 16)
-    coefs, atoms, norms = sae.pursue(x)
+    _, _, norms = sae.pursue(x)
     norms = torch.stack(norms, 1)  # (n, steps + 1)
     assert torch.all(norms[:, 1:] <= norms[:, :-1] + 1e-5)
     assert torch.all(norms[:, -1] < norms[:, 0])

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
+from .base import TrainOutput
 from .common import auxk_loss, fvu, l0
 from .topk import TopKConfig, TopKSAE
-from .base import TrainOutput
 
 
 @dataclass

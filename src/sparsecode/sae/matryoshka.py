@@ -6,6 +6,7 @@ Activations are TopK's (k per row), ranked over the whole dictionary."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 
@@ -28,7 +29,7 @@ class MatryoshkaConfig(TopKConfig):
         if self.prefixes is None:
             self.prefixes = sorted({p for p in (self.n_latents // 16, self.n_latents // 4) if p >= 1})
         p = self.prefixes
-        if not all(isinstance(v, int) for v in p) or any(b <= a for a, b in zip(p, p[1:])) or \
+        if not all(isinstance(v, int) for v in p) or any(b <= a for a, b in pairwise(p)) or \
                 (p and not 1 <= p[0] <= p[-1] < self.n_latents):
             raise ConfigError(f"sae.prefixes must be increasing whole numbers in [1, n_latents={self.n_latents}), "
                               f"got {p}")

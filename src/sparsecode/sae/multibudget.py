@@ -5,6 +5,7 @@ more latents never hurt: the k-th best latent is trained to improve on the first
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 
@@ -30,7 +31,7 @@ class MultiBudgetConfig(TopKConfig):
         if self.budgets is None:
             self.budgets = sorted({b for b in (self.k // 4, self.k // 2, self.k) if b >= 1})
         b = self.budgets
-        if not b or not all(isinstance(v, int) for v in b) or any(y <= x for x, y in zip(b, b[1:])) or b[0] < 1:
+        if not b or not all(isinstance(v, int) for v in b) or any(y <= x for x, y in pairwise(b)) or b[0] < 1:
             raise ConfigError(f"sae.budgets must be increasing whole numbers >= 1, got {b}")
         if b[-1] != self.k:
             raise ConfigError(f"sae.k ({self.k}) must equal the largest budget ({b[-1]})")
