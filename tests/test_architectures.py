@@ -245,23 +245,25 @@ def test_transcoder_without_targets_is_an_sae():
 
 
 # -- planted features ------------------------------------------------------------------------------
-RECOVERY = {  # arch -> (extra config, minimum fraction of the 512 features found at cosine >= 0.9)
-    "batchtopk": ({"k": 5}, 0.0),
-    "jumprelu": ({"target_l0": 5.0}, 0.0),
-    "gated": ({"l1": 6.0}, 0.0),
-    "matryoshka": ({"k": 5, "prefixes": [64, 256]}, 0.0),
-    "multibudget": ({"budgets": [3, 5, 8]}, 0.0),
-    "transcoder": ({"k": 5}, 0.0),
-    "mp": ({"mp_steps": 5}, 0.0),
+RECOVERY = {  # arch -> (extra config, training tokens, minimum fraction of the 512 features found at cos >= 0.9)
+    # measured once each (same settings): batchtopk 0.32, jumprelu 0.12, gated 0.68, matryoshka 0.73,
+    # multibudget 0.83, transcoder (no targets: an SAE) 0.86, mp 0.96; TopK reaches 0.85 with 300k tokens
+    "batchtopk": ({"k": 5}, 300_000, 0.2),
+    "jumprelu": ({"target_l0": 5.0}, 300_000, 0.05),
+    "gated": ({"l1": 6.0}, 1_000_000, 0.5),
+    "matryoshka": ({"k": 5, "prefixes": [64, 256]}, 300_000, 0.6),
+    "multibudget": ({"budgets": [3, 5, 8]}, 300_000, 0.7),
+    "transcoder": ({"k": 5}, 300_000, 0.7),
+    "mp": ({"mp_steps": 5}, 300_000, 0.9),
 }
 
 
 @pytest.mark.parametrize("arch", list(RECOVERY))
 def test_each_architecture_recovers_planted_features(tmp_path, arch):
-    extra, minimum = RECOVERY[arch]
+    extra, tokens, minimum = RECOVERY[arch]
     src = SyntheticSourceConfig(n_features=512, dim=64, active=5, seed=0)
     sae = train(tmp_path, arch, src, ARCHITECTURES[arch].config_class(d_in=64, n_latents=512, **extra),
-                tokens=300_000, batch_size=256, lr=4e-3, dead_tokens=50_000, buffer_rows=65536)
+                tokens=tokens, batch_size=256, lr=4e-3, dead_tokens=50_000, buffer_rows=65536)
     rec = recovery_fraction(sae.W_dec.detach(), open_source(src).true_features, threshold=0.9)
     assert rec >= minimum, rec
 
