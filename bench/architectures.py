@@ -167,11 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mp-minilm-tokens", type=parse_count, default=parse_count("250k"),
                    help="matching pursuit costs ~k encoder passes per step: a smaller budget on MiniLM")
     p.add_argument("--minilm-latents", type=int, default=3072)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice; 1 helps a "
+                   "lot on a machine shared with other jobs)")
     p.add_argument("--quick", action="store_true", help="tiny budgets, to check the script end to end")
     p.add_argument("--skip-minilm", action="store_true")
     p.add_argument("--skip-synthetic", action="store_true")
     p.add_argument("--report-only", action="store_true", help="rewrite the table and plot from OUT/architectures.json")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.synthetic_tokens, args.minilm_tokens, args.mp_minilm_tokens = 50_000, 50_000, 20_000
     out, runs = Path(args.out), Path(args.runs)

@@ -35,8 +35,7 @@ class ActivationStore:
         self.buffer_rows = max(1, buffer_rows // batch_size) * batch_size
         self.seed = seed
         self.batches_emitted = batches_emitted
-        self.d_target = int(getattr(source, "d_out", None) or 0)
-        """Width of the paired targets appended to each row (0: none)."""
+        self.d_target = int(getattr(source, "d_out", None) or 0)  # paired targets appended to each row (0: none)
         self.rows_per_epoch = source.num_rows(split)
         if self.rows_per_epoch == 0:
             raise DataError(f"the source's {split} split has no rows (empty corpus or array?)")
