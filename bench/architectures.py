@@ -152,7 +152,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_title(data["title"], fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("FVU vs L0 at matched sparsity (dotted line: target L0; lines: sweeps / budgets)")
+    fig.suptitle("FVU vs L0 (dotted: target L0; lines join sweeps and budgets)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny budgets, to check the script end to end")
     p.add_argument("--skip-minilm", action="store_true")
     p.add_argument("--skip-synthetic", action="store_true")
+    p.add_argument("--only", metavar="LABELS", help="comma-separated run labels (e.g. batchtopk,mp) to (re)run; "
+                   "their rows replace those in OUT/architectures.json, the others stay")
     p.add_argument("--report-only", action="store_true", help="rewrite the table and plot from OUT/architectures.json")
     args = p.parse_args(argv)
     if args.threads:
@@ -185,39 +187,51 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         return report(results, out)
 
+    only = None if args.only is None else set(args.only.split(","))
+
     def save() -> None:  # after every run, so an interrupted bench keeps what it measured
         json_path.write_text(json.dumps(results, indent=1))
 
+    def section(name: str, fresh: dict) -> dict:
+        """The results section to fill: a fresh one, or (with --only) the saved one."""
+        if only is not None and results.get(name):
+            return results[name]
+        results[name] = fresh
+        return fresh
+
+    def record(data: dict, label: str, row: dict) -> None:
+        rows, new = data["rows"], {"label": label, **row}
+        at = next((i for i, r in enumerate(rows) if r["label"] == label), None)
+        rows[at if at is not None else len(rows):at + 1 if at is not None else len(rows)] = [new]
+        save()
+
     # -- synthetic planted features -------------------------------------------------------------
     syn_cfg = SyntheticSourceConfig(n_features=512, dim=64, active=5, seed=0)
-    if args.skip_synthetic:
-        synthetic_specs = []
-    else:
-        synthetic_specs = synthetic_runs(5)
+    synthetic_specs = [] if args.skip_synthetic else [s for s in synthetic_runs(5) if only is None or s[0] in only]
     syn = open_source(syn_cfg)
-    fresh = {"title": "synthetic: 512 planted features in 64 dims, 5 active", "target_l0": 5, "n_latents": 512,
-             "tokens": args.synthetic_tokens, "rows": []}
-    data = results["synthetic"] = results.get("synthetic") if args.skip_synthetic else fresh
+    if synthetic_specs:
+        data = section("synthetic", {"title": "synthetic: 512 planted features in 64 dims, 5 active", "target_l0": 5,
+                                     "n_latents": 512, "tokens": args.synthetic_tokens, "rows": []})
     for label, arch, kw in synthetic_specs:
         train = TrainConfig(tokens=args.synthetic_tokens, batch_size=256, lr=4e-3, dead_tokens=50_000,
                             buffer_rows=65536)
         row = train_and_eval(runs / "synthetic" / label.split()[0].replace("(", ""), syn, syn_cfg, arch,
                              {"n_latents": 512, **kw}, train, 16384, syn.true_features)
-        data["rows"].append({"label": label, **row})
-        save()
+        record(data, label, row)
         print(f"synthetic {label:18s} FVU {row['fvu']:.3f} L0 {row['l0']:5.1f} MMCS {row['mmcs']:.3f} "
               f"{row['tokens_per_s']:,.0f} tok/s", flush=True)
 
     # -- MiniLM layer 3 -------------------------------------------------------------------------
     if not args.skip_minilm:
-        data = results["minilm"] = {"title": f"MiniLM {MINILM_HOOK}, {args.minilm_latents} latents", "target_l0": 32,
-                                    "n_latents": args.minilm_latents, "tokens": args.minilm_tokens, "rows": []}
+        data = section("minilm", {"title": f"MiniLM {MINILM_HOOK}, {args.minilm_latents} latents", "target_l0": 32,
+                                  "n_latents": args.minilm_latents, "tokens": args.minilm_tokens, "rows": []})
         cache = Path(os.environ.get("SPARSECODE_CACHE") or default_cache_dir())
         lm_cfg = ModelSourceConfig(hook=MINILM_HOOK)
         tc_cfg = ModelSourceConfig(hook=f"{MINILM_HOOK}.intermediate", hook_side="input",
                                    target_hook=f"{MINILM_HOOK}.output.dense")
         specs = [(label, arch, kw, lm_cfg) for label, arch, kw in minilm_runs(32)]
         specs.append(("transcoder+skip (MLP in→out)", "transcoder", {"k": 32, "skip": True}, tc_cfg))
+        specs = [s for s in specs if only is None or s[0] in only]
         sources = {}
         for label, arch, kw, src_cfg in specs:
             key = id(src_cfg)
@@ -229,8 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             row = train_and_eval(runs / "minilm" / label.split()[0], sources[key], src_cfg, arch,
                                  {"n_latents": args.minilm_latents, **kw}, TrainConfig(tokens=tokens), None, None)
             row["other_target"] = src_cfg is tc_cfg
-            data["rows"].append({"label": label, **row})
-            save()
+            record(data, label, row)
             print(f"minilm {label:30s} FVU {row['fvu']:.3f} L0 {row['l0']:5.1f} dead {100 * row['dead_fraction']:.1f}% "
                   f"{row['tokens_per_s']:,.0f} tok/s", flush=True)
 

@@ -16,7 +16,7 @@ from .topk import TopKConfig, TopKSAE
 
 @dataclass
 class BatchTopKConfig(TopKConfig):
-    threshold_momentum: float = 0.99
+    threshold_momentum: float = 0.9
     """EMA momentum of the inference threshold: the smallest activation kept per training batch."""
 
     arch = "batchtopk"
