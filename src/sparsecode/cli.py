@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "matryoshka, multibudget (the largest budget), transcoder (default 32)")
     d.add_argument("--l1", type=float, help="L1 coefficient: relu (default 5), gated (default 2)")
     d.add_argument("--l0-coefficient", type=float, metavar="λ", help="jumprelu: weight of the L0 penalty "
-                   "(default 1), or of the pull toward --target-l0")
+                   "(default 1), or of the pull toward --target-l0 (default 100)")
     d.add_argument("--target-l0", type=float, metavar="L0", help="jumprelu: steer the L0 toward this value")
     d.add_argument("--budgets", type=count_list, metavar="K1,K2,..", help="multibudget: the k values to train "
                    "for, e.g. 16,32,64,128 (default k/4,k/2,k)")
