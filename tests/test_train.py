@@ -13,7 +13,7 @@ from sparsecode.errors import ConfigError
 from sparsecode.eval import mmcs, recovery_fraction
 from sparsecode.io import load_tensors
 from sparsecode.run import RunConfig, load_run
-from sparsecode.sae import ReLUConfig, TopKConfig
+from sparsecode.sae import BatchTopKConfig, JumpReLUConfig, ReLUConfig, TopKConfig
 from sparsecode.sources import ArraySourceConfig, SyntheticSourceConfig, open_source
 from sparsecode.train import TrainConfig, Trainer
 
@@ -49,7 +49,10 @@ RELU_L1 = 5.0
 
 # -- exact resume ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("sae_config", [TopKConfig(d_in=16, n_latents=64, k=3),
-                                        ReLUConfig(d_in=16, n_latents=64, l1=1.0)], ids=["topk", "relu"])
+                                        ReLUConfig(d_in=16, n_latents=64, l1=1.0),
+                                        BatchTopKConfig(d_in=16, n_latents=64, k=3),  # a running-threshold buffer
+                                        JumpReLUConfig(d_in=16, n_latents=64, target_l0=3.0)],
+                         ids=["topk", "relu", "batchtopk", "jumprelu"])
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, sae_config):
     src_cfg = SyntheticSourceConfig(n_features=64, dim=16, active=3, seed=2)
     # small buffer so the interruption falls mid-way through a later shuffle fill; dead_tokens small so

@@ -21,6 +21,11 @@ EPILOG_TRAIN = """examples:
   sparsecode train --model PATH_OR_NAME --hook encoder.layer.3 --corpus texts/ --out runs/l3
   sparsecode train --activations recordings.npy --arch relu --l1 5 --latents 4096 --out runs/rec
   sparsecode train --synthetic features=512,dim=64,active=5 --arch topk --k 5 --latents 512 --out runs/toy
+  sparsecode train --hook encoder.layer.3 --arch batchtopk --k 32 --out runs/btk   (also jumprelu, gated, ...)
+  sparsecode train --hook encoder.layer.3 --arch jumprelu --target-l0 32 --out runs/jr
+  sparsecode train --hook encoder.layer.3 --arch multibudget --budgets 16,32,64,128 --out runs/mb
+  sparsecode train --hook encoder.layer.3.intermediate --hook-side input --target-hook encoder.layer.3.output.dense \
+      --arch transcoder --k 32 --skip --out runs/tc3     (MLP input -> MLP output of block 3)
   sparsecode train --resume --out runs/minilm-l3
   sparsecode train --activations acts.npy --latents 6144 --nproc 2 --out runs/ddp     # data-parallel, 2 processes
   torchrun --nnodes 2 --nproc-per-node 4 ... -m sparsecode train ... --device cuda   # several machines
@@ -48,6 +53,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def count_list(text: str) -> list[int]:
+    """'16,32,64' -> [16, 32, 64]."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of whole numbers: {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"need whole numbers >= 1, e.g. 16,32,64; got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -71,14 +87,29 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--max-length", type=positive_int, metavar="N", help="tokens per text chunk (default 128)")
     src.add_argument("--activations", metavar="FILE", help="array file [n, d]: .npy, .safetensors or .parquet")
     src.add_argument("--key", help="tensor name (.safetensors) or column (.parquet) to read")
+    src.add_argument("--target-hook", metavar="MODULE", help="transcoders: module whose activations are the "
+                     "target, e.g. encoder.layer.3.output.dense (the MLP output)")
+    src.add_argument("--target-hook-side", choices=["output", "input"], help="take the target module's output "
+                     "(default) or its input")
     src.add_argument("--synthetic", metavar="SPEC", help="synthetic data with known features, e.g. "
                      "features=512,dim=64,active=5[,magnitude=exponential,correlation=0.1,noise=0.01,seed=0]")
 
     d = t.add_argument_group("dictionary")
-    d.add_argument("--arch", choices=None, help="architecture: topk (default) or relu")
+    d.add_argument("--arch", choices=None, help="architecture: topk (default), relu, batchtopk, jumprelu, gated, "
+                   "matryoshka, multibudget, transcoder or mp (matching pursuit)")
     d.add_argument("--latents", type=parse_count, metavar="N", help="dictionary size (default 16 × input width)")
-    d.add_argument("--k", type=positive_int, help="active latents per token, TopK (default 32)")
-    d.add_argument("--l1", type=float, help="L1 coefficient, ReLU (default 5)")
+    d.add_argument("--k", type=positive_int, help="active latents per token: topk, batchtopk (on average), "
+                   "matryoshka, multibudget (the largest budget), transcoder (default 32)")
+    d.add_argument("--l1", type=float, help="L1 coefficient: relu (default 5), gated (default 2)")
+    d.add_argument("--l0-coefficient", type=float, metavar="λ", help="jumprelu: weight of the L0 penalty "
+                   "(default 1), or of the pull toward --target-l0 (default 100)")
+    d.add_argument("--target-l0", type=float, metavar="L0", help="jumprelu: steer the L0 toward this value")
+    d.add_argument("--budgets", type=count_list, metavar="K1,K2,..", help="multibudget: the k values to train "
+                   "for, e.g. 16,32,64,128 (default k/4,k/2,k)")
+    d.add_argument("--prefixes", type=count_list, metavar="N1,N2,..", help="matryoshka: nested prefix sizes "
+                   "below --latents, e.g. 384,1536 (default latents/16, latents/4)")
+    d.add_argument("--mp-steps", type=positive_int, metavar="N", help="mp: greedy matching-pursuit steps (default 32)")
+    d.add_argument("--skip", action="store_true", help="transcoder: add a linear skip connection")
 
     tr = t.add_argument_group("training")
     tr.add_argument("--tokens", type=parse_count, metavar="N", help="token budget, e.g. 2M (default 2M)")
@@ -124,8 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- train -------------------------------------------------------------------------------------------
-SOURCE_FLAGS = ("model", "hook", "hook_side", "corpus", "max_length", "activations", "key", "synthetic")
-SAE_FLAGS = ("arch", "latents", "k", "l1")
+SOURCE_FLAGS = ("model", "hook", "hook_side", "target_hook", "target_hook_side", "corpus", "max_length", "activations",
+                "key", "synthetic")
+ARCH_FLAGS = {  # dictionary flag -> (config field, the architectures it applies to)
+    "k": ("k", ("topk", "batchtopk", "matryoshka", "multibudget", "transcoder")),
+    "l1": ("l1", ("relu", "gated")),
+    "l0_coefficient": ("l0_coefficient", ("jumprelu",)),
+    "target_l0": ("target_l0", ("jumprelu",)),
+    "budgets": ("budgets", ("multibudget",)),
+    "prefixes": ("prefixes", ("matryoshka",)),
+    "mp_steps": ("mp_steps", ("mp",)),
+    "skip": ("skip", ("transcoder",)),
+}
+SAE_FLAGS = ("arch", "latents", *ARCH_FLAGS)
 TRAIN_FLAGS = {"tokens": "tokens", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
                "checkpoint_every": "checkpoint_every", "device": "device", "dtype": "dtype"}
 
@@ -137,6 +179,8 @@ def _given(args: argparse.Namespace, names) -> list[str]:
 def _source_config(args: argparse.Namespace):
     from .sources import ArraySourceConfig, ModelSourceConfig, parse_synthetic_spec
 
+    if args.target_hook and (args.activations or args.synthetic):
+        raise ConfigError("--target-hook needs a model source (--hook)")
     chosen = [flag for flag, on in (("--hook", args.hook or args.model or args.corpus),
                                     ("--activations", args.activations), ("--synthetic", args.synthetic)) if on]
     if len(chosen) != 1:
@@ -148,9 +192,15 @@ def _source_config(args: argparse.Namespace):
         return parse_synthetic_spec(args.synthetic)
     if not args.hook:
         raise ConfigError("--hook is required with a model source, e.g. --hook encoder.layer.3")
+    if args.target_hook_side and not args.target_hook:
+        raise ConfigError("--target-hook-side needs --target-hook")
     kw = {"model": args.model, "hook": args.hook, "corpus": args.corpus}
     if args.hook_side:
         kw["hook_side"] = args.hook_side
+    if args.target_hook:
+        kw["target_hook"] = args.target_hook
+    if args.target_hook_side:
+        kw["target_hook_side"] = args.target_hook_side
     if args.max_length:
         kw["max_length"] = args.max_length
     if args.device:
@@ -158,21 +208,24 @@ def _source_config(args: argparse.Namespace):
     return ModelSourceConfig(**kw)
 
 
-def _sae_config(args: argparse.Namespace, d_in: int):
+def _sae_config(args: argparse.Namespace, d_in: int, d_out: int | None = None):
     from .sae import ARCHITECTURES
 
     arch = args.arch or "topk"
     if arch not in ARCHITECTURES:
         raise ConfigError(f"--arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
-    if args.k is not None and arch != "topk":
-        raise ConfigError(f"--k applies to --arch topk, not {arch}")
-    if args.l1 is not None and arch != "relu":
-        raise ConfigError(f"--l1 applies to --arch relu, not {arch}")
     kw = {"d_in": d_in, "n_latents": args.latents or 16 * d_in}
-    if args.k is not None:
-        kw["k"] = args.k
-    if args.l1 is not None:
-        kw["l1"] = args.l1
+    for flag, (field, archs) in ARCH_FLAGS.items():
+        value = getattr(args, flag)
+        if value in (None, False):
+            continue
+        if arch not in archs:
+            raise ConfigError(f"--{flag.replace('_', '-')} applies to --arch {' / '.join(archs)}, not {arch}")
+        kw[field] = value
+    if d_out is not None:
+        if arch != "transcoder":
+            raise ConfigError(f"--target-hook gives paired targets: use --arch transcoder, not {arch}")
+        kw["d_out"] = d_out
     if args.seed is not None:
         kw["seed"] = args.seed
     return ARCHITECTURES[arch].config_class(**kw)
@@ -232,12 +285,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             if isinstance(raw["train"], dict):
                 raw["train"].update(train_overrides)
             config = RunConfig.from_dict(raw, where=args.config)
-            config.input_scale = None
+            config.input_scale = config.target_scale = None
         else:
             source_config = _source_config(args)
             source = _open(source_config, args)
             train = TrainConfig(**{**train_overrides, **({"tokens": args.tokens} if args.tokens else {})})
-            config = RunConfig(source=source_config, sae=_sae_config(args, source.d_in), train=train)
+            d_out = getattr(source, "d_out", None)
+            config = RunConfig(source=source_config, sae=_sae_config(args, source.d_in, d_out), train=train)
     if args.config or args.resume:
         source = _open(config.source, args)
 

@@ -34,6 +34,8 @@ class RunConfig:
     """Optimisation settings."""
     input_scale: float | None = None
     """Factor applied to raw inputs during training (E‖scale·x‖² = d_in); set when training starts."""
+    target_scale: float | None = None
+    """Likewise for paired targets (transcoders: E‖scale·y‖² = d_out); None when the source has no targets."""
 
     def __post_init__(self) -> None:
         d_src = getattr(self.source, "dim", None)  # synthetic sources know their width up front
@@ -42,7 +44,8 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": "sparsecode-run", "version": 1, "source": self.source.to_dict(),
-                "sae": self.sae.to_dict(), "train": self.train.to_dict(), "input_scale": self.input_scale}
+                "sae": self.sae.to_dict(), "train": self.train.to_dict(), "input_scale": self.input_scale,
+                **({"target_scale": self.target_scale} if self.target_scale is not None else {})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config") -> RunConfig:
@@ -51,7 +54,8 @@ class RunConfig:
                 raise ConfigError(f"{where}: missing or malformed section '{key}' (expected a JSON object)")
         try:
             return cls(source=source_config_from_dict(d["source"]), sae=sae_config_from_dict(d["sae"]),
-                       train=TrainConfig.from_dict(d["train"]), input_scale=d.get("input_scale"))
+                       train=TrainConfig.from_dict(d["train"]), input_scale=d.get("input_scale"),
+                       target_scale=d.get("target_scale"))
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
 

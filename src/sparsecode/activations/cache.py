@@ -59,6 +59,11 @@ class CachedSource:
     def d_in(self) -> int:
         return self.inner.d_in
 
+    @property
+    def d_out(self) -> int | None:
+        """Width of the paired targets, if the wrapped source yields them (transcoders)."""
+        return getattr(self.inner, "d_out", None)
+
     def num_rows(self, split: str = "train") -> int | None:
         manifest = self._manifest(split)
         return manifest["rows"] if manifest else self.inner.num_rows(split)

@@ -18,7 +18,11 @@ from ..sources.base import ActivationBatch, Source
 
 
 class ActivationStore:
-    """Iterator of shuffled ``(batch_size, d_in)`` batches over a source's split, looping over epochs."""
+    """Iterator of shuffled ``(batch_size, d_in)`` batches over a source's split, looping over epochs.
+
+    A source with paired targets (``source.d_out``, transcoders) gives rows of width ``d_in + d_out``: the
+    input, then its target (split them with ``split_targets``).
+    """
 
     def __init__(self, source: Source, *, batch_size: int, buffer_rows: int, seed: int = 0,
                  split: str = "train", batches_emitted: int = 0) -> None:
@@ -31,6 +35,7 @@ class ActivationStore:
         self.buffer_rows = max(1, buffer_rows // batch_size) * batch_size
         self.seed = seed
         self.batches_emitted = batches_emitted
+        self.d_target = int(getattr(source, "d_out", None) or 0)  # paired targets appended to each row (0: none)
         self.rows_per_epoch = source.num_rows(split)
         if self.rows_per_epoch == 0:
             raise DataError(f"the source's {split} split has no rows (empty corpus or array?)")
@@ -64,7 +69,7 @@ class ActivationStore:
         return self
 
     def __next__(self) -> torch.Tensor:
-        """The next (batch_size, d_in) batch."""
+        """The next (batch_size, d_in [+ d_out]) batch."""
         fill, within = divmod(self.batches_emitted, self.batches_per_fill)
         if fill != self._fill_index:
             self._load_fill(fill)
@@ -76,7 +81,7 @@ class ActivationStore:
     def _load_fill(self, fill: int) -> None:
         first = fill * self.buffer_rows
         if self._buffer is None:
-            self._buffer = torch.empty(self.buffer_rows, self.source.d_in)
+            self._buffer = torch.empty(self.buffer_rows, self.source.d_in + self.d_target)
         if self._stream_row != first:  # a jump (resume): reopen the stream there
             self._stream = self._stream_from(first)
             self._leftover = None
@@ -85,7 +90,11 @@ class ActivationStore:
             block = self._leftover if self._leftover is not None else next(self._stream)
             self._leftover = None
             take = min(len(block), self.buffer_rows - filled)
-            self._buffer[filled:filled + take] = block.acts[:take]
+            self._buffer[filled:filled + take, :self.source.d_in] = block.acts[:take]
+            if self.d_target:
+                if block.targets is None:
+                    raise DataError("the source declares paired targets (d_out) but yielded a block without them")
+                self._buffer[filled:filled + take, self.source.d_in:] = block.targets[:take]
             if take < len(block):
                 self._leftover = block.slice(take)
             filled += take
@@ -108,3 +117,8 @@ class ActivationStore:
             if offset == 0 and rows != n:
                 raise DataError(f"the source's {self.split} split yielded {rows} rows in a pass, expected {n}")
             offset = 0
+
+
+def split_targets(rows: torch.Tensor, d_in: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(n, d_in [+ d_out]) store rows -> inputs (n, d_in) and targets (n, d_out), or None without targets."""
+    return rows[:, :d_in], (rows[:, d_in:] if rows.shape[1] > d_in else None)

@@ -17,6 +17,7 @@ from ..errors import DataError
 from ..io import atomic_write, write_json
 from ..layout import DENSITY_PLOT, EVAL_FILE, REPORT_FILE
 from .absorption import feature_absorption
+from .budgets import evaluate_budgets
 from .dark_matter import dark_matter
 from .ground_truth import FeatureF1, match_features, random_mmcs_baseline, recovery_fraction
 from .html import render_report
@@ -33,6 +34,7 @@ from .plots import (
 )
 from .probing import collect_token_rows, sparse_probing, token_concepts
 from .splice import spliced_fidelity
+from .transcoder_splice import transcoder_spliced_fidelity
 
 RECOVERY_THRESHOLD = 0.9
 
@@ -127,6 +129,11 @@ def evaluate_run(
     result.update(recon)
     figures["density"] = density_figure(density)
     figures["l0"] = l0_figure(recon["l0_histogram"])
+    budgets = getattr(sae.cfg, "budgets", None)
+    if budgets:  # a multi-budget SAE: the same metrics at each budget
+        with timer("budgets"):
+            result["budgets"] = evaluate_budgets(sae, budgets, source.iter_batches("eval"), max_rows=n_rows,
+                                                 device=device, progress=progress)
 
     if true is not None:
         result["mmcs"] = float(best_cos.mean())
@@ -143,11 +150,11 @@ def evaluate_run(
     if splice_chunks and model_source:
 
         def reconstruct(acts: torch.Tensor) -> torch.Tensor:
-            return sae(acts.to(device, torch.float32)).to(acts.device)  # (n, d_in)
+            return sae(acts.to(device, torch.float32)).to(acts.device)  # (n, d_out)
 
+        splice = transcoder_spliced_fidelity if getattr(source.config, "target_hook", None) else spliced_fidelity
         with timer("splice"):
-            result.update(spliced_fidelity(source, reconstruct, split="eval", max_chunks=splice_chunks,
-                                           progress=progress))
+            result.update(splice(source, reconstruct, split="eval", max_chunks=splice_chunks, progress=progress))
 
     if not quick and dm_rows:
         with timer("dark_matter"):
@@ -231,6 +238,9 @@ def format_report(result: dict[str, Any]) -> str:
         f"  L0 {_fmt(r.get('l0'), '.1f')}   dead {_fmt(100 * r['dead_fraction'] if 'dead_fraction' in r else None, '.1f')}%   "
         f"dense (>{r.get('dense_threshold', 0.1):g}) {_fmt(100 * r['dense_fraction'] if 'dense_fraction' in r else None, '.1f')}%",
     ]
+    for b in r.get("budgets") or []:
+        lines.append(f"  at k={b['k']}: FVU {_fmt(b.get('fvu'))}   L0 {_fmt(b.get('l0'), '.1f')}   "
+                     f"dead {_fmt(100 * b['dead_fraction'] if b.get('dead_fraction') is not None else None, '.1f')}%")
     if "embedding_cosine" in r:
         lines.append(
             f"  spliced embedding cosine {_fmt(r['embedding_cosine'])} "

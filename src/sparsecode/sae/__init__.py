@@ -11,10 +11,21 @@ import torch
 from ..errors import ConfigError, DataError
 from ..io import load_tensors, read_metadata
 from .base import SAEConfig, SparseAutoencoder, TrainOutput, geometric_median
+from .batchtopk import BatchTopKConfig, BatchTopKSAE
+from .gated import GatedConfig, GatedSAE
+from .jumprelu import JumpReLUConfig, JumpReLUSAE
+from .matching_pursuit import MatchingPursuitConfig, MatchingPursuitSAE
+from .matryoshka import MatryoshkaConfig, MatryoshkaSAE
+from .multibudget import MultiBudgetConfig, MultiBudgetSAE
 from .relu import ReLUConfig, ReLUSAE
 from .topk import TopKConfig, TopKSAE
+from .transcoder import Transcoder, TranscoderConfig
 
-ARCHITECTURES: dict[str, type[SparseAutoencoder]] = {"topk": TopKSAE, "relu": ReLUSAE}
+ARCHITECTURES: dict[str, type[SparseAutoencoder]] = {
+    cls.config_class.arch: cls
+    for cls in (TopKSAE, ReLUSAE, BatchTopKSAE, JumpReLUSAE, GatedSAE, MatryoshkaSAE, MultiBudgetSAE, Transcoder,
+                MatchingPursuitSAE)
+}
 
 
 def sae_config_from_dict(d: dict[str, Any]) -> SAEConfig:
@@ -57,6 +68,18 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SparseAuto
 
 __all__ = [
     "ARCHITECTURES",
+    "BatchTopKConfig",
+    "BatchTopKSAE",
+    "GatedConfig",
+    "GatedSAE",
+    "JumpReLUConfig",
+    "JumpReLUSAE",
+    "MatchingPursuitConfig",
+    "MatchingPursuitSAE",
+    "MatryoshkaConfig",
+    "MatryoshkaSAE",
+    "MultiBudgetConfig",
+    "MultiBudgetSAE",
     "ReLUConfig",
     "ReLUSAE",
     "SAEConfig",
@@ -64,6 +87,8 @@ __all__ = [
     "TopKConfig",
     "TopKSAE",
     "TrainOutput",
+    "Transcoder",
+    "TranscoderConfig",
     "build_sae",
     "geometric_median",
     "load_sae",

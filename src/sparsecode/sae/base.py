@@ -117,19 +117,25 @@ class SparseAutoencoder(nn.Module):
 
     transform = encode  # scikit-learn spelling
 
+    def reconstruct(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """(n, d_in) inputs and their (n, n_latents) latents -> (n, d_out) output; the decoder alone, except for
+        dictionaries with a path that bypasses the latents (a transcoder's skip connection)."""
+        return self.decode(latents)
+
     def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float,
                         target: torch.Tensor | None = None) -> TrainOutput:
         """Loss and diagnostics for one batch. ``progress`` in [0, 1] is the fraction of training done;
-        ``dead_mask`` (n_latents,) marks latents that have not fired for a while; ``target`` is what to
-        reconstruct (None: x itself; a transcoder's output otherwise). Normalise losses with
-        ``total_variance`` (or per-row means) so data-parallel gradients average to the global one."""
+        ``dead_mask`` (n_latents,) marks latents that have not fired for a while; ``target`` (n, d_out) is what
+        to reconstruct (transcoders), None meaning ``x`` itself. Normalise losses with ``total_variance`` (or
+        per-row means) so data-parallel gradients average to the global one."""
         raise NotImplementedError
 
     # -- shared training helpers ---------------------------------------------------------------
     @torch.no_grad()
-    def initialize_from_data(self, sample: torch.Tensor) -> None:
-        """Set ``b_dec`` from a data sample (geometric median or mean), per ``cfg.b_dec_init``."""
-        sample = sample.to(self.b_dec.device, torch.float32)
+    def initialize_from_data(self, sample: torch.Tensor, target: torch.Tensor | None = None) -> None:
+        """Set ``b_dec`` from a data sample (geometric median or mean), per ``cfg.b_dec_init``; from the paired
+        ``target`` sample when the dictionary predicts another activation (transcoders)."""
+        sample = (sample if target is None else target).to(self.b_dec.device, torch.float32)
         if self.cfg.b_dec_init == "geometric_median":
             self.b_dec.copy_(geometric_median(sample))
         elif self.cfg.b_dec_init == "mean":
@@ -149,13 +155,15 @@ class SparseAutoencoder(nn.Module):
             G.addcmul_(torch.linalg.vecdot(G, W)[:, None], W, value=-1)  # in place: no (n_latents, d_in) temporaries
 
     @torch.no_grad()
-    def fold_input_scale_(self, scale: float) -> None:
-        """Make an SAE trained on ``scale * x`` act on raw ``x``.
+    def fold_input_scale_(self, scale: float, target_scale: float | None = None) -> None:
+        """Make an SAE trained on ``scale * x`` act on raw ``x`` (transcoders also take the target's scale).
 
         The activations are positively homogeneous, so dividing b_enc, b_dec (and any thresholds,
         see ``_fold_extra``) by ``scale`` yields latents = trained latents / scale and x_hat in raw units,
         while decoder rows keep unit norm.
         """
+        if target_scale is not None and target_scale != scale:
+            raise ConfigError(f"a {self.cfg.arch} SAE reconstructs its input: one scale, not {scale} and {target_scale}")
         self.b_enc /= scale
         self.b_dec /= scale
         self._fold_extra(scale)

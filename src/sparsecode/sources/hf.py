@@ -54,6 +54,11 @@ class ModelSourceConfig(SourceConfigBase):
     """Drop rows of special tokens ([CLS], [SEP], BOS, ...; not [UNK]). Padding is always dropped."""
     eval_every: int = 20
     """Every ``eval_every``-th document is held out for the "eval" split."""
+    target_hook: str | None = None
+    """Transcoders: a second module whose activations are the paired targets (e.g. the MLP output of the same
+    block); None for ordinary SAEs."""
+    target_hook_side: str = "output"
+    """"output" or "input" of ``target_hook``, as ``hook_side``."""
     device: str = "cpu"
     """Torch device to run the model on, e.g. "cpu" or "cuda:0"."""
     dtype: str = "float32"
@@ -72,6 +77,11 @@ class ModelSourceConfig(SourceConfigBase):
         if not isinstance(self.hook, str) or not self.hook.strip():
             raise ConfigError("source.hook is required: a dotted module path such as 'encoder.layer.3'")
         check_choice("hook_side", self.hook_side, ("output", "input"))
+        if self.target_hook is not None and (not isinstance(self.target_hook, str) or not self.target_hook.strip()):
+            raise ConfigError(f"source.target_hook must be a dotted module path or null, got {self.target_hook!r}")
+        check_choice("target_hook_side", self.target_hook_side, ("output", "input"))
+        if (self.target_hook, self.target_hook_side) == (self.hook, self.hook_side):
+            raise ConfigError("source.target_hook is the same point as source.hook; a transcoder needs two points")
         if self.corpus is not None:
             ok = isinstance(self.corpus, list) and self.corpus and all(isinstance(p, str) and p for p in self.corpus)
             if not ok:
@@ -288,7 +298,7 @@ class ModelSource:
         self._counts: dict[str, list[int]] = {}
         self._model: nn.Module | None = None
         self._module: nn.Module | None = None
-        self._d_in: int | None = None
+        self._widths: tuple[int, int | None] | None = None
 
     # -- lazily loaded model ----------------------------------------------------
 
@@ -310,13 +320,27 @@ class ModelSource:
         return torch.device(self.config.device)
 
     @property
-    def d_in(self) -> int:
-        if self._d_in is None:
+    def target_module(self) -> nn.Module | None:
+        """The module at ``config.target_hook`` (transcoder targets), or None."""
+        return None if self.config.target_hook is None else find_module(self.model, self.config.target_hook)
+
+    def _probe_widths(self) -> tuple[int, int | None]:
+        if self._widths is None:
             prefix, suffix = special_affixes(self.tokenizer)
             probe = prefix + self.tokenizer("hello", add_special_tokens=False)["input_ids"] + suffix
             enc = self.tokenize([probe])
-            self._d_in = int(self.activations(enc["input_ids"], enc["attention_mask"]).shape[-1])
-        return self._d_in
+            acts, targets = self.activations_and_targets(enc["input_ids"], enc["attention_mask"])
+            self._widths = (int(acts.shape[-1]), None if targets is None else int(targets.shape[-1]))
+        return self._widths
+
+    @property
+    def d_in(self) -> int:
+        return self._probe_widths()[0]
+
+    @property
+    def d_out(self) -> int | None:
+        """Width of the paired targets at ``config.target_hook``; None without a target hook."""
+        return None if self.config.target_hook is None else self._probe_widths()[1]
 
     def fingerprint(self) -> dict[str, Any]:
         """What the activations depend on beyond the config strings: the documents' text, the model's
@@ -386,23 +410,34 @@ class ModelSource:
 
     def activations(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T, d) activations at the hook, in the model's dtype and device."""
-        captured: list[Any] = []
+        return self.activations_and_targets(input_ids, attention_mask)[0]
 
-        def grab(x: Any) -> None:
+    def activations_and_targets(self, input_ids: torch.Tensor,
+                                attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T, d_in) activations at the hook and (B, T, d_out) at the target hook (None without one), from
+        one forward pass that stops as soon as both are captured."""
+        points = [(self.config.hook, self.config.hook_side, self.module)]
+        if self.config.target_hook is not None:
+            points.append((self.config.target_hook, self.config.target_hook_side, self.target_module))
+        captured: dict[int, Any] = {}
+
+        def grab(i: int, x: Any) -> None:
             if isinstance(x, (tuple, list)):
                 x = x[0]
             elif not isinstance(x, torch.Tensor) and hasattr(x, "to_tuple"):
                 x = x.to_tuple()[0]
-            captured.append(x)
-            raise _StopForward
+            captured.setdefault(i, x)
+            if len(captured) == len(points):
+                raise _StopForward
 
-        module = self.module
-        if self.config.hook_side == "output":
-            handle = module.register_forward_hook(lambda m, args, out: grab(out))
-        else:
-            handle = module.register_forward_pre_hook(
-                lambda m, args, kwargs: grab(args[0] if args else next(iter(kwargs.values()), None)), with_kwargs=True
-            )
+        handles = []
+        for i, (_, side, module) in enumerate(points):
+            if side == "output":
+                handles.append(module.register_forward_hook(lambda m, args, out, i=i: grab(i, out)))
+            else:
+                handles.append(module.register_forward_pre_hook(
+                    lambda m, args, kwargs, i=i: grab(i, args[0] if args else next(iter(kwargs.values()), None)),
+                    with_kwargs=True))
         extra = {"use_cache": False} if self.is_causal_lm else {}
         try:
             with torch.inference_mode():
@@ -410,36 +445,45 @@ class ModelSource:
         except _StopForward:
             pass
         finally:
-            handle.remove()
-        hook = f"hook {self.config.hook!r} ({self.config.hook_side})"
-        if not captured:
-            raise DataError(f"{hook} was never reached in the forward pass; pick a module the forward runs through, "
-                            "e.g. a layer")
-        x = captured[0]
-        if not isinstance(x, torch.Tensor) or x.dim() != 3 or tuple(x.shape[:2]) != tuple(input_ids.shape):
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise DataError(f"{hook} gave {shape}, expected a (batch, seq, d) tensor with (batch, seq) = "
-                            f"{tuple(input_ids.shape)}; hook another module")
-        return x
+            for handle in handles:
+                handle.remove()
+        out = []
+        for i, (name, side, _) in enumerate(points):
+            hook = f"hook {name!r} ({side})"
+            if i not in captured:
+                raise DataError(f"{hook} was never reached in the forward pass; pick a module the forward runs "
+                                "through, e.g. a layer")
+            x = captured[i]
+            if not isinstance(x, torch.Tensor) or x.dim() != 3 or tuple(x.shape[:2]) != tuple(input_ids.shape):
+                shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                raise DataError(f"{hook} gave {shape}, expected a (batch, seq, d) tensor with (batch, seq) = "
+                                f"{tuple(input_ids.shape)}; hook another module")
+            out.append(x)
+        return out[0], (out[1] if len(out) > 1 else None)
 
     def _forward_chunks(self, split: str, chunks: list[list[int]], indices: list[int]) -> list[ActivationBatch]:
         """One forward pass over ``chunks[i] for i in indices``; the kept rows of each, as batches."""
         enc = self.tokenize([chunks[i] for i in indices])
         ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, T)
         keep = self.keep_mask(ids, mask).cpu()  # (B, T)
-        acts = self.activations(ids, mask).to("cpu", torch.float32)  # (B, T, d_in)
+        acts, targets = self.activations_and_targets(ids, mask)
+        acts = acts.to("cpu", torch.float32)  # (B, T, d_in)
+        targets = None if targets is None else targets.to("cpu", torch.float32)  # (B, T, d_out)
         ids = ids.cpu()
         positions = torch.arange(ids.shape[1])  # (T,)
         out = []
         for j, i in enumerate(indices):
             rows = acts[j][keep[j]]  # (n_i, d_in)
+            target_rows = None if targets is None else targets[j][keep[j]]  # (n_i, d_out)
             bad = ~torch.isfinite(rows).all(dim=1)
+            if target_rows is not None:
+                bad |= ~torch.isfinite(target_rows).all(dim=1)
             if bad.any():
                 pos = int(positions[keep[j]][bad][0])
                 raise DataError(f"model {self.config.model or '(default)'} hook {self.config.hook}: non-finite "
                                 f"activation in {split} chunk {i} at token position {pos}; try dtype='float32'")
             n = rows.shape[0]
-            out.append(ActivationBatch(acts=rows, token_ids=ids[j][keep[j]],
+            out.append(ActivationBatch(acts=rows, token_ids=ids[j][keep[j]], targets=target_rows,
                                        doc_ids=torch.full((n,), i, dtype=torch.long), positions=positions[keep[j]]))
         return out
 
@@ -478,7 +522,7 @@ class ModelSource:
                 parts = [rows[i] for i in range(b, min(b + bs, members.stop))]
                 if b == first and skip:
                     parts[0] = parts[0].slice(skip)
-                batch = ActivationBatch(**{name: torch.cat([getattr(p, name) for p in parts])
-                                           for name in ("acts", "token_ids", "doc_ids", "positions")})
+                names = ("acts", "token_ids", "doc_ids", "positions") + (("targets",) if parts[0].targets is not None else ())
+                batch = ActivationBatch(**{name: torch.cat([getattr(p, name) for p in parts]) for name in names})
                 if len(batch):
                     yield batch

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from ..activations import ActivationStore
+from ..activations import ActivationStore, split_targets
 from ..device import check_device
 from ..errors import DataError, Interrupted, SparsecodeError
 from ..io import atomic_write, load_tensors, read_metadata, save_tensors
@@ -39,6 +39,10 @@ class Trainer:
     def __init__(self, config: RunConfig, run_dir: str | Path, source: Source, progress: bool = True) -> None:
         if source.d_in != config.sae.d_in:
             raise DataError(f"the source yields rows of width {source.d_in} but sae.d_in is {config.sae.d_in}")
+        d_target = getattr(source, "d_out", None)
+        if d_target is not None and getattr(config.sae, "d_out", None) != d_target:
+            raise DataError(f"the source yields paired targets of width {d_target}: train a transcoder "
+                            f"(sae.arch 'transcoder' with d_out={d_target})")
         self.config = config
         self.run_dir = Path(run_dir)
         self.source = source
@@ -65,6 +69,7 @@ class Trainer:
         else:
             sae, optimizer, tokens_since_fired, step, store = self._start_fresh()
         scale = float(self.config.input_scale or 1.0)
+        target_scale = float(self.config.target_scale or 1.0)
         total = tc.total_steps
         end = total if stop_at_step is None else min(stop_at_step, total)
         peak_lr = tc.learning_rate(self.config.sae.n_latents)
@@ -78,12 +83,15 @@ class Trainer:
         t_last, tokens_last = time.perf_counter(), step * tc.batch_size
         try:
             while step < end and not self._stop_requested:
-                x = next(store)[self.local_rows].to(self.device, non_blocking=True) * scale  # (batch / procs, d_in)
+                x, target = split_targets(next(store)[self.local_rows].to(self.device, non_blocking=True),
+                                          self.config.sae.d_in)
+                x = x * scale  # (batch / procs, d_in)
+                targets = {} if target is None else {"target": target * target_scale}  # (batch / procs, d_out)
                 dead_mask = tokens_since_fired >= tc.dead_tokens  # (n_latents,)
                 for param_group in optimizer.param_groups:
                     param_group["lr"] = peak_lr * tc.lr_factor(step)
                 with autocast:
-                    out = sae.training_output(x, dead_mask=dead_mask, progress=step / total)
+                    out = sae.training_output(x, dead_mask=dead_mask, progress=step / total, **targets)
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 group.average_gradients(sae.parameters())
@@ -142,13 +150,13 @@ class Trainer:
     def _start_fresh(self):
         tc = self.config.train
         store = self._make_store(0)
-        sample = store.peek(min(tc.init_rows, store.buffer_rows))  # (init_rows, d_in)
-        if not torch.isfinite(sample).all():
+        rows = store.peek(min(tc.init_rows, store.buffer_rows))  # (init_rows, d_in [+ d_out])
+        if not torch.isfinite(rows).all():
             raise DataError("the source's activations contain NaN or inf values; fix or filter the input data")
-        mean_sq_norm = sample.pow(2).sum(-1).mean().item()
-        if mean_sq_norm <= 0:
-            raise DataError("the source's activations are all zero; nothing to learn")
-        self.config.input_scale = math.sqrt(self.config.sae.d_in / mean_sq_norm) if tc.normalize_inputs else 1.0
+        sample, target_sample = split_targets(rows, self.config.sae.d_in)
+        self.config.input_scale = _normalizing_scale(sample, "activations") if tc.normalize_inputs else 1.0
+        if target_sample is not None:
+            self.config.target_scale = _normalizing_scale(target_sample, "targets") if tc.normalize_inputs else 1.0
         if self.group.is_main:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -158,7 +166,8 @@ class Trainer:
             (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
 
         sae = build_sae(self.config.sae).to(self.device)
-        sae.initialize_from_data(sample.to(self.device) * self.config.input_scale)
+        sae.initialize_from_data(sample.to(self.device) * self.config.input_scale,
+                                 None if target_sample is None else target_sample.to(self.device) * self.config.target_scale)
         tokens_since_fired = torch.zeros(self.config.sae.n_latents, dtype=torch.long, device=self.device)
         return sae, self._optimizer(sae), tokens_since_fired, 0, store
 
@@ -221,7 +230,8 @@ class Trainer:
     def _finish(self, sae: SparseAutoencoder) -> SparseAutoencoder:
         sae.eval()
         sae = sae.to("cpu")
-        sae.fold_input_scale_(float(self.config.input_scale or 1.0))
+        sae.fold_input_scale_(float(self.config.input_scale or 1.0),
+                              None if self.config.target_scale is None else float(self.config.target_scale))
         if self.group.is_main:
             sae.save(self.run_dir / SAE_FILE)
             plot_training_curves(self.run_dir / METRICS_FILE, self.run_dir / TRAINING_PLOT)
@@ -243,6 +253,14 @@ class Trainer:
     def _restore_sigint_handler(self, previous) -> None:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+def _normalizing_scale(sample: torch.Tensor, what: str) -> float:
+    """The factor s with E‖s·x‖² = width over the (n, width) ``sample``."""
+    mean_sq_norm = sample.pow(2).sum(-1).mean().item()
+    if mean_sq_norm <= 0:
+        raise DataError(f"the source's {what} are all zero; nothing to learn")
+    return math.sqrt(sample.shape[1] / mean_sq_norm)
 
 
 def fit_worker(config: RunConfig, run_dir: str | Path, resume: bool = False, stop_at_step: int | None = None,

@@ -1,0 +1,71 @@
+"""Gated SAE (Rajamanoharan et al. 2024, "Improving dictionary learning with gated SAEs"): a gate path decides
+*which* latents fire, a magnitude path *how much*; both share the encoder directions (the magnitude path
+rescales them by exp(r_mag)). The L1 penalty acts on the gate only, so it does not shrink magnitudes; an
+auxiliary loss through a frozen decoder trains the gate to reconstruct on its own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+from .base import SAEConfig, SparseAutoencoder, TrainOutput
+from .common import fvu, l0
+
+
+@dataclass
+class GatedConfig(SAEConfig):
+    l1: float = 2.0
+    """L1 coefficient λ on the gate's rectified pre-activations weighted by decoder row norms
+    (inputs normalised to E‖x‖² = d_in)."""
+    l1_warmup: float = 0.05
+    """Fraction of training over which λ ramps linearly from 0 to its full value."""
+
+    arch = "gated"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.l1 < 0:
+            raise ConfigError(f"sae.l1 must be >= 0, got {self.l1}")
+        if not 0 <= self.l1_warmup <= 1:
+            raise ConfigError(f"sae.l1_warmup must be in [0, 1], got {self.l1_warmup}")
+
+
+class GatedSAE(SparseAutoencoder):
+    """``b_enc`` is the gate bias; ``r_mag`` and ``b_mag`` define the magnitude path."""
+
+    config_class = GatedConfig
+    cfg: GatedConfig
+
+    def __init__(self, cfg: GatedConfig) -> None:
+        super().__init__(cfg)
+        self.r_mag = torch.nn.Parameter(torch.zeros(cfg.n_latents))
+        self.b_mag = torch.nn.Parameter(torch.zeros(cfg.n_latents))
+
+    def _paths(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gate and magnitude pre-activations, each (n, n_latents)."""
+        projected = (x - self.b_dec) @ self.W_enc  # (n, n_latents)
+        return projected + self.b_enc, projected * self.r_mag.exp() + self.b_mag
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        gate, mag = self._paths(x)
+        return (gate > 0) * mag.relu()
+
+    def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float,
+                        target: torch.Tensor | None = None) -> TrainOutput:
+        gate, mag = self._paths(x)  # (n, n_latents) each
+        latents = (gate > 0) * mag.relu()  # (n, n_latents); no gradient reaches the gate through here
+        x_hat = self.decode(latents)  # (n, d_in)
+        gate_acts = gate.relu()  # (n, n_latents)
+        sparsity = (gate_acts * self.W_dec.norm(dim=1)).sum(-1).mean()
+        # The gate alone, through a frozen decoder, must reconstruct x: this trains W_enc and b_enc.
+        x_hat_gate = gate_acts @ self.W_dec.detach() + self.b_dec.detach()  # (n, d_in)
+        aux = (x_hat_gate - x).pow(2).sum(-1).mean()
+        ramp = 1.0 if self.cfg.l1_warmup == 0 else min(1.0, progress / self.cfg.l1_warmup)
+        loss = (x_hat - x).pow(2).sum(-1).mean() + self.cfg.l1 * ramp * sparsity + aux
+        metrics = {"fvu": fvu(x_hat, x).detach(), "l0": l0(latents), "l1": sparsity.detach(), "aux_loss": aux.detach()}
+        return TrainOutput(loss=loss, x_hat=x_hat, fired=(latents > 0).any(0), metrics=metrics)
+
+    def _fold_extra(self, scale: float) -> None:
+        self.b_mag /= scale

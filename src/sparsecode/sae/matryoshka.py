@@ -1,0 +1,64 @@
+"""Matryoshka SAE (Bussmann et al. 2025; Nabeshima 2025): nested prefixes of the dictionary (the first 128
+latents, the first 512, ..., all) each reconstruct the input on their own; the loss sums their FVUs. Early
+latents, used by every prefix, learn the general features; later ones add detail instead of absorbing them.
+Activations are TopK's (k per row), ranked over the whole dictionary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import pairwise
+
+import torch
+
+from ..errors import ConfigError
+from .base import TrainOutput
+from .common import fvu, topk_train_output
+from .topk import TopKConfig, TopKSAE
+
+
+@dataclass
+class MatryoshkaConfig(TopKConfig):
+    prefixes: list[int] | None = None
+    """Sizes of the nested prefixes trained to reconstruct alone, increasing and below n_latents (the whole
+    dictionary is always the last); None means [n_latents // 16, n_latents // 4]."""
+
+    arch = "matryoshka"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.prefixes is None:
+            self.prefixes = sorted({p for p in (self.n_latents // 16, self.n_latents // 4) if p >= 1})
+        p = self.prefixes
+        if not all(isinstance(v, int) for v in p) or any(b <= a for a, b in pairwise(p)) or \
+                (p and not 1 <= p[0] <= p[-1] < self.n_latents):
+            raise ConfigError(f"sae.prefixes must be increasing whole numbers in [1, n_latents={self.n_latents}), "
+                              f"got {p}")
+
+    @property
+    def sizes(self) -> list[int]:
+        """Every nested size, the whole dictionary last."""
+        return [*(self.prefixes or []), self.n_latents]
+
+
+class MatryoshkaSAE(TopKSAE):
+    config_class = MatryoshkaConfig
+    cfg: MatryoshkaConfig
+
+    def encode_prefix(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        """(n, n_latents) latents with only the first ``size`` latents kept (the rest zeroed)."""
+        latents = self.encode(x)
+        latents[:, size:] = 0
+        return latents
+
+    def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float,
+                        target: torch.Tensor | None = None) -> TrainOutput:
+        pre = self.pre_acts(x)  # (n, n_latents)
+        values, indices = self.select(pre)  # (n, k)
+        losses = []
+        for size in self.cfg.sizes:
+            x_hat = self.decode_sparse(values * (indices < size), indices)  # (n, d_in)
+            losses.append(fvu(x_hat, x))
+        loss = torch.stack(losses).sum()
+        metrics = {"fvu": losses[-1].detach(), **{f"fvu_{s}": v.detach() for s, v in zip(self.cfg.prefixes, losses)}}
+        return topk_train_output(self, pre=pre, values=values, indices=indices, target=x, x_hat=x_hat,
+                                 loss=loss, metrics=metrics, dead_mask=dead_mask)

@@ -1,0 +1,66 @@
+"""One SAE for several sparsity budgets: TopK latents ranked once, and the loss averages the FVU of the
+reconstructions from the top 16, 32, 64, 128 (say) of them. The same weights then serve every budget, and
+more latents never hurt: the k-th best latent is trained to improve on the first k − 1."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import pairwise
+
+import torch
+
+from ..errors import ConfigError
+from .base import TrainOutput
+from .common import fvu, topk_train_output
+from .topk import TopKConfig, TopKSAE
+
+
+@dataclass
+class MultiBudgetConfig(TopKConfig):
+    k: int | None = None  # type: ignore[assignment]
+    """The largest budget, used by ``encode``; None means the last of ``budgets`` (or 32 without budgets)."""
+    budgets: list[int] | None = None
+    """The k values the SAE is trained for, increasing, the last equal to ``k``; None means [k // 4, k // 2, k]."""
+
+    arch = "multibudget"
+
+    def __post_init__(self) -> None:
+        if self.k is None:
+            self.k = self.budgets[-1] if isinstance(self.budgets, list) and self.budgets else 32
+        super().__post_init__()
+        if self.budgets is None:
+            self.budgets = sorted({b for b in (self.k // 4, self.k // 2, self.k) if b >= 1})
+        b = self.budgets
+        if not b or not all(isinstance(v, int) for v in b) or any(y <= x for x, y in pairwise(b)) or b[0] < 1:
+            raise ConfigError(f"sae.budgets must be increasing whole numbers >= 1, got {b}")
+        if b[-1] != self.k:
+            raise ConfigError(f"sae.k ({self.k}) must equal the largest budget ({b[-1]})")
+
+
+class MultiBudgetSAE(TopKSAE):
+    config_class = MultiBudgetConfig
+    cfg: MultiBudgetConfig
+
+    def select_at(self, pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top ``k`` of (n, n_latents) pre-activations, ReLU'd: values, indices (n, k), largest first."""
+        values, indices = pre.topk(k, dim=-1, sorted=True)
+        return values.relu(), indices
+
+    def encode_at(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """(n, n_latents) latents at budget ``k`` (any k up to n_latents; trained for ``cfg.budgets``)."""
+        values, indices = self.select_at(self.pre_acts(x), k)
+        return torch.zeros(x.shape[0], self.cfg.n_latents, dtype=values.dtype, device=values.device).scatter_(
+            -1, indices, values)
+
+    def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float,
+                        target: torch.Tensor | None = None) -> TrainOutput:
+        pre = self.pre_acts(x)  # (n, n_latents)
+        values, indices = self.select_at(pre, self.cfg.k)  # (n, k), largest first
+        losses = []
+        for b in self.cfg.budgets:
+            x_hat = self.decode_sparse(values[:, :b], indices[:, :b])  # (n, d_in)
+            losses.append(fvu(x_hat, x))
+        loss = torch.stack(losses).mean()
+        metrics = {"fvu": losses[-1].detach(), **{f"fvu_k{b}": v.detach() for b, v in zip(self.cfg.budgets, losses)}}
+        return topk_train_output(self, pre=pre, values=values, indices=indices, target=x, x_hat=x_hat,
+                                 loss=loss, metrics=metrics, dead_mask=dead_mask)
