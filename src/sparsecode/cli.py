@@ -24,7 +24,7 @@ EPILOG_TRAIN = """examples:
   sparsecode train --hook encoder.layer.3 --arch batchtopk --k 32 --out runs/btk   (also jumprelu, gated, ...)
   sparsecode train --hook encoder.layer.3 --arch jumprelu --target-l0 32 --out runs/jr
   sparsecode train --hook encoder.layer.3 --arch multibudget --budgets 16,32,64,128 --out runs/mb
-  sparsecode train --hook encoder.layer.3.intermediate --hook-side input --target-hook encoder.layer.3.output.dense \
+  sparsecode train --hook encoder.layer.3.intermediate --hook-side input --target-hook encoder.layer.3.output.dense \\
       --arch transcoder --k 32 --skip --out runs/tc3     (MLP input -> MLP output of block 3)
   sparsecode train --resume --out runs/minilm-l3
   sparsecode train --activations acts.npy --latents 6144 --nproc 2 --out runs/ddp     # data-parallel, 2 processes
@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="sparsecode", description="Find the sparse, linear features in neural "
-                                     "activations: train sparse autoencoders, evaluate them.")
+                                     "activations: train sparse autoencoders and transcoders, evaluate them, "
+                                     "browse their features.")
     parser.add_argument("--version", action="version", version=f"sparsecode {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
