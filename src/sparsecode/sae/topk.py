@@ -50,7 +50,9 @@ class TopKSAE(SparseAutoencoder):
 
     def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Decode from (n, k) values and indices without building the dense latent matrix."""
-        return sparse_decode(values, SparsePattern(indices, self.cfg.n_latents), self.W_dec) + self.b_dec
+        # prefixes of (n, k) selections (multi-budget, Matryoshka) arrive as strided views
+        pattern = SparsePattern(indices.contiguous(), self.cfg.n_latents)
+        return sparse_decode(values.contiguous(), pattern, self.W_dec) + self.b_dec
 
     def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float,
                         target: torch.Tensor | None = None) -> TrainOutput:
