@@ -23,7 +23,7 @@ def evaluate_budgets(sae: nn.Module, budgets: list[int], batches: Iterable[Any],
     stats = {k: ReconstructionStats(int(sae.cfg.n_latents)) for k in budgets}
     bar = tqdm(total=max_rows, desc="eval budgets", unit="row", disable=not progress, leave=False)
     try:
-        for x, target in _take_rows(batches, max_rows):
+        for x, target, _ in _take_rows(batches, max_rows):
             x_dev = x.to(device, torch.float32)  # (n, d_in)
             for k, s in stats.items():
                 latents = sae.encode_at(x_dev, k)  # (n, n_latents)
