@@ -248,6 +248,7 @@ def test_transcoder_without_targets_is_an_sae():
 RECOVERY = {  # arch -> (extra config, training tokens, minimum fraction of the 512 features found at cos >= 0.9)
     # measured once each (same settings): batchtopk 0.32, jumprelu 0.12, gated 0.57, matryoshka 0.73,
     # multibudget 0.83, transcoder (no targets: an SAE) 0.86, mp 0.96; TopK reaches 0.85 with 300k tokens
+    # (batchtopk/jumprelu/gated are low here for a reason of the regime, not a bug: see the next test)
     "batchtopk": ({"k": 5}, 300_000, 0.2),
     "jumprelu": ({"target_l0": 5.0}, 300_000, 0.05),
     "gated": ({"l1": 6.0}, 600_000, 0.4),
@@ -264,6 +265,23 @@ def test_each_architecture_recovers_planted_features(tmp_path, arch):
     src = SyntheticSourceConfig(n_features=512, dim=64, active=5, seed=0)
     sae = train(tmp_path, arch, src, ARCHITECTURES[arch].config_class(d_in=64, n_latents=512, **extra),
                 tokens=tokens, batch_size=256, lr=4e-3, dead_tokens=50_000, buffer_rows=65536)
+    rec = recovery_fraction(sae.W_dec.detach(), open_source(src).true_features, threshold=0.9)
+    assert rec >= minimum, rec
+
+
+# Threshold-style encoders (BatchTopK at inference, JumpReLU, Gated) keep every latent above a threshold, so at
+# 8x superposition (512 in 64 dims) the interference of rows with many or large features crosses it: BatchTopK
+# then gives rows a median of 3 latents and the largest ones ~50 (TopK: 5 each), and its FVU stays at 0.40 (TopK
+# 0.21; the same BatchTopK code with per-row selection gets 0.22 and recovers 0.83). At 2x superposition the
+# interference is small and they recover most features. `python bench/recovery.py batchtopk '{"k": 5}'
+# --features 128 --tokens 150000 --seeds 0 1` measured batchtopk 0.72/0.80, jumprelu ({"target_l0": 5.0})
+# 0.81/0.75, gated ({"l1": 6.0}) 0.75/0.63; TopK ({"k": 5}, 300k tokens) 0.85.
+@pytest.mark.parametrize("arch,extra,minimum", [("batchtopk", {"k": 5}, 0.6), ("jumprelu", {"target_l0": 5.0}, 0.6),
+                                                ("gated", {"l1": 6.0}, 0.55)])
+def test_threshold_architectures_recover_most_features_at_moderate_superposition(tmp_path, arch, extra, minimum):
+    src = SyntheticSourceConfig(n_features=128, dim=64, active=5, seed=0)
+    sae = train(tmp_path, arch, src, ARCHITECTURES[arch].config_class(d_in=64, n_latents=128, **extra),
+                tokens=150_000, batch_size=256, lr=4e-3, dead_tokens=50_000, buffer_rows=65536)
     rec = recovery_fraction(sae.W_dec.detach(), open_source(src).true_features, threshold=0.9)
     assert rec >= minimum, rec
 
