@@ -33,7 +33,7 @@ def main() -> None:
     a = ap.parse_args()
 
     base = a.base_lr or TrainConfig(tokens=a.tokens).learning_rate(a.latents)
-    print(f"| lr | × default | held-out FVU | L0 |\n|---|---|---|---|")
+    print("| lr | × default | held-out FVU | L0 |\n|---|---|---|---|")
     for factor in (float(f) for f in a.factors.split(",")):
         lr = base * factor
         cmd = [sys.executable, str(HERE / "speed.py"), "--child", "sparsecode", "--train",

@@ -170,7 +170,7 @@ def test_exact_topk_matches_torch_topk():
     for pre in rows:
         assert_same_topk(pre, k)
     pre = torch.randn(64, m, generator=g)
-    values, indices = exact_topk(pre, k)
+    indices = exact_topk(pre, k)[1]
     assert torch.equal(indices.sort(-1).values, pre.topk(k, dim=-1).indices.sort(-1).values)
 
 
