@@ -172,6 +172,15 @@ def test_exact_topk_matches_torch_topk():
     pre = torch.randn(64, m, generator=g)
     indices = exact_topk(pre, k)[1]
     assert torch.equal(indices.sort(-1).values, pre.topk(k, dim=-1).indices.sort(-1).values)
+    # gradients reach the selected entries of pre, as through torch.topk
+    weights = torch.randn(m, generator=g)
+    grads = []
+    for select in (exact_topk, lambda p, k: p.topk(k, dim=-1)):
+        leaf = pre.clone().requires_grad_()
+        values, chosen = select(leaf, k)
+        (values * weights[chosen]).sum().backward()
+        grads.append(leaf.grad)
+    assert torch.equal(grads[0], grads[1]) and grads[0].count_nonzero() == 64 * k
 
 
 @pytest.mark.parametrize("m,k", [(768, 768), (768, 200), (769, 8), (6, 1)])

@@ -166,7 +166,6 @@ def chunked_topk(x: torch.Tensor, W_enc: torch.Tensor, bias: torch.Tensor, k: in
     return values, indices
 
 
-@torch.no_grad()
 def exact_topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The same (values, indices) as ``pre.topk(k, dim=-1, sorted=False)`` (up to order and ties) for a
     contiguous (n, m) block with k ≪ m, in about two thirds of ``torch.topk``'s CPU time.
@@ -176,11 +175,14 @@ def exact_topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     block is exceeded by k distinct block maxima), so the top k of the (n, B) maxima pick k blocks whose
     k·m/B elements are gathered, and the top k of those candidates are the row's top k. Two small top-k
     calls (over B and k·m/B values) replace one over m; B ≈ √(m·k) balances them. Falls back to
-    ``torch.topk`` off-CPU, for non-contiguous blocks, and when k is too large for the split to pay.
+    ``torch.topk`` off-CPU, for other than contiguous 2-d blocks, and when k is too large for the split to pay.
+    Differentiable: the values are gathered from ``pre``.
     """
+    if pre.dim() != 2 or pre.device.type != "cpu" or not pre.is_contiguous():
+        return pre.topk(k, dim=-1, sorted=False)
     n, m = pre.shape
     size = block_size(m, k)
-    if pre.device.type != "cpu" or size is None or not pre.is_contiguous():
+    if size is None:
         return pre.topk(k, dim=-1, sorted=False)
     n_blocks = m // size
     blocks = pre.view(n, size, n_blocks)  # [r, i, b] is column i·n_blocks + b
