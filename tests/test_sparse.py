@@ -7,7 +7,7 @@ import torch
 
 from sparsecode.sae import TopKConfig, build_sae
 from sparsecode.sae import topk as topk_module
-from sparsecode.sae.sparse import SparsePattern, gathered_pre_acts, sparse_decode
+from sparsecode.sae.sparse import SparsePattern, block_size, exact_topk, gathered_pre_acts, sparse_decode
 
 
 def dense_reference(sae, x, dead_mask, target=None):
@@ -141,3 +141,51 @@ def test_bfloat16_encoder_gemm_under_autocast():
         assert g.dtype == torch.float32 and torch.isfinite(g).all(), name
         cos = torch.nn.functional.cosine_similarity(g.flatten(), ref_grads[name].flatten(), dim=0)
         assert cos > 0.9, (name, cos)
+
+
+def assert_same_topk(pre, k):
+    """exact_topk returns the k largest values of every row, each at an index holding it, no index twice."""
+    values, indices = exact_topk(pre, k)
+    reference = pre.topk(k, dim=-1).values  # sorted descending
+    assert values.shape == indices.shape == (pre.shape[0], k) and indices.dtype == torch.long
+    torch.testing.assert_close(values.sort(-1, descending=True).values, reference, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(pre.gather(1, indices), values, rtol=0, atol=0, equal_nan=True)
+    assert all(len(set(row)) == k for row in indices.tolist())
+
+
+def test_exact_topk_matches_torch_topk():
+    g = torch.Generator().manual_seed(0)
+    m, k = 768, 8
+    assert block_size(m, k) is not None  # the block path runs, not the fallback
+    rows = [torch.randn(64, m, generator=g),  # distinct values: the same index set as torch.topk
+            torch.randint(0, 4, (64, m), generator=g).float(),  # heavy ties: many candidates tie the bound
+            torch.zeros(4, m),  # one value everywhere
+            torch.full((4, m), -torch.inf)]
+    peaked = torch.randn(8, m, generator=g)
+    peaked[:, 5::96] += 100  # all of a row's top k in one block
+    rows.append(peaked)
+    with_nan = torch.randn(4, m, generator=g)
+    with_nan[:, [3, 400]] = torch.nan  # torch.topk ranks NaN above everything
+    rows.append(with_nan)
+    for pre in rows:
+        assert_same_topk(pre, k)
+    pre = torch.randn(64, m, generator=g)
+    indices = exact_topk(pre, k)[1]
+    assert torch.equal(indices.sort(-1).values, pre.topk(k, dim=-1).indices.sort(-1).values)
+    # gradients reach the selected entries of pre, as through torch.topk
+    weights = torch.randn(m, generator=g)
+    grads = []
+    for select in (exact_topk, lambda p, k: p.topk(k, dim=-1)):
+        leaf = pre.clone().requires_grad_()
+        values, chosen = select(leaf, k)
+        (values * weights[chosen]).sum().backward()
+        grads.append(leaf.grad)
+    assert torch.equal(grads[0], grads[1]) and grads[0].count_nonzero() == 64 * k
+
+
+@pytest.mark.parametrize("m,k", [(768, 768), (768, 200), (769, 8), (6, 1)])
+def test_exact_topk_falls_back_where_blocks_do_not_pay(m, k):
+    pre = torch.randn(16, m, generator=torch.Generator().manual_seed(1))
+    assert block_size(m, k) is None
+    assert_same_topk(pre, k)
+    assert_same_topk(pre[:, ::1].t().contiguous().t(), k)  # a non-contiguous block

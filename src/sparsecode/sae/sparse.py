@@ -19,6 +19,8 @@ plain autograd on (n, k) tensors.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -157,10 +159,44 @@ def chunked_topk(x: torch.Tensor, W_enc: torch.Tensor, bias: torch.Tensor, k: in
         stop = min(n, start + rows)
         pre = buffer[: stop - start]  # (rows, n_latents)
         torch.addmm(bias, x[start:stop], W_enc, out=pre)
-        torch.topk(pre, k, dim=-1, sorted=False, out=(values[start:stop], indices[start:stop]))
+        block_values, block_indices = exact_topk(pre, k)
+        values[start:stop], indices[start:stop] = block_values, block_indices
         for f in extra or ():
             f(start, pre)
     return values, indices
+
+
+def exact_topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same (values, indices) as ``pre.topk(k, dim=-1, sorted=False)`` (up to order and ties) for a
+    contiguous (n, m) block with k ≪ m, in about two thirds of ``torch.topk``'s CPU time.
+
+    Split each row into B strided blocks (column c is in block c mod B) and take each block's max: one
+    vectorised pass. A row's top k lie in the k blocks with the largest maxima (an element of any other
+    block is exceeded by k distinct block maxima), so the top k of the (n, B) maxima pick k blocks whose
+    k·m/B elements are gathered, and the top k of those candidates are the row's top k. Two small top-k
+    calls (over B and k·m/B values) replace one over m; B ≈ √(m·k) balances them. Falls back to
+    ``torch.topk`` off-CPU, for other than contiguous 2-d blocks, and when k is too large for the split to pay.
+    Differentiable: the values are gathered from ``pre``.
+    """
+    if pre.dim() != 2 or pre.device.type != "cpu" or not pre.is_contiguous():
+        return pre.topk(k, dim=-1, sorted=False)
+    n, m = pre.shape
+    size = block_size(m, k)
+    if size is None:
+        return pre.topk(k, dim=-1, sorted=False)
+    n_blocks = m // size
+    blocks = pre.view(n, size, n_blocks)  # [r, i, b] is column i·n_blocks + b
+    block = blocks.amax(1).topk(k, dim=-1, sorted=False).indices  # (n, k) the blocks holding the top k
+    candidates = blocks.gather(2, block.unsqueeze(1).expand(n, size, k)).view(n, size * k)  # slot i·k + j
+    values, slot = candidates.topk(k, dim=-1, sorted=False)  # (n, k)
+    return values, block.gather(1, slot % k) + (slot // k) * n_blocks
+
+
+def block_size(m: int, k: int) -> int | None:
+    """Elements per block for ``exact_topk`` (a divisor of m near √(m/k)), or None where it would not pay:
+    unless the k blocks hold at most a quarter of the row, one ``torch.topk`` is cheaper."""
+    divisors = [s for s in range(2, m // (4 * k) + 1) if m % s == 0 and s * k <= m // 4]
+    return min(divisors, key=lambda s: abs(math.log(s * s * k / m)), default=None)
 
 
 def gemm_dtype(x: torch.Tensor) -> torch.dtype:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .base import SAEConfig, SparseAutoencoder, TrainOutput, total_variance
-from .sparse import SparsePattern, chunked_topk, gathered_pre_acts, gemm_dtype, sparse_decode
+from .sparse import SparsePattern, chunked_topk, exact_topk, gathered_pre_acts, gemm_dtype, sparse_decode
 
 
 @dataclass
@@ -39,7 +39,7 @@ class TopKSAE(SparseAutoencoder):
 
     def select(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, n_latents) pre-activations -> values, indices of the top k, each (n, k); values ReLU'd."""
-        values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
+        values, indices = exact_topk(pre, self.cfg.k)
         return values.relu(), indices
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,7 +59,6 @@ class TopKSAE(SparseAutoencoder):
         """One dense product (the encoder forward); everything after it works on the k selected latents
         (see ``sparse.py``), with the same values and gradients as the dense formulation."""
         target = x if target is None else target
-        n_latents = self.cfg.n_latents
         auxk = self._auxk_selector(dead_mask, x.shape[1])
         block = self._pre_block(x)  # in the GEMM's dtype
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):

@@ -1,0 +1,90 @@
+"""Top-k selection on a TopK SAE's pre-activation block: sparsecode's exact_topk vs torch.topk.
+
+    python bench/topk.py [--rows 4096] [--latents 6144] [--k 32] [--repeats 9] [--threads 2] [--steps 5]
+
+Times the selection alone (interleaved repeats, medians) on real-looking pre-activations (random x times
+a random encoder), checks both return the same values, then times whole training steps (as
+bench/train_step.py) with each selector.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from sparsecode.sae import TopKConfig, build_sae, sparse
+
+
+def median_ms(times: list[float]) -> float:
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=4096)
+    ap.add_argument("--latents", type=int, default=6144)
+    ap.add_argument("--d-in", type=int, default=384)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--steps", type=int, default=5, help="training steps per repeat in the step timing (0: skip)")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+
+    sae = build_sae(TopKConfig(d_in=a.d_in, n_latents=a.latents, k=a.k))
+    x = torch.randn(a.rows, a.d_in)
+    pre = sae.pre_acts(x).detach().contiguous()  # (rows, latents)
+    ours, reference = sparse.exact_topk(pre, a.k), pre.topk(a.k, dim=-1, sorted=False)
+    assert torch.equal(ours[0].sort(-1).values, reference[0].sort(-1).values), "values differ from torch.topk"
+    selectors = {"torch.topk": lambda: pre.topk(a.k, dim=-1, sorted=False), "exact_topk": lambda: sparse.exact_topk(pre, a.k)}
+    times: dict[str, list[float]] = {name: [] for name in selectors}
+    for _ in range(a.repeats):
+        for name, f in selectors.items():
+            t = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t)
+    base = median_ms(times["torch.topk"])
+    print(f"selection, ({a.rows}, {a.latents}) fp32 block, k={a.k}, {a.threads} threads, median of {a.repeats}:")
+    for name in selectors:
+        print(f"  {name:11s} {median_ms(times[name]):7.1f} ms  ({median_ms(times[name]) / base:.2f}x torch.topk)")
+    if not a.steps:
+        return
+
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)
+    dead = torch.zeros(a.latents, dtype=torch.bool)
+
+    def steps() -> None:
+        for _ in range(a.steps):
+            out = sae.training_output(x, dead_mask=dead, progress=0.5)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            sae.remove_parallel_grad_()
+            opt.step()
+            sae.normalize_decoder_()
+
+    original = sparse.exact_topk
+    step_impls = {"torch.topk": lambda p, k: p.topk(k, dim=-1, sorted=False), "exact_topk": original}
+    step_times: dict[str, list[float]] = {name: [] for name in step_impls}
+    try:
+        for r in range(a.repeats + 1):
+            for name, impl in step_impls.items():
+                sparse.exact_topk = impl
+                t = time.perf_counter()
+                steps()
+                if r:  # the first round warms up
+                    step_times[name].append((time.perf_counter() - t) / a.steps)
+    finally:
+        sparse.exact_topk = original
+    base = median_ms(step_times["torch.topk"])
+    print(f"training step (batch {a.rows}), median of {a.repeats} × {a.steps} steps:")
+    for name in step_impls:
+        ms = median_ms(step_times[name])
+        print(f"  {name:11s} {ms:7.1f} ms/step  {a.rows / ms * 1e3:9,.0f} tokens/s  ({ms / base:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
