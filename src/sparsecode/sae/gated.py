@@ -9,27 +9,20 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError
-from .base import SAEConfig, SparseAutoencoder, TrainOutput
+from .base import SparseAutoencoder, TrainOutput
 from .common import fvu, l0
+from .relu import ReLUConfig
 
 
 @dataclass
-class GatedConfig(SAEConfig):
+class GatedConfig(ReLUConfig):
+    """ReLU's L1 settings (``l1``, ``l1_warmup``), applied to the gate path only."""
+
     l1: float = 2.0
     """L1 coefficient λ on the gate's rectified pre-activations weighted by decoder row norms
     (inputs normalised to E‖x‖² = d_in)."""
-    l1_warmup: float = 0.05
-    """Fraction of training over which λ ramps linearly from 0 to its full value."""
 
     arch = "gated"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.l1 < 0:
-            raise ConfigError(f"sae.l1 must be >= 0, got {self.l1}")
-        if not 0 <= self.l1_warmup <= 1:
-            raise ConfigError(f"sae.l1_warmup must be in [0, 1], got {self.l1_warmup}")
 
 
 class GatedSAE(SparseAutoencoder):
