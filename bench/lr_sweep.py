@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sparsecode.sae import TopKConfig
 from sparsecode.train import TrainConfig
 
 HERE = Path(__file__).resolve().parent
@@ -32,7 +33,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
 
-    base = a.base_lr or TrainConfig(tokens=a.tokens).learning_rate(a.latents)
+    base = a.base_lr or TrainConfig(tokens=a.tokens).learning_rate(a.latents, TopKConfig.base_lr)
     print("| lr | × default | held-out FVU | L0 |\n|---|---|---|---|")
     for factor in (float(f) for f in a.factors.split(",")):
         lr = base * factor

@@ -43,6 +43,9 @@ class SAEConfig:
     """Seed for the weight initialisation."""
 
     arch: ClassVar[str] = ""
+    base_lr: ClassVar[float] = 6e-4
+    """Default Adam peak learning rate at 2**14 latents (scaled by 1/sqrt(n_latents / 2**14)) when train.lr is
+    not given. Per architecture: penalty-trained dictionaries collapse at rates TopK trains best with."""
 
     def __post_init__(self) -> None:
         check_field_types(self, "sae")

@@ -22,6 +22,7 @@ class TopKConfig(SAEConfig):
     """Dead latents used by the auxiliary loss; None means d_in // 2."""
 
     arch = "topk"
+    base_lr = 4.8e-3  # best of a 1-32x sweep on MiniLM at 0.5M and 2M tokens (bench/results/lr_sweep.md)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -20,8 +20,8 @@ class TrainConfig:
     batch_size: int = 4096
     """Rows per optimizer step."""
     lr: float | None = None
-    """Adam learning rate; None means 6e-4 / sqrt(n_latents / 2**14): scaled with dictionary size, tuned for
-    runs of 1-10M tokens (3x the value sparsify uses for billion-token runs; see README)."""
+    """Adam peak learning rate; None means the architecture's default (``SAEConfig.base_lr``: 4.8e-3 for the TopK
+    family, 6e-4 for penalty-trained SAEs) times 1/sqrt(n_latents / 2**14), tuned on runs of 0.5-2M tokens."""
     beta1: float = 0.9
     """Adam β1."""
     beta2: float = 0.999
@@ -82,9 +82,9 @@ class TrainConfig:
         """Warmup steps in effect."""
         return self.warmup_steps if self.warmup_steps is not None else min(50, self.total_steps // 10)
 
-    def learning_rate(self, n_latents: int) -> float:
-        """The peak learning rate (``lr`` or the size-scaled default)."""
-        return self.lr if self.lr is not None else 6e-4 / math.sqrt(n_latents / 2**14)
+    def learning_rate(self, n_latents: int, base_lr: float = 6e-4) -> float:
+        """The peak learning rate: ``lr``, or the architecture's ``base_lr`` scaled to the dictionary size."""
+        return self.lr if self.lr is not None else base_lr / math.sqrt(n_latents / 2**14)
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of the peak learning rate at ``step``: linear warmup, flat, linear decay to 0."""

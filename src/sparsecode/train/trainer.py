@@ -72,7 +72,7 @@ class Trainer:
         target_scale = float(self.config.target_scale or 1.0)
         total = tc.total_steps
         end = total if stop_at_step is None else min(stop_at_step, total)
-        peak_lr = tc.learning_rate(self.config.sae.n_latents)
+        peak_lr = tc.learning_rate(self.config.sae.n_latents, self.config.sae.base_lr)
         sae.train()
 
         group = self.group
@@ -144,7 +144,8 @@ class Trainer:
     def _optimizer(self, sae: SparseAutoencoder) -> torch.optim.Adam:
         tc = self.config.train
         # fused: one kernel over all parameters instead of a dozen elementwise passes
-        return torch.optim.Adam(sae.parameters(), lr=tc.learning_rate(self.config.sae.n_latents),
+        lr = tc.learning_rate(self.config.sae.n_latents, self.config.sae.base_lr)
+        return torch.optim.Adam(sae.parameters(), lr=lr,
                                 betas=(tc.beta1, tc.beta2), fused=True)
 
     def _start_fresh(self):
