@@ -1,9 +1,10 @@
-"""Top-k selection on a TopK SAE's pre-activation block: sparsecode's exact_topk vs torch.topk.
+"""Top-k selection on a TopK SAE's pre-activation block: torch.topk vs sparsecode's exact_topk (pure torch)
+vs its compiled kernel (cpu_topk, which also adds the encoder bias as it reads).
 
     python bench/topk.py [--rows 4096] [--latents 6144] [--k 32] [--repeats 9] [--threads 2] [--steps 5]
 
 Times the selection alone (interleaved repeats, medians) on real-looking pre-activations (random x times
-a random encoder), checks both return the same values, then times whole training steps (as
+a random encoder), checks all return the same values, then times whole training steps (as
 bench/train_step.py) with each selector.
 """
 
@@ -16,6 +17,7 @@ import time
 import torch
 
 from sparsecode.sae import TopKConfig, build_sae, sparse
+from sparsecode.sae.cpu_topk import topk_with_bias
 
 
 def median_ms(times: list[float]) -> float:
@@ -37,10 +39,18 @@ def main() -> None:
 
     sae = build_sae(TopKConfig(d_in=a.d_in, n_latents=a.latents, k=a.k))
     x = torch.randn(a.rows, a.d_in)
-    pre = sae.pre_acts(x).detach().contiguous()  # (rows, latents)
-    ours, reference = sparse.exact_topk(pre, a.k), pre.topk(a.k, dim=-1, sorted=False)
-    assert torch.equal(ours[0].sort(-1).values, reference[0].sort(-1).values), "values differ from torch.topk"
-    selectors = {"torch.topk": lambda: pre.topk(a.k, dim=-1, sorted=False), "exact_topk": lambda: sparse.exact_topk(pre, a.k)}
+    bias = torch.randn(a.latents) * 0.1
+    raw = (x @ sae.W_enc).detach().contiguous()  # (rows, latents) without the bias, as the compiled path sees it
+    pre = raw + bias  # with it, as the torch paths see it
+    size = sparse.block_size(a.latents, a.k)
+    out = (torch.empty(a.rows, a.k), torch.empty(a.rows, a.k, dtype=torch.long))
+    reference = pre.topk(a.k, dim=-1, sorted=False)[0].sort(-1).values
+    assert torch.equal(sparse.exact_topk(pre, a.k)[0].sort(-1).values, reference), "exact_topk differs from torch.topk"
+    topk_with_bias(raw, bias, a.k, size, out)
+    assert torch.equal(out[0].sort(-1).values, reference), "cpu_topk differs from torch.topk"
+    selectors = {"torch.topk": lambda: pre.topk(a.k, dim=-1, sorted=False),
+                 "exact_topk": lambda: sparse.exact_topk(pre, a.k),
+                 "cpu_topk": lambda: topk_with_bias(raw, bias, a.k, size, out)}
     times: dict[str, list[float]] = {name: [] for name in selectors}
     for _ in range(a.repeats):
         for name, f in selectors.items():
@@ -67,18 +77,19 @@ def main() -> None:
             sae.normalize_decoder_()
 
     original = sparse.exact_topk
-    step_impls = {"torch.topk": lambda p, k: p.topk(k, dim=-1, sorted=False), "exact_topk": original}
+    step_impls = {"torch.topk": (False, lambda p, k: p.topk(k, dim=-1, sorted=False)),
+                  "exact_topk": (False, original), "cpu_topk": (True, original)}
     step_times: dict[str, list[float]] = {name: [] for name in step_impls}
     try:
         for r in range(a.repeats + 1):
-            for name, impl in step_impls.items():
-                sparse.exact_topk = impl
+            for name, (compiled, impl) in step_impls.items():
+                sparse.USE_COMPILED_TOPK, sparse.exact_topk = compiled, impl
                 t = time.perf_counter()
                 steps()
                 if r:  # the first round warms up
                     step_times[name].append((time.perf_counter() - t) / a.steps)
     finally:
-        sparse.exact_topk = original
+        sparse.USE_COMPILED_TOPK, sparse.exact_topk = True, original
     base = median_ms(step_times["torch.topk"])
     print(f"training step (batch {a.rows}), median of {a.repeats} × {a.steps} steps:")
     for name in step_impls:

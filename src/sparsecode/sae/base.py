@@ -200,7 +200,7 @@ def total_variance(x: torch.Tensor) -> torch.Tensor:
     world size, and the average of the processes' gradients is the gradient of the global FVU.
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x.var(0, correction=0).sum() * x.shape[0]
+        return (x - x.mean(0)).square().sum()  # ~10x faster than x.var(0) on the CPU
     world = dist.get_world_size()
     stats = torch.cat([x.sum(0), x.new_tensor([x.shape[0]])]).double()  # (d + 1,)
     dist.all_reduce(stats)

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .cpu_topk import topk_with_bias
+
 
 class SparsePattern:
     """The (n, k) latent indices of a batch, plus their latent-major order (computed on first use).
@@ -119,10 +121,11 @@ class _GatheredPreActs(torch.autograd.Function):
         grad_b_enc = pattern.column_sums(grad)  # (n_latents,)
         grad_W_enc = grad_b_dec = None
         if ctx.needs_input_grad[2]:
-            # pre = (x − b_dec) W_enc + b_enc  ⇒  dW_enc = xᵀG − b_dec ⊗ colsum(G)
-            # written into a buffer laid out like W_enc: optimizers (fused Adam) assume matching strides
+            # pre = (x − b_dec) W_enc + b_enc  ⇒  dW_enc = (x − b_dec)ᵀ G, copied into a buffer laid out like
+            # W_enc (optimizers such as fused Adam assume matching strides); a plain transposing copy is
+            # twice as fast as folding the b_dec term in with addr
             grad_W_enc = torch.empty_like(W_enc)  # (d, n_latents)
-            torch.addr(pattern.transposed_matmul(grad, x).T, b_dec, grad_b_enc, alpha=-1, out=grad_W_enc)
+            grad_W_enc.copy_(pattern.transposed_matmul(grad, x - b_dec).T)
         if ctx.needs_input_grad[4]:
             grad_b_dec = -(W_enc @ grad_b_enc)  # (d,)
         return None, None, grad_W_enc, grad_b_enc if ctx.needs_input_grad[3] else None, grad_b_dec, None
@@ -140,29 +143,41 @@ def gathered_pre_acts(selected: torch.Tensor, x: torch.Tensor, W_enc: torch.Tens
     return _GatheredPreActs.apply(selected, x, W_enc, b_enc, b_dec, pattern)
 
 
+USE_COMPILED_TOPK = True
+"""Select with the compiled kernel (``cpu_topk``) where it applies; False forces the pure-torch path (for
+comparisons, see bench/topk.py)."""
+
+
 @torch.no_grad()
 def chunked_topk(x: torch.Tensor, W_enc: torch.Tensor, bias: torch.Tensor, k: int, *,
                  buffer: torch.Tensor, extra: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of ``x @ W_enc + bias`` per row, computed ``len(buffer)`` rows at a time into ``buffer``.
 
     The scratch ``buffer`` is reused from step to step (no fresh pages to fault in) and bounds the memory
-    for any batch size. ``extra`` callbacks ``f(start, pre_block)`` see each block too (e.g. AuxK).
+    for any batch size. On the CPU in float32 the bias is never written into the block: the compiled
+    selection (``cpu_topk``) adds it as it reads. ``extra`` callbacks ``f(start, block, pending_bias)`` see
+    each block too (e.g. AuxK); ``pending_bias`` is the bias still to add to ``block``, or None.
     Returns values (n, k) (not ReLU'd) and indices (n, k).
     """
-    n = x.shape[0]
+    n, m = x.shape[0], W_enc.shape[1]
     rows = buffer.shape[0]
     values = torch.empty(n, k, dtype=buffer.dtype, device=x.device)
     indices = torch.empty(n, k, dtype=torch.long, device=x.device)
     dtype = buffer.dtype  # the GEMM's precision (lower than x's under autocast, see ``gemm_dtype``)
     x, W_enc, bias = x.to(dtype), W_enc.to(dtype), bias.to(dtype)
+    size = block_size(m, k)
+    compiled = USE_COMPILED_TOPK and size is not None and buffer.device.type == "cpu" and dtype == torch.float32
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         pre = buffer[: stop - start]  # (rows, n_latents)
-        torch.addmm(bias, x[start:stop], W_enc, out=pre)
-        block_values, block_indices = exact_topk(pre, k)
-        values[start:stop], indices[start:stop] = block_values, block_indices
+        if compiled:
+            torch.mm(x[start:stop], W_enc, out=pre)
+            topk_with_bias(pre, bias, k, size, out=(values[start:stop], indices[start:stop]))
+        else:
+            torch.addmm(bias, x[start:stop], W_enc, out=pre)
+            values[start:stop], indices[start:stop] = exact_topk(pre, k)
         for f in extra or ():
-            f(start, pre)
+            f(start, pre, bias if compiled else None)
     return values, indices
 
 

@@ -134,8 +134,11 @@ class _DeadTopK:
         self.k_aux = k_aux
         self._parts: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def see(self, start: int, pre: torch.Tensor) -> None:
-        values, local = pre.index_select(1, self.dead).topk(self.k_aux, dim=-1, sorted=False)
+    def see(self, start: int, pre: torch.Tensor, pending_bias: torch.Tensor | None) -> None:
+        dead_pre = pre.index_select(1, self.dead)  # (rows, n_dead)
+        if pending_bias is not None:
+            dead_pre += pending_bias[self.dead]
+        values, local = dead_pre.topk(self.k_aux, dim=-1, sorted=False)
         self._parts.append((values, self.dead[local]))
 
     @property
