@@ -31,10 +31,12 @@ def assert_close_weights(a: dict, b: dict) -> None:
 
 
 def test_two_processes_equal_one_and_resume_in_one(tmp_path):
-    fit_worker(config(), tmp_path / "single")
+    # two processes read two data shards, one each; one process reading both sees the same global batches
+    fit_worker(config(data_shards=2), tmp_path / "single")
     single = load_tensors(tmp_path / "single" / "sae.safetensors")
 
     launch(2, "cpu", fit_worker, config(), tmp_path / "ddp")
+    assert RunConfig.load(tmp_path / "ddp").train.data_shards == 2  # None became the process count
     ddp = load_tensors(tmp_path / "ddp" / "sae.safetensors")
     assert_close_weights(single, ddp)
     # AuxK really ran (dead latents existed) and the logged metrics are the global ones

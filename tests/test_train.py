@@ -121,6 +121,40 @@ def test_store_resumes_from_its_batch_count(tmp_path):
         assert torch.equal(next(b), reference[i])
 
 
+def test_sharded_stores_split_every_batch_and_read_only_their_rows(tmp_path):
+    source = _array_source(tmp_path)  # row i holds 4i .. 4i+3, so column 0 / 4 is the row number
+    read: list[range] = []
+    iter_batches = source.iter_batches
+
+    def counting(split, start_row=0):
+        for block in iter_batches(split, start_row):
+            first = int(block.acts[0, 0]) // 4
+            read.append(range(first, first + len(block)))
+            yield block
+
+    source.iter_batches = counting
+    whole = ActivationStore(source, batch_size=60, buffer_rows=240, seed=1, shards=3)
+    reference = [next(whole) for _ in range(20)]  # crosses fills and the 800-row epoch
+    # one store per shard, or two shards in one store: together they yield exactly the global batches
+    parts = [ActivationStore(source, batch_size=60, buffer_rows=240, seed=1, shards=3, own=own)
+             for own in (range(0, 1), range(1, 3))]
+    for i in range(20):
+        assert torch.equal(torch.cat([next(p) for p in parts]), reference[i])
+    # shard 0 alone reads only the first third of each 240-row fill
+    read.clear()
+    alone = ActivationStore(source, batch_size=60, buffer_rows=240, seed=1, shards=3, own=range(0, 1))
+    rows = torch.cat([next(alone) for _ in range(8)])  # two fills
+    assert rows.shape == (8 * 20, 4)
+    assert sorted((rows[:, 0] // 4).long().tolist()) == list(range(0, 80)) + list(range(240, 320))
+    assert all(r.start % 240 < 80 for r in read)
+    assert sum(len(r) for r in read) < 2 * 80 + 2 * 37  # at most a chunk past each shard's end
+    # one shard is exactly the unsharded store
+    one = ActivationStore(source, batch_size=60, buffer_rows=240, seed=1)
+    assert torch.equal(next(one), next(ActivationStore(source, batch_size=60, buffer_rows=240, seed=1, shards=1)))
+    with pytest.raises(ConfigError, match="divide the batch size"):
+        ActivationStore(source, batch_size=60, buffer_rows=240, shards=7)
+
+
 def test_cache_reuses_a_complete_pass_and_never_keeps_a_partial_one(tmp_path):
     source = _array_source(tmp_path)
     calls = []

@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", help="torch device: cpu, cuda, cuda:1, ... (default cpu)")
     tr.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                     help="precision of the dense products (default float32; bfloat16 for GPUs)")
+    tr.add_argument("--data-shards", type=positive_int, metavar="S",
+                    help="read the activation stream as S interleaved shards, split between the processes so each "
+                         "reads only its own (default: the number of processes); fixes the data order, so a run "
+                         "resumes with any number of processes")
     tr.add_argument("--nproc", type=positive_int, default=1, metavar="N",
                     help="data-parallel processes on this machine (torch.distributed: gloo on CPU, NCCL on "
                     "CUDA, one GPU each); the global batch is split between them (default 1). Under torchrun "
@@ -170,7 +174,8 @@ ARCH_FLAGS = {  # dictionary flag -> (config field, the architectures it applies
 }
 SAE_FLAGS = ("arch", "latents", *ARCH_FLAGS)
 TRAIN_FLAGS = {"tokens": "tokens", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
-               "checkpoint_every": "checkpoint_every", "device": "device", "dtype": "dtype"}
+               "checkpoint_every": "checkpoint_every", "device": "device", "dtype": "dtype",
+               "data_shards": "data_shards"}
 
 
 def _given(args: argparse.Namespace, names) -> list[str]:

@@ -5,6 +5,13 @@ Fill ``j`` is loaded into one preallocated buffer and emitted in the order of a 
 ``(seed, j)``. So the whole state of the store is the number of batches emitted: to resume, seek the
 source to the start of the current fill, reload it, and continue — no replay, no saved buffer.
 Memory is one buffer (``buffer_rows × d_in`` floats), whatever the size of the corpus.
+
+Data-parallel processes read disjoint parts of the stream: with ``shards=S`` every fill is cut into S
+contiguous parts, each shuffled on its own, and a global batch is the concatenation of each part's next
+``batch_size / S`` rows. A store that owns some of the shards (``own``) reads only their rows — one
+contiguous range per fill — and yields only their slice of every global batch. The stores of all the
+shards together yield exactly what one store owning them all yields, so the data order depends on S, never
+on how many processes share the shards.
 """
 
 from __future__ import annotations
@@ -25,9 +32,16 @@ class ActivationStore:
     """
 
     def __init__(self, source: Source, *, batch_size: int, buffer_rows: int, seed: int = 0,
-                 split: str = "train", batches_emitted: int = 0) -> None:
+                 split: str = "train", batches_emitted: int = 0, shards: int = 1, own: range | None = None) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if shards < 1 or batch_size % shards:
+            raise ConfigError(f"the number of data shards ({shards}) must be >= 1 and divide the batch size "
+                              f"({batch_size})")
+        self.shards = shards
+        self.own = range(shards) if own is None else own
+        if len(self.own) == 0 or self.own.step != 1 or self.own.start < 0 or self.own.stop > shards:
+            raise ConfigError(f"own must be a non-empty run of consecutive shards in 0..{shards - 1}, got {self.own}")
         self.source = source
         self.split = split
         self.batch_size = batch_size
@@ -41,7 +55,7 @@ class ActivationStore:
             raise DataError(f"the source's {split} split has no rows (empty corpus or array?)")
         self._buffer: torch.Tensor | None = None  # (buffer_rows, d_in)
         self._fill_index = -1
-        self._order: torch.Tensor | None = None
+        self._order: torch.Tensor | None = None  # (batches_per_fill, owned rows per batch): buffer rows
         # The open stream is kept across fills so a source is read front to back (and a cache can
         # record the whole pass); it is reopened only when a fill does not start where it stopped.
         self._stream: Iterator[ActivationBatch] | None = None
@@ -51,6 +65,11 @@ class ActivationStore:
     @property
     def batches_per_fill(self) -> int:
         return self.buffer_rows // self.batch_size
+
+    @property
+    def shard_rows(self) -> int:
+        """Rows of one shard in a fill."""
+        return self.buffer_rows // self.shards
 
     def state(self) -> dict[str, int]:
         """Everything needed to resume: pass it back as ``batches_emitted``."""
@@ -62,34 +81,33 @@ class ActivationStore:
         if fill != self._fill_index:
             self._load_fill(fill)
         assert self._buffer is not None and self._order is not None
-        start = within * self.batch_size
-        return self._buffer.index_select(0, self._order[start:start + n])  # (≤ n, d_in)
+        return self._buffer.index_select(0, self._order[within:].reshape(-1)[:n])  # (≤ n, d_in)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return self
 
     def __next__(self) -> torch.Tensor:
-        """The next (batch_size, d_in [+ d_out]) batch."""
+        """The next (batch_size, d_in [+ d_out]) batch; only the owned shards' rows of it when not all owned."""
         fill, within = divmod(self.batches_emitted, self.batches_per_fill)
         if fill != self._fill_index:
             self._load_fill(fill)
         assert self._buffer is not None and self._order is not None
-        rows = self._order[within * self.batch_size:(within + 1) * self.batch_size]
         self.batches_emitted += 1
-        return self._buffer.index_select(0, rows)  # (batch_size, d_in)
+        return self._buffer.index_select(0, self._order[within])  # (batch_size · owned / shards, d_in)
 
     def _load_fill(self, fill: int) -> None:
-        first = fill * self.buffer_rows
+        first = fill * self.buffer_rows + self.own.start * self.shard_rows  # the owned shards are contiguous
+        rows = len(self.own) * self.shard_rows
         if self._buffer is None:
-            self._buffer = torch.empty(self.buffer_rows, self.source.d_in + self.d_target)
-        if self._stream_row != first:  # a jump (resume): reopen the stream there
+            self._buffer = torch.empty(rows, self.source.d_in + self.d_target)
+        if self._stream_row != first:  # a jump (resume, or the other shards' rows): reopen the stream there
             self._stream = self._stream_from(first)
             self._leftover = None
         filled = 0
-        while filled < self.buffer_rows:
+        while filled < rows:
             block = self._leftover if self._leftover is not None else next(self._stream)
             self._leftover = None
-            take = min(len(block), self.buffer_rows - filled)
+            take = min(len(block), rows - filled)
             self._buffer[filled:filled + take, :self.source.d_in] = block.acts[:take]
             if self.d_target:
                 if block.targets is None:
@@ -98,9 +116,14 @@ class ActivationStore:
             if take < len(block):
                 self._leftover = block.slice(take)
             filled += take
-        self._stream_row = first + self.buffer_rows
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + fill)
-        self._order = torch.randperm(self.buffer_rows, generator=g)
+        self._stream_row = first + rows
+        per_batch = self.batch_size // self.shards
+        orders = []
+        for i, shard in enumerate(self.own):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + fill * self.shards + shard)
+            order = torch.randperm(self.shard_rows, generator=g) + i * self.shard_rows
+            orders.append(order.view(self.batches_per_fill, per_batch))
+        self._order = torch.cat(orders, dim=1)  # (batches_per_fill, owned shards · batch_size / shards)
         self._fill_index = fill
 
     def _stream_from(self, global_row: int) -> Iterator[ActivationBatch]:

@@ -32,6 +32,11 @@ class TrainConfig:
     """The learning rate decays linearly to 0 over this final fraction of the steps."""
     buffer_rows: int = 131072
     """Shuffle buffer size in rows (memory = buffer_rows × d_in × 4 bytes); rounded down to whole batches."""
+    data_shards: int | None = None
+    """The activation stream is read as this many interleaved shards (see ``ActivationStore``); data-parallel
+    processes split the shards between them and each reads only its own. None means the number of processes
+    at the start of the run. The data order depends on this number only, so a run resumes with any number
+    of processes (those that divide it read their own shards; others read everything and keep their rows)."""
     seed: int = 0
     """Seed for data order (and, via the SAE config, initialisation)."""
     dead_tokens: int = 1_000_000
@@ -59,6 +64,9 @@ class TrainConfig:
             raise ConfigError(f"train.batch_size ({self.batch_size}) is larger than train.tokens ({self.tokens})")
         if self.buffer_rows < self.batch_size:
             raise ConfigError(f"train.buffer_rows ({self.buffer_rows}) must be >= train.batch_size ({self.batch_size})")
+        if self.data_shards is not None and (self.data_shards < 1 or self.batch_size % self.data_shards):
+            raise ConfigError(f"train.data_shards ({self.data_shards}) must be >= 1 and divide train.batch_size "
+                              f"({self.batch_size})")
         if self.dtype not in DTYPES:
             raise ConfigError(f"train.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.lr is not None and not (0 < self.lr < 1):

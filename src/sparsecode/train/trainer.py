@@ -136,10 +136,20 @@ class Trainer:
         return self._finish(sae)
 
     # -- setup ----------------------------------------------------------------------------------
-    def _make_store(self, batches_emitted: int) -> ActivationStore:
+    def _make_store(self, batches_emitted: int, *, all_shards: bool = False) -> ActivationStore:
+        """The training stream; this process's own shards only, where the process count divides them (then
+        ``local_rows`` is everything the store yields)."""
         tc = self.config.train
+        shards, group = tc.data_shards or 1, self.group
+        own = None
+        if not all_shards and shards % group.world_size == 0:
+            per = shards // group.world_size
+            own = range(group.rank * per, (group.rank + 1) * per)
+            self.local_rows = slice(None)
+        elif not all_shards:
+            self.local_rows = group.local_rows(tc.batch_size)
         return ActivationStore(self.source, batch_size=tc.batch_size, buffer_rows=tc.buffer_rows, seed=tc.seed,
-                               split="train", batches_emitted=batches_emitted)
+                               split="train", batches_emitted=batches_emitted, shards=shards, own=own)
 
     def _optimizer(self, sae: SparseAutoencoder) -> torch.optim.Adam:
         tc = self.config.train
@@ -150,8 +160,13 @@ class Trainer:
 
     def _start_fresh(self):
         tc = self.config.train
+        if tc.data_shards is None:
+            tc.data_shards = self.group.world_size
+        # every process estimates the scales from the same global rows, whatever shards it reads
+        everything = self._make_store(0, all_shards=True)
+        rows = everything.peek(min(tc.init_rows, everything.buffer_rows))  # (init_rows, d_in [+ d_out])
+        del everything
         store = self._make_store(0)
-        rows = store.peek(min(tc.init_rows, store.buffer_rows))  # (init_rows, d_in [+ d_out])
         if not torch.isfinite(rows).all():
             raise DataError("the source's activations contain NaN or inf values; fix or filter the input data")
         sample, target_sample = split_targets(rows, self.config.sae.d_in)
@@ -204,6 +219,8 @@ class Trainer:
                 _, idx, name = key.split(".", 2)
                 opt_state["state"].setdefault(int(idx), {})[name] = value.cpu() if name == "step" else value
         optimizer.load_state_dict(opt_state)
+        if self.config.train.data_shards is None:
+            self.config.train.data_shards = 1  # runs from before data shards read one stream
         store = self._make_store(json.loads(meta["store"])["batches_emitted"])
         if self.group.is_main:
             self._truncate_metrics(step)
