@@ -5,20 +5,28 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparsecode.sae import TopKConfig, build_sae
+from sparsecode.sae import ARCHITECTURES, TopKConfig, build_sae
 from sparsecode.sae import topk as topk_module
 from sparsecode.sae.sparse import SparsePattern, block_size, exact_topk, gathered_pre_acts, sparse_decode
 
 
 def dense_reference(sae, x, dead_mask, target=None):
-    """TopK + AuxK written the obvious way: dense pre-activations, dense latents, dense matmuls."""
+    """TopK + AuxK written the obvious way: dense pre-activations, dense latents, dense matmuls. Matryoshka sums
+    the FVUs of its nested prefixes; multi-budget averages those of its budgets (the b largest winners)."""
     target = x if target is None else target
     cfg = sae.cfg
     pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc  # (n, m)
-    values, indices = pre.topk(cfg.k, dim=-1)
-    latents = torch.zeros_like(pre).scatter(-1, indices, values.relu())  # (n, m)
-    x_hat = latents @ sae.W_dec + sae.b_dec
-    loss = (x_hat - target).pow(2).sum() / (target - target.mean(0)).pow(2).sum()
+    values, indices = pre.topk(cfg.k, dim=-1)  # largest first
+    variance = (target - target.mean(0)).pow(2).sum()
+    kept = {"topk": [(values, indices)],
+            "matryoshka": [(values * (indices < size), indices) for size in getattr(cfg, "sizes", [])],
+            "multibudget": [(values[:, :b], indices[:, :b]) for b in getattr(cfg, "budgets", None) or []]}[cfg.arch]
+    losses = []
+    for v, i in kept:
+        latents = torch.zeros_like(pre).scatter(-1, i, v.relu())  # (n, m)
+        x_hat = latents @ sae.W_dec + sae.b_dec
+        losses.append((x_hat - target).pow(2).sum() / variance)
+    loss = torch.stack(losses).mean() if cfg.arch == "multibudget" else torch.stack(losses).sum()
     if dead_mask is not None and dead_mask.any():
         k_aux = min(cfg.k_aux or x.shape[1] // 2, int(dead_mask.sum()))
         aux_v, aux_i = pre.masked_fill(~dead_mask, -torch.inf).topk(k_aux, dim=-1)
@@ -29,20 +37,28 @@ def dense_reference(sae, x, dead_mask, target=None):
     return loss, x_hat
 
 
+def config_class(arch):
+    return ARCHITECTURES[arch].config_class
+
+
 def grads(sae, loss):
     sae.zero_grad(set_to_none=True)
     loss.backward()
     return {name: p.grad for name, p in sae.named_parameters()}
 
 
+NESTED = {"topk": {}, "matryoshka": {"prefixes": [8, 40]}, "multibudget": {"budgets": [1, 3, 5]}}
+
+
 @pytest.mark.parametrize("dead_fraction", [0.0, 0.3, 1.0], ids=["no-auxk", "auxk", "all-dead"])
 @pytest.mark.parametrize("block_rows", [7, 10_000], ids=["blocks", "one-block"])
 @pytest.mark.parametrize("with_target", [False, True], ids=["sae", "transcoder"])
-def test_sparse_step_matches_dense_reference(monkeypatch, dead_fraction, block_rows, with_target):
+@pytest.mark.parametrize("arch", list(NESTED))
+def test_sparse_step_matches_dense_reference(monkeypatch, dead_fraction, block_rows, with_target, arch):
     n, d, m, k = 50, 12, 96, 5
     monkeypatch.setattr(topk_module, "PRE_BLOCK_ELEMENTS", block_rows * m)
     torch.manual_seed(0)
-    sae = build_sae(TopKConfig(d_in=d, n_latents=m, k=k, k_aux=7)).double()
+    sae = build_sae(config_class(arch)(d_in=d, n_latents=m, k=k, k_aux=7, **NESTED[arch])).double()
     with torch.no_grad():  # biases away from zero so their gradients are exercised
         sae.b_enc.normal_(0, 0.3)
         sae.b_dec.normal_(0, 0.5)
@@ -67,10 +83,13 @@ def test_sparse_step_matches_dense_reference(monkeypatch, dead_fraction, block_r
         torch.testing.assert_close(ours[name], ref[name], rtol=1e-9, atol=1e-12, msg=name)
 
 
-def test_float32_step_matches_dense_reference():
-    """At the training dtype (float32) and a realistic width the two agree to float tolerance."""
+@pytest.mark.parametrize("arch", list(NESTED))
+def test_float32_step_matches_dense_reference(arch):
+    """At the training dtype (float32, the compiled top-k) and a realistic width the two agree to float
+    tolerance."""
     torch.manual_seed(1)
-    sae = build_sae(TopKConfig(d_in=64, n_latents=1024, k=16))
+    nested = {"topk": {}, "matryoshka": {"prefixes": [64, 256]}, "multibudget": {"budgets": [4, 8, 16]}}[arch]
+    sae = build_sae(config_class(arch)(d_in=64, n_latents=1024, k=16, **nested))
     x = torch.randn(512, 64)
     dead = torch.rand(1024) < 0.2
     out = sae.training_output(x, dead_mask=dead, progress=0.0)
@@ -189,3 +208,28 @@ def test_exact_topk_falls_back_where_blocks_do_not_pay(m, k):
     assert block_size(m, k) is None
     assert_same_topk(pre, k)
     assert_same_topk(pre[:, ::1].t().contiguous().t(), k)  # a non-contiguous block
+
+
+def test_compiled_topk_with_bias_matches_torch_topk():
+    """cpu_topk's kernel selects the top k of pre + bias exactly, without writing the sum."""
+    from sparsecode.sae.cpu_topk import topk_with_bias
+
+    g = torch.Generator().manual_seed(3)
+    m, k = 768, 8
+    size = block_size(m, k)
+    peaked = torch.randn(8, m, generator=g)
+    peaked[:, 5::96] += 100  # all of a row's top k in one block
+    cases = [(torch.randn(64, m, generator=g), torch.randn(m, generator=g)),
+             (torch.randint(0, 4, (64, m), generator=g).float(), torch.randint(0, 2, (m,), generator=g).float()),
+             (torch.zeros(4, m), torch.zeros(m)),  # one value everywhere
+             (torch.full((4, m), -torch.inf), torch.zeros(m)),
+             (peaked, torch.randn(m, generator=g) * 0.01),
+             (torch.randn(16, m, generator=g), torch.randn(m, generator=g) * 50)]  # the bias dominates
+    for pre, bias in cases:
+        values, indices = torch.full((len(pre), k), torch.nan), torch.full((len(pre), k), -1)
+        topk_with_bias(pre, bias, k, size, out=(values, indices))
+        full = pre + bias
+        reference = full.topk(k, dim=-1).values
+        torch.testing.assert_close(values.sort(-1, descending=True).values, reference, rtol=0, atol=0)
+        torch.testing.assert_close(full.gather(1, indices), values, rtol=0, atol=0)
+        assert all(len(set(row)) == k for row in indices.tolist())

@@ -137,12 +137,12 @@ def test_sharded_stores_split_every_batch_and_read_only_their_rows(tmp_path):
     reference = [next(whole) for _ in range(20)]  # crosses fills and the 800-row epoch
     # one store per shard, or two shards in one store: together they yield exactly the global batches
     parts = [ActivationStore(source, batch_size=60, buffer_rows=240, seed=1, shards=3, own=own)
-             for own in (range(0, 1), range(1, 3))]
+             for own in (range(1), range(1, 3))]
     for i in range(20):
         assert torch.equal(torch.cat([next(p) for p in parts]), reference[i])
     # shard 0 alone reads only the first third of each 240-row fill
     read.clear()
-    alone = ActivationStore(source, batch_size=60, buffer_rows=240, seed=1, shards=3, own=range(0, 1))
+    alone = ActivationStore(source, batch_size=60, buffer_rows=240, seed=1, shards=3, own=range(1))
     rows = torch.cat([next(alone) for _ in range(8)])  # two fills
     assert rows.shape == (8 * 20, 4)
     assert sorted((rows[:, 0] // 4).long().tolist()) == list(range(0, 80)) + list(range(240, 320))

@@ -41,7 +41,8 @@ def _sift_down(values, indices, k, pos):  # pragma: no cover - compiled
     values[pos], indices[pos] = v, ix
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath=True)
+# fast-math without "no NaN / no inf": as fast here, and an all -inf row stays well defined
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"nsz", "arcp", "contract", "reassoc", "afn"})
 def _topk_rows(pre, bias, k, size, n_parts, out_values, out_indices):  # pragma: no cover - compiled
     n, m = pre.shape
     n_blocks = m // size

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .base import TrainOutput
-from .common import fvu, topk_train_output
+from .base import total_variance
+from .sparse import SparsePattern, sparse_decode
 from .topk import TopKConfig, TopKSAE
 
 
@@ -50,15 +51,15 @@ class MatryoshkaSAE(TopKSAE):
         latents[:, size:] = 0
         return latents
 
-    def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float,
-                        target: torch.Tensor | None = None) -> TrainOutput:
-        pre = self.pre_acts(x)  # (n, n_latents)
-        values, indices = self.select(pre)  # (n, k)
+    def _reconstruction_loss(self, values: torch.Tensor, pattern: SparsePattern,
+                             target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Sum of the nested prefixes' FVUs, each decoded sparsely from the winners inside the prefix (the
+        winners are ranked over the whole dictionary, as at inference)."""
+        variance = total_variance(target)
         losses = []
         for size in self.cfg.sizes:
-            x_hat = self.decode_sparse(values * (indices < size), indices)  # (n, d_in)
-            losses.append(fvu(x_hat, x))
-        loss = torch.stack(losses).sum()
+            kept = values if size == self.cfg.n_latents else values * (pattern.indices < size)  # (n, k)
+            x_hat = sparse_decode(kept, pattern, self.W_dec) + self.b_dec  # (n, d_in)
+            losses.append(F.mse_loss(x_hat, target, reduction="sum") / variance)
         metrics = {"fvu": losses[-1].detach(), **{f"fvu_{s}": v.detach() for s, v in zip(self.cfg.prefixes, losses)}}
-        return topk_train_output(self, pre=pre, values=values, indices=indices, target=x, x_hat=x_hat,
-                                 loss=loss, metrics=metrics, dead_mask=dead_mask)
+        return torch.stack(losses).sum(), x_hat, metrics

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .base import TrainOutput
-from .common import fvu, topk_train_output
+from .base import total_variance
+from .sparse import SparsePattern, sparse_decode
 from .topk import TopKConfig, TopKSAE
 
 
@@ -52,15 +53,19 @@ class MultiBudgetSAE(TopKSAE):
         return torch.zeros(x.shape[0], self.cfg.n_latents, dtype=values.dtype, device=values.device).scatter_(
             -1, indices, values)
 
-    def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float,
-                        target: torch.Tensor | None = None) -> TrainOutput:
-        pre = self.pre_acts(x)  # (n, n_latents)
-        values, indices = self.select_at(pre, self.cfg.k)  # (n, k), largest first
+    def _order_winners(self, top_pre: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        top_pre, order = top_pre.sort(dim=-1, descending=True)  # (n, k): budget b keeps the first b
+        return top_pre, indices.gather(1, order)
+
+    def _reconstruction_loss(self, values: torch.Tensor, pattern: SparsePattern,
+                             target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean of the budgets' FVUs; budget b decodes the b largest winners (a mask on the shared pattern)."""
+        variance = total_variance(target)
+        rank = torch.arange(values.shape[1], device=values.device)  # (k,)
         losses = []
         for b in self.cfg.budgets:
-            x_hat = self.decode_sparse(values[:, :b], indices[:, :b])  # (n, d_in)
-            losses.append(fvu(x_hat, x))
-        loss = torch.stack(losses).mean()
+            kept = values if b == values.shape[1] else values * (rank < b)  # (n, k)
+            x_hat = sparse_decode(kept, pattern, self.W_dec) + self.b_dec  # (n, d_in)
+            losses.append(F.mse_loss(x_hat, target, reduction="sum") / variance)
         metrics = {"fvu": losses[-1].detach(), **{f"fvu_k{b}": v.detach() for b, v in zip(self.cfg.budgets, losses)}}
-        return topk_train_output(self, pre=pre, values=values, indices=indices, target=x, x_hat=x_hat,
-                                 loss=loss, metrics=metrics, dead_mask=dead_mask)
+        return torch.stack(losses).mean(), x_hat, metrics

@@ -73,12 +73,10 @@ class TopKSAE(SparseAutoencoder):
     def _sparse_loss(self, x: torch.Tensor, target: torch.Tensor, top_pre: torch.Tensor, indices: torch.Tensor,
                      auxk: _DeadTopK | None) -> TrainOutput:
         n_latents = self.cfg.n_latents
+        top_pre, indices = self._order_winners(top_pre, indices)
         pattern = SparsePattern(indices, n_latents)
         values = gathered_pre_acts(top_pre, x, self.W_enc, self.b_enc, self.b_dec, pattern).relu()  # (n, k)
-        x_hat = sparse_decode(values, pattern, self.W_dec) + self.b_dec  # (n, d_in)
-        fvu = F.mse_loss(x_hat, target, reduction="sum") / total_variance(target)
-        loss = fvu
-        metrics = {"fvu": fvu.detach()}
+        loss, x_hat, metrics = self._reconstruction_loss(values, pattern, target)
 
         if auxk:
             # Only dead latents compete: model the residual the live latents leave.
@@ -96,6 +94,18 @@ class TopKSAE(SparseAutoencoder):
             0, pattern.flat, active.view(-1).to(torch.uint8), "amax").bool()  # from the k winners only
         metrics["l0"] = active.sum() / x.shape[0]
         return TrainOutput(loss=loss, x_hat=x_hat, fired=fired, metrics=metrics)
+
+    def _order_winners(self, top_pre: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (n, k) winners in the order the loss needs (any order here; largest first for multi-budget)."""
+        return top_pre, indices
+
+    def _reconstruction_loss(self, values: torch.Tensor, pattern: SparsePattern,
+                             target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss, (n, d_out) reconstruction and metrics from the (n, k) ReLU'd winners; nested dictionaries
+        (Matryoshka, multi-budget) override it to add their partial reconstructions."""
+        x_hat = sparse_decode(values, pattern, self.W_dec) + self.b_dec  # (n, d_in)
+        fvu = F.mse_loss(x_hat, target, reduction="sum") / total_variance(target)
+        return fvu, x_hat, {"fvu": fvu.detach()}
 
     def _auxk_selector(self, dead_mask: torch.Tensor | None, d_in: int) -> _DeadTopK | None:
         if dead_mask is None or self.cfg.auxk_alpha <= 0 or not bool(dead_mask.any()):
