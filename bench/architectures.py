@@ -61,9 +61,9 @@ def minilm_runs(k: int) -> list[tuple[str, str, dict]]:
         ("batchtopk", "batchtopk", {"k": k}),
         ("batchtopk raw-rank", "batchtopk", {"k": k, "rank_relative": False}),
         ("jumprelu", "jumprelu", {"target_l0": float(k)}),
-        ("jumprelu relative", "jumprelu", {"target_l0": float(k), "relative_threshold": True}),
-        ("gated", "gated", {"target_l0": float(k)}),
-        ("relu", "relu", {"target_l0": float(k)}),
+        # starting L1 coefficients within ~10x of what L0 32 needs (the controller then has room to settle)
+        ("gated", "gated", {"target_l0": float(k), "l1": 20.0}),
+        ("relu", "relu", {"target_l0": float(k), "l1": 30.0}),
         ("matryoshka", "matryoshka", {"k": k}),
         ("multibudget", "multibudget", {"budgets": [k // 2, k, 2 * k]}),
         ("mp", "mp", {"mp_steps": k}),

@@ -3,7 +3,9 @@ tests/test_architectures.py (512 features in 64 dims, 5 active; recovery = fract
 best decoder row has cosine >= 0.9).
 
     python bench/recovery.py batchtopk '{"k": 5}' --tokens 300000
-    python bench/recovery.py jumprelu '{"target_l0": 5.0}' --tokens 300000 --seeds 0 1
+    python bench/recovery.py batchtopk '{"k": 5, "rank_relative": false}'        # the paper's raw ranking
+    python bench/recovery.py jumprelu '{"target_l0": 5.0, "relative_threshold": true}' --lr 1.2e-2 --seeds 0 1
+    python bench/recovery.py gated '{"target_l0": 5.0}' --lr default --tokens 1000000
 """
 
 from __future__ import annotations

@@ -75,19 +75,23 @@ class L0Controller(nn.Module):
     """Steers a sparsity coefficient so that the training L0 settles at ``target``.
 
     A proportional-integral controller in log space, on the error e = log(batch L0 / target) clipped to ±1:
-    log coefficient = log base + I + e, and after every step I moves by ``speed`` × (fraction of training the
-    step covers) × e. In log space the coefficient spans orders of magnitude and never changes sign; the
-    integral can move by at most e^(speed / 100) per 1% of training whatever the run's length, and the
-    proportional term reacts at once when the L0 crosses the target, damping the oscillation the L0's lag
-    behind the coefficient would otherwise cause. The state (integral, last error, progress of the last
-    update) lives in buffers, saved with the weights in checkpoints, so a resumed run continues exactly. Under
-    data-parallel training the batch L0 is first averaged over the processes, so all apply the same coefficient.
+    log coefficient = log base + I + e, and after every step I moves by r × e, with r = ``speed`` × (fraction
+    of training the step covers) but at most ``max_rate``. In log space the coefficient spans orders of
+    magnitude and never changes sign. The L0 lags the coefficient by tens of steps, and an overshoot is fatal
+    to ReLU-like encoders (latents pushed below zero everywhere get no gradient and never come back), so the
+    integral moves slowly: at most e^(speed / 100) per 1% of training and e^max_rate per step (a 1M-token run
+    of 244 steps can still move it ~10x); the proportional term reacts at once when the L0 crosses the
+    target, damping the oscillation. A coefficient that starts within ~10x of what the target needs is
+    reached within ~100 steps. The state (integral, last error, progress of the last update) lives in
+    buffers, saved with the weights in checkpoints, so a resumed run continues exactly. Under data-parallel
+    training the batch L0 is first averaged over the processes, so all apply the same coefficient.
     """
 
-    def __init__(self, target: float, speed: float = 12.0) -> None:
+    def __init__(self, target: float, speed: float = 12.0, max_rate: float = 0.01) -> None:
         super().__init__()
         self.target = target
         self.speed = speed
+        self.max_rate = max_rate
         self.register_buffer("log_multiplier", torch.zeros(()))  # the integral term
         self.register_buffer("last_error", torch.zeros(()))
         self.register_buffer("last_progress", torch.zeros(()))
@@ -105,8 +109,8 @@ class L0Controller(nn.Module):
             dist.all_reduce(l0)
             l0 /= dist.get_world_size()
         error = (l0[0].clamp_min(1e-2) / self.target).log().clamp(-1.0, 1.0)  # a tensor: no device-to-host sync
-        step = (progress - self.last_progress).clamp(0.0, 0.01)  # the first update counts as at most 1% of training
-        self.log_multiplier.add_(self.speed * step * error).clamp_(-30.0, 30.0)
+        rate = (self.speed * (progress - self.last_progress)).clamp(0.0, self.max_rate)
+        self.log_multiplier.add_(rate * error).clamp_(-30.0, 30.0)
         self.last_error.copy_(error)
         self.last_progress.fill_(progress)
 
