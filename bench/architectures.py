@@ -60,8 +60,8 @@ def minilm_runs(k: int) -> list[tuple[str, str, dict]]:
         ("topk", "topk", {"k": k}),
         ("batchtopk", "batchtopk", {"k": k}),
         ("batchtopk raw-rank", "batchtopk", {"k": k, "rank_relative": False}),
-        ("jumprelu", "jumprelu", {"target_l0": float(k)}),
-        # starting L1 coefficients within ~10x of what L0 32 needs (the controller then has room to settle)
+        # starting coefficients within ~10x of what L0 32 needs (the controller then has room to settle)
+        ("jumprelu", "jumprelu", {"target_l0": float(k), "l0_coefficient": 5.0}),
         ("gated", "gated", {"target_l0": float(k), "l1": 20.0}),
         ("relu", "relu", {"target_l0": float(k), "l1": 30.0}),
         ("matryoshka", "matryoshka", {"k": k}),
