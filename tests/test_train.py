@@ -51,8 +51,9 @@ RELU_L1 = 5.0
 @pytest.mark.parametrize("sae_config", [TopKConfig(d_in=16, n_latents=64, k=3),
                                         ReLUConfig(d_in=16, n_latents=64, l1=1.0),
                                         BatchTopKConfig(d_in=16, n_latents=64, k=3),  # a running-threshold buffer
-                                        JumpReLUConfig(d_in=16, n_latents=64, target_l0=3.0)],
-                         ids=["topk", "relu", "batchtopk", "jumprelu"])
+                                        JumpReLUConfig(d_in=16, n_latents=64, target_l0=3.0),  # L0 controller
+                                        ReLUConfig(d_in=16, n_latents=64, target_l0=3.0)],
+                         ids=["topk", "relu", "batchtopk", "jumprelu", "relu-target-l0"])
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, sae_config):
     src_cfg = SyntheticSourceConfig(n_features=64, dim=16, active=3, seed=2)
     # small buffer so the interruption falls mid-way through a later shuffle fill; dead_tokens small so

@@ -22,7 +22,7 @@ EPILOG_TRAIN = """examples:
   sparsecode train --activations recordings.npy --arch relu --l1 5 --latents 4096 --out runs/rec
   sparsecode train --synthetic features=512,dim=64,active=5 --arch topk --k 5 --latents 512 --out runs/toy
   sparsecode train --hook encoder.layer.3 --arch batchtopk --k 32 --out runs/btk   (also jumprelu, gated, ...)
-  sparsecode train --hook encoder.layer.3 --arch jumprelu --target-l0 32 --out runs/jr
+  sparsecode train --hook encoder.layer.3 --arch jumprelu --target-l0 32 --out runs/jr   (also relu, gated)
   sparsecode train --hook encoder.layer.3 --arch multibudget --budgets 16,32,64,128 --out runs/mb
   sparsecode train --hook encoder.layer.3.intermediate --hook-side input --target-hook encoder.layer.3.output.dense \\
       --arch transcoder --k 32 --skip --out runs/tc3     (MLP input -> MLP output of block 3)
@@ -103,8 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "matryoshka, multibudget (the largest budget), transcoder (default 32)")
     d.add_argument("--l1", type=float, help="L1 coefficient: relu (default 5), gated (default 2)")
     d.add_argument("--l0-coefficient", type=float, metavar="λ", help="jumprelu: weight of the L0 penalty "
-                   "(default 1), or of the pull toward --target-l0 (default 100)")
-    d.add_argument("--target-l0", type=float, metavar="L0", help="jumprelu: steer the L0 toward this value")
+                   "(default 1; with --target-l0, its starting value)")
+    d.add_argument("--target-l0", type=float, metavar="L0", help="relu, gated, jumprelu: adapt the sparsity "
+                   "coefficient (--l1 or --l0-coefficient, then only its starting value) during training so that "
+                   "the L0 settles at this many active latents per token")
     d.add_argument("--budgets", type=count_list, metavar="K1,K2,..", help="multibudget: the k values to train "
                    "for, e.g. 16,32,64,128 (default k/4,k/2,k)")
     d.add_argument("--prefixes", type=count_list, metavar="N1,N2,..", help="matryoshka: nested prefix sizes "
@@ -166,7 +168,7 @@ ARCH_FLAGS = {  # dictionary flag -> (config field, the architectures it applies
     "k": ("k", ("topk", "batchtopk", "matryoshka", "multibudget", "transcoder")),
     "l1": ("l1", ("relu", "gated")),
     "l0_coefficient": ("l0_coefficient", ("jumprelu",)),
-    "target_l0": ("target_l0", ("jumprelu",)),
+    "target_l0": ("target_l0", ("relu", "gated", "jumprelu")),
     "budgets": ("budgets", ("multibudget",)),
     "prefixes": ("prefixes", ("matryoshka",)),
     "mp_steps": ("mp_steps", ("mp",)),

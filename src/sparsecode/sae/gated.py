@@ -10,13 +10,13 @@ from dataclasses import dataclass
 import torch
 
 from .base import SparseAutoencoder, TrainOutput
-from .common import fvu, l0
+from .common import L0Controller, fvu, l0, steered
 from .relu import ReLUConfig
 
 
 @dataclass
 class GatedConfig(ReLUConfig):
-    """ReLU's L1 settings (``l1``, ``l1_warmup``), applied to the gate path only."""
+    """ReLU's L1 settings (``l1``, ``l1_warmup``, ``target_l0``), applied to the gate path only."""
 
     l1: float = 2.0
     """L1 coefficient λ on the gate's rectified pre-activations weighted by decoder row norms
@@ -35,6 +35,8 @@ class GatedSAE(SparseAutoencoder):
         super().__init__(cfg)
         self.r_mag = torch.nn.Parameter(torch.zeros(cfg.n_latents))
         self.b_mag = torch.nn.Parameter(torch.zeros(cfg.n_latents))
+        if cfg.target_l0 is not None:
+            self.l0_controller = L0Controller(cfg.target_l0)
 
     def _paths(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gate and magnitude pre-activations, each (n, n_latents)."""
@@ -55,9 +57,11 @@ class GatedSAE(SparseAutoencoder):
         # The gate alone, through a frozen decoder, must reconstruct x: this trains W_enc and b_enc.
         x_hat_gate = gate_acts @ self.W_dec.detach() + self.b_dec.detach()  # (n, d_in)
         aux = (x_hat_gate - x).pow(2).sum(-1).mean()
-        ramp = 1.0 if self.cfg.l1_warmup == 0 else min(1.0, progress / self.cfg.l1_warmup)
-        loss = (x_hat - x).pow(2).sum(-1).mean() + self.cfg.l1 * ramp * sparsity + aux
-        metrics = {"fvu": fvu(x_hat, x).detach(), "l0": l0(latents), "l1": sparsity.detach(), "aux_loss": aux.detach()}
+        batch_l0 = l0(latents)
+        coefficient = steered(self, self.cfg.l1, self.cfg.l1_warmup, progress, batch_l0)
+        loss = (x_hat - x).pow(2).sum(-1).mean() + coefficient * sparsity + aux
+        metrics = {"fvu": fvu(x_hat, x).detach(), "l0": batch_l0, "l1": sparsity.detach(), "aux_loss": aux.detach(),
+                   "l1_coefficient": coefficient.detach()}
         return TrainOutput(loss=loss, x_hat=x_hat, fired=(latents > 0).any(0), metrics=metrics)
 
     def _fold_extra(self, scale: float) -> None:

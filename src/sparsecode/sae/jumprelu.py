@@ -1,6 +1,7 @@
 """JumpReLU SAE (Rajamanoharan et al. 2024, "Jumping ahead"): f = z · H(z − θ) with a learned threshold θ per
 latent. The step function has no useful gradient, so θ learns through straight-through estimators with a
-rectangle kernel of width ``bandwidth``; sparsity comes from an L0 penalty (or a pull toward a target L0)."""
+rectangle kernel of width ``bandwidth``; sparsity comes from an L0 penalty, whose weight can adapt to reach a
+target L0."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 
 from ..errors import ConfigError
 from .base import SAEConfig, SparseAutoencoder, TrainOutput
-from .common import fvu
+from .common import L0Controller, check_target_l0, fvu, steered
 
 
 def _rectangle(u: torch.Tensor) -> torch.Tensor:
@@ -54,28 +55,29 @@ class _Step(torch.autograd.Function):
 
 @dataclass
 class JumpReLUConfig(SAEConfig):
-    l0_coefficient: float | None = None
-    """λ in ‖x − x̂‖² + λ·L0 (inputs normalised to E‖x‖² = d_in), or in ‖x − x̂‖² + λ·(L0 − t)²/t with a target
-    L0 t; None means 1, or 100 with a target (the L0 then settles within a few % of t)."""
+    l0_coefficient: float = 1.0
+    """λ in ‖x − x̂‖² + λ·L0 (inputs normalised to E‖x‖² = d_in); with ``target_l0``, its starting value."""
     target_l0: float | None = None
-    """If set, penalise the distance of the batch L0 from this target instead of the L0 itself."""
+    """If set, λ adapts during training so that the L0 settles at this many active latents per row; see
+    ``common.L0Controller``."""
     bandwidth: float = 0.05
     """Width ε of the rectangle kernel of the straight-through estimators (in normalised input units)."""
     threshold_init: float = 1.0
     """Initial threshold of every latent."""
     l0_warmup: float = 0.05
     """Fraction of training over which λ ramps linearly from 0 to its full value."""
+    relative_threshold: bool = False
+    """Compare each pre-activation divided by its row's RMS ‖x − b_dec‖ / √d_in (about 1 on normalised inputs)
+    with θ, instead of the pre-activation itself: interference between features in superposition grows with a
+    row's norm, and a threshold relative to it keeps false activations of large rows out."""
 
     arch = "jumprelu"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.l0_coefficient is None:
-            self.l0_coefficient = 1.0 if self.target_l0 is None else 100.0
-        if self.l0_coefficient < 0:
-            raise ConfigError(f"sae.l0_coefficient must be >= 0, got {self.l0_coefficient}")
-        if self.target_l0 is not None and not 0 < self.target_l0 <= self.n_latents:
-            raise ConfigError(f"sae.target_l0 must be in (0, n_latents={self.n_latents}], got {self.target_l0}")
+        if self.l0_coefficient < 0 or (self.target_l0 is not None and self.l0_coefficient == 0):
+            raise ConfigError(f"sae.l0_coefficient must be >= 0 (> 0 with a target_l0), got {self.l0_coefficient}")
+        check_target_l0(self)
         if self.bandwidth <= 0 or self.threshold_init <= 0:
             raise ConfigError("sae.bandwidth and sae.threshold_init must be > 0, got "
                               f"{self.bandwidth} and {self.threshold_init}")
@@ -90,30 +92,43 @@ class JumpReLUSAE(SparseAutoencoder):
     def __init__(self, cfg: JumpReLUConfig) -> None:
         super().__init__(cfg)
         self.log_threshold = torch.nn.Parameter(torch.full((cfg.n_latents,), math.log(cfg.threshold_init)))
+        if cfg.target_l0 is not None:
+            self.l0_controller = L0Controller(cfg.target_l0)
 
     @property
     def threshold(self) -> torch.Tensor:
         """(n_latents,) per-latent thresholds θ."""
         return self.log_threshold.exp()
 
+    @torch.no_grad()
+    def row_rms(self, x: torch.Tensor) -> torch.Tensor | None:
+        """(n, 1) RMS of x − b_dec that pre-activations are divided by before the threshold (None: not relative)."""
+        if not self.cfg.relative_threshold:
+            return None
+        return ((x - self.b_dec).norm(dim=-1, keepdim=True) / math.sqrt(self.cfg.d_in)).clamp_min(1e-12)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.pre_acts(x)  # (n, n_latents)
-        return pre * (pre > self.threshold)
+        rms = self.row_rms(x)
+        return pre * ((pre if rms is None else pre / rms) > self.threshold)
 
     def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float,
                         target: torch.Tensor | None = None) -> TrainOutput:
         pre = self.pre_acts(x).relu()  # (n, n_latents); θ > 0, so negative entries never pass
+        rms = self.row_rms(x)  # (n, 1) or None
+        z = pre if rms is None else pre / rms  # what the threshold sees
         theta = self.threshold
-        latents = _JumpReLU.apply(pre, theta, self.cfg.bandwidth)  # (n, n_latents)
+        latents = _JumpReLU.apply(z, theta, self.cfg.bandwidth)  # (n, n_latents)
+        latents = latents if rms is None else latents * rms  # = pre · H(z − θ), with ∂/∂pre = H(z − θ)
         x_hat = self.decode(latents)  # (n, d_in)
         sq_err = (x_hat - x).pow(2).sum(-1).mean()
-        l0 = _Step.apply(pre, theta, self.cfg.bandwidth).sum(-1).mean()
-        ramp = 1.0 if self.cfg.l0_warmup == 0 else min(1.0, progress / self.cfg.l0_warmup)
-        t = self.cfg.target_l0
-        penalty = l0 if t is None else (l0 - t).pow(2) / t
-        loss = sq_err + self.cfg.l0_coefficient * ramp * penalty
-        metrics = {"fvu": fvu(x_hat, x).detach(), "l0": l0.detach(), "mean_threshold": theta.mean().detach()}
+        l0 = _Step.apply(z, theta, self.cfg.bandwidth).sum(-1).mean()
+        coefficient = steered(self, self.cfg.l0_coefficient, self.cfg.l0_warmup, progress, l0.detach())
+        loss = sq_err + coefficient * l0
+        metrics = {"fvu": fvu(x_hat, x).detach(), "l0": l0.detach(), "mean_threshold": theta.mean().detach(),
+                   "l0_coefficient": coefficient.detach()}
         return TrainOutput(loss=loss, x_hat=x_hat, fired=(latents > 0).any(0), metrics=metrics)
 
     def _fold_extra(self, scale: float) -> None:
-        self.log_threshold -= math.log(scale)
+        if not self.cfg.relative_threshold:  # a ratio to the row's RMS does not scale
+            self.log_threshold -= math.log(scale)

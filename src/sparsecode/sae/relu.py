@@ -9,6 +9,7 @@ import torch
 
 from ..errors import ConfigError
 from .base import SAEConfig, SparseAutoencoder, TrainOutput
+from .common import L0Controller, check_target_l0, steered
 
 
 @dataclass
@@ -17,6 +18,9 @@ class ReLUConfig(SAEConfig):
     """L1 coefficient λ in  ‖x − x̂‖² + λ Σ_i f_i ‖W_dec,i‖  (inputs normalised to E‖x‖² = d_in)."""
     l1_warmup: float = 0.05
     """Fraction of training over which λ ramps linearly from 0 to its full value."""
+    target_l0: float | None = None
+    """If set, λ adapts during training (``l1`` is its starting value) so that the L0 settles at this many active
+    latents per row; see ``common.L0Controller``."""
 
     arch = "relu"
 
@@ -26,11 +30,17 @@ class ReLUConfig(SAEConfig):
             raise ConfigError(f"sae.l1 must be >= 0, got {self.l1}")
         if not 0 <= self.l1_warmup <= 1:
             raise ConfigError(f"sae.l1_warmup must be in [0, 1], got {self.l1_warmup}")
+        check_target_l0(self)
 
 
 class ReLUSAE(SparseAutoencoder):
     config_class = ReLUConfig
     cfg: ReLUConfig
+
+    def __init__(self, cfg: ReLUConfig) -> None:
+        super().__init__(cfg)
+        if cfg.target_l0 is not None:
+            self.l0_controller = L0Controller(cfg.target_l0)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.pre_acts(x).relu()
@@ -41,8 +51,9 @@ class ReLUSAE(SparseAutoencoder):
         x_hat = self.decode(latents)  # (n, d_in)
         sq_err = (x_hat - x).pow(2).sum(-1).mean()
         weighted_l1 = (latents * self.W_dec.norm(dim=1)).sum(-1).mean()
-        ramp = 1.0 if self.cfg.l1_warmup == 0 else min(1.0, progress / self.cfg.l1_warmup)
-        loss = sq_err + self.cfg.l1 * ramp * weighted_l1
+        l0 = (latents > 0).sum(-1).float().mean().detach()
+        coefficient = steered(self, self.cfg.l1, self.cfg.l1_warmup, progress, l0)
+        loss = sq_err + coefficient * weighted_l1
         fvu = (x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
-        metrics = {"fvu": fvu.detach(), "l1": weighted_l1.detach(), "l0": (latents > 0).sum(-1).float().mean().detach()}
+        metrics = {"fvu": fvu.detach(), "l1": weighted_l1.detach(), "l0": l0, "l1_coefficient": coefficient.detach()}
         return TrainOutput(loss=loss, x_hat=x_hat, fired=(latents > 0).any(0), metrics=metrics)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .base import SAEConfig, SparseAutoencoder, TrainOutput, total_variance
+from .common import auxk_loss
 from .sparse import SparsePattern, chunked_topk, exact_topk, gathered_pre_acts, gemm_dtype, sparse_decode
 
 
@@ -82,10 +83,7 @@ class TopKSAE(SparseAutoencoder):
             # Only dead latents compete: model the residual the live latents leave.
             aux_pattern = SparsePattern(auxk.indices, n_latents)
             aux_values = gathered_pre_acts(auxk.values.to(x.dtype), x, self.W_enc, self.b_enc, self.b_dec, aux_pattern).relu()
-            err_hat = sparse_decode(aux_values, aux_pattern, self.W_dec)  # (n, d_in)
-            residual = (target - x_hat).detach()
-            aux_loss = F.mse_loss(err_hat, residual, reduction="sum") / total_variance(residual).clamp_min(1e-12)
-            aux_loss = torch.nan_to_num(aux_loss, nan=0.0)
+            aux_loss = auxk_loss(aux_values, auxk.indices, self.W_dec, (target - x_hat).detach())
             loss = loss + self.cfg.auxk_alpha * aux_loss
             metrics["auxk_loss"] = aux_loss.detach()
 
