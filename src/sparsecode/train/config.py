@@ -11,6 +11,8 @@ from ..errors import ConfigError
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+MAX_DEFAULT_LR = 1e-2
+"""Ceiling of the default learning rate: TopK's rule would give 0.077 at 64 latents, where latents die."""
 
 
 @dataclass
@@ -91,8 +93,11 @@ class TrainConfig:
         return self.warmup_steps if self.warmup_steps is not None else min(50, self.total_steps // 10)
 
     def learning_rate(self, n_latents: int, base_lr: float = 6e-4) -> float:
-        """The peak learning rate: ``lr``, or the architecture's ``base_lr`` scaled to the dictionary size."""
-        return self.lr if self.lr is not None else base_lr / math.sqrt(n_latents / 2**14)
+        """The peak learning rate: ``lr``, or the architecture's ``base_lr`` scaled to the dictionary size and
+        capped at ``MAX_DEFAULT_LR`` (the 1/sqrt scaling explodes for toy dictionaries of a few dozen latents)."""
+        if self.lr is not None:
+            return self.lr
+        return min(base_lr / math.sqrt(n_latents / 2**14), MAX_DEFAULT_LR)
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of the peak learning rate at ``step``: linear warmup, flat, linear decay to 0."""
