@@ -233,3 +233,55 @@ def test_compiled_topk_with_bias_matches_torch_topk():
         torch.testing.assert_close(values.sort(-1, descending=True).values, reference, rtol=0, atol=0)
         torch.testing.assert_close(full.gather(1, indices), values, rtol=0, atol=0)
         assert all(len(set(row)) == k for row in indices.tolist())
+
+
+@pytest.mark.parametrize("rank_relative", [True, False], ids=["relative", "raw"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_batchtopk_sparse_step_matches_its_dense_step(monkeypatch, rank_relative, dtype):
+    """BatchTopK's candidates-per-row step gives the dense batch ranking's loss, gradients and threshold; a
+    batch where some row keeps all its candidates takes the dense path itself."""
+    from sparsecode.sae import BatchTopKConfig
+    from sparsecode.sae import batchtopk as batchtopk_module
+
+    torch.manual_seed(4)
+    n, d, m, k = 64, 16, 256, 4
+    x = torch.randn(n, d, dtype=dtype)
+    if not rank_relative:  # raw ranking gives the largest rows most of the budget: more candidates per row
+        monkeypatch.setattr(batchtopk_module, "CANDIDATES_PER_K", 16)
+    if rank_relative:  # rows of varied norm (raw ranking would hand them all their candidates)
+        x = x * torch.rand(n, 1, dtype=dtype).mul(3).add(0.2)
+    dead = torch.rand(m) < 0.3
+    saes = [build_sae(BatchTopKConfig(d_in=d, n_latents=m, k=k, k_aux=6, rank_relative=rank_relative)).to(dtype)
+            for _ in range(2)]
+    with torch.no_grad():
+        saes[0].b_enc.normal_(0, 0.1)
+        saes[1].b_enc.copy_(saes[0].b_enc)
+    calls = []
+    sae = saes[0]
+    original = sae._dense_training_output
+    sae._dense_training_output = lambda *a: calls.append(1) or original(*a)
+    sparse_out = saes[0].training_output(x, dead_mask=dead, progress=0.5)
+    assert calls == []  # an ordinary batch takes the sparse path
+    dense_out = saes[1]._dense_training_output(x, dead)
+    tol = {"rtol": 1e-9, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-6}
+    torch.testing.assert_close(sparse_out.loss, dense_out.loss, **tol)
+    torch.testing.assert_close(sparse_out.x_hat, dense_out.x_hat, **tol)
+    assert torch.equal(sparse_out.fired, dense_out.fired)
+    torch.testing.assert_close(sparse_out.metrics["l0"], dense_out.metrics["l0"])
+    torch.testing.assert_close(saes[0].threshold, saes[1].threshold, **tol)
+    assert "auxk_loss" in sparse_out.metrics
+    ours, ref = grads(saes[0], sparse_out.loss), grads(saes[1], dense_out.loss)
+    for name in ref:
+        assert ref[name].abs().sum() > 0, name
+        torch.testing.assert_close(ours[name], ref[name], msg=name, **tol)
+
+    # a row aligned with more identical encoder columns than it has candidates keeps all of them: the batch
+    # ranking might also want its next latent, so the dense path runs instead
+    u = torch.nn.functional.normalize(torch.randn(d, dtype=dtype), dim=0)
+    with torch.no_grad():
+        sae.W_enc[:, : batchtopk_module.CANDIDATES_PER_K * k + 8] = u[:, None]
+        sae.b_enc.zero_()
+    aligned = x.clone()
+    aligned[0] = sae.b_dec.detach() + 5 * u
+    sae.training_output(aligned, dead_mask=None, progress=0.5)
+    assert calls == [1]

@@ -34,6 +34,11 @@ class BatchTopKConfig(TopKConfig):
             raise ConfigError(f"sae.threshold_momentum must be in [0, 1), got {self.threshold_momentum}")
 
 
+CANDIDATES_PER_K = 4
+"""Per-row candidates for the batch ranking, in multiples of k: rows keep up to 4k latents before a batch falls
+back to the dense path."""
+
+
 class BatchTopKSAE(TopKSAE):
     config_class = BatchTopKConfig
     cfg: BatchTopKConfig
@@ -65,6 +70,41 @@ class BatchTopKSAE(TopKSAE):
 
     def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float,
                         target: torch.Tensor | None = None) -> TrainOutput:
+        """TopK's sparse step with a batch-wide ranking. Each row's top ``CANDIDATES_PER_K · k`` pre-activations
+        are its candidates; the batch's k·n largest among them are the batch's k·n largest overall unless a row
+        keeps every candidate (its next one might also qualify) — then the batch takes the dense path."""
+        n, m = x.shape[0], self.cfg.n_latents
+        width = min(m, CANDIDATES_PER_K * self.cfg.k)
+        if width == m:
+            return self._dense_training_output(x, dead_mask)
+        auxk = self._auxk_selector(dead_mask, x.shape[1])
+        top_pre, indices = self._winners(x, width, auxk)  # (n, width) each
+        norms = self.row_norms(x)  # (n, 1) or None
+        with torch.no_grad():
+            ranked = top_pre.relu() if norms is None else top_pre.relu() / norms  # (n, width)
+            chosen = ranked.flatten().topk(min(self.cfg.k * n, ranked.numel()), sorted=False).indices
+            keep = torch.zeros(ranked.numel(), dtype=torch.bool, device=x.device).index_fill_(0, chosen, True)
+            keep = keep.view(n, width)
+            overflow = bool((keep.all(1) & (ranked.amin(1) > 0)).any())
+        if overflow:
+            return self._dense_training_output(x, dead_mask)
+        with torch.autocast(x.device.type, enabled=False):
+            out = self._sparse_loss(x, x, top_pre, indices, auxk, keep=keep)
+        with torch.no_grad():
+            self._update_threshold(ranked[keep & (top_pre > 0)])
+        out.metrics["threshold"] = self.threshold.detach().clone()
+        return out
+
+    @torch.no_grad()
+    def _update_threshold(self, kept: torch.Tensor) -> None:
+        """EMA of the smallest kept (ranked) activation of the batch: the inference threshold."""
+        if kept.numel():
+            smallest = kept.min()
+            m = self.cfg.threshold_momentum
+            self.threshold.copy_(smallest if self.threshold < 0 else m * self.threshold + (1 - m) * smallest)
+
+    def _dense_training_output(self, x: torch.Tensor, dead_mask: torch.Tensor | None) -> TrainOutput:
+        """The plain dense formulation: dense pre-activations, batch top-k over all of them."""
         pre = self.pre_acts(x)  # (n, n_latents)
         norms = self.row_norms(x)  # (n, 1) or None
         latents = self.batch_select(pre, norms)  # (n, n_latents)
@@ -72,13 +112,7 @@ class BatchTopKSAE(TopKSAE):
         loss = fvu(x_hat, x)
         metrics = {"fvu": loss.detach(), "l0": l0(latents)}
         loss = add_auxk(self, pre, dead_mask, (x - x_hat).detach(), loss, metrics)
-        with torch.no_grad():
-            kept = (latents if norms is None else latents / norms)[latents > 0]
-            if kept.numel():
-                smallest = kept.min()
-                m = self.cfg.threshold_momentum
-                new = smallest if self.threshold < 0 else m * self.threshold + (1 - m) * smallest
-                self.threshold.copy_(new)
+        self._update_threshold((latents if norms is None else latents / norms)[latents > 0])
         metrics["threshold"] = self.threshold.detach().clone()
         return TrainOutput(loss=loss, x_hat=x_hat, fired=(latents > 0).any(0), metrics=metrics)
 

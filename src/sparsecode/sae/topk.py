@@ -62,21 +62,29 @@ class TopKSAE(SparseAutoencoder):
         (see ``sparse.py``), with the same values and gradients as the dense formulation."""
         target = x if target is None else target
         auxk = self._auxk_selector(dead_mask, x.shape[1])
-        block = self._pre_block(x)  # in the GEMM's dtype
-        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            bias = self.b_enc - self.b_dec @ self.W_enc  # (n_latents,)
-            top_pre, indices = chunked_topk(x, self.W_enc, bias, self.cfg.k, buffer=block,
-                                            extra=[auxk.see] if auxk else None)  # (n, k) each
-            top_pre = top_pre.to(x.dtype)
+        top_pre, indices = self._winners(x, self.cfg.k, auxk)  # (n, k) each
         with torch.autocast(x.device.type, enabled=False):  # the sparse rest in full precision
             return self._sparse_loss(x, target, top_pre, indices, auxk)
 
+    def _winners(self, x: torch.Tensor, k: int, auxk: _DeadTopK | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top ``k`` pre-activations of every row and their latents, each (n, k), without gradient: the step's
+        one dense product, block by block into the reused scratch block (AuxK sees every block too)."""
+        block = self._pre_block(x)  # in the GEMM's dtype
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            bias = self.b_enc - self.b_dec @ self.W_enc  # (n_latents,)
+            top_pre, indices = chunked_topk(x, self.W_enc, bias, k, buffer=block,
+                                            extra=[auxk.see] if auxk else None)  # (n, k) each
+            return top_pre.to(x.dtype), indices
+
     def _sparse_loss(self, x: torch.Tensor, target: torch.Tensor, top_pre: torch.Tensor, indices: torch.Tensor,
-                     auxk: _DeadTopK | None) -> TrainOutput:
+                     auxk: _DeadTopK | None, keep: torch.Tensor | None = None) -> TrainOutput:
+        """Loss from the (n, k) winners; ``keep`` (n, k) bool drops some of them (BatchTopK's batch ranking)."""
         n_latents = self.cfg.n_latents
         top_pre, indices = self._order_winners(top_pre, indices)
         pattern = SparsePattern(indices, n_latents)
         values = gathered_pre_acts(top_pre, x, self.W_enc, self.b_enc, self.b_dec, pattern).relu()  # (n, k)
+        if keep is not None:
+            values = values * keep
         loss, x_hat, metrics = self._reconstruction_loss(values, pattern, target)
 
         if auxk:
