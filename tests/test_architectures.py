@@ -264,9 +264,8 @@ def test_transcoder_without_targets_is_an_sae():
 # 0.83 of them at cos >= 0.9 in 300k tokens. Interference between features in superposition grows with a row's
 # norm, which threshold encoders must allow for: BatchTopK ranks activations relative to the row norm (its
 # default; raw ranking recovers 0.32) and JumpReLU here thresholds relative to it (``relative_threshold``;
-# absolute thresholds: 0.15 at lr 4e-3, 0.39 with 1M tokens and a third of the latents dead). The
-# penalty-trained JumpReLU and Gated learn ~3x slower than TopK at lr 4e-3 (Gated: 0.01 at 300k tokens, 0.76 at
-# 1M), so they train here at 1.2e-2. Measured, seed 0, with `python bench/recovery.py ARCH 'EXTRA' --lr LR`:
+# absolute thresholds: 0.15 at lr 4e-3). The penalty-trained JumpReLU and Gated learn ~3x slower than TopK
+# at lr 4e-3 (Gated: 0.01 at 300k tokens), so they train here at 1.2e-2. Measured, seed 0, with `python bench/recovery.py ARCH 'EXTRA' --lr LR`:
 # batchtopk 0.80, jumprelu 0.83, gated 0.58, matryoshka 0.73, multibudget 0.83, transcoder 0.86, mp 0.96.
 RECOVERY = {  # arch -> (extra config, training tokens, minimum fraction found at cos >= 0.9)
     "batchtopk": ({"k": 5}, 300_000, 0.7),
