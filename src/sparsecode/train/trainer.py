@@ -162,11 +162,12 @@ class Trainer:
         tc = self.config.train
         if tc.data_shards is None:
             tc.data_shards = self.group.world_size
-        # every process estimates the scales from the same global rows, whatever shards it reads
-        everything = self._make_store(0, all_shards=True)
+        store = self._make_store(0)
+        # every process estimates the scales from the same global rows, whatever shards it reads (a process
+        # that reads them all peeks at its own store: the first fill is loaded once)
+        everything = store if len(store.own) == store.shards else self._make_store(0, all_shards=True)
         rows = everything.peek(min(tc.init_rows, everything.buffer_rows))  # (init_rows, d_in [+ d_out])
         del everything
-        store = self._make_store(0)
         if not torch.isfinite(rows).all():
             raise DataError("the source's activations contain NaN or inf values; fix or filter the input data")
         sample, target_sample = split_targets(rows, self.config.sae.d_in)
