@@ -64,17 +64,13 @@ def main() -> None:
     if not a.steps:
         return
 
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)
-    dead = torch.zeros(a.latents, dtype=torch.bool)
+    from train_step import training_step  # bench/train_step.py, next to this file
+
+    step = training_step(sae, x, torch.zeros(a.latents, dtype=torch.bool))
 
     def steps() -> None:
         for _ in range(a.steps):
-            out = sae.training_output(x, dead_mask=dead, progress=0.5)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            sae.remove_parallel_grad_()
-            opt.step()
-            sae.normalize_decoder_()
+            step()
 
     original = sparse.exact_topk
     step_impls = {"torch.topk": (False, lambda p, k: p.topk(k, dim=-1, sorted=False)),

@@ -9,10 +9,26 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
 from sparsecode.sae import TopKConfig, build_sae
+
+
+def training_step(sae, x: torch.Tensor, dead: torch.Tensor) -> Callable[[], None]:
+    """One optimizer step on ``x``, as the trainer takes it (fused Adam, gradient projection, renormalisation)."""
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)
+
+    def step() -> None:
+        out = sae.training_output(x, dead_mask=dead, progress=0.5)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        sae.remove_parallel_grad_()
+        opt.step()
+        sae.normalize_decoder_()
+
+    return step
 
 
 def main() -> None:
@@ -28,18 +44,10 @@ def main() -> None:
     args = ap.parse_args()
 
     sae = build_sae(TopKConfig(d_in=args.d_in, n_latents=args.latents, k=args.k))
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)  # as the trainer
     x = torch.randn(args.batch, args.d_in)
     dead = torch.zeros(args.latents, dtype=torch.bool)
     dead[: int(args.latents * args.dead_fraction)] = True
-
-    def step() -> None:
-        out = sae.training_output(x, dead_mask=dead, progress=0.5)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        sae.remove_parallel_grad_()
-        opt.step()
-        sae.normalize_decoder_()
+    step = training_step(sae, x, dead)
 
     for _ in range(3):
         step()  # warm up

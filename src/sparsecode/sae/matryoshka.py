@@ -9,11 +9,9 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .base import total_variance
-from .sparse import SparsePattern, sparse_decode
+from .sparse import SparsePattern
 from .topk import TopKConfig, TopKSAE
 
 
@@ -55,11 +53,7 @@ class MatryoshkaSAE(TopKSAE):
                              target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Sum of the nested prefixes' FVUs, each decoded sparsely from the winners inside the prefix (the
         winners are ranked over the whole dictionary, as at inference)."""
-        variance = total_variance(target)
-        losses = []
-        for size in self.cfg.sizes:
-            kept = values if size == self.cfg.n_latents else values * (pattern.indices < size)  # (n, k)
-            x_hat = sparse_decode(kept, pattern, self.W_dec) + self.b_dec  # (n, d_in)
-            losses.append(F.mse_loss(x_hat, target, reduction="sum") / variance)
+        masks = [None if size == self.cfg.n_latents else pattern.indices < size for size in self.cfg.sizes]
+        losses, x_hat = self._masked_fvus(values, pattern, target, masks)
         metrics = {"fvu": losses[-1].detach(), **{f"fvu_{s}": v.detach() for s, v in zip(self.cfg.prefixes, losses)}}
         return torch.stack(losses).sum(), x_hat, metrics

@@ -8,11 +8,9 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .base import total_variance
-from .sparse import SparsePattern, sparse_decode
+from .sparse import SparsePattern
 from .topk import TopKConfig, TopKSAE
 
 
@@ -60,12 +58,8 @@ class MultiBudgetSAE(TopKSAE):
     def _reconstruction_loss(self, values: torch.Tensor, pattern: SparsePattern,
                              target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Mean of the budgets' FVUs; budget b decodes the b largest winners (a mask on the shared pattern)."""
-        variance = total_variance(target)
         rank = torch.arange(values.shape[1], device=values.device)  # (k,)
-        losses = []
-        for b in self.cfg.budgets:
-            kept = values if b == values.shape[1] else values * (rank < b)  # (n, k)
-            x_hat = sparse_decode(kept, pattern, self.W_dec) + self.b_dec  # (n, d_in)
-            losses.append(F.mse_loss(x_hat, target, reduction="sum") / variance)
+        masks = [None if b == values.shape[1] else rank < b for b in self.cfg.budgets]
+        losses, x_hat = self._masked_fvus(values, pattern, target, masks)
         metrics = {"fvu": losses[-1].detach(), **{f"fvu_k{b}": v.detach() for b, v in zip(self.cfg.budgets, losses)}}
         return torch.stack(losses).mean(), x_hat, metrics

@@ -113,6 +113,17 @@ class TopKSAE(SparseAutoencoder):
         fvu = F.mse_loss(x_hat, target, reduction="sum") / total_variance(target)
         return fvu, x_hat, {"fvu": fvu.detach()}
 
+    def _masked_fvus(self, values: torch.Tensor, pattern: SparsePattern, target: torch.Tensor,
+                     masks: list[torch.Tensor | None]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The FVU of each partial reconstruction keeping ``values * mask`` on the shared pattern (None: all of
+        them), and the last reconstruction (n, d_out). Nested dictionaries build their losses from these."""
+        variance = total_variance(target)
+        losses = []
+        for mask in masks:
+            x_hat = sparse_decode(values if mask is None else values * mask, pattern, self.W_dec) + self.b_dec
+            losses.append(F.mse_loss(x_hat, target, reduction="sum") / variance)
+        return losses, x_hat
+
     def _auxk_selector(self, dead_mask: torch.Tensor | None, d_in: int) -> _DeadTopK | None:
         if dead_mask is None or self.cfg.auxk_alpha <= 0 or not bool(dead_mask.any()):
             return None
