@@ -282,6 +282,21 @@ def test_array_nan_is_reported_with_row_and_column(tmp_path):
     assert len(collect(src.iter_batches(), limit=100)["acts"]) == 100  # rows before the bad chunk stream fine
 
 
+@pytest.mark.parametrize("bad,word", [(np.inf, "inf"), (-np.inf, "-inf")])
+def test_array_infinities_are_reported_and_huge_finite_values_pass(tmp_path, bad, word):
+    data = np.full((300, 8), 3e38, dtype=np.float32)  # finite, but any sum of them overflows float32
+    np.save(tmp_path / "huge.npy", data)
+    src = ArraySource(ArraySourceConfig(path=str(tmp_path / "huge.npy"), chunk_rows=50))
+    src.validate()
+    assert len(collect(src.iter_batches())["acts"]) == src.num_rows("train") > 250
+    data[:] = 1.0
+    data[201, 7] = bad
+    np.save(tmp_path / "inf.npy", data)
+    src = ArraySource(ArraySourceConfig(path=str(tmp_path / "inf.npy"), chunk_rows=50))
+    with pytest.raises(DataError, match=rf"inf.npy: row 201 column 7 is {word};"):
+        src.validate()
+
+
 def test_array_file_errors(tmp_path):
     np.save(tmp_path / "cube.npy", np.zeros((2, 3, 4), dtype=np.float32))
     with pytest.raises(DataError, match=r"cube.npy: expected a 2-D array .* got shape \(2, 3, 4\)"):

@@ -5,11 +5,13 @@ the encoder bias first costs a full extra pass over the (n, n_latents) block. Th
 once, in four steps that leave the row in the core's cache after the first:
 
 1. the maximum of ``row + bias`` over each strided block (column c is in block c mod B), vectorised;
-2. a bisection for a bound that between k and 1.25·k block maxima reach: since those blocks hold at least
-   k elements at or above it, the bound is ≤ the row's k-th largest value;
+2. a bisection for a bound that between k and 1.25·k block maxima reach (starting from the previous row's
+   bound, which usually already qualifies): since those blocks hold at least k elements at or above it, the
+   bound is ≤ the row's k-th largest value;
 3. every element at or above the bound (it can only sit in a block whose maximum reaches it) becomes a
    candidate: about k to 1.3·k of them;
-4. a k-element min-heap over the candidates gives the top k exactly.
+4. the few surplus candidates are dropped, smallest first (a k-element min-heap when there are many, e.g.
+   ties), which leaves the top k exactly.
 
 Compiled on first use and cached on disk; rows run in parallel on as many threads as torch uses.
 """
@@ -23,6 +25,16 @@ import torch
 # numba's OpenMP layer and torch's OpenMP runtime slow each other down (measured: a TopK step 1.5x slower);
 # numba's own thread pool does not
 numba.config.THREADING_LAYER = "workqueue"
+
+FASTMATH = {"nsz", "arcp", "contract", "reassoc", "afn"}
+"""Fast-math without "no NaN / no inf": as fast here, and an all -inf row stays well defined."""
+
+
+def compiled_threads() -> int:
+    """Run the compiled kernels on as many threads as torch uses (numba keeps its own pool)."""
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(threads)
+    return threads
 
 
 @numba.njit(inline="always")
@@ -41,8 +53,12 @@ def _sift_down(values, indices, k, pos):  # pragma: no cover - compiled
     values[pos], indices[pos] = v, ix
 
 
-# fast-math without "no NaN / no inf": as fast here, and an all -inf row stays well defined
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"nsz", "arcp", "contract", "reassoc", "afn"})
+DROP_LIMIT = 16
+"""Up to this many surplus candidates are dropped one smallest at a time (a few short branch-free scans);
+beyond it a k-element heap is cheaper."""
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
 def _topk_rows(pre, bias, k, size, n_parts, out_values, out_indices):  # pragma: no cover - compiled
     n, m = pre.shape
     n_blocks = m // size
@@ -51,6 +67,8 @@ def _topk_rows(pre, bias, k, size, n_parts, out_values, out_indices):  # pragma:
         block_max = np.empty(n_blocks, np.float32)
         cand_values = np.empty(m, np.float32)
         cand_indices = np.empty(m, np.int64)
+        chosen = np.empty(n_blocks, np.int64)
+        guess = -np.inf
         for i in range(part * per_part, min(n, (part + 1) * per_part)):
             row, values, indices = pre[i], out_values[i], out_indices[i]
             # 1. block maxima of row + bias (column c is in block c mod n_blocks): contiguous, vectorised
@@ -61,30 +79,51 @@ def _topk_rows(pre, bias, k, size, n_parts, out_values, out_indices):  # pragma:
                 bias_part = bias[e * n_blocks:(e + 1) * n_blocks]
                 for b in range(n_blocks):
                     block_max[b] = max(block_max[b], row_part[b] + bias_part[b])
-            # 2. bisect for a threshold that k to 1.25k block maxima reach: a lower bound on the k-th value
+            # 2. bisect for a threshold that k to 1.25k block maxima reach: a lower bound on the k-th value.
+            # Rows of a batch are alike, so the previous row's threshold is tried first (often one pass).
             low, high = block_max.min(), block_max.max()
+            guess = max(low, min(high, guess))
             for _ in range(40):
-                middle = 0.5 * (low + high)
                 above = 0
                 for b in range(n_blocks):
-                    above += block_max[b] >= middle
+                    above += block_max[b] >= guess
                 if above >= k:
-                    low = middle
+                    low = guess
                     if above <= k + k // 4:
                         break
                 else:
-                    high = middle
-            # 3. every element >= the bound lies in a block whose maximum reaches it
-            count = 0
+                    high = guess
+                guess = 0.5 * (low + high)
+            guess = low
+            # 3. every element >= the bound lies in a block whose maximum reaches it; segment by segment, so
+            # that the chosen blocks' elements are read in address order
+            n_chosen = 0
             for b in range(n_blocks):
-                if block_max[b] >= low:
-                    for e in range(size):
-                        j = e * n_blocks + b
-                        v = row[j] + bias[j]
-                        cand_values[count] = v
-                        cand_indices[count] = j
-                        count += v >= low
-            # 4. the k largest of the (at least k) candidates
+                chosen[n_chosen] = b
+                n_chosen += block_max[b] >= low
+            count = 0
+            for e in range(size):
+                row_part = row[e * n_blocks:(e + 1) * n_blocks]
+                bias_part = bias[e * n_blocks:(e + 1) * n_blocks]
+                for c in range(n_chosen):
+                    b = chosen[c]
+                    v = row_part[b] + bias_part[b]
+                    cand_values[count] = v
+                    cand_indices[count] = e * n_blocks + b
+                    count += v >= low
+            # 4. the k largest of the (at least k) candidates: drop the few smallest, or keep a k-heap when
+            # there are many more (ties)
+            if count - k <= DROP_LIMIT:
+                while count > k:
+                    smallest = 0
+                    for j in range(1, count):
+                        if cand_values[j] < cand_values[smallest]:
+                            smallest = j
+                    count -= 1
+                    cand_values[smallest], cand_indices[smallest] = cand_values[count], cand_indices[count]
+                for j in range(k):
+                    values[j], indices[j] = cand_values[j], cand_indices[j]
+                continue
             for j in range(k):
                 values[j], indices[j] = cand_values[j], cand_indices[j]
             for pos in range(k // 2 - 1, -1, -1):
@@ -93,7 +132,6 @@ def _topk_rows(pre, bias, k, size, n_parts, out_values, out_indices):  # pragma:
                 if cand_values[j] > values[0]:
                     values[0], indices[0] = cand_values[j], cand_indices[j]
                     _sift_down(values, indices, k, 0)
-
 
 def topk_with_bias(pre: torch.Tensor, bias: torch.Tensor, k: int, size: int,
                    out: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -104,6 +142,5 @@ def topk_with_bias(pre: torch.Tensor, bias: torch.Tensor, k: int, size: int,
     strided block, a divisor of m with at least k blocks (see ``sparse.block_size``). ``out`` tensors are
     contiguous.
     """
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(threads)
-    _topk_rows(pre.numpy(), bias.detach().contiguous().numpy(), k, size, threads, out[0].numpy(), out[1].numpy())
+    _topk_rows(pre.numpy(), bias.detach().contiguous().numpy(), k, size, compiled_threads(), out[0].numpy(),
+               out[1].numpy())

@@ -11,8 +11,7 @@ from itertools import pairwise
 import torch
 
 from ..errors import ConfigError
-from .sparse import SparsePattern
-from .topk import TopKConfig, TopKSAE
+from .topk import TopKConfig, TopKSAE, Winners
 
 
 @dataclass
@@ -49,11 +48,11 @@ class MatryoshkaSAE(TopKSAE):
         latents[:, size:] = 0
         return latents
 
-    def _reconstruction_loss(self, values: torch.Tensor, pattern: SparsePattern,
+    def _reconstruction_loss(self, winners: Winners,
                              target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Sum of the nested prefixes' FVUs, each decoded sparsely from the winners inside the prefix (the
         winners are ranked over the whole dictionary, as at inference)."""
-        masks = [None if size == self.cfg.n_latents else pattern.indices < size for size in self.cfg.sizes]
-        losses, x_hat = self._masked_fvus(values, pattern, target, masks)
+        masks = [None if size == self.cfg.n_latents else winners.pattern.indices < size for size in self.cfg.sizes]
+        losses, x_hat = self._masked_fvus(winners, target, masks)
         metrics = {"fvu": losses[-1].detach(), **{f"fvu_{s}": v.detach() for s, v in zip(self.cfg.prefixes, losses)}}
         return torch.stack(losses).sum(), x_hat, metrics
