@@ -8,8 +8,7 @@ import torch
 from sparsecode.sae import ARCHITECTURES, TopKConfig, build_sae
 from sparsecode.sae import topk as topk_module
 from sparsecode.sae.cpu_backward import project_out_rows_
-from sparsecode.sae.sparse import (SparsePattern, block_size, exact_topk, gathered_pre_acts, relu_decode,
-                                   sparse_decode)
+from sparsecode.sae.sparse import SparsePattern, block_size, exact_topk, gathered_pre_acts, relu_decode, sparse_decode
 
 
 def dense_reference(sae, x, dead_mask, target=None):
