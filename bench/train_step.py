@@ -1,7 +1,10 @@
 """Time training steps of a TopK SAE at the demo's shape on random data (tokens/s, median of repeats).
 
-    python bench/train_step.py [--d-in 384] [--latents 6144] [--k 32] [--batch 4096] [--steps 20] [--repeats 3]
-                               [--dead-fraction 0.1]
+    python bench/train_step.py [--d-in 384] [--latents 6144] [--k 32] [--batch 4096] [--steps 5] [--repeats 5]
+                               [--threads 2] [--dead-fraction 0.1] [--compare-backward]
+
+Also times the encoder GEMM alone (interleaved with the steps), so the step's GEMM share, i.e. the % of the
+1-GEMM limit bench/speed.py reports (without data loading), comes from one run.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from sparsecode.sae import TopKConfig, build_sae
+from sparsecode.sae import TopKConfig, base, build_sae, sparse
 
 
 def training_step(sae, x: torch.Tensor, dead: torch.Tensor) -> Callable[[], None]:
@@ -31,36 +34,71 @@ def training_step(sae, x: torch.Tensor, dead: torch.Tensor) -> Callable[[], None
     return step
 
 
+def torch_backward(enabled: bool) -> None:
+    """Switch the sparse backward between the compiled kernels (``cpu_backward``) and the composed torch ops."""
+    sparse.USE_COMPILED_BACKWARD = not enabled
+    base.project_out_rows_ = _torch_projection if enabled else _compiled_projection
+
+
+def _torch_projection(grad: torch.Tensor, W: torch.Tensor) -> None:
+    grad.addcmul_(torch.linalg.vecdot(grad, W)[:, None], W, value=-1)
+
+
+_compiled_projection = base.project_out_rows_
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--d-in", type=int, default=384)
     ap.add_argument("--latents", type=int, default=6144)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--batch", type=int, default=4096)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=5, help="steps per timed round")
+    ap.add_argument("--repeats", type=int, default=5, help="timed rounds (interleaved between variants)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--dead-fraction", type=float, default=0.0,
                     help="fraction of latents marked dead, so the AuxK loss runs (default 0: no AuxK)")
+    ap.add_argument("--compare-backward", action="store_true",
+                    help="also time the step with the composed torch backward instead of the compiled one")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
+    torch.manual_seed(0)
     sae = build_sae(TopKConfig(d_in=args.d_in, n_latents=args.latents, k=args.k))
     x = torch.randn(args.batch, args.d_in)
     dead = torch.zeros(args.latents, dtype=torch.bool)
     dead[: int(args.latents * args.dead_fraction)] = True
     step = training_step(sae, x, dead)
+    encoder = torch.randn(args.d_in, args.latents)
+    block = torch.empty(args.batch, args.latents)
 
-    for _ in range(3):
-        step()  # warm up
-    rates = []
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            step()
-        rates.append(args.steps * args.batch / (time.perf_counter() - t))
-    gflop = 2 * args.d_in * args.latents * args.batch / 1e9
-    print(f"TopK d_in={args.d_in} latents={args.latents} k={args.k} batch={args.batch} dead={args.dead_fraction:.0%} threads={torch.get_num_threads()}: "
-          f"median {statistics.median(rates):,.0f} tokens/s over {args.repeats} repeats "
-          f"(runs: {', '.join(f'{r:,.0f}' for r in rates)}); encoder GEMM alone is {gflop:.1f} GFLOP per step")
+    variants = {"step": False, **({"step, torch backward": True} if args.compare_backward else {})}
+    times: dict[str, list[float]] = {"encoder GEMM alone": [], **{name: [] for name in variants}}
+    try:
+        for r in range(args.repeats + 1):  # round 0 warms up
+            t = time.perf_counter()
+            for _ in range(args.steps):
+                torch.mm(x, encoder, out=block)
+            if r:
+                times["encoder GEMM alone"].append((time.perf_counter() - t) / args.steps)
+            for name, torch_path in variants.items():
+                torch_backward(torch_path)
+                t = time.perf_counter()
+                for _ in range(args.steps):
+                    step()
+                if r:
+                    times[name].append((time.perf_counter() - t) / args.steps)
+    finally:
+        torch_backward(False)
+    gemm = statistics.median(times["encoder GEMM alone"])
+    print(f"TopK d_in={args.d_in} latents={args.latents} k={args.k} batch={args.batch} dead={args.dead_fraction:.0%} "
+          f"threads={torch.get_num_threads()}; medians of {args.repeats} interleaved rounds of {args.steps} steps:")
+    for name, ts in times.items():
+        ms = statistics.median(ts) * 1e3
+        share = f"  GEMM share {100 * gemm / statistics.median(ts):4.0f}% (the % of the 1-GEMM limit)" \
+            if name != "encoder GEMM alone" else f"  {2 * args.d_in * args.latents * args.batch / gemm / 1e9:.0f} GFLOP/s"
+        print(f"  {name:22s} {ms:7.1f} ms  {args.batch / ms * 1e3:9,.0f} tokens/s{share}")
 
 
 if __name__ == "__main__":
