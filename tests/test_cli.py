@@ -122,6 +122,21 @@ def test_contradictory_config(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_dead_tokens_flag_sets_when_latents_count_as_dead(tmp_path):
+    """With the default (1M tokens) nothing can count as dead in a 20k-token run; with --dead-tokens 256 (one
+    batch) the latents a batch leaves silent do, and the setting is saved in config.json."""
+    dead = {}
+    for name, extra in (("default", []), ("short", ["--dead-tokens", "256"])):
+        out = tmp_path / name
+        assert main(["train", "--synthetic", "features=64,dim=16,active=3", "--k", "3", "--latents", "256",
+                     "--tokens", "20k", "--batch-size", "256", "--out", str(out), "--quiet", *extra]) == 0
+        config = json.loads((out / "config.json").read_text())
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        dead[name] = (config["train"]["dead_tokens"], max(r["dead_fraction"] for r in rows))
+    assert dead["default"] == (1_000_000, 0.0)
+    assert dead["short"][0] == 256 and dead["short"][1] > 0
+
+
 def test_truncated_checkpoint(tmp_path):
     out = tmp_path / "toy"
     assert main(["train", "--synthetic", "features=64,dim=16,active=3", "--k", "3", "--latents", "64", "--tokens",

@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=float, help="peak Adam learning rate (default: 4.8e-3 for topk-family archs, 6e-4 for "
                     "relu/gated/jumprelu, each times 1/sqrt(latents / 16384), at most 1e-2)")
     tr.add_argument("--seed", type=int, help="seed for initialisation and data order (default 0)")
+    tr.add_argument("--dead-tokens", type=parse_count, metavar="N",
+                    help="a latent silent for N tokens counts as dead: the TopK family's AuxK loss trains it to "
+                         "model the residual, and `dead_fraction` in metrics.jsonl counts it (default 1M)")
     tr.add_argument("--checkpoint-every", type=positive_int, metavar="STEPS", help="checkpoint interval (default 200)")
     tr.add_argument("--device", help="torch device: cpu, cuda, cuda:1, ... (default cpu)")
     tr.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
@@ -178,7 +181,7 @@ ARCH_FLAGS = {  # dictionary flag -> (config field, the architectures it applies
 SAE_FLAGS = ("arch", "latents", *ARCH_FLAGS)
 TRAIN_FLAGS = {"tokens": "tokens", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
                "checkpoint_every": "checkpoint_every", "device": "device", "dtype": "dtype",
-               "data_shards": "data_shards"}
+               "data_shards": "data_shards", "dead_tokens": "dead_tokens"}
 
 
 def _given(args: argparse.Namespace, names) -> list[str]:
