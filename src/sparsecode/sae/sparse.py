@@ -14,7 +14,9 @@ Both transposed products are embedding_bag calls over the pattern sorted by late
 Architectures use two autograd functions: ``gathered_pre_acts`` (the selected pre-activations, with a
 sparse backward into W_enc, b_enc, b_dec) and ``sparse_decode`` (values, pattern → reconstruction).
 Whatever nonlinearity sits between them (ReLU, a threshold with a straight-through estimator, ...) is
-plain autograd on (n, k) tensors.
+plain autograd on (n, k) tensors. The common case, ReLU'd winners decoded once (TopK, BatchTopK,
+transcoders), has a single function, ``relu_decode``, whose backward on the CPU is one compiled pass over
+the latents (``cpu_backward``) instead of three gathers and a transposing copy.
 """
 
 from __future__ import annotations
