@@ -1,7 +1,7 @@
 """Time training steps of a TopK SAE at the demo's shape on random data (tokens/s, median of repeats).
 
     python bench/train_step.py [--d-in 384] [--latents 6144] [--k 32] [--batch 4096] [--steps 5] [--repeats 5]
-                               [--threads 2] [--dead-fraction 0.1] [--compare-backward]
+                               [--threads 2] [--dead-fraction 0.1]
 
 Also times the encoder GEMM alone (interleaved with the steps), so the step's GEMM share, i.e. the % of the
 1-GEMM limit bench/speed.py reports (without data loading), comes from one run.
@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from sparsecode.sae import TopKConfig, base, build_sae, sparse
+from sparsecode.sae import TopKConfig, build_sae
 
 
 def training_step(sae, x: torch.Tensor, dead: torch.Tensor) -> Callable[[], None]:
@@ -34,19 +34,6 @@ def training_step(sae, x: torch.Tensor, dead: torch.Tensor) -> Callable[[], None
     return step
 
 
-def torch_backward(enabled: bool) -> None:
-    """Switch the sparse backward between the compiled kernels (``cpu_backward``) and the composed torch ops."""
-    sparse.USE_COMPILED_BACKWARD = not enabled
-    base.project_out_rows_ = _torch_projection if enabled else _compiled_projection
-
-
-def _torch_projection(grad: torch.Tensor, W: torch.Tensor) -> None:
-    grad.addcmul_(torch.linalg.vecdot(grad, W)[:, None], W, value=-1)
-
-
-_compiled_projection = base.project_out_rows_
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--d-in", type=int, default=384)
@@ -58,8 +45,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--dead-fraction", type=float, default=0.0,
                     help="fraction of latents marked dead, so the AuxK loss runs (default 0: no AuxK)")
-    ap.add_argument("--compare-backward", action="store_true",
-                    help="also time the step with the composed torch backward instead of the compiled one")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,24 +58,14 @@ def main() -> None:
     encoder = torch.randn(args.d_in, args.latents)
     block = torch.empty(args.batch, args.latents)
 
-    variants = {"step": False, **({"step, torch backward": True} if args.compare_backward else {})}
-    times: dict[str, list[float]] = {"encoder GEMM alone": [], **{name: [] for name in variants}}
-    try:
-        for r in range(args.repeats + 1):  # round 0 warms up
+    times: dict[str, list[float]] = {"encoder GEMM alone": [], "step": []}
+    for r in range(args.repeats + 1):  # round 0 warms up
+        for name, work in (("encoder GEMM alone", lambda: torch.mm(x, encoder, out=block)), ("step", step)):
             t = time.perf_counter()
             for _ in range(args.steps):
-                torch.mm(x, encoder, out=block)
+                work()
             if r:
-                times["encoder GEMM alone"].append((time.perf_counter() - t) / args.steps)
-            for name, torch_path in variants.items():
-                torch_backward(torch_path)
-                t = time.perf_counter()
-                for _ in range(args.steps):
-                    step()
-                if r:
-                    times[name].append((time.perf_counter() - t) / args.steps)
-    finally:
-        torch_backward(False)
+                times[name].append((time.perf_counter() - t) / args.steps)
     gemm = statistics.median(times["encoder GEMM alone"])
     print(f"TopK d_in={args.d_in} latents={args.latents} k={args.k} batch={args.batch} dead={args.dead_fraction:.0%} "
           f"threads={torch.get_num_threads()}; medians of {args.repeats} interleaved rounds of {args.steps} steps:")

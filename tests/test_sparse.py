@@ -8,7 +8,7 @@ import torch
 from sparsecode.sae import ARCHITECTURES, TopKConfig, build_sae
 from sparsecode.sae import topk as topk_module
 from sparsecode.sae.cpu_backward import project_out_rows_
-from sparsecode.sae.sparse import SparsePattern, block_size, exact_topk, gathered_pre_acts, relu_decode, sparse_decode
+from sparsecode.sae.sparse import SparsePattern, block_size, exact_topk, gathered_pre_acts, sparse_decode
 
 
 def dense_reference(sae, x, dead_mask, target=None):
@@ -141,41 +141,6 @@ def test_gathered_pre_acts_gradients_by_gradcheck():
     ref = torch.autograd.grad((reference(W_enc, b_enc, b_dec) * w).sum(), (W_enc, b_enc, b_dec))
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b)
-
-
-@pytest.mark.parametrize("d_out", [24, 40], ids=["sae", "transcoder"])
-def test_compiled_relu_decode_matches_dense_formula(d_out):
-    """The one-pass compiled backward (cpu_backward) gives the dense formula's output and every gradient, with
-    negative winners (ReLU'd away), dropped winners (keep) and a latent chosen twice in a row."""
-    torch.manual_seed(4)
-    n, d, m, k = 300, 24, 200, 8
-    x = torch.randn(n, d)
-    W_enc = torch.randn(d, m, requires_grad=True)
-    b_enc = torch.randn(m, requires_grad=True)
-    b_dec = torch.randn(d, requires_grad=True)
-    W_dec = torch.randn(m, d_out, requires_grad=True)
-    indices = torch.randint(0, m, (n, k))
-    indices[:, 1] = indices[:, 0]  # duplicates, as BatchTopK's padding has
-    keep = torch.rand(n, k) < 0.8
-    params = (W_enc, b_enc, b_dec, W_dec)
-
-    def dense_pre():
-        return ((x - b_dec) @ W_enc + b_enc).gather(1, indices)  # (n, k)
-
-    with torch.no_grad():
-        pre = dense_pre()
-    assert (pre < 0).float().mean() > 0.3  # the ReLU matters
-    w = torch.randn(n, d_out)
-    out = relu_decode(pre, keep, x, W_enc, b_enc, b_dec, W_dec, SparsePattern(indices, m))
-    ours = torch.autograd.grad((out * w).sum(), params)
-    values = dense_pre().relu() * keep
-    dense = torch.zeros(n, m).scatter_add(1, indices, values)  # (n, m)
-    ref_out = dense @ W_dec
-    ref = torch.autograd.grad((ref_out * w).sum(), params)
-    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-4)
-    for name, a, b in zip(["W_enc", "b_enc", "b_dec", "W_dec"], ours, ref):
-        assert b.abs().sum() > 0, name
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4, msg=name)
 
 
 def test_compiled_decoder_gradient_projection():

@@ -14,9 +14,7 @@ Both transposed products are embedding_bag calls over the pattern sorted by late
 Architectures use two autograd functions: ``gathered_pre_acts`` (the selected pre-activations, with a
 sparse backward into W_enc, b_enc, b_dec) and ``sparse_decode`` (values, pattern → reconstruction).
 Whatever nonlinearity sits between them (ReLU, a threshold with a straight-through estimator, ...) is
-plain autograd on (n, k) tensors. The common case, ReLU'd winners decoded once (TopK, BatchTopK,
-transcoders), has a single function, ``relu_decode``, whose backward on the CPU is one compiled pass over
-the latents (``cpu_backward``) instead of three gathers and a transposing copy.
+plain autograd on (n, k) tensors.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .cpu_backward import latent_major_backward, latent_order
+from .cpu_backward import latent_order
 from .cpu_topk import topk_with_bias
 
 
@@ -127,50 +125,6 @@ class _GatheredPreActs(torch.autograd.Function):
         if ctx.needs_input_grad[4]:
             grad_b_dec = -(W_enc @ grad_b_enc)  # (d,)
         return None, None, grad_W_enc, grad_b_enc if ctx.needs_input_grad[3] else None, grad_b_dec, None
-
-
-class _ReluDecode(torch.autograd.Function):
-    """``relu_decode`` with the compiled backward (``cpu_backward``): one pass over latents for every gradient."""
-
-    @staticmethod
-    def forward(ctx, pre, keep, x, W_enc, b_enc, b_dec, W_dec, pattern):  # type: ignore[override]
-        gate = (pre > 0) if keep is None else (pre > 0) & keep  # (n, k)
-        values = pre * gate  # (n, k) = relu(pre) · keep
-        ctx.save_for_backward(values, gate, x, W_enc, b_dec, W_dec)
-        ctx.pattern = pattern
-        return F.embedding_bag(pattern.indices, W_dec, per_sample_weights=values, mode="sum")  # (n, d_out)
-
-    @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
-        values, gate, x, W_enc, b_dec, W_dec = ctx.saved_tensors
-        pattern: SparsePattern = ctx.pattern
-        order, _, offsets = pattern.by_latent()
-        grad_W_dec, grad_W_enc, grad_b_enc = latent_major_backward(
-            order, offsets, pattern.indices.shape[1], values.view(-1), gate.view(-1).to(values.dtype),
-            grad_out.contiguous(), x, b_dec.detach(), W_dec.detach())
-        grad_b_dec = -(W_enc @ grad_b_enc) if ctx.needs_input_grad[5] else None  # (d_in,)
-        return None, None, None, grad_W_enc, grad_b_enc, grad_b_dec, grad_W_dec, None
-
-
-def relu_decode(pre: torch.Tensor, keep: torch.Tensor | None, x: torch.Tensor, W_enc: torch.Tensor,
-                b_enc: torch.Tensor, b_dec: torch.Tensor, W_dec: torch.Tensor, pattern: SparsePattern) -> torch.Tensor:
-    """(n, d_out) Σ_j relu(pre[i,j]) · keep[i,j] · W_dec[idx[i,j]] for winners ``pre`` (n, k), the pre-activations
-    ``(x − b_dec) W_enc + b_enc`` at ``pattern`` computed without grad, and an optional (n, k) bool ``keep``;
-    gradients flow into W_enc, b_enc, b_dec (through the pre-activations) and W_dec.
-
-    The same as ``sparse_decode(gathered_pre_acts(pre, ...).relu() * keep, pattern, W_dec)``, which it runs
-    off the CPU or outside float32; on the CPU the backward is one compiled pass (``cpu_backward``)."""
-    tensors = (pre, x, W_enc, b_enc, b_dec, W_dec)
-    if USE_COMPILED_BACKWARD and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) \
-            and x.is_contiguous() and W_enc.is_contiguous() and W_dec.is_contiguous():
-        return _ReluDecode.apply(pre, keep, x, W_enc, b_enc, b_dec, W_dec, pattern)
-    values = gathered_pre_acts(pre, x, W_enc, b_enc, b_dec, pattern).relu()  # (n, k)
-    return sparse_decode(values if keep is None else values * keep, pattern, W_dec)
-
-
-USE_COMPILED_BACKWARD = True
-"""Run ``relu_decode``'s backward as one compiled pass where it applies; False composes the separate sparse
-autograd functions (for comparisons and tests)."""
 
 
 def sparse_decode(values: torch.Tensor, pattern: SparsePattern, W_dec: torch.Tensor) -> torch.Tensor:

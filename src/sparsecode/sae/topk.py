@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from .base import SAEConfig, SparseAutoencoder, TrainOutput, total_variance
 from .common import auxk_loss
-from .sparse import SparsePattern, chunked_topk, exact_topk, gathered_pre_acts, gemm_dtype, relu_decode, sparse_decode
+from .sparse import SparsePattern, chunked_topk, exact_topk, gathered_pre_acts, gemm_dtype, sparse_decode
 
 
 @dataclass
@@ -107,9 +107,7 @@ class TopKSAE(SparseAutoencoder):
                              target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Loss, (n, d_out) reconstruction and metrics from the winners; nested dictionaries (Matryoshka,
         multi-budget) override it to add their partial reconstructions."""
-        w = winners
-        x_hat = relu_decode(w.pre, w.keep, w.x, self.W_enc, self.b_enc, self.b_dec, self.W_dec, w.pattern)
-        x_hat = x_hat + self.b_dec  # (n, d_out)
+        x_hat = sparse_decode(self._winner_values(winners), winners.pattern, self.W_dec) + self.b_dec  # (n, d_out)
         fvu = F.mse_loss(x_hat, target, reduction="sum") / total_variance(target)
         return fvu, x_hat, {"fvu": fvu.detach()}
 
@@ -117,16 +115,19 @@ class TopKSAE(SparseAutoencoder):
                      masks: list[torch.Tensor | None]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The FVU of each partial reconstruction keeping the winners where ``mask`` (None: all of them), and
         the last reconstruction (n, d_out). Nested dictionaries build their losses from these."""
-        pattern = winners.pattern
-        values = gathered_pre_acts(winners.pre, winners.x, self.W_enc, self.b_enc, self.b_dec, pattern).relu()
-        if winners.keep is not None:
-            values = values * winners.keep  # (n, k)
+        pattern, values = winners.pattern, self._winner_values(winners)
         variance = total_variance(target)
         losses = []
         for mask in masks:
             x_hat = sparse_decode(values if mask is None else values * mask, pattern, self.W_dec) + self.b_dec
             losses.append(F.mse_loss(x_hat, target, reduction="sum") / variance)
         return losses, x_hat
+
+    def _winner_values(self, winners: Winners) -> torch.Tensor:
+        """The (n, k) ReLU'd winners, zero where not kept, wired into autograd with a sparse backward."""
+        w = winners
+        values = gathered_pre_acts(w.pre, w.x, self.W_enc, self.b_enc, self.b_dec, w.pattern).relu()
+        return values if w.keep is None else values * w.keep
 
     def _auxk_selector(self, dead_mask: torch.Tensor | None, d_in: int) -> _DeadTopK | None:
         if dead_mask is None or self.cfg.auxk_alpha <= 0 or not bool(dead_mask.any()):
