@@ -306,10 +306,21 @@ def test_cli_trains_and_evaluates_every_architecture(tmp_path, capsys, arch, fla
         assert [b["k"] for b in result["budgets"]] == [1, 2, 4] and "at k=4: FVU" in report
 
 
+def test_cli_passes_an_explicit_zero_through(tmp_path):
+    """``--l1 0`` means no penalty, not "flag absent" (the relu default is 5)."""
+    out = tmp_path / "r"
+    assert main(["train", "--synthetic", "features=64,dim=16", "--arch", "relu", "--l1", "0", "--latents", "64",
+                 "--tokens", "2k", "--batch-size", "256", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "config.json").read_text())["sae"]["l1"] == 0.0
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--arch", "gated", "--k", "3"], "--k applies to --arch topk / batchtopk"),
     (["--arch", "topk", "--target-l0", "3"], "--target-l0 applies to --arch relu / gated / jumprelu, not topk"),
     (["--arch", "relu", "--target-l0", "-2"], "sae.target_l0 must be in (0, n_latents=64]"),
+    (["--arch", "relu", "--target-l0", "0"], "sae.target_l0 must be in (0, n_latents=64], got 0.0"),
+    (["--arch", "jumprelu", "--target-l0", "2", "--l0-coefficient", "0"], "sae.l0_coefficient must be >= 0 (> 0"),
+    (["--arch", "topk", "--l1", "0"], "--l1 applies to --arch relu / gated, not topk"),
     (["--arch", "relu", "--budgets", "2,4"], "--budgets applies to --arch multibudget, not relu"),
     (["--arch", "multibudget", "--budgets", "4,2"], "sae.budgets must be increasing"),
     (["--arch", "matryoshka", "--prefixes", "64"], "sae.prefixes must be increasing whole numbers in [1, n_latents=64)"),

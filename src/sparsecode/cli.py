@@ -181,8 +181,14 @@ TRAIN_FLAGS = {"tokens": "tokens", "batch_size": "batch_size", "lr": "lr", "seed
                "data_shards": "data_shards"}
 
 
+def _is_set(value) -> bool:
+    """Whether a flag was given: not its default None (nor False, for on/off flags). A given 0 counts (compared by
+    identity: ``0 in (None, False)`` is true, which silently dropped ``--target-l0 0``)."""
+    return value is not None and value is not False
+
+
 def _given(args: argparse.Namespace, names) -> list[str]:
-    return ["--" + n.replace("_", "-") for n in names if getattr(args, n) not in (None, False)]
+    return ["--" + n.replace("_", "-") for n in names if _is_set(getattr(args, n))]
 
 
 def _source_config(args: argparse.Namespace):
@@ -226,7 +232,7 @@ def _sae_config(args: argparse.Namespace, d_in: int, d_out: int | None = None):
     kw = {"d_in": d_in, "n_latents": args.latents or 16 * d_in}
     for flag, (field, archs) in ARCH_FLAGS.items():
         value = getattr(args, flag)
-        if value in (None, False):
+        if not _is_set(value):
             continue
         if arch not in archs:
             raise ConfigError(f"--{flag.replace('_', '-')} applies to --arch {' / '.join(archs)}, not {arch}")
