@@ -47,7 +47,7 @@ def synthetic_runs(k: int) -> list[tuple[str, str, dict]]:
         ("jumprelu", "jumprelu", {"target_l0": float(k)}),
         ("jumprelu relative", "jumprelu", {"target_l0": float(k), "relative_threshold": True}),
         ("gated", "gated", {"target_l0": float(k)}),
-        ("relu", "relu", {"target_l0": float(k)}),
+        ("relu", "relu", {"target_l0": float(k), "l1": 0.5}),  # from the default 5 it is dead within the ramp
         ("matryoshka", "matryoshka", {"k": k, "prefixes": [64, 256]}),
         ("multibudget", "multibudget", {"budgets": [k // 2, k, 2 * k]}),
         ("transcoder (x→x)", "transcoder", {"k": k}),

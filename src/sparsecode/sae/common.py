@@ -83,10 +83,11 @@ class L0Controller(nn.Module):
     (latents pushed below zero everywhere get no gradient and never come back), while too weak a penalty only
     costs time: the coefficient rises gently (at most e^(rise/10) per 10% of training) and falls four times as
     fast; the proportional term min(e, 0) lowers it at once when the L0 drops below the target, never raises it.
-    Anti-windup: while the L0 is above the target but falling fast enough to reach it within ``horizon`` of
-    training at its current trend, the integral holds (the L0 lags the coefficient by tens of steps, and
-    rising further then is what overshoots). Start the coefficient (the config's value) at or below what the
-    target needs: the controller reaches ~10x above its start in half of training, any lower value faster.
+    Anti-windup: while the L0 is above the target but falling fast enough to reach it, at its current trend,
+    within ``horizon`` of the remaining training, the integral holds (the L0 lags the coefficient by tens of
+    steps, and rising further then is what overshoots). Start the coefficient (the config's value) below what
+    the target needs, because early in training a coefficient gives a lower L0 than later: the controller
+    reaches ~10x above its start in half of training, any lower value faster.
     The state lives in buffers, saved with the weights in checkpoints, so a resumed run continues exactly.
     Under data-parallel training the batch L0 is first averaged over the processes, so all apply the same
     coefficient.
