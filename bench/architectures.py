@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minilm-latents", type=int, default=3072)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice; 1 helps a "
                    "lot on a machine shared with other jobs)")
+    p.add_argument("--lr-scale", type=float, default=1.0, help="MiniLM runs: multiply each architecture's default "
+                   "learning rate (to compare learning rates; write to another --out, e.g. --lr-scale 3 --out /tmp/lr3)")
     p.add_argument("--quick", action="store_true", help="tiny budgets, to check the script end to end")
     p.add_argument("--skip-minilm", action="store_true")
     p.add_argument("--skip-synthetic", action="store_true")
@@ -230,9 +233,13 @@ def main(argv: list[str] | None = None) -> int:
                 sources[key] = CachedSource(open_source(src_cfg), cache, progress=True)
                 for _ in sources[key].iter_batches("train"):  # fill the cache first: tokens/s is training only
                     pass
-            tokens = args.mp_minilm_tokens if arch == "mp" else args.minilm_tokens
+            train = TrainConfig(tokens=args.mp_minilm_tokens if arch == "mp" else args.minilm_tokens)
+            if args.lr_scale != 1.0:
+                default_lr = train.learning_rate(args.minilm_latents, ARCHITECTURES[arch].config_class.base_lr)
+                train = replace(train, lr=args.lr_scale * default_lr)
             row = train_and_eval(runs / "minilm" / slug(label), sources[key], src_cfg, arch,
-                                 {"n_latents": args.minilm_latents, **kw}, TrainConfig(tokens=tokens), None, None)
+                                 {"n_latents": args.minilm_latents, **kw}, train, None, None)
+            row["lr"] = train.learning_rate(args.minilm_latents, ARCHITECTURES[arch].config_class.base_lr)
             row["other_target"] = src_cfg is tc_cfg
             record(data, label, row)
             print(f"minilm {label:30s} FVU {row['fvu']:.3f} L0 {row['l0']:5.1f} dead {100 * row['dead_fraction']:.1f}% "
