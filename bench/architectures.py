@@ -63,6 +63,7 @@ def minilm_runs(k: int) -> list[tuple[str, str, dict]]:
         ("batchtopk raw-rank", "batchtopk", {"k": k, "rank_relative": False}),
         # the controller only raises the coefficient gently: start at (or below) what L0 32 needs
         ("jumprelu", "jumprelu", {"target_l0": float(k), "l0_coefficient": 5.0}),
+        ("jumprelu relative", "jumprelu", {"target_l0": float(k), "l0_coefficient": 5.0, "relative_threshold": True}),
         ("gated", "gated", {"target_l0": float(k)}),
         ("relu", "relu", {"target_l0": float(k), "l1": 1.0}),
         ("matryoshka", "matryoshka", {"k": k}),
