@@ -13,6 +13,7 @@ import torch
 from sparsecode.cli import main
 from sparsecode.eval import evaluate_reconstruction, evaluate_run, mmcs, recovery_fraction
 from sparsecode.eval.budgets import evaluate_budgets
+from sparsecode.io import save_tensors
 from sparsecode.run import RunConfig
 from sparsecode.sae import (
     ARCHITECTURES,
@@ -25,6 +26,7 @@ from sparsecode.sae import (
     MatchingPursuitSAE,
     MatryoshkaConfig,
     MultiBudgetConfig,
+    ReLUConfig,
     TopKConfig,
     Transcoder,
     TranscoderConfig,
@@ -185,6 +187,18 @@ def test_l0_controller_rises_gently_and_still_arrives():
     assert max(c for c, _ in at_need) < 22.0 and at_need[-1][1] == pytest.approx(32.0, rel=0.15)
     from_below = _steer(start=0.5)
     assert from_below[-1][1] == pytest.approx(32.0, rel=0.15) and min(l0 for _, l0 in from_below) > 0.85 * 32
+
+
+def test_an_sae_saved_before_the_controller_had_its_trend_buffers_still_loads(tmp_path):
+    sae = build_sae(ReLUConfig(d_in=8, n_latents=16, target_l0=3.0))
+    sae.l0_controller.log_multiplier.fill_(1.5)
+    state = {k: v for k, v in sae.state_dict().items() if k.split(".")[-1] not in ("smoothed_log_l0", "trend")}
+    save_tensors(tmp_path / "old.safetensors", state, metadata={"format": "sparsecode-sae",
+                                                                 "config": json.dumps(sae.cfg.to_dict())})
+    loaded = load_sae(tmp_path / "old.safetensors")
+    assert loaded.l0_controller.log_multiplier == 1.5 and loaded.l0_controller.smoothed_log_l0.isnan()
+    x = torch.randn(4, 8)
+    assert torch.equal(loaded(x), sae(x))
 
 
 def test_jumprelu_threshold_gradient_comes_from_the_kernel_window_only():
