@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--tokens", type=parse_count, metavar="N", help="token budget, e.g. 2M (default 2M)")
     tr.add_argument("--batch-size", type=positive_int, metavar="N", help="tokens per step (default 4096)")
     tr.add_argument("--lr", type=float, help="peak Adam learning rate (default: 4.8e-3 for topk-family archs, 6e-4 for "
-                    "relu/gated/jumprelu, each times 1/sqrt(latents / 16384), at most 1e-2)")
+                    "relu/jumprelu, 1.8e-3 for gated, each times 1/sqrt(latents / 16384), at most 1e-2)")
     tr.add_argument("--seed", type=int, help="seed for initialisation and data order (default 0)")
     tr.add_argument("--checkpoint-every", type=positive_int, metavar="STEPS", help="checkpoint interval (default 200)")
     tr.add_argument("--device", help="torch device: cpu, cuda, cuda:1, ... (default cpu)")
