@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -47,7 +48,7 @@ def synthetic_runs(k: int) -> list[tuple[str, str, dict]]:
         ("jumprelu", "jumprelu", {"target_l0": float(k)}),
         ("jumprelu relative", "jumprelu", {"target_l0": float(k), "relative_threshold": True}),
         ("gated", "gated", {"target_l0": float(k)}),
-        ("relu", "relu", {"target_l0": float(k)}),
+        ("relu", "relu", {"target_l0": float(k), "l1": 0.5}),  # from the default 5 it is dead within the ramp
         ("matryoshka", "matryoshka", {"k": k, "prefixes": [64, 256]}),
         ("multibudget", "multibudget", {"budgets": [k // 2, k, 2 * k]}),
         ("transcoder (x→x)", "transcoder", {"k": k}),
@@ -60,10 +61,11 @@ def minilm_runs(k: int) -> list[tuple[str, str, dict]]:
         ("topk", "topk", {"k": k}),
         ("batchtopk", "batchtopk", {"k": k}),
         ("batchtopk raw-rank", "batchtopk", {"k": k, "rank_relative": False}),
-        # starting coefficients within ~10x of what L0 32 needs (the controller then has room to settle)
+        # the controller only raises the coefficient gently: start at (or below) what L0 32 needs
         ("jumprelu", "jumprelu", {"target_l0": float(k), "l0_coefficient": 5.0}),
-        ("gated", "gated", {"target_l0": float(k), "l1": 20.0}),
-        ("relu", "relu", {"target_l0": float(k), "l1": 30.0}),
+        ("jumprelu relative", "jumprelu", {"target_l0": float(k), "l0_coefficient": 5.0, "relative_threshold": True}),
+        ("gated", "gated", {"target_l0": float(k)}),
+        ("relu", "relu", {"target_l0": float(k), "l1": 1.0}),
         ("matryoshka", "matryoshka", {"k": k}),
         ("multibudget", "multibudget", {"budgets": [k // 2, k, 2 * k]}),
         ("mp", "mp", {"mp_steps": k}),
@@ -160,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minilm-latents", type=int, default=3072)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice; 1 helps a "
                    "lot on a machine shared with other jobs)")
+    p.add_argument("--lr-scale", type=float, default=1.0, help="MiniLM runs: multiply each architecture's default "
+                   "learning rate (to compare learning rates; write to another --out, e.g. --lr-scale 3 --out /tmp/lr3)")
     p.add_argument("--quick", action="store_true", help="tiny budgets, to check the script end to end")
     p.add_argument("--skip-minilm", action="store_true")
     p.add_argument("--skip-synthetic", action="store_true")
@@ -230,9 +234,13 @@ def main(argv: list[str] | None = None) -> int:
                 sources[key] = CachedSource(open_source(src_cfg), cache, progress=True)
                 for _ in sources[key].iter_batches("train"):  # fill the cache first: tokens/s is training only
                     pass
-            tokens = args.mp_minilm_tokens if arch == "mp" else args.minilm_tokens
+            train = TrainConfig(tokens=args.mp_minilm_tokens if arch == "mp" else args.minilm_tokens)
+            if args.lr_scale != 1.0:
+                default_lr = train.learning_rate(args.minilm_latents, ARCHITECTURES[arch].config_class.base_lr)
+                train = replace(train, lr=args.lr_scale * default_lr)
             row = train_and_eval(runs / "minilm" / slug(label), sources[key], src_cfg, arch,
-                                 {"n_latents": args.minilm_latents, **kw}, TrainConfig(tokens=tokens), None, None)
+                                 {"n_latents": args.minilm_latents, **kw}, train, None, None)
+            row["lr"] = train.learning_rate(args.minilm_latents, ARCHITECTURES[arch].config_class.base_lr)
             row["other_target"] = src_cfg is tc_cfg
             record(data, label, row)
             print(f"minilm {label:30s} FVU {row['fvu']:.3f} L0 {row['l0']:5.1f} dead {100 * row['dead_fraction']:.1f}% "

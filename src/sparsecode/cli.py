@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--tokens", type=parse_count, metavar="N", help="token budget, e.g. 2M (default 2M)")
     tr.add_argument("--batch-size", type=positive_int, metavar="N", help="tokens per step (default 4096)")
     tr.add_argument("--lr", type=float, help="peak Adam learning rate (default: 4.8e-3 for topk-family archs, 6e-4 for "
-                    "relu/gated/jumprelu, each times 1/sqrt(latents / 16384), at most 1e-2)")
+                    "relu/jumprelu, 1.8e-3 for gated, each times 1/sqrt(latents / 16384), at most 1e-2)")
     tr.add_argument("--seed", type=int, help="seed for initialisation and data order (default 0)")
     tr.add_argument("--dead-tokens", type=parse_count, metavar="N",
                     help="a latent silent for N tokens counts as dead: the TopK family's AuxK loss trains it to "
@@ -184,8 +184,14 @@ TRAIN_FLAGS = {"tokens": "tokens", "batch_size": "batch_size", "lr": "lr", "seed
                "data_shards": "data_shards", "dead_tokens": "dead_tokens"}
 
 
+def _is_set(value) -> bool:
+    """Whether a flag was given: not its default None (nor False, for on/off flags). A given 0 counts (compared by
+    identity: ``0 in (None, False)`` is true, which silently dropped ``--target-l0 0``)."""
+    return value is not None and value is not False
+
+
 def _given(args: argparse.Namespace, names) -> list[str]:
-    return ["--" + n.replace("_", "-") for n in names if getattr(args, n) not in (None, False)]
+    return ["--" + n.replace("_", "-") for n in names if _is_set(getattr(args, n))]
 
 
 def _source_config(args: argparse.Namespace):
@@ -229,7 +235,7 @@ def _sae_config(args: argparse.Namespace, d_in: int, d_out: int | None = None):
     kw = {"d_in": d_in, "n_latents": args.latents or 16 * d_in}
     for flag, (field, archs) in ARCH_FLAGS.items():
         value = getattr(args, flag)
-        if value in (None, False):
+        if not _is_set(value):
             continue
         if arch not in archs:
             raise ConfigError(f"--{flag.replace('_', '-')} applies to --arch {' / '.join(archs)}, not {arch}")

@@ -56,13 +56,14 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SparseAuto
     sae = build_sae(cfg)
     state = load_tensors(path, device="cpu")
     expected = dict(sae.state_dict())
-    missing = sorted(set(expected) - set(state))
+    # controller state added in later versions only steers further training: older files keep its initial values
+    missing = sorted(k for k in set(expected) - set(state) if not k.startswith("l0_controller."))
     if missing:
         raise DataError(f"{path}: missing tensor(s) {', '.join(missing)}")
     for name, t in expected.items():
-        if state[name].shape != t.shape:
+        if name in state and state[name].shape != t.shape:
             raise DataError(f"{path}: tensor {name} has shape {tuple(state[name].shape)}, config implies {tuple(t.shape)}")
-    sae.load_state_dict({k: state[k] for k in expected})
+    sae.load_state_dict({k: state[k] for k in expected if k in state}, strict=False)
     return sae.to(device)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -72,33 +73,39 @@ def topk_train_output(sae: Any, *, pre: torch.Tensor, values: torch.Tensor, indi
 
 
 class L0Controller(nn.Module):
-    """Steers a sparsity coefficient so that the training L0 settles at ``target``.
+    """Steers a sparsity coefficient so that the training L0 settles at ``target``, without overshooting.
 
-    A proportional-integral controller in log space, on the error e = log(batch L0 / target) clipped to ±1:
-    log coefficient = log base + I + e, and after every step I moves by r × e, with r = ``speed`` × (fraction
-    of training the step covers) but at most ``max_rate``. In log space the coefficient spans orders of
-    magnitude and never changes sign. The L0 lags the coefficient by tens of steps, and an overshoot is fatal
-    to ReLU-like encoders (latents pushed below zero everywhere get no gradient and never come back), so the
-    integral moves slowly: at most e^(speed / 100) per 1% of training and e^max_rate per step (a 1M-token run
-    of 244 steps can still move it ~10x); the proportional term reacts at once when the L0 crosses the
-    target, damping the oscillation. A coefficient that starts within ~10x of what the target needs is
-    reached within ~100 steps. The state (integral, last error, progress of the last update) lives in
-    buffers, saved with the weights in checkpoints, so a resumed run continues exactly. Under data-parallel
-    training the batch L0 is first averaged over the processes, so all apply the same coefficient.
+    Works in log space (the coefficient spans orders of magnitude and never changes sign) on a smoothed
+    log L0: an exponential average over ``smoothing`` of training, plus its trend (change per unit of training).
+    With e = log(smoothed L0 / target) clipped to ±1, the coefficient is base × exp(I + min(e, 0)), and after
+    every step the integral I moves by ``rise`` × Δprogress × e when the L0 is above the target and by ``fall``
+    × Δprogress × e when below. The rates are asymmetric because an overshoot is fatal to ReLU-like encoders
+    (latents pushed below zero everywhere get no gradient and never come back), while too weak a penalty only
+    costs time: the coefficient rises gently (at most e^(rise/10) per 10% of training) and falls four times as
+    fast; the proportional term min(e, 0) lowers it at once when the L0 drops below the target, never raises it.
+    Anti-windup: while the L0 is above the target but falling fast enough to reach it, at its current trend,
+    within ``horizon`` of the remaining training, the integral holds (the L0 lags the coefficient by tens of
+    steps, and rising further then is what overshoots). Start the coefficient (the config's value) below what
+    the target needs, because early in training a coefficient gives a lower L0 than later: the controller
+    reaches ~10x above its start in half of training, any lower value faster.
+    The state lives in buffers, saved with the weights in checkpoints, so a resumed run continues exactly.
+    Under data-parallel training the batch L0 is first averaged over the processes, so all apply the same
+    coefficient.
     """
 
-    def __init__(self, target: float, speed: float = 12.0, max_rate: float = 0.01) -> None:
+    def __init__(self, target: float, rise: float = 5.0, fall: float = 20.0, smoothing: float = 0.02,
+                 horizon: float = 0.5) -> None:
         super().__init__()
-        self.target = target
-        self.speed = speed
-        self.max_rate = max_rate
-        self.register_buffer("log_multiplier", torch.zeros(()))  # the integral term
-        self.register_buffer("last_error", torch.zeros(()))
+        self.target, self.rise, self.fall, self.smoothing, self.horizon = target, rise, fall, smoothing, horizon
+        self.register_buffer("log_multiplier", torch.zeros(()))  # the integral I
+        self.register_buffer("last_error", torch.zeros(()))  # e of the last update (drives the proportional term)
         self.register_buffer("last_progress", torch.zeros(()))
+        self.register_buffer("smoothed_log_l0", torch.full((), torch.nan))  # NaN until the first update
+        self.register_buffer("trend", torch.zeros(()))  # d(smoothed log L0) / d(progress)
 
     def coefficient(self, base: float) -> torch.Tensor:
         """The coefficient in effect: ``base`` times the controller's multiplier (a scalar tensor, no gradient)."""
-        return base * (self.log_multiplier + self.last_error).exp()
+        return base * (self.log_multiplier + self.last_error.clamp_max(0.0)).exp()
 
     @torch.no_grad()
     def update(self, batch_l0: torch.Tensor, progress: float) -> None:
@@ -108,9 +115,20 @@ class L0Controller(nn.Module):
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(l0)
             l0 /= dist.get_world_size()
-        error = (l0[0].clamp_min(1e-2) / self.target).log().clamp(-1.0, 1.0)  # a tensor: no device-to-host sync
-        rate = (self.speed * (progress - self.last_progress)).clamp(0.0, self.max_rate)
-        self.log_multiplier.add_(rate * error).clamp_(-30.0, 30.0)
+        log_l0 = l0[0].clamp_min(1e-2).log()  # tensors throughout: no device-to-host sync
+        first = self.smoothed_log_l0.isnan()
+        step = torch.where(first, 0.0, progress - self.last_progress)  # the first update only starts the average
+        weight = torch.where(first, 1.0, (step / self.smoothing).clamp_max(1.0))
+        previous = torch.where(first, log_l0, self.smoothed_log_l0)
+        smoothed = previous + weight * (log_l0 - previous)
+        self.trend.add_(weight * ((smoothed - previous) / step.clamp_min(1e-9) - self.trend))
+        distance = smoothed - math.log(self.target)
+        error = distance.clamp(-1.0, 1.0)
+        # above the target but falling fast enough to reach it within ``horizon`` of the remaining training: hold
+        on_course = (distance > 0) & (self.trend < 0) & (distance < -self.trend * self.horizon * (1.0 - progress))
+        rate = torch.where(distance > 0, torch.where(on_course, 0.0, self.rise), self.fall)
+        self.log_multiplier.add_(rate * step * error).clamp_(-30.0, 30.0)
+        self.smoothed_log_l0.copy_(smoothed)
         self.last_error.copy_(error)
         self.last_progress.fill_(progress)
 

@@ -23,7 +23,8 @@ class TrainConfig:
     """Rows per optimizer step."""
     lr: float | None = None
     """Adam peak learning rate; None means the architecture's default (``SAEConfig.base_lr``: 4.8e-3 for the TopK
-    family, 6e-4 for penalty-trained SAEs) times 1/sqrt(n_latents / 2**14), tuned on runs of 0.5-2M tokens."""
+    family, 6e-4 for ReLU and JumpReLU, 1.8e-3 for Gated) times 1/sqrt(n_latents / 2**14), tuned on runs of
+    0.5-2M tokens."""
     beta1: float = 0.9
     """Adam β1."""
     beta2: float = 0.999
