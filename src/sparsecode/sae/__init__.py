@@ -41,6 +41,20 @@ def build_sae(cfg: SAEConfig) -> SparseAutoencoder:
     return ARCHITECTURES[cfg.arch](cfg)
 
 
+def restore_state(sae: SparseAutoencoder, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load ``state`` into ``sae``, checking every tensor is there with the shape the config implies (a DataError
+    naming ``where`` otherwise). Controller buffers that later versions added may be missing: they only steer
+    further training, so an older file keeps their initial values."""
+    expected = dict(sae.state_dict())
+    missing = sorted(k for k in set(expected) - set(state) if not k.startswith("l0_controller."))
+    if missing:
+        raise DataError(f"{where}: missing tensor(s) {', '.join(missing)}")
+    for name, t in expected.items():
+        if name in state and state[name].shape != t.shape:
+            raise DataError(f"{where}: tensor {name} has shape {tuple(state[name].shape)}, config implies {tuple(t.shape)}")
+    sae.load_state_dict({k: state[k] for k in expected if k in state}, strict=False)
+
+
 def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SparseAutoencoder:
     """Load an SAE written by ``SparseAutoencoder.save`` (a file, or a run folder holding sae.safetensors)."""
     path = Path(path)
@@ -54,16 +68,7 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SparseAuto
     except json.JSONDecodeError:
         raise DataError(f"{path}: the SAE config in its metadata is not valid JSON") from None
     sae = build_sae(cfg)
-    state = load_tensors(path, device="cpu")
-    expected = dict(sae.state_dict())
-    # controller state added in later versions only steers further training: older files keep its initial values
-    missing = sorted(k for k in set(expected) - set(state) if not k.startswith("l0_controller."))
-    if missing:
-        raise DataError(f"{path}: missing tensor(s) {', '.join(missing)}")
-    for name, t in expected.items():
-        if name in state and state[name].shape != t.shape:
-            raise DataError(f"{path}: tensor {name} has shape {tuple(state[name].shape)}, config implies {tuple(t.shape)}")
-    sae.load_state_dict({k: state[k] for k in expected if k in state}, strict=False)
+    restore_state(sae, load_tensors(path, device="cpu"), str(path))
     return sae.to(device)
 
 
@@ -93,5 +98,6 @@ __all__ = [
     "build_sae",
     "geometric_median",
     "load_sae",
+    "restore_state",
     "sae_config_from_dict",
 ]

@@ -23,7 +23,7 @@ from ..device import check_device
 from ..errors import DataError, Interrupted, SparsecodeError
 from ..io import atomic_write, load_tensors, read_metadata, save_tensors
 from ..layout import CHECKPOINT_FILE, METRICS_FILE, SAE_FILE, TRAINING_PLOT
-from ..sae import SparseAutoencoder, build_sae
+from ..sae import SparseAutoencoder, build_sae, restore_state
 from ..sources.base import Source
 from .distributed import DataParallel
 from .memory import keep_freed_memory
@@ -212,7 +212,7 @@ class Trainer:
         if step >= self.config.train.total_steps and (self.run_dir / SAE_FILE).is_file():
             raise SparsecodeError(f"{self.run_dir} already finished all {step} steps; nothing to resume")
         sae = build_sae(self.config.sae).to(self.device)
-        sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
+        restore_state(sae, {k[4:]: v for k, v in tensors.items() if k.startswith("sae.")}, str(path))
         optimizer = self._optimizer(sae)
         opt_state = optimizer.state_dict()
         for key, value in tensors.items():
