@@ -133,6 +133,7 @@ def _topk_rows(pre, bias, k, size, n_parts, out_values, out_indices):  # pragma:
                     values[0], indices[0] = cand_values[j], cand_indices[j]
                     _sift_down(values, indices, k, 0)
 
+
 def topk_with_bias(pre: torch.Tensor, bias: torch.Tensor, k: int, size: int,
                    out: tuple[torch.Tensor, torch.Tensor]) -> None:
     """Write the top k of ``pre + bias`` per row into ``out`` = (values (n, k), int64 indices (n, k)), in no

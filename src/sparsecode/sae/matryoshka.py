@@ -11,7 +11,8 @@ from itertools import pairwise
 import torch
 
 from ..errors import ConfigError
-from .topk import TopKConfig, TopKSAE, Winners
+from .sparse import SparsePattern
+from .topk import TopKConfig, TopKSAE
 
 
 @dataclass
@@ -48,11 +49,11 @@ class MatryoshkaSAE(TopKSAE):
         latents[:, size:] = 0
         return latents
 
-    def _reconstruction_loss(self, winners: Winners,
+    def _reconstruction_loss(self, values: torch.Tensor, pattern: SparsePattern,
                              target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Sum of the nested prefixes' FVUs, each decoded sparsely from the winners inside the prefix (the
         winners are ranked over the whole dictionary, as at inference)."""
-        masks = [None if size == self.cfg.n_latents else winners.pattern.indices < size for size in self.cfg.sizes]
-        losses, x_hat = self._masked_fvus(winners, target, masks)
+        masks = [None if size == self.cfg.n_latents else pattern.indices < size for size in self.cfg.sizes]
+        losses, x_hat = self._masked_fvus(values, pattern, target, masks)
         metrics = {"fvu": losses[-1].detach(), **{f"fvu_{s}": v.detach() for s, v in zip(self.cfg.prefixes, losses)}}
         return torch.stack(losses).sum(), x_hat, metrics

@@ -10,7 +10,8 @@ from itertools import pairwise
 import torch
 
 from ..errors import ConfigError
-from .topk import TopKConfig, TopKSAE, Winners
+from .sparse import SparsePattern
+from .topk import TopKConfig, TopKSAE
 
 
 @dataclass
@@ -54,12 +55,11 @@ class MultiBudgetSAE(TopKSAE):
         top_pre, order = top_pre.sort(dim=-1, descending=True)  # (n, k): budget b keeps the first b
         return top_pre, indices.gather(1, order)
 
-    def _reconstruction_loss(self, winners: Winners,
+    def _reconstruction_loss(self, values: torch.Tensor, pattern: SparsePattern,
                              target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Mean of the budgets' FVUs; budget b decodes the b largest winners (a mask on the shared pattern)."""
-        k = winners.pre.shape[1]
-        rank = torch.arange(k, device=winners.pre.device)  # (k,)
-        masks = [None if b == k else rank < b for b in self.cfg.budgets]
-        losses, x_hat = self._masked_fvus(winners, target, masks)
+        rank = torch.arange(values.shape[1], device=values.device)  # (k,)
+        masks = [None if b == values.shape[1] else rank < b for b in self.cfg.budgets]
+        losses, x_hat = self._masked_fvus(values, pattern, target, masks)
         metrics = {"fvu": losses[-1].detach(), **{f"fvu_k{b}": v.detach() for b, v in zip(self.cfg.budgets, losses)}}
         return torch.stack(losses).mean(), x_hat, metrics

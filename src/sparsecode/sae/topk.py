@@ -82,8 +82,10 @@ class TopKSAE(SparseAutoencoder):
         n_latents = self.cfg.n_latents
         top_pre, indices = self._order_winners(top_pre, indices)
         pattern = SparsePattern(indices, n_latents)
-        winners = Winners(top_pre, keep, x, pattern)
-        loss, x_hat, metrics = self._reconstruction_loss(winners, target)
+        values = gathered_pre_acts(top_pre, x, self.W_enc, self.b_enc, self.b_dec, pattern).relu()  # (n, k)
+        if keep is not None:
+            values = values * keep
+        loss, x_hat, metrics = self._reconstruction_loss(values, pattern, target)
 
         if auxk:
             # Only dead latents compete: model the residual the live latents leave.
@@ -93,7 +95,7 @@ class TopKSAE(SparseAutoencoder):
             loss = loss + self.cfg.auxk_alpha * aux_loss
             metrics["auxk_loss"] = aux_loss.detach()
 
-        active = top_pre > 0 if keep is None else (top_pre > 0) & keep  # (n, k)
+        active = (values > 0).detach()  # (n, k)
         fired = torch.zeros(n_latents, dtype=torch.uint8, device=x.device).scatter_reduce_(
             0, pattern.flat, active.view(-1).to(torch.uint8), "amax").bool()  # from the k winners only
         metrics["l0"] = active.sum() / x.shape[0]
@@ -103,31 +105,24 @@ class TopKSAE(SparseAutoencoder):
         """The (n, k) winners in the order the loss needs (any order here; largest first for multi-budget)."""
         return top_pre, indices
 
-    def _reconstruction_loss(self, winners: Winners,
+    def _reconstruction_loss(self, values: torch.Tensor, pattern: SparsePattern,
                              target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss, (n, d_out) reconstruction and metrics from the winners; nested dictionaries (Matryoshka,
-        multi-budget) override it to add their partial reconstructions."""
-        x_hat = sparse_decode(self._winner_values(winners), winners.pattern, self.W_dec) + self.b_dec  # (n, d_out)
+        """Loss, (n, d_out) reconstruction and metrics from the (n, k) ReLU'd winners; nested dictionaries
+        (Matryoshka, multi-budget) override it to add their partial reconstructions."""
+        x_hat = sparse_decode(values, pattern, self.W_dec) + self.b_dec  # (n, d_in)
         fvu = F.mse_loss(x_hat, target, reduction="sum") / total_variance(target)
         return fvu, x_hat, {"fvu": fvu.detach()}
 
-    def _masked_fvus(self, winners: Winners, target: torch.Tensor,
+    def _masked_fvus(self, values: torch.Tensor, pattern: SparsePattern, target: torch.Tensor,
                      masks: list[torch.Tensor | None]) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """The FVU of each partial reconstruction keeping the winners where ``mask`` (None: all of them), and
-        the last reconstruction (n, d_out). Nested dictionaries build their losses from these."""
-        pattern, values = winners.pattern, self._winner_values(winners)
+        """The FVU of each partial reconstruction keeping ``values * mask`` on the shared pattern (None: all of
+        them), and the last reconstruction (n, d_out). Nested dictionaries build their losses from these."""
         variance = total_variance(target)
         losses = []
         for mask in masks:
             x_hat = sparse_decode(values if mask is None else values * mask, pattern, self.W_dec) + self.b_dec
             losses.append(F.mse_loss(x_hat, target, reduction="sum") / variance)
         return losses, x_hat
-
-    def _winner_values(self, winners: Winners) -> torch.Tensor:
-        """The (n, k) ReLU'd winners, zero where not kept, wired into autograd with a sparse backward."""
-        w = winners
-        values = gathered_pre_acts(w.pre, w.x, self.W_enc, self.b_enc, self.b_dec, w.pattern).relu()
-        return values if w.keep is None else values * w.keep
 
     def _auxk_selector(self, dead_mask: torch.Tensor | None, d_in: int) -> _DeadTopK | None:
         if dead_mask is None or self.cfg.auxk_alpha <= 0 or not bool(dead_mask.any()):
@@ -156,17 +151,6 @@ PRE_BLOCK_ELEMENTS = 4096 * 6144
 """Pre-activations computed per block of rows (elements, 96 MiB in fp32): bounds the scratch memory for
 any batch size. Measured on a 2-core CPU at d=384, m=6144: blocks of 4096 rows beat 1024 by ~20% and 256
 by ~2x (small GEMMs run far below peak), so the block is as big as this memory budget allows."""
-
-
-@dataclass
-class Winners:
-    """A batch's winners: (n, k) pre-activations without grad at ``pattern``, which of them to keep (None: all),
-    and the (n, d_in) input they came from (for the encoder's gradient)."""
-
-    pre: torch.Tensor
-    keep: torch.Tensor | None
-    x: torch.Tensor
-    pattern: SparsePattern
 
 
 class _DeadTopK:
