@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import statistics
 import tempfile
 import time
@@ -24,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from train_step import training_step  # bench/train_step.py, next to this file
+from speed import loop_seconds  # bench/speed.py, next to this file
+from train_step import training_step  # bench/train_step.py
 
 from sparsecode.activations import store as store_module
 from sparsecode.cli import parse_count
@@ -105,12 +105,8 @@ def main() -> None:
         config = RunConfig(ArraySourceConfig(path=a.path), TopKConfig(d_in=real.shape[1], n_latents=6144, k=32),
                            TrainConfig(tokens=a.tokens, batch_size=4096))
         Trainer(config, Path(tmp) / "run", open_source(config.source), progress=False).fit()
-        rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
-    loop, previous = 0.0, 0
-    for row in rows:  # the loop's own time, as bench/speed.py counts it
-        loop += (row["tokens"] - previous) / row["tokens_per_s"]
-        previous = row["tokens"]
-    steps = previous // 4096
+        loop, tokens = loop_seconds(Path(tmp) / "run" / "metrics.jsonl")  # as bench/speed.py counts it
+    steps = tokens // 4096
     print(f"{torch.get_num_threads()} threads, {steps} steps of 4096 rows from {a.path}")
     print(f"  bare step (bench/train_step.py's): {bare['random rows']:.1f} ms on random rows, "
           f"{bare['real rows']:.1f} ms on real rows")

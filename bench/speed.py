@@ -131,6 +131,17 @@ def held_out_scores(reconstruct, encode_l0, heldout_path: str) -> dict[str, floa
     return {"fvu": sq / total, "l0": l0 / len(x)}
 
 
+def loop_seconds(metrics: Path) -> tuple[float, int]:
+    """(seconds, tokens) of a sparsecode run's training loop, from the per-interval rates its metrics.jsonl logged
+    (setup and the final save excluded)."""
+    seconds, tokens = 0.0, 0
+    for line in metrics.read_text().splitlines():
+        row = json.loads(line)
+        seconds += (row["tokens"] - tokens) / row["tokens_per_s"]
+        tokens = row["tokens"]
+    return seconds, tokens
+
+
 def child_sparsecode(a) -> dict:
     from sparsecode.run import RunConfig
     from sparsecode.sae import TopKConfig
@@ -143,12 +154,7 @@ def child_sparsecode(a) -> dict:
         t = time.perf_counter()
         sae = Trainer(config, Path(tmp) / "run", open_source(config.source), progress=False).fit()
         wall = time.perf_counter() - t
-        rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
-    # the training loop's own time, from the per-interval rates it logged (excludes setup and final save)
-    loop, previous = 0.0, 0
-    for row in rows:
-        loop += (row["tokens"] - previous) / row["tokens_per_s"]
-        previous = row["tokens"]
+        loop, previous = loop_seconds(Path(tmp) / "run" / "metrics.jsonl")
     scores = held_out_scores(sae, lambda c: (sae.encode(c) > 0).sum().item(), a.heldout)
     return {"train_s": loop, "wall_s": wall, "tokens": previous, **scores}
 
