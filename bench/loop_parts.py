@@ -21,6 +21,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+import sparsecode  # noqa: F401  (before torch: its OpenMP defaults apply only then)
 import torch
 import torch.nn.functional as F
 from speed import loop_seconds  # bench/speed.py, next to this file

@@ -11,7 +11,8 @@ What it does, in one run:
 3. trains a TopK SAE (d=384, latents, k, batch, token budget, threads all equal) with each trainer, in a
    fresh process per run, feeding every trainer the identical batch sequence (sparsecode's shuffling
    store over the same .npy), runs interleaved so load drifts hit all alike;
-   - sparsecode: the product's Trainer, as `sparsecode train --activations` runs it;
+   - sparsecode: the product's Trainer, as `sparsecode train --activations` runs it (with the OpenMP
+     defaults the package sets when imported before torch, `sparsecode.OPENMP_DEFAULTS`);
    - sparsify 1.3.3: its SparseCoder with its trainer's step (default Signum + schedule-free, FVU loss),
      once as installed and once with jemalloc (decay off) preloaded;
    - SAELens 6.54: its SAETrainer with TopKTrainingSAE (its defaults otherwise);
@@ -45,6 +46,9 @@ DATA = ROOT / "bench" / "data"
 RESULTS = ROOT / "bench" / "results"
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 TRAINERS = ("sparsecode", "sparsify", "sparsify+jemalloc", "saelens")
+INHERITED_ENV = dict(os.environ)
+"""The environment children start from, taken before anything here imports sparsecode (which adds its OpenMP
+defaults to os.environ): the peers run as installed."""
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -245,8 +249,12 @@ def run_child(a) -> None:
 # -- parent ---------------------------------------------------------------------------------------
 def launch(name: str, a, train: Path) -> dict:
     child = name.split("+")[0]
-    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads),
+    env = {**INHERITED_ENV, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads),
            "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
+    if child == "sparsecode":  # what importing sparsecode before torch sets (as the CLI does); the child imports torch first
+        from sparsecode import OPENMP_DEFAULTS
+
+        env = {**OPENMP_DEFAULTS, **env}
     if name.endswith("+jemalloc"):
         env.update(LD_PRELOAD=JEMALLOC, MALLOC_CONF="dirty_decay_ms:-1,muzzy_decay_ms:-1")
     cmd = [sys.executable, __file__, "--child", child, "--train", str(train), "--heldout", str(a.heldout),

@@ -14,6 +14,7 @@ import argparse
 import statistics
 import time
 
+import sparsecode  # noqa: F401  (before torch: its OpenMP defaults apply only then)
 import torch
 
 from sparsecode.sae import TopKConfig, build_sae, sparse

@@ -14,14 +14,16 @@ import statistics
 import time
 from collections.abc import Callable
 
+import sparsecode  # noqa: F401  (before torch: its OpenMP defaults apply only then)
 import torch
 
 from sparsecode.sae import TopKConfig, build_sae
+from sparsecode.train.optim import Adam
 
 
 def training_step(sae, x: torch.Tensor, dead: torch.Tensor) -> Callable[[], None]:
     """One optimizer step on ``x``, as the trainer takes it (fused Adam, gradient projection, renormalisation)."""
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)
+    opt = Adam(sae.parameters(), lr=1e-4, fused=True)
 
     def step() -> None:
         out = sae.training_output(x, dead_mask=dead, progress=0.5)

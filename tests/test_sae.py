@@ -32,6 +32,7 @@ def test_save_load_round_trip_is_exact(tmp_path, cfg):
     assert torch.equal(loaded(x), sae(x))
     for (name, a), (_, b) in zip(sae.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
+        assert a.stride() == b.stride(), name  # a loaded SAE keeps the weights' layout (W_enc latent-major)
 
 
 def test_topk_keeps_exactly_k_and_sparse_decode_matches_dense():

@@ -8,7 +8,8 @@ import torch
 from sparsecode.sae import ARCHITECTURES, TopKConfig, build_sae
 from sparsecode.sae import topk as topk_module
 from sparsecode.sae.cpu_backward import project_out_rows_
-from sparsecode.sae.sparse import SparsePattern, block_size, exact_topk, gathered_pre_acts, sparse_decode
+from sparsecode.sae import sparse
+from sparsecode.sae.sparse import SparsePattern, block_size, exact_topk, gathered_pre_acts, sparse_decode, sparse_fvu
 
 
 def dense_reference(sae, x, dead_mask, target=None):
@@ -102,6 +103,31 @@ def test_float32_step_matches_dense_reference(arch):
         assert ours[name].stride() == p.stride(), name
     for name in ref:
         torch.testing.assert_close(ours[name], ref[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_compiled_fvu_matches_torch_path(monkeypatch):
+    """The one-pass compiled FVU (decode, loss and its gradients together) against embedding bags + mse_loss:
+    values and the gradients of values, W_dec, b_dec and the target, with the FVU weighted inside a larger loss."""
+    torch.manual_seed(2)
+    n, d, m, k = 300, 48, 512, 8
+    values = torch.rand(n, k, requires_grad=True)
+    W_dec = torch.randn(m, d, requires_grad=True)
+    b_dec = torch.randn(d, requires_grad=True)
+    target = torch.randn(n, d, requires_grad=True)
+    indices = torch.randint(0, m, (n, k))
+    variance = (target - target.mean(0)).pow(2).sum().detach()
+    results = {}
+    for compiled in (True, False):
+        monkeypatch.setattr(sparse, "USE_COMPILED_FVU", compiled)
+        fvu, x_hat = sparse_fvu(values, SparsePattern(indices, m), W_dec, b_dec, target, variance)
+        (3.0 * fvu).backward()
+        results[compiled] = [fvu.detach(), x_hat.detach()] + [t.grad.clone() for t in (values, W_dec, b_dec, target)]
+        for t in (values, W_dec, b_dec, target):
+            t.grad = None
+    names = ["fvu", "x_hat", "d values", "d W_dec", "d b_dec", "d target"]
+    for name, ours, ref in zip(names, results[True], results[False]):
+        assert ref.abs().sum() > 0, name
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_padded_pattern_slots_contribute_nothing():

@@ -13,9 +13,10 @@ from sparsecode.errors import ConfigError
 from sparsecode.eval import mmcs, recovery_fraction
 from sparsecode.io import load_tensors
 from sparsecode.run import RunConfig, load_run
-from sparsecode.sae import BatchTopKConfig, JumpReLUConfig, ReLUConfig, TopKConfig
+from sparsecode.sae import BatchTopKConfig, JumpReLUConfig, ReLUConfig, TopKConfig, build_sae
 from sparsecode.sources import ArraySourceConfig, SyntheticSourceConfig, open_source
 from sparsecode.train import TrainConfig, Trainer
+from sparsecode.train.optim import Adam
 
 
 def train(tmp_path, name, source_config, sae_config, stop_at_step=None, resume=False, **train_kw):
@@ -73,6 +74,34 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, sae_config):
     split_lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
     strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "tokens_per_s"} for x in lines]
     assert strip(full_lines) == strip(split_lines)
+
+
+def test_optimizer_keeps_the_weights_layout_and_matches_torch_adam():
+    """The latent-major encoder steps through its contiguous transpose: the same update as torch's Adam on a
+    row-major copy; state loaded from a file (row-major) comes back latent-major."""
+    torch.manual_seed(0)
+    sae = build_sae(TopKConfig(d_in=8, n_latents=32, k=2))
+    assert sae.W_enc.stride() == (1, 8)
+    row_major = torch.nn.Parameter(sae.W_enc.detach().contiguous())
+    ours = Adam(sae.parameters(), lr=0.1, fused=True)
+    reference = torch.optim.Adam([row_major], lr=0.1, fused=True)
+    for _ in range(3):
+        ours.zero_grad()
+        sae.training_output(torch.randn(16, 8), dead_mask=None, progress=0.0).loss.backward()
+        row_major.grad = sae.W_enc.grad.contiguous()
+        ours.step()
+        reference.step()
+    assert torch.equal(sae.W_enc, row_major) and sae.W_enc.stride() == (1, 8)
+    state = ours.state_dict()
+    for s in state["state"].values():  # as a checkpoint file returns them
+        s.update({name: v.contiguous().clone() for name, v in s.items() if v.dim() == 2})
+    resumed = Adam(sae.parameters(), fused=True)
+    resumed.load_state_dict(state)
+    for p in sae.parameters():
+        for name, value in resumed.state[p].items():
+            if value.dim():
+                assert value.stride() == p.stride(), name
+                assert torch.equal(value, ours.state[p][name]), name
 
 
 def test_run_folder_contents_and_scale_folding(tmp_path):

@@ -92,9 +92,10 @@ class SparseAutoencoder(nn.Module):
         W_dec = torch.randn(cfg.n_latents, cfg.d_in, generator=g)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(W_dec)  # (n_latents, d_in)
-        # (d_in, n_latents): starts as the decoder's transpose, stored row-major like every other weight (a
-        # transposed layout would differ from a reloaded checkpoint's and from its optimizer state's)
-        self.W_enc = nn.Parameter(W_dec.T.contiguous())
+        # (d_in, n_latents), starting as the decoder's transpose and stored latent-major (its transpose is
+        # contiguous): the sparse backward builds dW_enc one latent at a time, so it lands in this layout without
+        # a transposing copy. Files hold the row-major form; loading copies into this layout.
+        self.W_enc = nn.Parameter(W_dec.clone().T)
         self.b_enc = nn.Parameter(torch.zeros(cfg.n_latents))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
 

@@ -9,7 +9,7 @@ once, in four steps that leave the row in the core's cache after the first:
    bound, which usually already qualifies): since those blocks hold at least k elements at or above it, the
    bound is ≤ the row's k-th largest value;
 3. every element at or above the bound (it can only sit in a block whose maximum reaches it) becomes a
-   candidate: about k to 1.3·k of them;
+   candidate, gathered block by block: about k to 1.3·k of them;
 4. the few surplus candidates are dropped, smallest first (a k-element min-heap when there are many, e.g.
    ties), which leaves the top k exactly.
 
@@ -53,6 +53,22 @@ def _sift_down(values, indices, k, pos):  # pragma: no cover - compiled
     values[pos], indices[pos] = v, ix
 
 
+@numba.njit(inline="always", fastmath=FASTMATH)
+def _count_at_least(values, bound):  # pragma: no cover - compiled
+    count = np.int32(0)
+    for b in range(values.shape[0]):
+        count += np.int32(1) if values[b] >= bound else np.int32(0)  # int32: vectorises
+    return count
+
+
+@numba.njit(inline="always", fastmath=FASTMATH)
+def _min_max(values):  # pragma: no cover - compiled
+    low = high = values[0]  # a plain loop vectorises; numpy's min/max check for NaN element by element
+    for b in range(1, values.shape[0]):
+        low, high = min(low, values[b]), max(high, values[b])
+    return low, high
+
+
 DROP_LIMIT = 16
 """Up to this many surplus candidates are dropped one smallest at a time (a few short branch-free scans);
 beyond it a k-element heap is cheaper."""
@@ -79,38 +95,35 @@ def _topk_rows(pre, bias, k, size, n_parts, out_values, out_indices):  # pragma:
                 bias_part = bias[e * n_blocks:(e + 1) * n_blocks]
                 for b in range(n_blocks):
                     block_max[b] = max(block_max[b], row_part[b] + bias_part[b])
-            # 2. bisect for a threshold that k to 1.25k block maxima reach: a lower bound on the k-th value.
-            # Rows of a batch are alike, so the previous row's threshold is tried first (often one pass).
-            low, high = block_max.min(), block_max.max()
-            guess = max(low, min(high, guess))
-            for _ in range(40):
-                above = 0
-                for b in range(n_blocks):
-                    above += block_max[b] >= guess
-                if above >= k:
-                    low = guess
-                    if above <= k + k // 4:
-                        break
-                else:
-                    high = guess
-                guess = 0.5 * (low + high)
-            guess = low
-            # 3. every element >= the bound lies in a block whose maximum reaches it; segment by segment, so
-            # that the chosen blocks' elements are read in address order
+            # 2. a threshold that k to 1.25k block maxima reach: a lower bound on the k-th value. Rows of a batch
+            # are alike, so the previous row's threshold is tried first (it often qualifies); else bisect.
+            above = _count_at_least(block_max, guess)
+            if above < k or above > k + k // 4:
+                low, high = _min_max(block_max)
+                guess = max(low, min(high, guess))
+                for _ in range(40):
+                    above = _count_at_least(block_max, guess)
+                    if above >= k:
+                        low = guess
+                        if above <= k + k // 4:
+                            break
+                    else:
+                        high = guess
+                    guess = 0.5 * (low + high)
+                guess = low
+            # 3. every element >= the bound lies in a block whose maximum reaches it: gather the chosen blocks
             n_chosen = 0
             for b in range(n_blocks):
                 chosen[n_chosen] = b
-                n_chosen += block_max[b] >= low
+                n_chosen += block_max[b] >= guess
             count = 0
-            for e in range(size):
-                row_part = row[e * n_blocks:(e + 1) * n_blocks]
-                bias_part = bias[e * n_blocks:(e + 1) * n_blocks]
-                for c in range(n_chosen):
-                    b = chosen[c]
-                    v = row_part[b] + bias_part[b]
+            for c in range(n_chosen):
+                b = chosen[c]
+                for e in range(size):
+                    v = row[e * n_blocks + b] + bias[e * n_blocks + b]
                     cand_values[count] = v
                     cand_indices[count] = e * n_blocks + b
-                    count += v >= low
+                    count += v >= guess
             # 4. the k largest of the (at least k) candidates: drop the few smallest, or keep a k-heap when
             # there are many more (ties)
             if count - k <= DROP_LIMIT:

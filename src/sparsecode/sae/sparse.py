@@ -24,7 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .cpu_backward import latent_order
+from .cpu_backward import decode_and_fvu_grads, latent_order
 from .cpu_topk import topk_with_bias
 
 
@@ -102,6 +102,31 @@ class _SparseDecode(torch.autograd.Function):
         return grad_values, grad_W, None
 
 
+class _SparseDecodeFVU(torch.autograd.Function):
+    """FVU of the sparse reconstruction, its gradients computed in the forward's pass over the rows (CPU)."""
+
+    @staticmethod
+    def forward(ctx, values, W_dec, b_dec, target, pattern, variance):  # type: ignore[override]
+        fvu, x_hat, grad_x_hat, grad_values = decode_and_fvu_grads(values, pattern.indices, W_dec, b_dec, target,
+                                                                   variance)
+        ctx.save_for_backward(values, grad_x_hat, grad_values)
+        ctx.pattern = pattern
+        ctx.mark_non_differentiable(x_hat)
+        return fvu, x_hat
+
+    @staticmethod
+    def backward(ctx, grad_fvu, _grad_x_hat):  # type: ignore[override]
+        values, grad_x_hat, grad_values = ctx.saved_tensors
+        pattern: SparsePattern = ctx.pattern
+        if not bool(grad_fvu == 1):  # the FVU weighted in a larger loss
+            grad_x_hat, grad_values = grad_x_hat * grad_fvu, grad_values * grad_fvu
+        needs = ctx.needs_input_grad
+        return (grad_values if needs[0] else None,
+                pattern.transposed_matmul(values, grad_x_hat) if needs[1] else None,  # (n_latents, d)
+                grad_x_hat.sum(0) if needs[2] else None,
+                -grad_x_hat if needs[3] else None, None, None)
+
+
 class _GatheredPreActs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, selected, x, W_enc, b_enc, b_dec, pattern):  # type: ignore[override]
@@ -117,11 +142,11 @@ class _GatheredPreActs(torch.autograd.Function):
         grad_b_enc = pattern.column_sums(grad)  # (n_latents,)
         grad_W_enc = grad_b_dec = None
         if ctx.needs_input_grad[2]:
-            # pre = (x − b_dec) W_enc + b_enc  ⇒  dW_enc = (x − b_dec)ᵀ G, copied into a buffer laid out like
-            # W_enc (optimizers such as fused Adam assume matching strides); a plain transposing copy is
-            # twice as fast as folding the b_dec term in with addr
-            grad_W_enc = torch.empty_like(W_enc)  # (d, n_latents)
-            grad_W_enc.copy_(pattern.transposed_matmul(grad, x - b_dec).T)
+            # pre = (x − b_dec) W_enc + b_enc  ⇒  dW_encᵀ = Gᵀ (x − b_dec), laid out like W_enc (optimizers such
+            # as fused Adam want matching strides): free for the SAEs' latent-major W_enc, a copy otherwise
+            grad_W_enc = pattern.transposed_matmul(grad, x - b_dec).T  # (d, n_latents), latent-major
+            if grad_W_enc.stride() != W_enc.stride():
+                grad_W_enc = torch.empty_like(W_enc).copy_(grad_W_enc)
         if ctx.needs_input_grad[4]:
             grad_b_dec = -(W_enc @ grad_b_enc)  # (d,)
         return None, None, grad_W_enc, grad_b_enc if ctx.needs_input_grad[3] else None, grad_b_dec, None
@@ -132,12 +157,29 @@ def sparse_decode(values: torch.Tensor, pattern: SparsePattern, W_dec: torch.Ten
     return _SparseDecode.apply(values, W_dec, pattern)
 
 
+def sparse_fvu(values: torch.Tensor, pattern: SparsePattern, W_dec: torch.Tensor, b_dec: torch.Tensor,
+               target: torch.Tensor, variance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(FVU, x_hat) of the reconstruction x_hat = sparse_decode(values, pattern, W_dec) + b_dec against ``target``
+    (n, d), i.e. Σ‖x_hat − target‖² / ``variance``; differentiable in the FVU (x_hat is returned detached on the
+    compiled path). On the CPU in float32 one compiled pass computes the FVU and its gradients together."""
+    tensors = (values, W_dec, b_dec, target)
+    if USE_COMPILED_FVU and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) \
+            and W_dec.is_contiguous():
+        return _SparseDecodeFVU.apply(values.contiguous(), W_dec, b_dec, target.contiguous(), pattern, float(variance))
+    x_hat = sparse_decode(values, pattern, W_dec) + b_dec  # (n, d)
+    return F.mse_loss(x_hat, target, reduction="sum") / variance, x_hat
+
+
 def gathered_pre_acts(selected: torch.Tensor, x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
                       b_dec: torch.Tensor, pattern: SparsePattern) -> torch.Tensor:
     """The pre-activations ``(x − b_dec) W_enc + b_enc`` at ``pattern``, already computed (without grad) as
     ``selected`` (n, k), wired into autograd with a sparse backward into W_enc, b_enc and b_dec."""
     return _GatheredPreActs.apply(selected, x, W_enc, b_enc, b_dec, pattern)
 
+
+USE_COMPILED_FVU = True
+"""Compute the FVU and its gradients in one compiled pass where it applies (``sparse_fvu``); False forces
+the torch path (embedding bags and mse_loss)."""
 
 USE_COMPILED_TOPK = True
 """Select with the compiled kernel (``cpu_topk``) where it applies; False forces the pure-torch path (for

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from .base import SAEConfig, SparseAutoencoder, TrainOutput, total_variance
 from .common import auxk_loss
-from .sparse import SparsePattern, chunked_topk, exact_topk, gathered_pre_acts, gemm_dtype, sparse_decode
+from .sparse import SparsePattern, chunked_topk, exact_topk, gathered_pre_acts, gemm_dtype, sparse_decode, sparse_fvu
 
 
 @dataclass
@@ -109,8 +109,7 @@ class TopKSAE(SparseAutoencoder):
                              target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Loss, (n, d_out) reconstruction and metrics from the (n, k) ReLU'd winners; nested dictionaries
         (Matryoshka, multi-budget) override it to add their partial reconstructions."""
-        x_hat = sparse_decode(values, pattern, self.W_dec) + self.b_dec  # (n, d_in)
-        fvu = F.mse_loss(x_hat, target, reduction="sum") / total_variance(target)
+        fvu, x_hat = sparse_fvu(values, pattern, self.W_dec, self.b_dec, target, total_variance(target))  # x_hat (n, d_out)
         return fvu, x_hat, {"fvu": fvu.detach()}
 
     def _masked_fvus(self, values: torch.Tensor, pattern: SparsePattern, target: torch.Tensor,

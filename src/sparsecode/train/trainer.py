@@ -27,6 +27,7 @@ from ..sae import SparseAutoencoder, build_sae, restore_state
 from ..sources.base import Source
 from .distributed import DataParallel
 from .memory import keep_freed_memory
+from .optim import Adam
 from .plots import plot_training_curves
 
 if TYPE_CHECKING:
@@ -151,12 +152,11 @@ class Trainer:
         return ActivationStore(self.source, batch_size=tc.batch_size, buffer_rows=tc.buffer_rows, seed=tc.seed,
                                split="train", batches_emitted=batches_emitted, shards=shards, own=own)
 
-    def _optimizer(self, sae: SparseAutoencoder) -> torch.optim.Adam:
+    def _optimizer(self, sae: SparseAutoencoder) -> Adam:
         tc = self.config.train
         # fused: one kernel over all parameters instead of a dozen elementwise passes
         lr = tc.learning_rate(self.config.sae.n_latents, self.config.sae.base_lr)
-        return torch.optim.Adam(sae.parameters(), lr=lr,
-                                betas=(tc.beta1, tc.beta2), fused=True)
+        return Adam(sae.parameters(), lr=lr, betas=(tc.beta1, tc.beta2), fused=True)
 
     def _start_fresh(self):
         tc = self.config.train
