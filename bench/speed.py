@@ -5,9 +5,9 @@
 
 What it does, in one run:
 1. exports MiniLM layer-3 activations of the default corpus once to bench/data/ (train and held-out .npy);
-2. measures this machine's fp32 GEMM rate for the encoder product, (batch, d) x (d, latents); the
-   "1-GEMM limit" is that rate / (2·d·latents) tokens/s: what a TopK trainer whose only dense product is the
-   encoder forward could reach;
+2. measures this machine's fp32 GEMM rate for the encoder product, (batch, d) x (d, latents), before every
+   round of runs (median reported); the "1-GEMM limit" is that rate / (2·d·latents) tokens/s: what a TopK
+   trainer whose only dense product is the encoder forward could reach;
 3. trains a TopK SAE (d=384, latents, k, batch, token budget, threads all equal) with each trainer, in a
    fresh process per run, feeding every trainer the identical batch sequence (sparsecode's shuffling
    store over the same .npy), runs interleaved so load drifts hit all alike;
@@ -354,17 +354,19 @@ def main() -> None:
     a.heldout = heldout
     a.d_in = int(np.load(train, mmap_mode="r").shape[1])
     torch.set_num_threads(a.threads)
-    flops = gemm_rate(a.batch, a.d_in, a.latents)
-    limit = flops / (2 * a.d_in * a.latents)
-    print(f"GEMM ({a.batch}x{a.d_in}) @ ({a.d_in}x{a.latents}), {a.threads} threads: {flops / 1e9:.1f} GFLOP/s "
-          f"-> 1-GEMM limit {limit:,.0f} tokens/s", file=sys.stderr)
 
     runs: dict[str, list[dict]] = {n: [] for n in names}
-    for r in range(a.repeats):  # interleaved: a load change on the machine hits every trainer alike
-        print(f"repeat {r + 1}/{a.repeats}", file=sys.stderr)
+    rates = []
+    for r in range(a.repeats):  # interleaved: a load change on the machine hits every trainer (and the GEMM) alike
+        rates.append(gemm_rate(a.batch, a.d_in, a.latents))
+        print(f"repeat {r + 1}/{a.repeats}: GEMM ({a.batch}x{a.d_in}) @ ({a.d_in}x{a.latents}), {a.threads} threads: "
+              f"{rates[-1] / 1e9:.1f} GFLOP/s", file=sys.stderr)
         for name in names:
             runs[name].append(launch(name, a, train))
     summary = summarise(runs)
+    flops = statistics.median(rates)
+    limit = flops / (2 * a.d_in * a.latents)
+    print(f"GEMM median {flops / 1e9:.1f} GFLOP/s -> 1-GEMM limit {limit:,.0f} tokens/s", file=sys.stderr)
 
     memory = None
     if not a.no_memory and "sparsecode" in names:
@@ -388,7 +390,7 @@ def main() -> None:
     (RESULTS / "speed.json").write_text(json.dumps(
         {"date": date, "machine": machine, "cpu": cpu, "command": command, "threads": a.threads,
          "config": {"d_in": a.d_in, "latents": a.latents, "k": a.k, "batch": a.batch, "tokens": a.tokens},
-         "gemm_flops": flops, "limit_tokens_per_s": limit, "summary": summary,
+         "gemm_flops": flops, "gemm_flops_by_repeat": rates, "limit_tokens_per_s": limit, "summary": summary,
          "memory_by_corpus_rows": memory}, indent=1))
     plot(summary, limit, ROOT / "docs" / "speed.png", header)
     print(md)

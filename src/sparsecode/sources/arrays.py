@@ -37,8 +37,9 @@ class ArraySourceConfig(SourceConfigBase):
     None: the only tensor / the only list-of-numbers column / all numeric columns."""
     eval_fraction: float = 0.05
     """Fraction of rows at the end of the file held out as the "eval" split (at least one row if > 0)."""
-    chunk_rows: int = 65536
-    """Rows read (and yielded) at a time."""
+    chunk_rows: int = 16384
+    """Rows read (and yielded) at a time. Chunks under 32 MiB (16384 rows up to d=512) come from memory malloc
+    keeps for reuse; bigger ones are fresh pages every time (measured: a store batch 4.4 vs 6.9 ms at d=384)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.path, os.PathLike):
