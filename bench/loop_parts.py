@@ -4,7 +4,8 @@
 
 Trains as `bench/speed.py` does for sparsecode (TopK, 6144 latents, k=32, batch 4096, the MiniLM export
 bench/data/minilm-l3-train.npy by default) while timing the store's batches, the encoder GEMM, the compiled
-top-k, the embedding-bag passes (the decode and both by-latent gradients), the whole backward and Adam.
+top-k, the compiled pass that decodes and takes the FVU's gradients, the embedding-bag passes (both by-latent
+weight gradients), the whole backward and Adam.
 Prints each per step against the loop's own time (the rate the trainer logs), then the same model's bare
 step (bench/train_step.py's) on random rows and on real rows, interleaved, so the gap between the bare step
 and the loop, and its source, come from one run. Diagnostic only: the timers wrap library internals.
@@ -64,6 +65,7 @@ def instrument() -> None:
     sparse.torch = _Proxy(torch, mm=timed(torch.mm, "encoder GEMM"))
     sparse.F = _Proxy(F, embedding_bag=timed(F.embedding_bag, "embedding-bag passes"))
     sparse.topk_with_bias = timed(sparse.topk_with_bias, "top-k (compiled)")
+    sparse.decode_and_fvu_grads = timed(sparse.decode_and_fvu_grads, "decode + FVU grads (compiled)")
     store_module.ActivationStore.__next__ = timed(store_module.ActivationStore.__next__, "store: next batch")
     torch.Tensor.backward = timed(torch.Tensor.backward, "backward (all of it)")
     torch.optim.Adam.step = timed(torch.optim.Adam.step, "Adam step")
@@ -114,7 +116,7 @@ def main() -> None:
     print(f"  training loop: {1e3 * loop / steps:.1f} ms per step, of which (timers; the backward includes "
           f"the by-latent embedding-bag passes):")
     for name, seconds in SECONDS.items():
-        print(f"    {name:24s} {1e3 * seconds / steps:7.1f} ms")
+        print(f"    {name:30s} {1e3 * seconds / steps:7.1f} ms")
 
 
 if __name__ == "__main__":

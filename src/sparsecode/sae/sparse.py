@@ -69,7 +69,7 @@ class SparsePattern:
         """(n_latents, d) = Wᵀ · dense, where W is (n, n_latents) with ``weights`` (n, k) on this pattern and
         ``dense`` is (n, d)."""
         order, rows, offsets = self.by_latent()
-        return F.embedding_bag(rows, dense, offsets, per_sample_weights=weights.reshape(-1)[order],
+        return F.embedding_bag(rows, dense, offsets, per_sample_weights=weights.reshape(-1).index_select(0, order),
                                mode="sum", include_last_offset=True)  # (n_latents, d)
 
     def column_sums(self, weights: torch.Tensor) -> torch.Tensor:
