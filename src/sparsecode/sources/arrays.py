@@ -39,7 +39,8 @@ class ArraySourceConfig(SourceConfigBase):
     """Fraction of rows at the end of the file held out as the "eval" split (at least one row if > 0)."""
     chunk_rows: int = 16384
     """Rows read (and yielded) at a time. Chunks under 32 MiB (16384 rows up to d=512) come from memory malloc
-    keeps for reuse; bigger ones are fresh pages every time (measured: a store batch 4.4 vs 6.9 ms at d=384)."""
+    keeps for reuse; bigger ones are fresh pages every time (`python bench/store_fill.py`: 131,072-row fills at
+    d=384 in 57.5 ms with 16384-row chunks, 79.9 ms with 65536)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.path, os.PathLike):
