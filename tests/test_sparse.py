@@ -7,7 +7,7 @@ import torch
 
 from sparsecode.sae import ARCHITECTURES, TopKConfig, build_sae
 from sparsecode.sae import topk as topk_module
-from sparsecode.sae.cpu_backward import project_out_rows_
+from sparsecode.sae.cpu_backward import latent_order, project_out_rows_
 from sparsecode.sae import sparse
 from sparsecode.sae.sparse import SparsePattern, block_size, exact_topk, gathered_pre_acts, sparse_decode, sparse_fvu
 
@@ -128,6 +128,16 @@ def test_compiled_fvu_matches_torch_path(monkeypatch):
     for name, ours, ref in zip(names, results[True], results[False]):
         assert ref.abs().sum() > 0, name
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("n", [1, 3, 257])
+def test_latent_order_is_a_stable_sort_by_latent(n):
+    torch.manual_seed(n)
+    m = 40
+    flat = torch.randint(0, m, (n * 5,))
+    order, offsets = latent_order(flat, m)
+    assert torch.equal(order, torch.sort(flat, stable=True).indices)
+    assert torch.equal(offsets, torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(flat, minlength=m).cumsum(0)]))
 
 
 def test_padded_pattern_slots_contribute_nothing():
