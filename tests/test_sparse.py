@@ -140,6 +140,14 @@ def test_latent_order_is_a_stable_sort_by_latent(n):
     assert torch.equal(offsets, torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(flat, minlength=m).cumsum(0)]))
 
 
+def test_compiled_fvu_of_a_constant_batch_is_not_finite_like_the_torch_path():
+    """A batch with no variance has no FVU; the trainer reports that as a divergence, so it must not raise."""
+    indices = torch.randint(0, 16, (4, 2))
+    W_dec, b_dec, target = torch.randn(16, 3), torch.zeros(3), torch.ones(4, 3)
+    fvu, _ = sparse_fvu(torch.rand(4, 2), SparsePattern(indices, 16), W_dec, b_dec, target, torch.tensor(0.0))
+    assert not torch.isfinite(fvu)
+
+
 def test_padded_pattern_slots_contribute_nothing():
     """Rows with fewer active latents (JumpReLU, BatchTopK) pad with value 0: no output, no gradient."""
     torch.manual_seed(2)

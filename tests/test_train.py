@@ -102,6 +102,9 @@ def test_optimizer_keeps_the_weights_layout_and_matches_torch_adam():
             if value.dim():
                 assert value.stride() == p.stride(), name
                 assert torch.equal(value, ours.state[p][name]), name
+    seen = []  # a closure runs on the weights as they are, not on their transposes
+    loss = ours.step(lambda: seen.append(tuple(sae.W_enc.shape)) or sae.W_enc.sum())
+    assert seen == [(8, 32)] and loss.shape == () and sae.W_enc.stride() == (1, 8)
 
 
 def test_run_folder_contents_and_scale_folding(tmp_path):

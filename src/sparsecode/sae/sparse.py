@@ -164,7 +164,7 @@ def sparse_fvu(values: torch.Tensor, pattern: SparsePattern, W_dec: torch.Tensor
     compiled path). On the CPU in float32 one compiled pass computes the FVU and its gradients together."""
     tensors = (values, W_dec, b_dec, target)
     if USE_COMPILED_FVU and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) \
-            and W_dec.is_contiguous():
+            and W_dec.is_contiguous() and float(variance) > 0:  # a constant batch takes the torch path (inf/nan)
         return _SparseDecodeFVU.apply(values.contiguous(), W_dec, b_dec, target.contiguous(), pattern, float(variance))
     x_hat = sparse_decode(values, pattern, W_dec) + b_dec  # (n, d)
     return F.mse_loss(x_hat, target, reduction="sum") / variance, x_hat

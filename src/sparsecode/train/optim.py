@@ -25,14 +25,19 @@ class Adam(torch.optim.Adam):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:  # evaluated before the swap: it must see the weights as they are
+            with torch.enable_grad():
+                loss = closure()
         flipped = [p for group in self.param_groups for p in group["params"] if _stored_transposed(p)]
         for p in flipped:
             self._transpose(p)
         try:
-            return super().step(closure)
+            super().step()
         finally:
             for p in flipped:
                 self._transpose(p)
+        return loss
 
     def _transpose(self, p: torch.nn.Parameter) -> None:
         """Swap ``p``, its gradient and its 2-d state for their transposes (views of the same memory)."""
