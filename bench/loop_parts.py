@@ -22,7 +22,10 @@ import types
 from pathlib import Path
 
 import numpy as np
+
 import sparsecode  # noqa: F401  (before torch: its OpenMP defaults apply only then)
+
+# isort: split
 import torch
 import torch.nn.functional as F
 from speed import loop_seconds  # bench/speed.py, next to this file

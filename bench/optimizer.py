@@ -14,6 +14,8 @@ import statistics
 import time
 
 import sparsecode  # noqa: F401  (before torch: its OpenMP defaults apply only then)
+
+# isort: split
 import torch
 
 from sparsecode.train.optim import Adam

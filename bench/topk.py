@@ -15,6 +15,8 @@ import statistics
 import time
 
 import sparsecode  # noqa: F401  (before torch: its OpenMP defaults apply only then)
+
+# isort: split
 import torch
 
 from sparsecode.sae import TopKConfig, build_sae, sparse

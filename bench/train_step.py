@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 
 import sparsecode  # noqa: F401  (before torch: its OpenMP defaults apply only then)
+
+# isort: split
 import torch
 
 from sparsecode.sae import TopKConfig, build_sae

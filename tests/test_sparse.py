@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparsecode.sae import ARCHITECTURES, TopKConfig, build_sae
+from sparsecode.sae import ARCHITECTURES, TopKConfig, build_sae, sparse
 from sparsecode.sae import topk as topk_module
 from sparsecode.sae.cpu_backward import latent_order, project_out_rows_
-from sparsecode.sae import sparse
 from sparsecode.sae.sparse import SparsePattern, block_size, exact_topk, gathered_pre_acts, sparse_decode, sparse_fvu
 
 
