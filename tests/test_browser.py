@@ -44,6 +44,19 @@ def browser(tmp_path_factory):
     driver.quit()
 
 
+def _navigate(browser, action) -> None:
+    """Run ``action`` (a click, a submitted form) that loads a new page, and wait until that page has loaded:
+    reading right away may meet the old page's elements, stale a moment later."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = browser.find_element(By.TAG_NAME, "html")
+    action()
+    WebDriverWait(browser, 10).until(expected_conditions.staleness_of(old))
+    WebDriverWait(browser, 10).until(lambda b: b.execute_script("return document.readyState") == "complete")
+
+
 def _rows(browser):
     from selenium.webdriver.common.by import By
 
@@ -60,17 +73,17 @@ def test_list_sort_open_a_feature_and_check_its_shading(browser, server, tmp_pat
     assert len(rows) == 8
     browser.save_screenshot(str(tmp_path / "list.png"))
 
-    browser.find_element(By.CSS_SELECTOR, 'a.sort[data-sort="density"]').click()  # sort by density, descending
+    _navigate(browser, browser.find_element(By.CSS_SELECTOR, 'a.sort[data-sort="density"]').click)  # descending
     densities = [float(r.get_attribute("data-density")) for r in _rows(browser)]
     assert densities == sorted(densities, reverse=True) and densities[0] == 1.0
     assert "sort=density" in browser.current_url
-    browser.find_element(By.CSS_SELECTOR, 'a.sort[data-sort="density"]').click()  # again: ascending
+    _navigate(browser, browser.find_element(By.CSS_SELECTOR, 'a.sort[data-sort="density"]').click)  # again: ascending
     rows = _rows(browser)
     densities = [float(r.get_attribute("data-density")) for r in rows]
     assert densities == sorted(densities) and int(rows[0].get_attribute("data-id")) == DEAD
 
     row = next(r for r in _rows(browser) if int(r.get_attribute("data-id")) == APPLES)
-    row.find_elements(By.TAG_NAME, "td")[2].click()  # a click on the row (not its link) opens the feature
+    _navigate(browser, row.find_elements(By.TAG_NAME, "td")[2].click)  # a click on the row (not its link) opens it
     assert urlparse(browser.current_url).path == f"/features/{APPLES}"
     assert browser.find_element(By.TAG_NAME, "h1").text.startswith(f"Feature {APPLES}")
 
@@ -115,7 +128,8 @@ def test_search_box_finds_features_by_token(browser, server):
 
     browser.get(server + "/features")
     box = browser.find_element(By.CSS_SELECTOR, ".search input")
-    box.send_keys("apples", Keys.ENTER)
+    _navigate(browser, lambda: box.send_keys("apples", Keys.ENTER))
+    assert "q=apples" in browser.current_url
     ids = [int(r.get_attribute("data-id")) for r in _rows(browser)]
     assert APPLES in ids and SCRIPT not in ids
 
