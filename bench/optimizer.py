@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import sparsecode  # noqa: F401  (before torch: its OpenMP defaults apply only then)
 
 # isort: split
 import torch
+from timing import interleaved_times  # bench/timing.py, next to this file
 
 from sparsecode.train.optim import Adam
 
@@ -42,12 +42,7 @@ def main() -> None:
     steps = {"torch fused Adam, W_enc row-major": stepper(torch.optim.Adam, False, a.d_in, a.latents),
              "torch fused Adam, W_enc latent-major": stepper(torch.optim.Adam, True, a.d_in, a.latents),
              "sparsecode Adam, W_enc latent-major": stepper(Adam, True, a.d_in, a.latents)}
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(a.repeats):
-        for name, step in steps.items():
-            t = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - t)
+    times = interleaved_times(steps, a.repeats)
     print(f"Adam step, d_in={a.d_in}, latents={a.latents}, {a.threads} threads, median of {a.repeats}:")
     for name, ts in times.items():
         print(f"  {name:38s} {1e3 * statistics.median(ts):6.2f} ms")

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from timing import interleaved_times  # bench/timing.py, next to this file
 
 from sparsecode.activations import ActivationStore
 from sparsecode.cli import parse_count
@@ -58,12 +59,7 @@ def main() -> None:
     chunk = next(source.iter_batches("train"))  # one chunk_rows block, as the store receives them
     checks = {"sum first (the source's check)": lambda: _describe_bad(chunk.acts),
               "element-wise scan": lambda: bool((~torch.isfinite(chunk.acts)).any())}
-    times: dict[str, list[float]] = {name: [] for name in checks}
-    for _ in range(a.repeats):
-        for name, check in checks.items():
-            t = time.perf_counter()
-            check()
-            times[name].append(time.perf_counter() - t)
+    times = interleaved_times(checks, a.repeats)
     print(f"finiteness check of one {tuple(chunk.acts.shape)} chunk, median of {a.repeats}:")
     for name, ts in times.items():
         print(f"  {name:32s} {1e3 * statistics.median(ts):7.1f} ms")

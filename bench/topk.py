@@ -18,6 +18,7 @@ import sparsecode  # noqa: F401  (before torch: its OpenMP defaults apply only t
 
 # isort: split
 import torch
+from timing import interleaved_times  # bench/timing.py, next to this file
 
 from sparsecode.sae import TopKConfig, build_sae, sparse
 from sparsecode.sae.cpu_topk import topk_with_bias
@@ -54,12 +55,7 @@ def main() -> None:
     selectors = {"torch.topk": lambda: pre.topk(a.k, dim=-1, sorted=False),
                  "exact_topk": lambda: sparse.exact_topk(pre, a.k),
                  "cpu_topk": lambda: topk_with_bias(raw, bias, a.k, size, out)}
-    times: dict[str, list[float]] = {name: [] for name in selectors}
-    for _ in range(a.repeats):
-        for name, f in selectors.items():
-            t = time.perf_counter()
-            f()
-            times[name].append(time.perf_counter() - t)
+    times = interleaved_times(selectors, a.repeats)
     base = median_ms(times["torch.topk"])
     print(f"selection, ({a.rows}, {a.latents}) fp32 block, k={a.k}, {a.threads} threads, median of {a.repeats}:")
     for name in selectors:
