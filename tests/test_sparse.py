@@ -104,17 +104,21 @@ def test_float32_step_matches_dense_reference(arch):
         torch.testing.assert_close(ours[name], ref[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_compiled_fvu_matches_torch_path(monkeypatch):
+@pytest.mark.parametrize("offset", [0.0, 30.0], ids=["centred", "far-from-zero"])
+@pytest.mark.parametrize("given_variance", [True, False], ids=["given-variance", "batch-variance"])
+def test_compiled_fvu_matches_torch_path(monkeypatch, given_variance, offset):
     """The one-pass compiled FVU (decode, loss and its gradients together) against embedding bags + mse_loss:
-    values and the gradients of values, W_dec, b_dec and the target, with the FVU weighted inside a larger loss."""
+    values and the gradients of values, W_dec, b_dec and the target, with the FVU weighted inside a larger loss.
+    Without a given variance the pass computes the batch's own, also for targets far from zero (where a
+    one-pass Σt² − (Σt)²/n would lose digits in float32)."""
     torch.manual_seed(2)
     n, d, m, k = 300, 48, 512, 8
     values = torch.rand(n, k, requires_grad=True)
     W_dec = torch.randn(m, d, requires_grad=True)
     b_dec = torch.randn(d, requires_grad=True)
-    target = torch.randn(n, d, requires_grad=True)
+    target = (torch.randn(n, d) + offset).requires_grad_()
     indices = torch.randint(0, m, (n, k))
-    variance = (target - target.mean(0)).pow(2).sum().detach()
+    variance = (target - target.mean(0)).pow(2).sum().detach() if given_variance else None
     results = {}
     for compiled in (True, False):
         monkeypatch.setattr(sparse, "USE_COMPILED_FVU", compiled)
@@ -126,7 +130,25 @@ def test_compiled_fvu_matches_torch_path(monkeypatch):
     names = ["fvu", "x_hat", "d values", "d W_dec", "d b_dec", "d target"]
     for name, ours, ref in zip(names, results[True], results[False]):
         assert ref.abs().sum() > 0, name
+        if name == "d target" and not given_variance:
+            continue  # the torch path also differentiates the batch variance; the compiled one treats it as data
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("n", [1, 2, 63, 1000])
+def test_batch_variance_matches_float64_reference(n):
+    """The compiled one-pass variance (shifted sums) equals the centred float64 one, also far from zero."""
+    from sparsecode.sae.cpu_backward import batch_variance, decode_and_fvu_grads
+
+    torch.manual_seed(5)
+    target = torch.randn(n, 24) * torch.linspace(0.1, 3, 24) + torch.linspace(-400, 400, 24)
+    reference = (target.double() - target.double().mean(0)).square().sum().item()
+    assert batch_variance(target) == pytest.approx(reference, rel=1e-6, abs=1e-9)
+    indices = torch.randint(0, 64, (n, 4))
+    result = decode_and_fvu_grads(torch.rand(n, 4), indices, torch.randn(64, 24), torch.zeros(24), target)
+    assert result.variance == pytest.approx(reference, rel=1e-6, abs=1e-9)
+    if n > 1:
+        assert result.scale == pytest.approx(2 / reference, rel=1e-6)
 
 
 @pytest.mark.parametrize("n", [1, 3, 257])
@@ -139,11 +161,14 @@ def test_latent_order_is_a_stable_sort_by_latent(n):
     assert torch.equal(offsets, torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(flat, minlength=m).cumsum(0)]))
 
 
-def test_compiled_fvu_of_a_constant_batch_is_not_finite_like_the_torch_path():
+@pytest.mark.parametrize("level", [1.0, 0.1])
+@pytest.mark.parametrize("given_variance", [True, False], ids=["given-variance", "batch-variance"])
+def test_compiled_fvu_of_a_constant_batch_is_not_finite_like_the_torch_path(given_variance, level):
     """A batch with no variance has no FVU; the trainer reports that as a divergence, so it must not raise."""
     indices = torch.randint(0, 16, (4, 2))
-    W_dec, b_dec, target = torch.randn(16, 3), torch.zeros(3), torch.ones(4, 3)
-    fvu, _ = sparse_fvu(torch.rand(4, 2), SparsePattern(indices, 16), W_dec, b_dec, target, torch.tensor(0.0))
+    W_dec, b_dec, target = torch.randn(16, 3), torch.zeros(3), torch.full((4, 3), level)
+    variance = torch.tensor(0.0) if given_variance else None
+    fvu, _ = sparse_fvu(torch.rand(4, 2), SparsePattern(indices, 16), W_dec, b_dec, target, variance)
     assert not torch.isfinite(fvu)
 
 

@@ -197,6 +197,11 @@ class SparseAutoencoder(nn.Module):
 
 
 @torch.no_grad()
+def data_parallel() -> bool:
+    """Whether this process is one of several in an initialised torch.distributed group."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def total_variance(x: torch.Tensor) -> torch.Tensor:
     """Σ‖x_i − mean‖² over the batch: the FVU denominator.
 
@@ -205,7 +210,7 @@ def total_variance(x: torch.Tensor) -> torch.Tensor:
     processes, so that each process's ``Σ err² / total_variance`` is its share of the global FVU times the
     world size, and the average of the processes' gradients is the gradient of the global FVU.
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not data_parallel():
         return (x - x.mean(0)).square().sum()  # ~10x faster than x.var(0) on the CPU
     world = dist.get_world_size()
     stats = torch.cat([x.sum(0), x.new_tensor([x.shape[0]])]).double()  # (d + 1,)

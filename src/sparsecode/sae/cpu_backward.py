@@ -7,6 +7,8 @@ faster than torch's embedding-bag kernels, see issue 6's notes.)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numba
 import numpy as np
 import torch
@@ -58,7 +60,7 @@ def latent_order(flat: torch.Tensor, n_latents: int) -> tuple[torch.Tensor, torc
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def _decode_and_fvu_grads(values, indices, W, b_dec, target, scale, n_parts, x_hat, grad_out, grad_values,
+def _decode_and_fvu_grads(values, indices, W, b_dec, target, n_parts, x_hat, error, grad_values,
                           squared_errors):  # pragma: no cover - compiled
     n, k = indices.shape
     d = W.shape[1]
@@ -66,7 +68,7 @@ def _decode_and_fvu_grads(values, indices, W, b_dec, target, scale, n_parts, x_h
     for part in numba.prange(n_parts):
         total = 0.0  # float64: a sum over the whole batch
         for i in range(part * per_part, min(n, (part + 1) * per_part)):
-            row, grad_row, target_row = x_hat[i], grad_out[i], target[i]
+            row, error_row, target_row = x_hat[i], error[i], target[i]
             for c in range(d):
                 row[c] = b_dec[c]
             for j in range(k):
@@ -75,34 +77,94 @@ def _decode_and_fvu_grads(values, indices, W, b_dec, target, scale, n_parts, x_h
                     row[c] += v * w[c]
             row_total = np.float32(0.0)
             for c in range(d):
-                error = row[c] - target_row[c]
-                row_total += error * error
-                grad_row[c] = scale * error
+                e = row[c] - target_row[c]
+                row_total += e * e
+                error_row[c] = e
             total += row_total
             for j in range(k):  # the k decoder rows were just read: still in this core's cache
                 w = W[indices[i, j]]
                 dot = np.float32(0.0)
                 for c in range(d):
-                    dot += grad_row[c] * w[c]
+                    dot += error_row[c] * w[c]
                 grad_values[i, j] = dot
         squared_errors[part] = total
 
 
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+def _shifted_moments(x, shift, n_parts, sums, squares):  # pragma: no cover - compiled
+    n, d = x.shape
+    per_part = (n + n_parts - 1) // n_parts
+    block_sums = np.empty((n_parts, d), np.float32)
+    block_squares = np.empty((n_parts, d), np.float32)
+    for part in numba.prange(n_parts):
+        stop = min(n, (part + 1) * per_part)
+        for start in range(part * per_part, stop, MOMENT_ROWS):
+            block_sum, block_square = block_sums[part], block_squares[part]
+            block_sum[:] = 0
+            block_square[:] = 0
+            for i in range(start, min(stop, start + MOMENT_ROWS)):
+                row = x[i]
+                for c in range(d):
+                    centred = row[c] - shift[c]
+                    block_sum[c] += centred
+                    block_square[c] += centred * centred
+            for c in range(d):
+                sums[part, c] += block_sum[c]
+                squares[part, c] += block_square[c]
+
+
+MOMENT_ROWS = 64
+"""Rows summed in float32 (vectorised) before adding into the float64 column sums."""
+
+
+def batch_variance(x: torch.Tensor) -> float:
+    """Σ‖x_i − mean‖² of a contiguous float32 (n, d) CPU tensor, in one parallel pass without a centred copy:
+    Σ‖x − s‖² − ‖Σ(x − s)‖²/n with the shift s = x[0] (a row near the mean, so the difference keeps its digits)."""
+    threads = compiled_threads()
+    sums, squares = np.zeros((threads, x.shape[1])), np.zeros((threads, x.shape[1]))
+    _shifted_moments(x.numpy(), x[0].numpy(), threads, sums, squares)
+    return float(squares.sum() - np.square(sums.sum(0)).sum() / x.shape[0])
+
+
+@dataclass
+class FVUPass:
+    """What ``decode_and_fvu_grads`` computes in its one pass over the rows."""
+
+    fvu: torch.Tensor
+    """0-d: Σ‖x_hat − target‖² / variance."""
+    x_hat: torch.Tensor
+    """(n, d) the reconstruction Σ_j values[i,j]·W_dec[indices[i,j]] + b_dec."""
+    error: torch.Tensor
+    """(n, d) x_hat − target; dFVU/dx_hat = ``scale`` · error."""
+    grad_values: torch.Tensor
+    """(n, k) dFVU/dvalues."""
+    scale: float
+    """2 / variance."""
+    variance: float
+    """The FVU's denominator: as given, or the target batch's total variance Σ‖t − mean‖²."""
+
+
 def decode_and_fvu_grads(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor,
-                         target: torch.Tensor, variance: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                         torch.Tensor]:
-    """One pass over the rows: x_hat = Σ_j values[i,j]·W_dec[indices[i,j]] + b_dec, the FVU Σ‖x_hat − target‖² /
-    variance, and its gradients with respect to x_hat (n, d) and to the values (n, k), each row's k decoder
-    rows read once for both (torch needs a second gather pass for the values' gradient).
-    Contiguous float32 CPU tensors; returns (fvu (0-d), x_hat, grad_x_hat, grad_values)."""
+                         target: torch.Tensor, variance: float | None = None) -> FVUPass:
+    """One pass over the rows: the reconstruction, the FVU and its gradients with respect to the values and
+    x_hat, each row's k decoder rows read once for the decode and the values' gradient (torch needs a second
+    gather pass). ``variance`` None: the target batch's total variance (``batch_variance``).
+    Contiguous float32 CPU tensors."""
     n, k = indices.shape
-    x_hat = torch.empty(n, W_dec.shape[1], dtype=torch.float32)
-    grad_out = torch.empty_like(x_hat)
+    d = W_dec.shape[1]
+    x_hat = torch.empty(n, d, dtype=torch.float32)
+    error = torch.empty_like(x_hat)
     grad_values = torch.empty(n, k, dtype=torch.float32)
     threads = compiled_threads()
-    squared_errors = np.zeros(threads, np.float64)
+    squared_errors = np.zeros(threads)
     _decode_and_fvu_grads(values.numpy(), indices.numpy(), W_dec.detach().numpy(), b_dec.detach().numpy(),
-                          target.numpy(), np.float32(2.0 / variance), threads, x_hat.numpy(), grad_out.numpy(),
-                          grad_values.numpy(), squared_errors)
-    fvu = torch.tensor(squared_errors.sum() / variance, dtype=torch.float32)
-    return fvu, x_hat, grad_out, grad_values
+                          target.numpy(), threads, x_hat.numpy(), error.numpy(), grad_values.numpy(), squared_errors)
+    if variance is None:
+        variance = batch_variance(target)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a constant batch: inf or nan, as on the torch path
+        scale = np.float64(2.0) / variance
+        fvu = squared_errors.sum() / np.float64(variance)
+    grad_values *= scale
+    return FVUPass(fvu=torch.tensor(fvu, dtype=torch.float32), x_hat=x_hat, error=error, grad_values=grad_values,
+                   scale=scale,
+                   variance=variance)

@@ -24,6 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .base import data_parallel, total_variance
 from .cpu_backward import decode_and_fvu_grads, latent_order
 from .cpu_topk import topk_with_bias
 
@@ -107,24 +108,24 @@ class _SparseDecodeFVU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, values, W_dec, b_dec, target, pattern, variance):  # type: ignore[override]
-        fvu, x_hat, grad_x_hat, grad_values = decode_and_fvu_grads(values, pattern.indices, W_dec, b_dec, target,
-                                                                   variance)
-        ctx.save_for_backward(values, grad_x_hat, grad_values)
-        ctx.pattern = pattern
-        ctx.mark_non_differentiable(x_hat)
-        return fvu, x_hat
+        result = decode_and_fvu_grads(values, pattern.indices, W_dec, b_dec, target, variance)
+        ctx.save_for_backward(values, result.error, result.grad_values)
+        ctx.pattern, ctx.scale = pattern, result.scale
+        ctx.mark_non_differentiable(result.x_hat)
+        return result.fvu, result.x_hat
 
     @staticmethod
     def backward(ctx, grad_fvu, _grad_x_hat):  # type: ignore[override]
-        values, grad_x_hat, grad_values = ctx.saved_tensors
+        values, error, grad_values = ctx.saved_tensors
         pattern: SparsePattern = ctx.pattern
         if not bool(grad_fvu == 1):  # the FVU weighted in a larger loss
-            grad_x_hat, grad_values = grad_x_hat * grad_fvu, grad_values * grad_fvu
+            grad_values = grad_values * grad_fvu
+        scale = ctx.scale * grad_fvu  # dL/dx_hat = scale · error: applied to the (n, k) weights, not the (n, d) error
         needs = ctx.needs_input_grad
         return (grad_values if needs[0] else None,
-                pattern.transposed_matmul(values, grad_x_hat) if needs[1] else None,  # (n_latents, d)
-                grad_x_hat.sum(0) if needs[2] else None,
-                -grad_x_hat if needs[3] else None, None, None)
+                pattern.transposed_matmul(values * scale, error) if needs[1] else None,  # (n_latents, d)
+                error.sum(0) * scale if needs[2] else None,
+                -scale * error if needs[3] else None, None, None)
 
 
 class _GatheredPreActs(torch.autograd.Function):
@@ -158,15 +159,21 @@ def sparse_decode(values: torch.Tensor, pattern: SparsePattern, W_dec: torch.Ten
 
 
 def sparse_fvu(values: torch.Tensor, pattern: SparsePattern, W_dec: torch.Tensor, b_dec: torch.Tensor,
-               target: torch.Tensor, variance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+               target: torch.Tensor, variance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(FVU, x_hat) of the reconstruction x_hat = sparse_decode(values, pattern, W_dec) + b_dec against ``target``
-    (n, d), i.e. Σ‖x_hat − target‖² / ``variance``; differentiable in the FVU (x_hat is returned detached on the
-    compiled path). On the CPU in float32 one compiled pass computes the FVU and its gradients together."""
+    (n, d), i.e. Σ‖x_hat − target‖² / ``variance``, by default the target batch's total variance Σ‖t − mean‖²
+    (``base.total_variance``); differentiable in the FVU (x_hat is returned detached on the compiled path, and
+    no gradient flows through the variance there). On the CPU in float32 one compiled pass computes the FVU, its
+    gradients and the default variance together."""
     tensors = (values, W_dec, b_dec, target)
+    if variance is None and data_parallel():
+        variance = total_variance(target)  # the global batch's, not this process's slice's
     if USE_COMPILED_FVU and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) \
-            and W_dec.is_contiguous() and float(variance) > 0:  # a constant batch takes the torch path (inf/nan)
-        return _SparseDecodeFVU.apply(values.contiguous(), W_dec, b_dec, target.contiguous(), pattern, float(variance))
+            and W_dec.is_contiguous() and (variance is None or float(variance) > 0):  # else inf/nan as torch has it
+        return _SparseDecodeFVU.apply(values.contiguous(), W_dec, b_dec, target.contiguous(), pattern,
+                                      None if variance is None else float(variance))
     x_hat = sparse_decode(values, pattern, W_dec) + b_dec  # (n, d)
+    variance = total_variance(target) if variance is None else variance
     return F.mse_loss(x_hat, target, reduction="sum") / variance, x_hat
 
 

@@ -109,7 +109,7 @@ class TopKSAE(SparseAutoencoder):
                              target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Loss, (n, d_out) reconstruction and metrics from the (n, k) ReLU'd winners; nested dictionaries
         (Matryoshka, multi-budget) override it to add their partial reconstructions."""
-        fvu, x_hat = sparse_fvu(values, pattern, self.W_dec, self.b_dec, target, total_variance(target))  # x_hat (n, d_out)
+        fvu, x_hat = sparse_fvu(values, pattern, self.W_dec, self.b_dec, target)  # x_hat (n, d_out)
         return fvu, x_hat, {"fvu": fvu.detach()}
 
     def _masked_fvus(self, values: torch.Tensor, pattern: SparsePattern, target: torch.Tensor,
