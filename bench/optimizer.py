@@ -1,5 +1,7 @@
 """Adam's step on a TopK SAE's weights: torch's fused Adam with W_enc row-major, with W_enc latent-major (how
-sparsecode stores it), and sparsecode's Adam (train/optim.py) on the latent-major weights.
+sparsecode stores it), and sparsecode's Adam (train/optim.py) on the latent-major weights; then the decoder
+gradient's projection (unit-norm rows, before the step), torch against the compiled one-pass kernel
+(sae/cpu_backward.py).
 
     python bench/optimizer.py [--latents 6144] [--d-in 384] [--repeats 21] [--threads 2]
 
@@ -18,6 +20,7 @@ import sparsecode  # noqa: F401  (before torch: its OpenMP defaults apply only t
 import torch
 from timing import interleaved_times  # bench/timing.py, next to this file
 
+from sparsecode.sae.cpu_backward import project_out_rows_
 from sparsecode.train.optim import Adam
 
 
@@ -42,8 +45,14 @@ def main() -> None:
     steps = {"torch fused Adam, W_enc row-major": stepper(torch.optim.Adam, False, a.d_in, a.latents),
              "torch fused Adam, W_enc latent-major": stepper(torch.optim.Adam, True, a.d_in, a.latents),
              "sparsecode Adam, W_enc latent-major": stepper(Adam, True, a.d_in, a.latents)}
+    W = torch.nn.functional.normalize(torch.randn(a.latents, a.d_in), dim=1)
+    G = torch.randn(a.latents, a.d_in)
+    steps |= {
+        "gradient projection, torch": lambda: G.addcmul_(torch.linalg.vecdot(G, W)[:, None], W, value=-1),
+        "gradient projection, compiled": lambda: project_out_rows_(G, W),
+    }
     times = interleaved_times(steps, a.repeats)
-    print(f"Adam step, d_in={a.d_in}, latents={a.latents}, {a.threads} threads, median of {a.repeats}:")
+    print(f"d_in={a.d_in}, latents={a.latents}, {a.threads} threads, median of {a.repeats}:")
     for name, ts in times.items():
         print(f"  {name:38s} {1e3 * statistics.median(ts):6.2f} ms")
 

@@ -156,8 +156,9 @@ def test_latent_order_is_a_stable_sort_by_latent(n):
     torch.manual_seed(n)
     m = 40
     flat = torch.randint(0, m, (n * 5,))
-    order, offsets = latent_order(flat, m)
+    order, rows, offsets = latent_order(flat, m, 5)
     assert torch.equal(order, torch.sort(flat, stable=True).indices)
+    assert torch.equal(rows, order // 5)
     assert torch.equal(offsets, torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(flat, minlength=m).cumsum(0)]))
 
 

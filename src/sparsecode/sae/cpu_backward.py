@@ -1,5 +1,6 @@
-"""Compiled CPU pieces of the sparse step's backward (numba): the decoder-gradient projection in one pass,
-and the latent-major order of a sparse pattern by counting sort.
+"""Compiled CPU pieces of the sparse training step (numba): the reconstruction's FVU with its gradients in one
+pass over the rows, the batch variance in one pass, the decoder-gradient projection in one pass, and the
+latent-major order of a sparse pattern by counting sort.
 
 (A single compiled pass for all of the backward's gathers was tried and removed: on two threads it was no
 faster than torch's embedding-bag kernels, see issue 6's notes.)
@@ -37,7 +38,7 @@ def project_out_rows_(grad: torch.Tensor, W: torch.Tensor) -> None:
 
 
 @numba.njit(cache=True, nogil=True)
-def _counting_sort(flat, m, order, offsets):  # pragma: no cover - compiled
+def _counting_sort(flat, m, k, order, rows, offsets):  # pragma: no cover - compiled
     offsets[:] = 0
     for latent in flat:
         offsets[latent + 1] += 1
@@ -47,16 +48,18 @@ def _counting_sort(flat, m, order, offsets):  # pragma: no cover - compiled
     for slot in range(flat.shape[0]):
         latent = flat[slot]
         order[cursor[latent]] = slot
+        rows[cursor[latent]] = slot // k
         cursor[latent] += 1
 
 
-def latent_order(flat: torch.Tensor, n_latents: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(order, offsets) of a flat int64 pattern on the CPU: ``flat[order]`` sorted by latent, stably, and latent
-    j's slots at ``order[offsets[j]:offsets[j+1]]``; a counting sort (two passes over the n·k slots)."""
-    order = torch.empty_like(flat)
+def latent_order(flat: torch.Tensor, n_latents: int, k: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(order, rows, offsets) of a flat int64 pattern with ``k`` slots per row, on the CPU: ``flat[order]`` sorted
+    by latent, stably, ``rows = order // k`` (the row of each slot in that order), and latent j's slots at
+    ``order[offsets[j]:offsets[j+1]]``; a counting sort (two passes over the n·k slots)."""
+    order, rows = torch.empty_like(flat), torch.empty_like(flat)
     offsets = torch.empty(n_latents + 1, dtype=torch.long)
-    _counting_sort(flat.numpy(), n_latents, order.numpy(), offsets.numpy())
-    return order, offsets
+    _counting_sort(flat.numpy(), n_latents, k, order.numpy(), rows.numpy(), offsets.numpy())
+    return order, rows, offsets
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)

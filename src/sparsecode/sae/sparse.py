@@ -57,8 +57,7 @@ class SparsePattern:
         if self._by_latent is None:
             flat, k, m = self.flat, self.indices.shape[1], self.n_latents
             if flat.device.type == "cpu":
-                order, offsets = latent_order(flat.contiguous(), m)  # a compiled counting sort
-                self._by_latent = (order, order // k, offsets)
+                self._by_latent = latent_order(flat.contiguous(), m, k)  # a compiled counting sort
             else:
                 order = torch.sort(flat.to(torch.int32), stable=True).indices
                 offsets = torch.zeros(m + 1, dtype=torch.long, device=flat.device)
