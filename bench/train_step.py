@@ -24,16 +24,15 @@ from sparsecode.train.optim import Adam
 
 
 def training_step(sae, x: torch.Tensor, dead: torch.Tensor) -> Callable[[], None]:
-    """One optimizer step on ``x``, as the trainer takes it (fused Adam, gradient projection, renormalisation)."""
-    opt = Adam(sae.parameters(), lr=1e-4, fused=True)
+    """One optimizer step on ``x``, as the trainer takes it (fused Adam, which also projects the decoder's gradient
+    and renormalises its rows)."""
+    opt = Adam(sae.parameters(), lr=1e-4, fused=True, unit_rows=sae.unit_norm_rows())
 
     def step() -> None:
         out = sae.training_output(x, dead_mask=dead, progress=0.5)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
-        sae.remove_parallel_grad_()
         opt.step()
-        sae.normalize_decoder_()
 
     return step
 

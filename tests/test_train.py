@@ -107,6 +107,55 @@ def test_optimizer_keeps_the_weights_layout_and_matches_torch_adam():
     assert seen == [(8, 32)] and loss.shape == () and sae.W_enc.stride() == (1, 8)
 
 
+@pytest.mark.parametrize("lr", [1e-3, 0.3])
+def test_unit_row_adam_matches_projection_torch_adam_and_renormalisation(lr):
+    """The decoder's one-pass update (gradient projected, Adam, rows rescaled) equals the three steps done
+    separately with torch's Adam, over several steps, and its state resumes in a plain optimizer and back."""
+    torch.manual_seed(1)
+    W = torch.nn.functional.normalize(torch.randn(64, 24), dim=1)
+    ours = torch.nn.Parameter(W.clone())
+    reference = torch.nn.Parameter(W.clone())
+    bias = torch.nn.Parameter(torch.zeros(24))
+    fused = Adam([ours, bias], unit_rows=[ours], lr=lr, betas=(0.9, 0.99), fused=True)
+    plain = torch.optim.Adam([reference], lr=lr, betas=(0.9, 0.99), fused=True)
+    for _ in range(5):
+        grad = torch.randn(64, 24)
+        ours.grad, reference.grad, bias.grad = grad.clone(), grad.clone(), torch.randn(24)
+        fused.step()
+        reference.grad -= (reference.grad * reference).sum(1, keepdim=True) * reference
+        plain.step()
+        with torch.no_grad():
+            reference /= reference.norm(dim=1, keepdim=True)
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.norm(dim=1), torch.ones(64))
+    assert float(fused.state[ours]["step"]) == 5 and bias in fused.state
+    for name in ("exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(fused.state[ours][name], plain.state[reference][name], rtol=1e-5, atol=1e-7)
+    resumed = Adam([ours, bias], unit_rows=[ours], lr=lr, betas=(0.9, 0.99), fused=True)
+    resumed.load_state_dict(fused.state_dict())
+    ours.grad, bias.grad = torch.randn(64, 24), torch.randn(24)
+    resumed.step()
+    assert float(resumed.state[ours]["step"]) == 6
+
+
+def test_unit_row_adam_off_the_compiled_path_does_the_same():
+    """Where the compiled pass does not apply (here float64), the projection and rescaling run as torch ops."""
+    torch.manual_seed(2)
+    W = torch.nn.functional.normalize(torch.randn(16, 8, dtype=torch.float64), dim=1)
+    ours, reference = torch.nn.Parameter(W.clone()), torch.nn.Parameter(W.clone())
+    fused = Adam([ours], unit_rows=[ours], lr=0.1)
+    plain = torch.optim.Adam([reference], lr=0.1)
+    grad = torch.randn(16, 8, dtype=torch.float64)
+    ours.grad, reference.grad = grad.clone(), grad - (grad * W).sum(1, keepdim=True) * W
+    fused.step()
+    plain.step()
+    with torch.no_grad():
+        reference /= reference.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(ours, reference)
+    with pytest.raises(ValueError, match="unit_rows"):
+        Adam([ours], unit_rows=[torch.nn.Parameter(torch.zeros(3, 3))])
+
+
 def test_run_folder_contents_and_scale_folding(tmp_path):
     """Train on raw activations far from unit scale; the saved SAE reconstructs the raw data directly."""
     rng = np.random.default_rng(0)

@@ -146,6 +146,12 @@ class SparseAutoencoder(nn.Module):
         elif self.cfg.b_dec_init == "mean":
             self.b_dec.copy_(sample.mean(0))
 
+    def unit_norm_rows(self) -> list[nn.Parameter]:
+        """The weights whose rows training keeps at unit norm: the decoder, unless ``cfg.unit_norm_decoder`` is
+        off. The trainer's optimizer projects their gradients and rescales their rows in its step (the same
+        as ``remove_parallel_grad_`` before and ``normalize_decoder_`` after a plain optimizer's step)."""
+        return [self.W_dec] if self.cfg.unit_norm_decoder else []
+
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
         """Rescale decoder rows to unit norm (no-op unless ``cfg.unit_norm_decoder``)."""

@@ -14,7 +14,7 @@ import numba
 import numpy as np
 import torch
 
-from .cpu_topk import FASTMATH, compiled_threads
+from ..compiled import FASTMATH, compiled_threads
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)

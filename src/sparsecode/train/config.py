@@ -9,7 +9,6 @@ from typing import Any
 from ..configs import check_field_types, dataclass_from_dict
 from ..errors import ConfigError
 
-
 DTYPES = ("float32", "bfloat16", "float16")
 MAX_DEFAULT_LR = 1e-2
 """Ceiling of the default learning rate: TopK's rule would give 0.077 at 64 latents, where latents die."""

@@ -96,9 +96,7 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 group.average_gradients(sae.parameters())
-                sae.remove_parallel_grad_()
-                optimizer.step()
-                sae.normalize_decoder_()
+                optimizer.step()  # also keeps the decoder rows at unit norm (``unit_rows``)
                 fired, self._stop_requested = group.fired_and_stop(out.fired, self._stop_requested)
                 tokens_since_fired += tc.batch_size
                 tokens_since_fired[fired] = 0
@@ -156,7 +154,7 @@ class Trainer:
         tc = self.config.train
         # fused: one kernel over all parameters instead of a dozen elementwise passes
         lr = tc.learning_rate(self.config.sae.n_latents, self.config.sae.base_lr)
-        return Adam(sae.parameters(), lr=lr, betas=(tc.beta1, tc.beta2), fused=True)
+        return Adam(sae.parameters(), lr=lr, betas=(tc.beta1, tc.beta2), fused=True, unit_rows=sae.unit_norm_rows())
 
     def _start_fresh(self):
         tc = self.config.train
