@@ -12,7 +12,8 @@ What it does, in one run:
    fresh process per run, feeding every trainer the identical batch sequence (sparsecode's shuffling
    store over the same .npy), runs interleaved so load drifts hit all alike;
    - sparsecode: the product's Trainer, as `sparsecode train --activations` runs it (with the OpenMP
-     defaults the package sets when imported before torch, `sparsecode.OPENMP_DEFAULTS`);
+     defaults the package sets when imported before torch, `sparsecode.OPENMP_DEFAULTS`); a short untimed
+     run first compiles its numba kernels into their on-disk cache, as any first use after install does;
    - sparsify 1.3.3: its SparseCoder with its trainer's step (default Signum + schedule-free, FVU loss),
      once as installed and once with jemalloc (decay off) preloaded;
    - SAELens 6.54: its SAETrainer with TopKTrainingSAE (its defaults otherwise);
@@ -355,6 +356,10 @@ def main() -> None:
     a.d_in = int(np.load(train, mmap_mode="r").shape[1])
     torch.set_num_threads(a.threads)
 
+    if "sparsecode" in names:  # numba compiles sparsecode's kernels on first use and caches them on disk: a
+        # fresh checkout or a changed kernel would otherwise count compile time in the first timed run
+        print("compiling sparsecode's kernels (a short run; once per install)", file=sys.stderr)
+        launch("sparsecode", argparse.Namespace(**{**vars(a), "tokens": 2 * a.batch}), train)
     runs: dict[str, list[dict]] = {n: [] for n in names}
     rates = []
     for r in range(a.repeats):  # interleaved: a load change on the machine hits every trainer (and the GEMM) alike
