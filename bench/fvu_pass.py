@@ -5,7 +5,7 @@ computed by the compiled one-pass kernel against torch's centred two-pass form.
     python bench/fvu_pass.py [--rows 4096] [--latents 6144] [--d-in 384] [--k 32] [--repeats 21] [--threads 2]
 
 Random rows, weights and patterns at the bench's shapes; forward and backward for the loss; interleaved
-repeats, medians.
+repeats, medians, and how many of the threads' cores each call kept busy on average.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sparsecode  # noqa: F401  (before torch: its OpenMP defaults apply only t
 
 # isort: split
 import torch
-from timing import interleaved_times  # bench/timing.py, next to this file
+from timing import interleaved_wall_and_cpu  # bench/timing.py, next to this file
 
 from sparsecode.sae import sparse
 from sparsecode.sae.base import total_variance
@@ -60,11 +60,13 @@ def main() -> None:
         "batch variance, torch (centred copy)": lambda: total_variance(target),
         "batch variance, compiled (one pass)": lambda: batch_variance(target),
     }
-    times = interleaved_times(functions, a.repeats + 1)
+    times = interleaved_wall_and_cpu(functions, a.repeats + 1)
     print(f"FVU of a ({a.rows}, {a.d_in}) batch, {a.latents} latents, k={a.k}, {a.threads} threads, "
-          f"median of {a.repeats}:")
-    for name, ts in times.items():
-        print(f"  {name:58s} {1e3 * statistics.median(ts[1:]):7.2f} ms")
+          f"median of {a.repeats} (cores busy: CPU time / wall time):")
+    for name, calls in times.items():
+        wall = statistics.median(w for w, _ in calls[1:])
+        busy = statistics.median(c / w for w, c in calls[1:])
+        print(f"  {name:58s} {1e3 * wall:7.2f} ms  cores busy {busy:4.2f}")
 
 
 if __name__ == "__main__":

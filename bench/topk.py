@@ -18,7 +18,7 @@ import sparsecode  # noqa: F401  (before torch: its OpenMP defaults apply only t
 
 # isort: split
 import torch
-from timing import interleaved_times  # bench/timing.py, next to this file
+from timing import interleaved_wall_and_cpu  # bench/timing.py, next to this file
 
 from sparsecode.sae import TopKConfig, build_sae, sparse
 from sparsecode.sae.cpu_topk import topk_with_bias
@@ -55,11 +55,15 @@ def main() -> None:
     selectors = {"torch.topk": lambda: pre.topk(a.k, dim=-1, sorted=False),
                  "exact_topk": lambda: sparse.exact_topk(pre, a.k),
                  "cpu_topk": lambda: topk_with_bias(raw, bias, a.k, size, out)}
-    times = interleaved_times(selectors, a.repeats)
+    calls = interleaved_wall_and_cpu(selectors, a.repeats)
+    times = {name: [wall for wall, _ in c] for name, c in calls.items()}
+    busy = {name: statistics.median(cpu / wall for wall, cpu in c) for name, c in calls.items()}
     base = median_ms(times["torch.topk"])
-    print(f"selection, ({a.rows}, {a.latents}) fp32 block, k={a.k}, {a.threads} threads, median of {a.repeats}:")
+    print(f"selection, ({a.rows}, {a.latents}) fp32 block, k={a.k}, {a.threads} threads, median of {a.repeats} "
+          f"(cores busy: CPU time / wall time):")
     for name in selectors:
-        print(f"  {name:11s} {median_ms(times[name]):7.1f} ms  ({median_ms(times[name]) / base:.2f}x torch.topk)")
+        print(f"  {name:11s} {median_ms(times[name]):7.1f} ms  ({median_ms(times[name]) / base:.2f}x torch.topk)  "
+              f"cores busy {busy[name]:4.2f}")
     if not a.steps:
         return
 

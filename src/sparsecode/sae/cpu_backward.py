@@ -14,7 +14,7 @@ import numba
 import numpy as np
 import torch
 
-from ..compiled import FASTMATH, compiled_threads
+from ..compiled import CHUNK_ROWS, FASTMATH, claim, compiled_threads
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
@@ -63,34 +63,34 @@ def latent_order(flat: torch.Tensor, n_latents: int, k: int = 1) -> tuple[torch.
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def _decode_and_fvu_grads(values, indices, W, b_dec, target, n_parts, x_hat, error, grad_values,
-                          squared_errors):  # pragma: no cover - compiled
+def _decode_and_fvu_grads(values, indices, W, b_dec, target, n_parts, x_hat, error, grad_values, squared_errors,
+                          counter):  # pragma: no cover - compiled
     n, k = indices.shape
     d = W.shape[1]
-    per_part = (n + n_parts - 1) // n_parts
-    for part in numba.prange(n_parts):
-        total = 0.0  # float64: a sum over the whole batch
-        for i in range(part * per_part, min(n, (part + 1) * per_part)):
-            row, error_row, target_row = x_hat[i], error[i], target[i]
-            for c in range(d):
-                row[c] = b_dec[c]
-            for j in range(k):
-                v, w = values[i, j], W[indices[i, j]]
+    for _thread in numba.prange(n_parts):
+        start = claim(counter, CHUNK_ROWS)
+        while start < n:
+            for i in range(start, min(n, start + CHUNK_ROWS)):
+                row, error_row, target_row = x_hat[i], error[i], target[i]
                 for c in range(d):
-                    row[c] += v * w[c]
-            row_total = np.float32(0.0)
-            for c in range(d):
-                e = row[c] - target_row[c]
-                row_total += e * e
-                error_row[c] = e
-            total += row_total
-            for j in range(k):  # the k decoder rows were just read: still in this core's cache
-                w = W[indices[i, j]]
-                dot = np.float32(0.0)
+                    row[c] = b_dec[c]
+                for j in range(k):
+                    v, w = values[i, j], W[indices[i, j]]
+                    for c in range(d):
+                        row[c] += v * w[c]
+                row_total = np.float32(0.0)
                 for c in range(d):
-                    dot += error_row[c] * w[c]
-                grad_values[i, j] = dot
-        squared_errors[part] = total
+                    e = row[c] - target_row[c]
+                    row_total += e * e
+                    error_row[c] = e
+                squared_errors[i] = row_total  # per row: the sum below does not depend on who took which rows
+                for j in range(k):  # the k decoder rows were just read: still in this core's cache
+                    w = W[indices[i, j]]
+                    dot = np.float32(0.0)
+                    for c in range(d):
+                        dot += error_row[c] * w[c]
+                    grad_values[i, j] = dot
+            start = claim(counter, CHUNK_ROWS)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
@@ -122,7 +122,8 @@ MOMENT_ROWS = 64
 
 def batch_variance(x: torch.Tensor) -> float:
     """Σ‖x_i − mean‖² of a contiguous float32 (n, d) CPU tensor, in one parallel pass without a centred copy:
-    Σ‖x − s‖² − ‖Σ(x − s)‖²/n with the shift s = x[0] (a row near the mean, so the difference keeps its digits)."""
+    Σ‖x − s‖² − ‖Σ(x − s)‖²/n with the shift s = x[0] (a row near the mean, so the difference keeps its
+    digits)."""
     threads = compiled_threads()
     sums, squares = np.zeros((threads, x.shape[1])), np.zeros((threads, x.shape[1]))
     _shifted_moments(x.numpy(), x[0].numpy(), threads, sums, squares)
@@ -158,10 +159,10 @@ def decode_and_fvu_grads(values: torch.Tensor, indices: torch.Tensor, W_dec: tor
     x_hat = torch.empty(n, d, dtype=torch.float32)
     error = torch.empty_like(x_hat)
     grad_values = torch.empty(n, k, dtype=torch.float32)
-    threads = compiled_threads()
-    squared_errors = np.zeros(threads)
+    squared_errors = np.empty(n)
     _decode_and_fvu_grads(values.numpy(), indices.numpy(), W_dec.detach().numpy(), b_dec.detach().numpy(),
-                          target.numpy(), threads, x_hat.numpy(), error.numpy(), grad_values.numpy(), squared_errors)
+                          target.numpy(), compiled_threads(), x_hat.numpy(), error.numpy(), grad_values.numpy(),
+                          squared_errors, np.zeros(1, np.int64))
     if variance is None:
         variance = batch_variance(target)
     with np.errstate(divide="ignore", invalid="ignore"):  # a constant batch: inf or nan, as on the torch path

@@ -15,7 +15,8 @@ once, in four steps that leave the row in the core's cache after the first:
 4. the few surplus candidates are dropped, smallest first (a k-element min-heap when there are many, e.g.
    ties), which leaves the top k exactly.
 
-Compiled on first use and cached on disk; rows run in parallel on as many threads as torch uses.
+Compiled on first use and cached on disk; rows run in parallel on as many threads as torch uses, each thread
+claiming chunks of rows as it finishes the last (``compiled.claim``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numba
 import numpy as np
 import torch
 
-from ..compiled import FASTMATH, compiled_threads
+from ..compiled import CHUNK_ROWS, FASTMATH, claim, compiled_threads
 
 
 @numba.njit(inline="always")
@@ -80,11 +81,10 @@ beyond it a k-element heap is cheaper."""
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def _topk_rows(pre, bias, k, size, n_parts, out_values, out_indices):  # pragma: no cover - compiled
+def _topk_rows(pre, bias, k, size, n_parts, out_values, out_indices, counter):  # pragma: no cover - compiled
     n, m = pre.shape
     n_blocks = m // size
-    per_part = (n + n_parts - 1) // n_parts
-    for part in numba.prange(n_parts):
+    for _thread in numba.prange(n_parts):
         block_max = np.empty(n_blocks, np.float32)
         block_second = np.empty(n_blocks, np.float32)
         block_arg = np.empty(n_blocks, np.int32)
@@ -94,79 +94,82 @@ def _topk_rows(pre, bias, k, size, n_parts, out_values, out_indices):  # pragma:
         cand_indices = np.empty(m, np.int64)
         chosen = np.empty(n_blocks, np.int64)
         guess = -np.inf
-        for i in range(part * per_part, min(n, (part + 1) * per_part)):
-            row, values, indices = pre[i], out_values[i], out_indices[i]
-            # 1. each block's largest and second-largest value of row + bias and the largest's position (column c
-            # is in block c mod n_blocks): contiguous and vectorised, and the row's first read from memory, which
-            # leaves time for the extra compares
-            for b in range(n_blocks):
-                block_max[b] = row[b] + bias[b]
-                block_second[b] = -np.inf
-                block_arg[b] = 0
-            for e in range(1, size):
-                row_part = row[e * n_blocks:(e + 1) * n_blocks]
-                bias_part = bias[e * n_blocks:(e + 1) * n_blocks]
+        start = claim(counter, CHUNK_ROWS)
+        while start < n:
+            for i in range(start, min(n, start + CHUNK_ROWS)):
+                row, values, indices = pre[i], out_values[i], out_indices[i]
+                # 1. each block's largest and second-largest value of row + bias and the largest's position
+                # (column c is in block c mod n_blocks): contiguous and vectorised, and the row's first read from
+                # memory, which leaves time for the extra compares
                 for b in range(n_blocks):
-                    v, top = row_part[b] + bias_part[b], block_max[b]
-                    block_second[b] = max(block_second[b], min(top, v))
-                    block_arg[b] = np.int32(e) if v > top else block_arg[b]
-                    block_max[b] = max(top, v)
-            # 2. a threshold that k to 1.25k block maxima reach: a lower bound on the k-th value. Rows of a batch
-            # are alike, so the previous row's threshold is tried first (it often qualifies); else bisect.
-            above = _count_at_least(block_max, guess)
-            if above < k or above > k + k // 4:
-                low, high = _min_max(block_max, scratch_low, scratch_high)
-                guess = max(low, min(high, guess))
-                for _ in range(40):
-                    above = _count_at_least(block_max, guess)
-                    if above >= k:
-                        low = guess
-                        if above <= k + k // 4:
-                            break
-                    else:
-                        high = guess
-                    guess = 0.5 * (low + high)
-                guess = low
-            # 3. every element >= the bound lies in a block whose maximum reaches it; where the block's second value
-            # does not (most blocks), its maximum is the only candidate, else gather the block
-            n_chosen = 0
-            for b in range(n_blocks):
-                chosen[n_chosen] = b
-                n_chosen += block_max[b] >= guess
-            count = 0
-            for c in range(n_chosen):
-                b = chosen[c]
-                if block_second[b] < guess:
-                    cand_values[count] = block_max[b]
-                    cand_indices[count] = block_arg[b] * n_blocks + b
-                    count += 1
+                    block_max[b] = row[b] + bias[b]
+                    block_second[b] = -np.inf
+                    block_arg[b] = 0
+                for e in range(1, size):
+                    row_part = row[e * n_blocks:(e + 1) * n_blocks]
+                    bias_part = bias[e * n_blocks:(e + 1) * n_blocks]
+                    for b in range(n_blocks):
+                        v, top = row_part[b] + bias_part[b], block_max[b]
+                        block_second[b] = max(block_second[b], min(top, v))
+                        block_arg[b] = np.int32(e) if v > top else block_arg[b]
+                        block_max[b] = max(top, v)
+                # 2. a threshold that k to 1.25k block maxima reach: a lower bound on the k-th value. Rows of a batch
+                # are alike, so the previous row's threshold is tried first (it often qualifies); else bisect.
+                above = _count_at_least(block_max, guess)
+                if above < k or above > k + k // 4:
+                    low, high = _min_max(block_max, scratch_low, scratch_high)
+                    guess = max(low, min(high, guess))
+                    for _ in range(40):
+                        above = _count_at_least(block_max, guess)
+                        if above >= k:
+                            low = guess
+                            if above <= k + k // 4:
+                                break
+                        else:
+                            high = guess
+                        guess = 0.5 * (low + high)
+                    guess = low
+                # 3. every element >= the bound lies in a block whose maximum reaches it; where the block's second value
+                # does not (most blocks), its maximum is the only candidate, else gather the block
+                n_chosen = 0
+                for b in range(n_blocks):
+                    chosen[n_chosen] = b
+                    n_chosen += block_max[b] >= guess
+                count = 0
+                for c in range(n_chosen):
+                    b = chosen[c]
+                    if block_second[b] < guess:
+                        cand_values[count] = block_max[b]
+                        cand_indices[count] = block_arg[b] * n_blocks + b
+                        count += 1
+                        continue
+                    for e in range(size):
+                        v = row[e * n_blocks + b] + bias[e * n_blocks + b]
+                        cand_values[count] = v
+                        cand_indices[count] = e * n_blocks + b
+                        count += v >= guess
+                # 4. the k largest of the (at least k) candidates: drop the few smallest, or keep a k-heap when
+                # there are many more (ties)
+                if count - k <= DROP_LIMIT:
+                    while count > k:
+                        smallest = 0
+                        for j in range(1, count):
+                            if cand_values[j] < cand_values[smallest]:
+                                smallest = j
+                        count -= 1
+                        cand_values[smallest], cand_indices[smallest] = cand_values[count], cand_indices[count]
+                    for j in range(k):
+                        values[j], indices[j] = cand_values[j], cand_indices[j]
                     continue
-                for e in range(size):
-                    v = row[e * n_blocks + b] + bias[e * n_blocks + b]
-                    cand_values[count] = v
-                    cand_indices[count] = e * n_blocks + b
-                    count += v >= guess
-            # 4. the k largest of the (at least k) candidates: drop the few smallest, or keep a k-heap when
-            # there are many more (ties)
-            if count - k <= DROP_LIMIT:
-                while count > k:
-                    smallest = 0
-                    for j in range(1, count):
-                        if cand_values[j] < cand_values[smallest]:
-                            smallest = j
-                    count -= 1
-                    cand_values[smallest], cand_indices[smallest] = cand_values[count], cand_indices[count]
                 for j in range(k):
                     values[j], indices[j] = cand_values[j], cand_indices[j]
-                continue
-            for j in range(k):
-                values[j], indices[j] = cand_values[j], cand_indices[j]
-            for pos in range(k // 2 - 1, -1, -1):
-                _sift_down(values, indices, k, pos)
-            for j in range(k, count):
-                if cand_values[j] > values[0]:
-                    values[0], indices[0] = cand_values[j], cand_indices[j]
-                    _sift_down(values, indices, k, 0)
+                for pos in range(k // 2 - 1, -1, -1):
+                    _sift_down(values, indices, k, pos)
+                for j in range(k, count):
+                    if cand_values[j] > values[0]:
+                        values[0], indices[0] = cand_values[j], cand_indices[j]
+                        _sift_down(values, indices, k, 0)
+            start = claim(counter, CHUNK_ROWS)
 
 
 def topk_with_bias(pre: torch.Tensor, bias: torch.Tensor, k: int, size: int,
@@ -179,4 +182,4 @@ def topk_with_bias(pre: torch.Tensor, bias: torch.Tensor, k: int, size: int,
     contiguous.
     """
     _topk_rows(pre.numpy(), bias.detach().contiguous().numpy(), k, size, compiled_threads(), out[0].numpy(),
-               out[1].numpy())
+               out[1].numpy(), np.zeros(1, np.int64))

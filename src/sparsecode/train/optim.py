@@ -24,7 +24,7 @@ import numba
 import numpy as np
 import torch
 
-from ..compiled import FASTMATH, compiled_threads
+from ..compiled import CHUNK_ROWS, FASTMATH, claim, compiled_threads
 
 MIN_NORM = 1e-8
 """A row with a smaller norm is divided by this instead when rescaled (it stays near zero)."""
@@ -101,7 +101,7 @@ class Adam(torch.optim.Adam):
         _adam_unit_rows(p.detach().numpy(), p.grad.numpy(), state["exp_avg"].numpy(), state["exp_avg_sq"].numpy(),
                         np.float32(1 - beta1), np.float32(beta2), np.float32(1 - beta2),
                         np.float32(group["lr"] / bias_correction1), np.float32(math.sqrt(bias_correction2)),
-                        np.float32(group["eps"]), compiled_threads())
+                        np.float32(group["eps"]), compiled_threads(), np.zeros(1, np.int64))
 
     def _transpose(self, p: torch.nn.Parameter) -> None:
         """Swap ``p``, its gradient and its 2-d state for their transposes (views of the same memory)."""
@@ -123,22 +123,24 @@ class Adam(torch.optim.Adam):
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
 def _adam_unit_rows(W, G, exp_avg, exp_avg_sq, one_minus_beta1, beta2, one_minus_beta2, step_size,
-                    bias_correction2_sqrt, eps, n_parts):  # pragma: no cover - compiled
+                    bias_correction2_sqrt, eps, n_parts, counter):  # pragma: no cover - compiled
     m, d = W.shape
-    per_part = (m + n_parts - 1) // n_parts
-    for part in numba.prange(n_parts):
-        for j in range(part * per_part, min(m, (part + 1) * per_part)):
-            w, g, mean, square = W[j], G[j], exp_avg[j], exp_avg_sq[j]
-            along = np.float32(0.0)
-            for c in range(d):
-                along += g[c] * w[c]
-            norm_sq = np.float32(0.0)
-            for c in range(d):
-                grad = g[c] - along * w[c]  # the gradient without its component along the (unit) row
-                mean[c] += one_minus_beta1 * (grad - mean[c])
-                square[c] = beta2 * square[c] + one_minus_beta2 * grad * grad
-                w[c] -= step_size * mean[c] / (np.sqrt(square[c]) / bias_correction2_sqrt + eps)
-                norm_sq += w[c] * w[c]
-            scale = np.float32(1.0) / max(np.sqrt(norm_sq), np.float32(MIN_NORM))
-            for c in range(d):
-                w[c] *= scale
+    for _thread in numba.prange(n_parts):
+        start = claim(counter, CHUNK_ROWS)
+        while start < m:
+            for j in range(start, min(m, start + CHUNK_ROWS)):
+                w, g, mean, square = W[j], G[j], exp_avg[j], exp_avg_sq[j]
+                along = np.float32(0.0)
+                for c in range(d):
+                    along += g[c] * w[c]
+                norm_sq = np.float32(0.0)
+                for c in range(d):
+                    grad = g[c] - along * w[c]  # the gradient without its component along the (unit) row
+                    mean[c] += one_minus_beta1 * (grad - mean[c])
+                    square[c] = beta2 * square[c] + one_minus_beta2 * grad * grad
+                    w[c] -= step_size * mean[c] / (np.sqrt(square[c]) / bias_correction2_sqrt + eps)
+                    norm_sq += w[c] * w[c]
+                scale = np.float32(1.0) / max(np.sqrt(norm_sq), np.float32(MIN_NORM))
+                for c in range(d):
+                    w[c] *= scale
+            start = claim(counter, CHUNK_ROWS)
