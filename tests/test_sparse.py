@@ -315,6 +315,25 @@ def test_compiled_topk_with_bias_matches_torch_topk():
         assert all(len(set(row)) == k for row in indices.tolist())
 
 
+def test_compiled_topk_rows_do_not_depend_on_which_thread_took_them():
+    """Threads claim 64-row chunks in whatever order they finish: each row's winners, in their order, must be
+    those of its chunk alone (else the step's sums, and training, would vary from run to run)."""
+    from sparsecode.compiled import CHUNK_ROWS
+    from sparsecode.sae.cpu_topk import topk_with_bias
+
+    g = torch.Generator().manual_seed(7)
+    m, k, n = 768, 8, 5 * CHUNK_ROWS + 3
+    size = block_size(m, k)
+    pre, bias = torch.randn(n, m, generator=g), torch.randn(m, generator=g) * 0.1
+    whole = torch.empty(n, k), torch.empty(n, k, dtype=torch.long)
+    topk_with_bias(pre, bias, k, size, out=whole)
+    for start in range(0, n, CHUNK_ROWS):
+        part = torch.empty(min(n - start, CHUNK_ROWS), k), torch.empty(min(n - start, CHUNK_ROWS), k, dtype=torch.long)
+        topk_with_bias(pre[start:start + CHUNK_ROWS].contiguous(), bias, k, size, out=part)
+        assert torch.equal(part[0], whole[0][start:start + CHUNK_ROWS])
+        assert torch.equal(part[1], whole[1][start:start + CHUNK_ROWS])
+
+
 @pytest.mark.parametrize("rank_relative", [True, False], ids=["relative", "raw"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_batchtopk_sparse_step_matches_its_dense_step(monkeypatch, rank_relative, dtype):

@@ -93,9 +93,9 @@ def _topk_rows(pre, bias, k, size, n_parts, out_values, out_indices, counter):  
         cand_values = np.empty(m, np.float32)
         cand_indices = np.empty(m, np.int64)
         chosen = np.empty(n_blocks, np.int64)
-        guess = -np.inf
         start = claim(counter, CHUNK_ROWS)
         while start < n:
+            guess = -np.inf  # afresh per chunk: a row's result (and its order) must not depend on the thread's history
             for i in range(start, min(n, start + CHUNK_ROWS)):
                 row, values, indices = pre[i], out_values[i], out_indices[i]
                 # 1. each block's largest and second-largest value of row + bias and the largest's position
