@@ -202,12 +202,12 @@ class SparseAutoencoder(nn.Module):
         return load_sae(path, device=device)
 
 
-@torch.no_grad()
 def data_parallel() -> bool:
     """Whether this process is one of several in an initialised torch.distributed group."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+@torch.no_grad()
 def total_variance(x: torch.Tensor) -> torch.Tensor:
     """Σ‖x_i − mean‖² over the batch: the FVU denominator.
 

@@ -161,8 +161,8 @@ def sparse_fvu(values: torch.Tensor, pattern: SparsePattern, W_dec: torch.Tensor
                target: torch.Tensor, variance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(FVU, x_hat) of the reconstruction x_hat = sparse_decode(values, pattern, W_dec) + b_dec against ``target``
     (n, d), i.e. Σ‖x_hat − target‖² / ``variance``, by default the target batch's total variance Σ‖t − mean‖²
-    (``base.total_variance``); differentiable in the FVU (x_hat is returned detached on the compiled path, and
-    no gradient flows through the variance there). On the CPU in float32 one compiled pass computes the FVU, its
+    (``base.total_variance``, a constant for autograd); differentiable in the FVU (x_hat is returned detached on
+    the compiled path). On the CPU in float32 one compiled pass computes the FVU, its
     gradients and the default variance together."""
     tensors = (values, W_dec, b_dec, target)
     if variance is None and data_parallel():
