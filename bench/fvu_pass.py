@@ -10,14 +10,13 @@ repeats, medians, and how many of the threads' cores each call kept busy on aver
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import sparsecode  # noqa: F401  (before torch: its OpenMP defaults apply only then)
 
 # isort: split
 import torch
-from timing import interleaved_wall_and_cpu  # bench/timing.py, next to this file
+from timing import interleaved_wall_and_cpu, step_shape_parser  # bench/timing.py, next to this file
 
 from sparsecode.sae import sparse
 from sparsecode.sae.base import total_variance
@@ -39,14 +38,7 @@ def loss_step(values, pattern, W_dec, b_dec, target, compiled: bool):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=4096)
-    ap.add_argument("--latents", type=int, default=6144)
-    ap.add_argument("--d-in", type=int, default=384)
-    ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=21)
-    ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args()
+    a = step_shape_parser(__doc__, repeats=21).parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     values = torch.rand(a.rows, a.k, requires_grad=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
 
@@ -22,3 +23,15 @@ def interleaved_wall_and_cpu(functions: dict[str, Callable[[], object]],
             function()
             times[name].append((time.perf_counter() - start, time.process_time() - cpu))
     return times
+
+
+def step_shape_parser(description: str | None, repeats: int) -> argparse.ArgumentParser:
+    """An argument parser with the bench's TopK step shape (--rows --latents --d-in --k), --repeats and --threads."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=4096)
+    ap.add_argument("--latents", type=int, default=6144)
+    ap.add_argument("--d-in", type=int, default=384)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--threads", type=int, default=2)
+    return ap

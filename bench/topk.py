@@ -10,7 +10,6 @@ bench/train_step.py) with each selector.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -18,7 +17,7 @@ import sparsecode  # noqa: F401  (before torch: its OpenMP defaults apply only t
 
 # isort: split
 import torch
-from timing import interleaved_wall_and_cpu  # bench/timing.py, next to this file
+from timing import interleaved_wall_and_cpu, step_shape_parser  # bench/timing.py, next to this file
 
 from sparsecode.sae import TopKConfig, build_sae, sparse
 from sparsecode.sae.cpu_topk import topk_with_bias
@@ -29,14 +28,8 @@ def median_ms(times: list[float]) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=4096)
-    ap.add_argument("--latents", type=int, default=6144)
-    ap.add_argument("--d-in", type=int, default=384)
-    ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=9)
+    ap = step_shape_parser(__doc__, repeats=9)
     ap.add_argument("--steps", type=int, default=5, help="training steps per repeat in the step timing (0: skip)")
-    ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)

@@ -54,17 +54,11 @@ def _count_at_least(values, bound):  # pragma: no cover - compiled
 
 @numba.njit(inline="always", fastmath=FASTMATH)
 def _min_max(values, low, high):  # pragma: no cover - compiled
-    """(min, max) of ``values`` by pairwise halving into the scratch ``low``/``high`` (each at least half as
-    long): element-wise steps vectorise, a running min/max does not (measured 4x slower)."""
+    """(min, max) of ``values`` by pairwise halving in the scratch ``low``/``high`` (each as long as ``values``):
+    element-wise steps vectorise, a running min/max does not (measured 4x slower)."""
     n = values.shape[0]
-    if n == 1:
-        return values[0], values[0]
-    half = n // 2
-    for b in range(half):
-        low[b], high[b] = min(values[b], values[b + half]), max(values[b], values[b + half])
-    if n % 2:
-        low[0], high[0] = min(low[0], values[n - 1]), max(high[0], values[n - 1])
-    n = half
+    for b in range(n):
+        low[b] = high[b] = values[b]
     while n > 1:
         half = n // 2
         for b in range(half):
