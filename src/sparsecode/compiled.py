@@ -41,8 +41,7 @@ def _fetch_add(typingctx, counter, value):
 def claim(counter, chunk):  # pragma: no cover - compiled
     """The first row of the next unclaimed chunk of ``chunk`` rows (``counter``: np.zeros(1, np.int64), shared
     by the threads of one kernel call). Threads take chunks as they finish, so a core slowed by other work
-    takes fewer: with fixed halves the other thread waits for it (measured on the FVU pass: 1.72 of 2 cores
-    busy with halves, 1.98 with chunks)."""
+    takes fewer; with fixed halves the other thread would wait for it at the end."""
     return _fetch_add(counter, chunk)
 
 

@@ -55,7 +55,7 @@ def _count_at_least(values, bound):  # pragma: no cover - compiled
 @numba.njit(inline="always", fastmath=FASTMATH)
 def _min_max(values, low, high):  # pragma: no cover - compiled
     """(min, max) of ``values`` by pairwise halving in the scratch ``low``/``high`` (each as long as ``values``):
-    element-wise steps vectorise, a running min/max does not (measured 4x slower)."""
+    element-wise steps vectorise, a running min/max does not."""
     n = values.shape[0]
     for b in range(n):
         low[b] = high[b] = values[b]
