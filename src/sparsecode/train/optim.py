@@ -53,10 +53,11 @@ class Adam(torch.optim.Adam):
         if closure is not None:  # evaluated before the swap: it must see the weights as they are
             with torch.enable_grad():
                 loss = closure()
-        fused = [p for p in self.unit_rows if p.grad is not None and self._fusable(p)]
-        for p in self.unit_rows:
-            if p.grad is not None and p not in fused:
-                p.grad.addcmul_(torch.linalg.vecdot(p.grad, p)[:, None], p, value=-1)
+        stepped = [p for p in self.unit_rows if p.grad is not None]
+        fused = [p for p in stepped if self._fusable(p)]
+        plain = [p for p in stepped if not any(p is q for q in fused)]  # `in` would compare tensors elementwise
+        for p in plain:
+            p.grad.addcmul_(torch.linalg.vecdot(p.grad, p)[:, None], p, value=-1)
         hidden = [(p, p.grad) for p in fused]
         for p in fused:
             p.grad = None  # torch's step skips it; the compiled pass below takes it
@@ -72,9 +73,8 @@ class Adam(torch.optim.Adam):
                 p.grad = grad
         for p, _ in hidden:
             self._unit_row_step(p)
-        for p in self.unit_rows:
-            if p.grad is not None and p not in fused:
-                p.div_(p.norm(dim=1, keepdim=True).clamp_min(MIN_NORM))
+        for p in plain:
+            p.div_(p.norm(dim=1, keepdim=True).clamp_min(MIN_NORM))
         return loss
 
     def _group(self, p: torch.Tensor) -> dict[str, Any]:
