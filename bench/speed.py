@@ -7,13 +7,16 @@ What it does, in one run:
 1. exports MiniLM layer-3 activations of the default corpus once to bench/data/ (train and held-out .npy);
 2. measures this machine's fp32 GEMM rate for the encoder product, (batch, d) x (d, latents), before every
    round of runs (median reported); the "1-GEMM limit" is that rate / (2·d·latents) tokens/s: what a TopK
-   trainer whose only dense product is the encoder forward could reach;
+   trainer whose only dense product is the encoder forward, in float32, could reach (the bfloat16 rate of the
+   same product is reported beside it);
 3. trains a TopK SAE (d=384, latents, k, batch, token budget, threads all equal) with each trainer, in a
    fresh process per run, feeding every trainer the identical batch sequence (sparsecode's shuffling
    store over the same .npy), runs interleaved so load drifts hit all alike;
    - sparsecode: the product's Trainer, as `sparsecode train --activations` runs it (with the OpenMP
      defaults the package sets when imported before torch, `sparsecode.OPENMP_DEFAULTS`); a short untimed
      run first compiles its numba kernels into their on-disk cache, as any first use after install does;
+     where the CPU has AMX its encoder product is bfloat16 with exact float32 rescoring (`sae/cpu_screen.py`);
+   - sparsecode-fp32: the same with the float32 encoder product (SPARSECODE_SCREEN=0);
    - sparsify 1.3.3: its SparseCoder with its trainer's step (default Signum + schedule-free, FVU loss),
      once as installed and once with jemalloc (decay off) preloaded;
    - SAELens 6.54: its SAETrainer with TopKTrainingSAE (its defaults otherwise);
@@ -46,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench" / "data"
 RESULTS = ROOT / "bench" / "results"
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
-TRAINERS = ("sparsecode", "sparsify", "sparsify+jemalloc", "saelens")
+TRAINERS = ("sparsecode", "sparsecode-fp32", "sparsify", "sparsify+jemalloc", "saelens")
 INHERITED_ENV = dict(os.environ)
 """The environment children start from, taken before anything here imports sparsecode (which adds its OpenMP
 defaults to os.environ): the peers run as installed."""
@@ -99,10 +102,10 @@ def tiled(path: Path, times: int) -> Path:
     return out
 
 
-def gemm_rate(batch: int, d: int, m: int, repeats: int = 10) -> float:
-    """Median fp32 FLOP/s of (batch, d) @ (d, m) at the current thread count."""
-    x, w = torch.randn(batch, d), torch.randn(d, m)
-    out = torch.empty(batch, m)
+def gemm_rate(batch: int, d: int, m: int, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """Median FLOP/s of (batch, d) @ (d, m) in ``dtype`` at the current thread count."""
+    x, w = torch.randn(batch, d, dtype=dtype), torch.randn(d, m, dtype=dtype)
+    out = torch.empty(batch, m, dtype=dtype)
     for _ in range(3):
         torch.mm(x, w, out=out)
     times = []
@@ -161,7 +164,15 @@ def child_sparsecode(a) -> dict:
         wall = time.perf_counter() - t
         loop, previous = loop_seconds(Path(tmp) / "run" / "metrics.jsonl")
     scores = held_out_scores(sae, lambda c: (sae.encode(c) > 0).sum().item(), a.heldout)
-    return {"train_s": loop, "wall_s": wall, "tokens": previous, **scores}
+    return {"train_s": loop, "wall_s": wall, "tokens": previous, **scores,
+            "encoder_product": "bfloat16, exact rescoring" if screen_in_use(a) else "float32"}
+
+
+def screen_in_use(a) -> bool:
+    from sparsecode.sae import TopKConfig, build_sae, sparse
+
+    sae = build_sae(TopKConfig(d_in=a.d_in, n_latents=a.latents, k=a.k))
+    return sparse.screen_applies(torch.zeros(1, a.d_in), sae.W_enc, a.k)
 
 
 def child_sparsify(a) -> dict:
@@ -225,6 +236,7 @@ def child_saelens(a) -> dict:
 
 
 CHILDREN = {"sparsecode": child_sparsecode, "sparsify": child_sparsify, "saelens": child_saelens}
+CHILD_OF = {"sparsecode-fp32": "sparsecode", "sparsify+jemalloc": "sparsify"}
 
 
 def peak_rss_mib(usage) -> float:
@@ -249,7 +261,7 @@ def run_child(a) -> None:
 
 # -- parent ---------------------------------------------------------------------------------------
 def launch(name: str, a, train: Path) -> dict:
-    child = name.split("+")[0]
+    child = CHILD_OF.get(name, name)
     env = {**INHERITED_ENV, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads),
            "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
     if child == "sparsecode":  # what importing sparsecode before torch sets (as the CLI does); the child imports torch first
@@ -258,6 +270,8 @@ def launch(name: str, a, train: Path) -> dict:
         env = {**OPENMP_DEFAULTS, **env}
     if name.endswith("+jemalloc"):
         env.update(LD_PRELOAD=JEMALLOC, MALLOC_CONF="dirty_decay_ms:-1,muzzy_decay_ms:-1")
+    if name == "sparsecode-fp32":
+        env["SPARSECODE_SCREEN"] = "0"
     cmd = [sys.executable, __file__, "--child", child, "--train", str(train), "--heldout", str(a.heldout),
            "--tokens", str(a.tokens), "--batch", str(a.batch), "--latents", str(a.latents), "--k", str(a.k),
            "--d-in", str(a.d_in), "--threads", str(a.threads)] + (["--lr", str(a.lr)] if a.lr else [])
@@ -356,20 +370,22 @@ def main() -> None:
     a.d_in = int(np.load(train, mmap_mode="r").shape[1])
     torch.set_num_threads(a.threads)
 
-    if "sparsecode" in names:  # numba compiles sparsecode's kernels on first use and caches them on disk: a
-        # fresh checkout or a changed kernel would otherwise count compile time in the first timed run
-        print("compiling sparsecode's kernels (a short run; once per install)", file=sys.stderr)
-        launch("sparsecode", argparse.Namespace(**{**vars(a), "tokens": 2 * a.batch}), train)
+    for name in (n for n in names if n.startswith("sparsecode")):  # numba compiles sparsecode's kernels on first
+        # use and caches them on disk: a fresh checkout or a changed kernel would otherwise count compile time in
+        # the first timed run
+        print(f"compiling {name}'s kernels (a short run; once per install)", file=sys.stderr)
+        launch(name, argparse.Namespace(**{**vars(a), "tokens": 2 * a.batch}), train)
     runs: dict[str, list[dict]] = {n: [] for n in names}
-    rates = []
+    rates, bf16_rates = [], []
     for r in range(a.repeats):  # interleaved: a load change on the machine hits every trainer (and the GEMM) alike
         rates.append(gemm_rate(a.batch, a.d_in, a.latents))
+        bf16_rates.append(gemm_rate(a.batch, a.d_in, a.latents, dtype=torch.bfloat16))
         print(f"repeat {r + 1}/{a.repeats}: GEMM ({a.batch}x{a.d_in}) @ ({a.d_in}x{a.latents}), {a.threads} threads: "
-              f"{rates[-1] / 1e9:.1f} GFLOP/s", file=sys.stderr)
+              f"{rates[-1] / 1e9:.1f} GFLOP/s (bfloat16: {bf16_rates[-1] / 1e9:.1f})", file=sys.stderr)
         for name in names:
             runs[name].append(launch(name, a, train))
     summary = summarise(runs)
-    flops = statistics.median(rates)
+    flops, bf16_flops = statistics.median(rates), statistics.median(bf16_rates)
     limit = flops / (2 * a.d_in * a.latents)
     print(f"GEMM median {flops / 1e9:.1f} GFLOP/s -> 1-GEMM limit {limit:,.0f} tokens/s", file=sys.stderr)
 
@@ -388,14 +404,18 @@ def main() -> None:
     command = "python bench/speed.py " + " ".join(sys.argv[1:])
     header = (f"{date}, {cpu}, {os.cpu_count()} cores, {a.threads} threads, torch {torch.__version__}; "
               f"TopK d={a.d_in}, latents={a.latents}, k={a.k}, batch={a.batch}, {a.tokens:,} tokens, fp32, "
-              f"medians of {a.repeats}; GEMM {flops / 1e9:.0f} GFLOP/s → 1-GEMM limit {limit:,.0f} tokens/s")
-    md = f"{header}\n\n`{command}`\n\n{table(summary, limit, memory)}\n"
+              f"medians of {a.repeats}; fp32 GEMM {flops / 1e9:.0f} GFLOP/s → 1-GEMM limit {limit:,.0f} tokens/s "
+              f"(bfloat16 GEMM {bf16_flops / 1e9:.0f} GFLOP/s)")
+    products = {name: s["runs"][0].get("encoder_product") for name, s in summary.items() if name.startswith("sparsecode")}
+    notes = "; ".join(f"{name}: {product}" for name, product in products.items())
+    md = f"{header}\n\n`{command}`\n\n{table(summary, limit, memory)}\n" + (f"\nEncoder product — {notes}\n" if notes else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "speed.md").write_text(md)
     (RESULTS / "speed.json").write_text(json.dumps(
         {"date": date, "machine": machine, "cpu": cpu, "command": command, "threads": a.threads,
          "config": {"d_in": a.d_in, "latents": a.latents, "k": a.k, "batch": a.batch, "tokens": a.tokens},
-         "gemm_flops": flops, "gemm_flops_by_repeat": rates, "limit_tokens_per_s": limit, "summary": summary,
+         "gemm_flops": flops, "gemm_flops_by_repeat": rates, "bf16_gemm_flops": bf16_flops,
+         "bf16_gemm_flops_by_repeat": bf16_rates, "limit_tokens_per_s": limit, "summary": summary,
          "memory_by_corpus_rows": memory}, indent=1))
     plot(summary, limit, ROOT / "docs" / "speed.png", header)
     print(md)

@@ -4,7 +4,8 @@
                                [--threads 2] [--dead-fraction 0.1]
 
 Also times the encoder GEMM alone (interleaved with the steps), so the step's GEMM share, i.e. the % of the
-1-GEMM limit bench/speed.py reports (without data loading), comes from one run.
+1-GEMM limit bench/speed.py reports (without data loading), comes from one run. Where the step selects from a
+bfloat16 product (``sparse.screen_applies``), the step with the float32 product is timed too.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sparsecode  # noqa: F401  (before torch: its OpenMP defaults apply only t
 # isort: split
 import torch
 
-from sparsecode.sae import TopKConfig, build_sae
+from sparsecode.sae import TopKConfig, build_sae, sparse
 from sparsecode.train.optim import Adam
 
 
@@ -61,9 +62,19 @@ def main() -> None:
     encoder = torch.randn(args.d_in, args.latents)
     block = torch.empty(args.batch, args.latents)
 
-    times: dict[str, list[float]] = {"encoder GEMM alone": [], "step": []}
+    def float32_step() -> None:
+        sparse.USE_SCREEN = False
+        try:
+            step()
+        finally:
+            sparse.USE_SCREEN = None
+
+    variants = {"encoder GEMM alone": lambda: torch.mm(x, encoder, out=block), "step": step}
+    if sparse.screen_applies(x, sae.W_enc, args.k):
+        variants["step, float32 product"] = float32_step
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(args.repeats + 1):  # round 0 warms up
-        for name, work in (("encoder GEMM alone", lambda: torch.mm(x, encoder, out=block)), ("step", step)):
+        for name, work in variants.items():
             t = time.perf_counter()
             for _ in range(args.steps):
                 work()
@@ -76,7 +87,7 @@ def main() -> None:
         ms = statistics.median(ts) * 1e3
         share = f"  GEMM share {100 * gemm / statistics.median(ts):4.0f}% (the % of the 1-GEMM limit)" \
             if name != "encoder GEMM alone" else f"  {2 * args.d_in * args.latents * args.batch / gemm / 1e9:.0f} GFLOP/s"
-        print(f"  {name:22s} {ms:7.1f} ms  {args.batch / ms * 1e3:9,.0f} tokens/s{share}")
+        print(f"  {name:24s} {ms:7.1f} ms  {args.batch / ms * 1e3:9,.0f} tokens/s{share}")
 
 
 if __name__ == "__main__":

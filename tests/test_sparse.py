@@ -84,10 +84,12 @@ def test_sparse_step_matches_dense_reference(monkeypatch, dead_fraction, block_r
         torch.testing.assert_close(ours[name], ref[name], rtol=1e-9, atol=1e-12, msg=name)
 
 
+@pytest.mark.parametrize("screen", [True, False], ids=["bfloat16-screen", "float32-product"])
 @pytest.mark.parametrize("arch", list(NESTED))
-def test_float32_step_matches_dense_reference(arch):
-    """At the training dtype (float32, the compiled top-k) and a realistic width the two agree to float
-    tolerance."""
+def test_float32_step_matches_dense_reference(monkeypatch, arch, screen):
+    """At the training dtype (float32, the compiled top-k, with the bfloat16 product's exact screen or the float32
+    product) and a realistic width the two agree to float tolerance, AuxK included."""
+    monkeypatch.setattr(sparse, "USE_SCREEN", screen)
     torch.manual_seed(1)
     nested = {"topk": {}, "matryoshka": {"prefixes": [64, 256]}, "multibudget": {"budgets": [4, 8, 16]}}[arch]
     sae = build_sae(config_class(arch)(d_in=64, n_latents=1024, k=16, **nested))

@@ -20,12 +20,14 @@ plain autograd on (n, k) tensors.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 
 from .base import data_parallel, total_variance
 from .cpu_backward import decode_and_fvu_grads, latent_order
+from .cpu_screen import EncoderScreen, screen_supported, screened_topk
 from .cpu_topk import topk_with_bias
 
 
@@ -190,6 +192,29 @@ the torch path (embedding bags and mse_loss)."""
 USE_COMPILED_TOPK = True
 """Select with the compiled kernel (``cpu_topk``) where it applies; False forces the pure-torch path (for
 comparisons, see bench/topk.py)."""
+
+
+USE_SCREEN: bool | None = {"0": False, "1": True}.get(os.environ.get("SPARSECODE_SCREEN", ""))
+"""Select the encoder's top k from a bfloat16 product with exact float32 rescoring (``cpu_screen``): None uses
+it where the CPU has bfloat16 matrix units (AMX), True on any CPU, False never (the float32 product). The
+environment variable SPARSECODE_SCREEN=0 or 1 sets it at import."""
+
+
+def screen_applies(x: torch.Tensor, W_enc: torch.Tensor, k: int) -> bool:
+    """Whether ``screened_topk`` serves this step: float32 on the CPU (no autocast), the latent-major encoder,
+    k small enough for the strided blocks, and the switch above."""
+    if USE_SCREEN is False or (USE_SCREEN is None and not screen_supported()):
+        return False
+    return (x.device.type == "cpu" and x.dtype == W_enc.dtype == gemm_dtype(x) == torch.float32
+            and W_enc.T.is_contiguous() and block_size(W_enc.shape[1], k) is not None)
+
+
+@torch.no_grad()
+def screened_topk_rows(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, b_dec: torch.Tensor, k: int,
+                       screen: EncoderScreen, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k values (n, k) (not ReLU'd) and indices (n, k) of ``(x − b_dec) W_enc + b_enc``, as ``chunked_topk``
+    gives them, from a bfloat16 product ``rows`` rows at a time (where ``screen_applies``)."""
+    return screened_topk((x - b_dec).contiguous(), W_enc, b_enc, k, block_size(W_enc.shape[1], k), rows, screen)
 
 
 @torch.no_grad()

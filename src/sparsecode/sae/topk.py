@@ -10,7 +10,18 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from .base import SAEConfig, SparseAutoencoder, TrainOutput, total_variance
 from .common import auxk_loss
-from .sparse import SparsePattern, chunked_topk, exact_topk, gathered_pre_acts, gemm_dtype, sparse_decode, sparse_fvu
+from .cpu_screen import EncoderScreen
+from .sparse import (
+    SparsePattern,
+    chunked_topk,
+    exact_topk,
+    gathered_pre_acts,
+    gemm_dtype,
+    screen_applies,
+    screened_topk_rows,
+    sparse_decode,
+    sparse_fvu,
+)
 
 
 @dataclass
@@ -68,7 +79,17 @@ class TopKSAE(SparseAutoencoder):
 
     def _winners(self, x: torch.Tensor, k: int, auxk: _DeadTopK | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The top ``k`` pre-activations of every row and their latents, each (n, k), without gradient: the step's
-        one dense product, block by block into the reused scratch block (AuxK sees every block too)."""
+        one dense product, block by block into the reused scratch block (AuxK sees every block too). Without
+        AuxK, where the CPU runs bfloat16 products fast, the product is bfloat16 and the winners are rescored
+        exactly (``cpu_screen``): the same winners and values; AuxK then takes a float32 product over the dead
+        latents' columns only."""
+        if screen_applies(x, self.W_enc, k):
+            screen = self.__dict__.setdefault("_screen", EncoderScreen())  # plain attribute: reused buffers
+            winners = screened_topk_rows(x, self.W_enc, self.b_enc, self.b_dec, k, screen, self._block_rows(x))
+            if auxk:
+                with torch.no_grad():
+                    auxk.see_dead_columns(x, self.W_enc, self.b_enc - self.b_dec @ self.W_enc)
+            return winners
         block = self._pre_block(x)  # in the GEMM's dtype
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             bias = self.b_enc - self.b_dec @ self.W_enc  # (n_latents,)
@@ -134,10 +155,14 @@ class TopKSAE(SparseAutoencoder):
             self.__dict__.pop("_scratch", None)  # the training scratch block is not needed for inference
         return super().train(mode)
 
+    def _block_rows(self, x: torch.Tensor) -> int:
+        """Rows per encoder product (``PRE_BLOCK_ELEMENTS`` bounds its scratch)."""
+        return max(1, min(x.shape[0], PRE_BLOCK_ELEMENTS // self.cfg.n_latents))
+
     def _pre_block(self, x: torch.Tensor) -> torch.Tensor:
         """A reused (rows, n_latents) scratch block for pre-activations: allocated once, not every step
         (fresh multi-megabyte buffers cost page faults on every step)."""
-        rows = max(1, min(x.shape[0], PRE_BLOCK_ELEMENTS // self.cfg.n_latents))
+        rows = self._block_rows(x)
         dtype = gemm_dtype(x)
         block = self.__dict__.get("_scratch")
         if block is None or block.shape[0] < rows or block.dtype != dtype or block.device != x.device:
@@ -166,6 +191,17 @@ class _DeadTopK:
             dead_pre += pending_bias[self.dead]
         values, local = dead_pre.topk(self.k_aux, dim=-1, sorted=False)
         self._parts.append((values, self.dead[local]))
+
+    def see_dead_columns(self, x: torch.Tensor, W_enc: torch.Tensor, bias: torch.Tensor) -> None:
+        """All rows at once from a float32 product over the dead latents' columns only, ``x @ W_enc[:, dead] +
+        bias[dead]``, in row blocks of at most ``PRE_BLOCK_ELEMENTS``."""
+        dead_weights = W_enc.T.index_select(0, self.dead)  # (n_dead, d): rows of the latent-major encoder
+        dead_bias = bias.index_select(0, self.dead)  # (n_dead,)
+        rows = max(1, PRE_BLOCK_ELEMENTS // len(self.dead))
+        for start in range(0, x.shape[0], rows):
+            dead_pre = torch.addmm(dead_bias, x[start:start + rows], dead_weights.T)  # (rows, n_dead)
+            values, local = dead_pre.topk(self.k_aux, dim=-1, sorted=False)
+            self._parts.append((values, self.dead[local]))
 
     @property
     def values(self) -> torch.Tensor:

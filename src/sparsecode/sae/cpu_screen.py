@@ -1,0 +1,273 @@
+"""The encoder product's exact top-k from a bfloat16 product, on CPUs with bfloat16 matrix units (AMX).
+
+A TopK step needs only the k largest pre-activations of each row, and their float32 values. On AMX a
+bfloat16 product runs several times faster than float32 (``python bench/screen.py`` measures both), but its
+inputs carry 8 significant bits. This module turns it into an exact selection:
+
+1. Split both factors into a bfloat16 head and a float32 tail: ``xc = xh + xl``, ``Wᵀ = Wh + Wl`` (each tail
+   exact in float32). ``q = xh · Wh`` is the bfloat16 product (float32 accumulation, rounded to bfloat16).
+2. The exact ``p = xc · W + b_enc`` differs from ``q + b_enc`` by at most, per element,
+   ``e = ‖xh_i‖·‖Wl_j‖ + ‖xl_i‖·(‖Wh_j‖ + ‖Wl_j‖) + u·|q_ij|`` (Cauchy–Schwarz on the tail terms; u covers
+   the rounding of q to bfloat16), plus slack for every float32 sum involved, so p lies in [q̂ − e, q̂ + e]
+   with q̂ = q + b_enc.
+3. Per row, a bound T that the lower ends of k elements in distinct strided blocks reach (each block's element
+   with the largest upper end) is ≤ the row's k-th largest exact value (as in ``cpu_topk``); every element
+   whose upper end ``q̂ + e`` reaches T is a candidate, and no other element can be in the top k
+   (``bench/screen.py`` reports how many candidates a row has).
+4. Each candidate's float32 pre-activation is computed exactly (a dot product with its encoder row) and the
+   top k of those are the result — the same selection and values a float32 product would give, up to
+   float32 rounding (a different summation order).
+
+Compiled with numba, cached on disk; rows run in parallel as in ``cpu_topk``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+
+from ..compiled import CHUNK_ROWS, FASTMATH, claim, compiled_threads
+from .cpu_topk import _count_at_least, _min_max, _sift_down
+
+UNIT_ROUNDOFF = 2.0**-8 * 1.01 + 2.0**-20
+"""Bound on |q_out − q| / |q_out| for the bfloat16-rounded product q_out (2⁻⁸), with slack for the float32
+arithmetic on it (adding b_enc, forming q̂ ± e)."""
+
+BIAS_ROUNDOFF = 2.0**-20
+"""Slack per unit of |b_enc| for the float32 additions of b_enc (screen and rescoring)."""
+
+
+SLACK_BLOCKS = 2
+"""The bound T is one that between k and k + this many blocks' lower ends reach: the closer to the k-th, the fewer
+candidates to rescore (a few more bisection steps cost far less)."""
+
+RANK_LIMIT = 128
+"""Up to this many candidates the top k are picked by rank (count² branch-free compares); beyond, a k-heap."""
+
+
+def float32_sum_slack(d: int) -> float:
+    """Relative bound (as a multiple of ‖a‖·‖b‖) on the rounding of a float32 dot product of length d,
+    counted twice: the product's accumulation and the exact rescoring's."""
+    return 2 * (d + 2) * 2.0**-24
+
+
+def screen_supported() -> bool:
+    """Whether this CPU has bfloat16 matrix units (where the bfloat16 product pays)."""
+    is_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(is_amx and is_amx())
+    except RuntimeError:
+        return False
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+def _split_rows(rows, bits, head, head_norm, tail_norm, n_parts, counter):  # pragma: no cover - compiled
+    """Per row: the bfloat16 head (round to nearest even, as raw bits) and the norms of head and tail."""
+    n, d = rows.shape
+    for _thread in numba.prange(n_parts):
+        widened = np.empty(d, np.uint32)
+        head_f32 = widened.view(np.float32)
+        start = claim(counter, CHUNK_ROWS)
+        while start < n:
+            for i in range(start, min(n, start + CHUNK_ROWS)):
+                row, row_bits, out = rows[i], bits[i], head[i]
+                for c in range(d):
+                    b = row_bits[c]
+                    rounded = (b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+                    out[c] = np.uint16(rounded)
+                    widened[c] = rounded << np.uint32(16)
+                hh, tt = 0.0, 0.0  # float64: squares of tiny tails would underflow in float32
+                for c in range(d):
+                    h = head_f32[c]
+                    t = np.float64(row[c] - h)
+                    hh += np.float64(h) * h
+                    tt += t * t
+                # rounded up to float32, so the bounds built on them stay bounds
+                head_norm[i], tail_norm[i] = np.sqrt(hh) * (1 + 2.0**-22), np.sqrt(tt) * (1 + 2.0**-22)
+            start = claim(counter, CHUNK_ROWS)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+def _screened_rows(q_bits, b_enc, bias_low, bias_high, x_head_norm, x_tail_norm, w_tail_bound, w_norm, unit, xc,
+                   w_rows, k, size, n_parts, out_values, out_indices, out_counts, counter):  # pragma: no cover - compiled
+    n, m = q_bits.shape
+    d = xc.shape[1]
+    n_blocks = m // size
+    for _thread in numba.prange(n_parts):
+        widened = np.empty(m, np.uint32)
+        q = widened.view(np.float32)
+        upper = np.empty(m, np.float32)
+        block_low = np.empty(n_blocks, np.float32)
+        up_max = np.empty(n_blocks, np.float32)
+        up_second = np.empty(n_blocks, np.float32)
+        up_arg = np.empty(n_blocks, np.int32)
+        scratch_low = np.empty(n_blocks, np.float32)
+        scratch_high = np.empty(n_blocks, np.float32)
+        chosen = np.empty(n_blocks, np.int64)
+        cand_values = np.empty(m, np.float32)
+        cand_indices = np.empty(m, np.int64)
+        start = claim(counter, CHUNK_ROWS)
+        while start < n:
+            guess = -np.inf  # afresh per chunk: results must not depend on which thread took the rows
+            for i in range(start, min(n, start + CHUNK_ROWS)):
+                row_bits, x_row, values, indices = q_bits[i], xc[i], out_values[i], out_indices[i]
+                a, c = x_head_norm[i], x_tail_norm[i]
+                for j in range(m):
+                    widened[j] = np.uint32(row_bits[j]) << np.uint32(16)
+                # 1. each element's upper end q̂ + e (its own loop: with more stores LLVM's alias checks stop it from
+                # vectorising), then per strided block (column j in block j mod n_blocks) the largest and second-largest
+                # upper end and where the largest sits, and that element's lower end q̂ − e
+                for j in range(m):
+                    upper[j] = q[j] + unit * abs(q[j]) + bias_high[j] + a * w_tail_bound[j] + c * w_norm[j]
+                for b in range(n_blocks):
+                    up_max[b] = upper[b]
+                    up_second[b] = -np.inf
+                    up_arg[b] = 0
+                for r in range(1, size):
+                    part = upper[r * n_blocks:(r + 1) * n_blocks]
+                    for b in range(n_blocks):
+                        hi, top = part[b], up_max[b]
+                        up_second[b] = max(up_second[b], min(top, hi))
+                        up_arg[b] = np.int32(r) if hi > top else up_arg[b]
+                        up_max[b] = max(top, hi)
+                for b in range(n_blocks):
+                    j = up_arg[b] * n_blocks + b
+                    block_low[b] = q[j] - unit * abs(q[j]) + bias_low[j] - a * w_tail_bound[j] - c * w_norm[j]
+                # 2. a bound that k to k + SLACK_BLOCKS of those lower ends reach: as they lie in distinct blocks,
+                # it is ≤ the row's k-th largest exact value
+                above = _count_at_least(block_low, guess)
+                if above < k or above > k + SLACK_BLOCKS:
+                    low, high = _min_max(block_low, scratch_low, scratch_high)
+                    guess = max(low, min(high, guess))
+                    for _ in range(40):
+                        above = _count_at_least(block_low, guess)
+                        if above >= k:
+                            low = guess
+                            if above <= k + SLACK_BLOCKS:
+                                break
+                        else:
+                            high = guess
+                        guess = 0.5 * (low + high)
+                    guess = low
+                # 3. candidates: every element whose upper end reaches the bound
+                n_chosen = 0
+                for b in range(n_blocks):
+                    chosen[n_chosen] = b
+                    n_chosen += up_max[b] >= guess
+                count = 0
+                for t in range(n_chosen):
+                    b = chosen[t]
+                    if up_second[b] < guess:
+                        cand_indices[count] = up_arg[b] * n_blocks + b
+                        count += 1
+                        continue
+                    for r in range(size):
+                        j = r * n_blocks + b
+                        cand_indices[count] = j
+                        count += upper[j] >= guess
+                if count < k:  # only with NaN or inf in the inputs: score every column
+                    for j in range(m):
+                        cand_indices[j] = j
+                    count = m
+                out_counts[i] = count
+                # 4. each candidate's exact float32 pre-activation
+                for t in range(count):
+                    w = w_rows[cand_indices[t]]
+                    acc = np.float32(0.0)
+                    for l in range(d):
+                        acc += x_row[l] * w[l]
+                    cand_values[t] = acc + b_enc[cand_indices[t]]
+                # 5. the k largest: by rank (ties to the earlier candidate), branch-free, when few; else a k-heap
+                if count <= RANK_LIMIT:
+                    kept = 0
+                    for t in range(count):
+                        v, rank = cand_values[t], np.int32(0)
+                        for u in range(count):
+                            w_value = cand_values[u]
+                            rank += np.int32(1) if (w_value > v) or (w_value == v and u < t) else np.int32(0)
+                        if rank < k and kept < k:  # (kept < k: a NaN ranks first yet counts in no other rank)
+                            values[kept], indices[kept] = v, cand_indices[t]
+                            kept += 1
+                    continue
+                for j in range(k):
+                    values[j], indices[j] = cand_values[j], cand_indices[j]
+                for pos in range(k // 2 - 1, -1, -1):
+                    _sift_down(values, indices, k, pos)
+                for j in range(k, count):
+                    if cand_values[j] > values[0]:
+                        values[0], indices[0] = cand_values[j], cand_indices[j]
+                        _sift_down(values, indices, k, 0)
+            start = claim(counter, CHUNK_ROWS)
+
+
+def split_bfloat16(rows: torch.Tensor, head: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write ``rows`` (r, d) float32, rounded to bfloat16, into ``head`` (r, d) bfloat16; return the norms of
+    head and of the float32 tail ``rows − head``, each (r,)."""
+    rows = rows.detach().contiguous()
+    head_norm = torch.empty(rows.shape[0], dtype=torch.float32)
+    tail_norm = torch.empty(rows.shape[0], dtype=torch.float32)
+    array = rows.numpy()
+    _split_rows(array, array.view(np.uint32), head.view(torch.int16).numpy().view(np.uint16), head_norm.numpy(),
+                tail_norm.numpy(), compiled_threads(), np.zeros(1, np.int64))
+    return head_norm, tail_norm
+
+
+class EncoderScreen:
+    """Reused buffers for ``screened_topk``: the bfloat16 heads of the encoder and of x, and the product; and
+    ``candidates``, each row's number of rescored candidates in the last call (for diagnostics)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+        self.candidates = torch.empty(0, dtype=torch.int64)
+
+    def buffer(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """A bfloat16 scratch tensor of ``shape``, allocated once (fresh pages would fault in every step)."""
+        held = self._buffers.get(name)
+        if held is None or held.numel() < int(np.prod(shape)):
+            held = self._buffers[name] = torch.empty(int(np.prod(shape)), dtype=torch.bfloat16)
+        return held[: int(np.prod(shape))].view(shape)
+
+
+def screened_topk(xc: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int, size: int, rows: int,
+                  screen: EncoderScreen) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of ``xc @ W_enc + b_enc`` per row: values (n, k) float32, not ReLU'd, and int64 indices (n, k), in
+    no particular order; the same as float32's ``(xc @ W_enc + b_enc).topk(k)`` up to float32 rounding and ties.
+
+    ``xc`` (n, d) float32 (the centred input, x − b_dec); ``W_enc`` (d, m) float32, latent-major (its transpose
+    contiguous); ``size``: elements per strided block (``sparse.block_size``); ``rows``: rows per bfloat16
+    product (bounds the scratch).
+    """
+    n, d = xc.shape
+    m = W_enc.shape[1]
+    w_rows = W_enc.detach().T  # (m, d), contiguous
+    # e_ij = ‖xh_i‖·‖Wl_j‖ + ‖xl_i‖·‖w_j‖ + u·|q_ij| + the float32 sums' slack (norms, the product's accumulation,
+    # the exact rescoring: each within ``slack``·‖xc_i‖·‖w_j‖), every norm rounded up by ``fudge``
+    slack = float32_sum_slack(d)
+    fudge = 1 + 2 * slack
+    w_head = screen.buffer("w_head", (m, d))
+    w_head_norm, w_tail_norm = split_bfloat16(w_rows, w_head)
+    w_norm = (w_head_norm + w_tail_norm) * fudge  # (m,) ≥ ‖w_j‖
+    w_tail_bound = w_tail_norm * fudge + slack * w_norm  # (m,)
+    x_head = screen.buffer("x_head", (n, d))
+    x_head_norm, x_tail_norm = split_bfloat16(xc, x_head)
+    x_head_norm = x_head_norm * fudge  # (n,)
+    x_tail_norm = x_tail_norm * fudge + slack * x_head_norm  # (n,)
+    b_enc = b_enc.detach().contiguous()
+    column_slack = b_enc.abs() * BIAS_ROUNDOFF  # (m,)
+    bias_low, bias_high = b_enc - column_slack, b_enc + column_slack  # (m,) each
+    values = torch.empty(n, k, dtype=torch.float32)
+    indices = torch.empty(n, k, dtype=torch.long)
+    screen.candidates = torch.empty(n, dtype=torch.int64)
+    xc = xc.detach().contiguous()
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        q = screen.buffer("product", (stop - start, m))
+        torch.mm(x_head[start:stop], w_head.T, out=q)  # (rows, m) bfloat16, float32 accumulation
+        _screened_rows(q.view(torch.int16).numpy().view(np.uint16), b_enc.numpy(), bias_low.numpy(), bias_high.numpy(),
+                       x_head_norm[start:stop].numpy(),
+                       x_tail_norm[start:stop].numpy(), w_tail_bound.numpy(), w_norm.numpy(), np.float32(UNIT_ROUNDOFF),
+                       xc[start:stop].numpy(), w_rows.numpy(), k, size, compiled_threads(),
+                       values[start:stop].numpy(), indices[start:stop].numpy(), screen.candidates[start:stop].numpy(),
+                       np.zeros(1, np.int64))
+    return values, indices
