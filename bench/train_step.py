@@ -5,7 +5,8 @@
 
 Also times the encoder GEMM alone (interleaved with the steps), so the step's GEMM share, i.e. the % of the
 1-GEMM limit bench/speed.py reports (without data loading), comes from one run. Where the step selects from a
-bfloat16 product (``sparse.screen_applies``), the step with the float32 product is timed too.
+bfloat16 product (``sparse.screen_applies``), the step with the float32 product is timed too; with dead latents
+(AuxK on), the step with AuxK computed the other way (dense or sparse, ``topk.DENSE_AUXK_RATIO``) as well.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sparsecode  # noqa: F401  (before torch: its OpenMP defaults apply only t
 import torch
 
 from sparsecode.sae import TopKConfig, build_sae, sparse
+from sparsecode.sae import topk as topk_module
 from sparsecode.train.optim import Adam
 
 
@@ -69,9 +71,21 @@ def main() -> None:
         finally:
             sparse.USE_SCREEN = None
 
+    def other_auxk_step() -> None:
+        ratio = topk_module.DENSE_AUXK_RATIO
+        topk_module.DENSE_AUXK_RATIO = 0 if dense_auxk else 10**9
+        try:
+            step()
+        finally:
+            topk_module.DENSE_AUXK_RATIO = ratio
+
     variants = {"encoder GEMM alone": lambda: torch.mm(x, encoder, out=block), "step": step}
     if sparse.screen_applies(x, sae.W_enc, args.k):
         variants["step, float32 product"] = float32_step
+    n_dead, k_aux = int(dead.sum()), min(args.d_in // 2, int(dead.sum()))
+    dense_auxk = n_dead <= topk_module.DENSE_AUXK_RATIO * k_aux
+    if n_dead:
+        variants[f"step, {'sparse' if dense_auxk else 'dense'} AuxK"] = other_auxk_step
     times: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(args.repeats + 1):  # round 0 warms up
         for name, work in variants.items():

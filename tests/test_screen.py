@@ -8,6 +8,7 @@ import torch
 
 from sparsecode.compiled import CHUNK_ROWS
 from sparsecode.sae import TopKConfig, build_sae, sparse
+from sparsecode.sae import topk as topk_module
 from sparsecode.sae.cpu_screen import EncoderScreen, split_bfloat16
 from sparsecode.sae.sparse import block_size, screened_topk_rows
 
@@ -116,8 +117,10 @@ def test_split_bfloat16_rounds_like_torch():
         torch.testing.assert_close(ours[ok].double(), ref[ok], rtol=1e-5, atol=0)
 
 
-def test_training_step_with_and_without_the_screen_agrees(monkeypatch):
-    """The TopK step's winners, loss and gradients are those of the float32 product, AuxK included."""
+@pytest.mark.parametrize("dense_auxk", [True, False], ids=["dense-auxk", "sparse-auxk"])
+def test_training_step_with_and_without_the_screen_agrees(monkeypatch, dense_auxk):
+    """The TopK step's winners, loss and gradients are those of the float32 product, AuxK (either way) included."""
+    monkeypatch.setattr(topk_module, "DENSE_AUXK_RATIO", 10**6 if dense_auxk else 0)
     torch.manual_seed(4)
     x = torch.randn(256, 48) + 0.3
     dead = torch.rand(768) < 0.25

@@ -51,13 +51,15 @@ def grads(sae, loss):
 NESTED = {"topk": {}, "matryoshka": {"prefixes": [8, 40]}, "multibudget": {"budgets": [1, 3, 5]}}
 
 
-@pytest.mark.parametrize("dead_fraction", [0.0, 0.3, 1.0], ids=["no-auxk", "auxk", "all-dead"])
+@pytest.mark.parametrize(("dead_fraction", "dense_auxk"), [(0.0, True), (0.3, True), (0.3, False), (1.0, True), (1.0, False)],
+                         ids=["no-auxk", "auxk-dense", "auxk-sparse", "all-dead-dense", "all-dead-sparse"])
 @pytest.mark.parametrize("block_rows", [7, 10_000], ids=["blocks", "one-block"])
 @pytest.mark.parametrize("with_target", [False, True], ids=["sae", "transcoder"])
 @pytest.mark.parametrize("arch", list(NESTED))
-def test_sparse_step_matches_dense_reference(monkeypatch, dead_fraction, block_rows, with_target, arch):
+def test_sparse_step_matches_dense_reference(monkeypatch, dead_fraction, dense_auxk, block_rows, with_target, arch):
     n, d, m, k = 50, 12, 96, 5
     monkeypatch.setattr(topk_module, "PRE_BLOCK_ELEMENTS", block_rows * m)
+    monkeypatch.setattr(topk_module, "DENSE_AUXK_RATIO", 10**6 if dense_auxk else 0)  # AuxK's two ways
     torch.manual_seed(0)
     sae = build_sae(config_class(arch)(d_in=d, n_latents=m, k=k, k_aux=7, **NESTED[arch])).double()
     with torch.no_grad():  # biases away from zero so their gradients are exercised
@@ -84,12 +86,14 @@ def test_sparse_step_matches_dense_reference(monkeypatch, dead_fraction, block_r
         torch.testing.assert_close(ours[name], ref[name], rtol=1e-9, atol=1e-12, msg=name)
 
 
+@pytest.mark.parametrize("dense_auxk", [True, False], ids=["dense-auxk", "sparse-auxk"])
 @pytest.mark.parametrize("screen", [True, False], ids=["bfloat16-screen", "float32-product"])
 @pytest.mark.parametrize("arch", list(NESTED))
-def test_float32_step_matches_dense_reference(monkeypatch, arch, screen):
+def test_float32_step_matches_dense_reference(monkeypatch, arch, screen, dense_auxk):
     """At the training dtype (float32, the compiled top-k, with the bfloat16 product's exact screen or the float32
-    product) and a realistic width the two agree to float tolerance, AuxK included."""
+    product) and a realistic width the two agree to float tolerance, AuxK (either way) included."""
     monkeypatch.setattr(sparse, "USE_SCREEN", screen)
+    monkeypatch.setattr(topk_module, "DENSE_AUXK_RATIO", 10**6 if dense_auxk else 0)
     torch.manual_seed(1)
     nested = {"topk": {}, "matryoshka": {"prefixes": [64, 256]}, "multibudget": {"budgets": [4, 8, 16]}}[arch]
     sae = build_sae(config_class(arch)(d_in=64, n_latents=1024, k=16, **nested))

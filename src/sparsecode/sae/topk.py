@@ -86,7 +86,7 @@ class TopKSAE(SparseAutoencoder):
         if screen_applies(x, self.W_enc, k):
             screen = self.__dict__.setdefault("_screen", EncoderScreen())  # plain attribute: reused buffers
             winners = screened_topk_rows(x, self.W_enc, self.b_enc, self.b_dec, k, screen, self._block_rows(x))
-            if auxk:
+            if auxk and not auxk.dense:
                 with torch.no_grad():
                     auxk.see_dead_columns(x, self.W_enc, self.b_enc - self.b_dec @ self.W_enc)
             return winners
@@ -94,7 +94,7 @@ class TopKSAE(SparseAutoencoder):
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             bias = self.b_enc - self.b_dec @ self.W_enc  # (n_latents,)
             top_pre, indices = chunked_topk(x, self.W_enc, bias, k, buffer=block,
-                                            extra=[auxk.see] if auxk else None)  # (n, k) each
+                                            extra=[auxk.see] if auxk and not auxk.dense else None)  # (n, k) each
             return top_pre.to(x.dtype), indices
 
     def _sparse_loss(self, x: torch.Tensor, target: torch.Tensor, top_pre: torch.Tensor, indices: torch.Tensor,
@@ -110,9 +110,14 @@ class TopKSAE(SparseAutoencoder):
 
         if auxk:
             # Only dead latents compete: model the residual the live latents leave.
-            aux_pattern = SparsePattern(auxk.indices, n_latents)
-            aux_values = gathered_pre_acts(auxk.values.to(x.dtype), x, self.W_enc, self.b_enc, self.b_dec, aux_pattern).relu()
-            aux_loss = auxk_loss(aux_values, auxk.indices, self.W_dec, (target - x_hat).detach())
+            residual = (target - x_hat).detach()
+            if auxk.dense:
+                aux_loss = auxk.dense_loss(x, self.W_enc, self.b_enc, self.b_dec, self.W_dec, residual)
+            else:
+                aux_pattern = SparsePattern(auxk.indices, n_latents)
+                aux_values = gathered_pre_acts(auxk.values.to(x.dtype), x, self.W_enc, self.b_enc, self.b_dec,
+                                               aux_pattern).relu()
+                aux_loss = auxk_loss(aux_values, auxk.indices, self.W_dec, residual)
             loss = loss + self.cfg.auxk_alpha * aux_loss
             metrics["auxk_loss"] = aux_loss.detach()
 
@@ -177,13 +182,34 @@ any batch size. Measured on a 2-core CPU at d=384, m=6144: blocks of 4096 rows b
 by ~2x (small GEMMs run far below peak), so the block is as big as this memory budget allows."""
 
 
+DENSE_AUXK_RATIO = 12
+"""AuxK runs as dense products over the dead latents' columns when there are at most this many dead latents per
+chosen one (k_aux): five (n, d) × (d, n_dead) products then cost less than gathering k_aux decoder and encoder
+rows per row four times. ``python bench/train_step.py --dead-fraction F`` times the step both ways."""
+
+
 class _DeadTopK:
-    """Collects, block by block, the top ``k_aux`` pre-activations among the dead latents (for AuxK)."""
+    """The dead latents for AuxK, and how their top ``k_aux`` are found: collected block by block from the encoder
+    product (sparse AuxK), or, when ``dense``, chosen inside ``dense_loss``."""
 
     def __init__(self, dead: torch.Tensor, k_aux: int) -> None:
         self.dead = dead  # (n_dead,)
         self.k_aux = k_aux
+        self.dense = len(dead) <= DENSE_AUXK_RATIO * k_aux
         self._parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def dense_loss(self, x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, b_dec: torch.Tensor,
+                   W_dec: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``auxk_loss`` of the dead latents' top ``k_aux`` per row, by dense products over their columns only."""
+        enc = W_enc.T.index_select(0, self.dead).T  # (d, n_dead), latent-major like W_enc (so is its gradient)
+        bias = b_enc.index_select(0, self.dead) - b_dec @ enc  # (n_dead,)
+        pre = torch.addmm(bias, x, enc)  # (n, n_dead): (x − b_dec) W_enc + b_enc at the dead columns
+        with torch.no_grad():
+            chosen = torch.zeros_like(pre, dtype=torch.bool).scatter_(
+                -1, pre.topk(self.k_aux, dim=-1, sorted=False).indices, True)  # (n, n_dead)
+        err_hat = (pre.relu() * chosen) @ W_dec.index_select(0, self.dead)  # (n, d_out)
+        aux = F.mse_loss(err_hat, residual, reduction="sum") / total_variance(residual).clamp_min(1e-12)
+        return torch.nan_to_num(aux, nan=0.0)
 
     def see(self, start: int, pre: torch.Tensor, pending_bias: torch.Tensor | None) -> None:
         dead_pre = pre.index_select(1, self.dead)  # (rows, n_dead)
