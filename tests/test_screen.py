@@ -140,8 +140,15 @@ def test_training_step_with_and_without_the_screen_agrees(monkeypatch, dense_aux
         torch.testing.assert_close(screen_grads[name], plain_grads[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_block_size_is_needed():
-    """Where the strided blocks would not pay (k too large for m), the screen does not apply."""
-    sae = build_sae(TopKConfig(d_in=16, n_latents=64, k=40))
-    assert block_size(64, 40) is None
-    assert not sparse.screen_applies(torch.randn(4, 16), sae.W_enc, 40)
+def test_screen_applies_only_where_it_can(monkeypatch):
+    """Forced on, the screen serves float32 CPU steps whose k suits the strided blocks; not k too large for m,
+    other dtypes, or a row-major encoder."""
+    monkeypatch.setattr(sparse, "USE_SCREEN", True)
+    sae = build_sae(TopKConfig(d_in=16, n_latents=64, k=4))
+    x = torch.randn(4, 16)
+    assert sparse.screen_applies(x, sae.W_enc, 4)
+    assert block_size(64, 40) is None and not sparse.screen_applies(x, sae.W_enc, 40)
+    assert not sparse.screen_applies(x.double(), sae.W_enc.double(), 4)
+    assert not sparse.screen_applies(x, sae.W_enc.contiguous(), 4)
+    monkeypatch.setattr(sparse, "USE_SCREEN", False)
+    assert not sparse.screen_applies(x, sae.W_enc, 4)
