@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..compiled import CHUNK_ROWS, FASTMATH, claim, compiled_threads
-from .cpu_topk import _count_at_least, _min_max, _sift_down
+from .cpu_topk import _bound_reached_by, _heap_top_k
 
 UNIT_ROUNDOFF = 2.0**-8 * 1.01 + 2.0**-20
 """Bound on |q_out − q| / |q_out| for the bfloat16-rounded product q_out (2⁻⁸), with slack for the float32
@@ -136,20 +136,7 @@ def _screened_rows(q_bits, b_enc, bias_low, bias_high, x_head_norm, x_tail_norm,
                     block_low[b] = q[j] - unit * abs(q[j]) + bias_low[j] - a * w_tail_bound[j] - c * w_norm[j]
                 # 2. a bound that k to k + SLACK_BLOCKS of those lower ends reach: as they lie in distinct blocks,
                 # it is ≤ the row's k-th largest exact value
-                above = _count_at_least(block_low, guess)
-                if above < k or above > k + SLACK_BLOCKS:
-                    low, high = _min_max(block_low, scratch_low, scratch_high)
-                    guess = max(low, min(high, guess))
-                    for _ in range(40):
-                        above = _count_at_least(block_low, guess)
-                        if above >= k:
-                            low = guess
-                            if above <= k + SLACK_BLOCKS:
-                                break
-                        else:
-                            high = guess
-                        guess = 0.5 * (low + high)
-                    guess = low
+                guess = _bound_reached_by(block_low, k, SLACK_BLOCKS, guess, scratch_low, scratch_high)
                 # 3. candidates: every element whose upper end reaches the bound
                 n_chosen = 0
                 for b in range(n_blocks):
@@ -190,14 +177,7 @@ def _screened_rows(q_bits, b_enc, bias_low, bias_high, x_head_norm, x_tail_norm,
                             values[kept], indices[kept] = v, cand_indices[t]
                             kept += 1
                     continue
-                for j in range(k):
-                    values[j], indices[j] = cand_values[j], cand_indices[j]
-                for pos in range(k // 2 - 1, -1, -1):
-                    _sift_down(values, indices, k, pos)
-                for j in range(k, count):
-                    if cand_values[j] > values[0]:
-                        values[0], indices[0] = cand_values[j], cand_indices[j]
-                        _sift_down(values, indices, k, 0)
+                _heap_top_k(cand_values, cand_indices, count, k, values, indices)
             start = claim(counter, CHUNK_ROWS)
 
 

@@ -69,6 +69,40 @@ def _min_max(values, low, high):  # pragma: no cover - compiled
     return low[0], high[0]
 
 
+@numba.njit(inline="always", fastmath=FASTMATH)
+def _bound_reached_by(values, k, spare, guess, scratch_low, scratch_high):  # pragma: no cover - compiled
+    """A bound that between k and k + ``spare`` of ``values`` reach: ``guess`` (e.g. the previous row's) if it
+    qualifies, else found by bisection between their min and max (the largest bound tried that k reach)."""
+    above = _count_at_least(values, guess)
+    if k <= above <= k + spare:
+        return guess
+    low, high = _min_max(values, scratch_low, scratch_high)
+    guess = max(low, min(high, guess))
+    for _ in range(40):
+        above = _count_at_least(values, guess)
+        if above >= k:
+            low = guess
+            if above <= k + spare:
+                break
+        else:
+            high = guess
+        guess = 0.5 * (low + high)
+    return low
+
+
+@numba.njit(inline="always")
+def _heap_top_k(cand_values, cand_indices, count, k, values, indices):  # pragma: no cover - compiled
+    """The k largest of the ``count`` candidates into ``values``/``indices`` by a k-element min-heap."""
+    for j in range(k):
+        values[j], indices[j] = cand_values[j], cand_indices[j]
+    for pos in range(k // 2 - 1, -1, -1):
+        _sift_down(values, indices, k, pos)
+    for j in range(k, count):
+        if cand_values[j] > values[0]:
+            values[0], indices[0] = cand_values[j], cand_indices[j]
+            _sift_down(values, indices, k, 0)
+
+
 DROP_LIMIT = 16
 """Up to this many surplus candidates are dropped one smallest at a time (a few short branch-free scans);
 beyond it a k-element heap is cheaper."""
@@ -109,20 +143,7 @@ def _topk_rows(pre, bias, k, size, n_parts, out_values, out_indices, counter):  
                         block_max[b] = max(top, v)
                 # 2. a threshold that k to 1.25k block maxima reach: a lower bound on the k-th value. Rows of a batch
                 # are alike, so the previous row's threshold is tried first (it often qualifies); else bisect.
-                above = _count_at_least(block_max, guess)
-                if above < k or above > k + k // 4:
-                    low, high = _min_max(block_max, scratch_low, scratch_high)
-                    guess = max(low, min(high, guess))
-                    for _ in range(40):
-                        above = _count_at_least(block_max, guess)
-                        if above >= k:
-                            low = guess
-                            if above <= k + k // 4:
-                                break
-                        else:
-                            high = guess
-                        guess = 0.5 * (low + high)
-                    guess = low
+                guess = _bound_reached_by(block_max, k, k // 4, guess, scratch_low, scratch_high)
                 # 3. every element >= the bound lies in a block whose maximum reaches it; where the block's second value
                 # does not (most blocks), its maximum is the only candidate, else gather the block
                 n_chosen = 0
@@ -155,14 +176,7 @@ def _topk_rows(pre, bias, k, size, n_parts, out_values, out_indices, counter):  
                     for j in range(k):
                         values[j], indices[j] = cand_values[j], cand_indices[j]
                     continue
-                for j in range(k):
-                    values[j], indices[j] = cand_values[j], cand_indices[j]
-                for pos in range(k // 2 - 1, -1, -1):
-                    _sift_down(values, indices, k, pos)
-                for j in range(k, count):
-                    if cand_values[j] > values[0]:
-                        values[0], indices[0] = cand_values[j], cand_indices[j]
-                        _sift_down(values, indices, k, 0)
+                _heap_top_k(cand_values, cand_indices, count, k, values, indices)
             start = claim(counter, CHUNK_ROWS)
 
 
