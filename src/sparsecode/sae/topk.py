@@ -79,9 +79,9 @@ class TopKSAE(SparseAutoencoder):
 
     def _winners(self, x: torch.Tensor, k: int, auxk: _DeadTopK | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The top ``k`` pre-activations of every row and their latents, each (n, k), without gradient: the step's
-        one dense product, block by block into the reused scratch block (AuxK sees every block too). Without
-        AuxK, where the CPU runs bfloat16 products fast, the product is bfloat16 and the winners are rescored
-        exactly (``cpu_screen``): the same winners and values; AuxK then takes a float32 product over the dead
+        one dense product, block by block into the reused scratch block (sparse AuxK sees every block too). Where
+        the CPU runs bfloat16 products fast, the product is bfloat16 and the winners are rescored exactly
+        (``cpu_screen``): the same winners and values; sparse AuxK then takes a float32 product over the dead
         latents' columns only."""
         if screen_applies(x, self.W_enc, k):
             screen = self.__dict__.setdefault("_screen", EncoderScreen())  # plain attribute: reused buffers
@@ -157,7 +157,8 @@ class TopKSAE(SparseAutoencoder):
 
     def train(self, mode: bool = True) -> TopKSAE:
         if not mode:
-            self.__dict__.pop("_scratch", None)  # the training scratch block is not needed for inference
+            self.__dict__.pop("_scratch", None)  # the training scratch buffers are not needed for inference
+            self.__dict__.pop("_screen", None)
         return super().train(mode)
 
     def _block_rows(self, x: torch.Tensor) -> int:
