@@ -2,17 +2,20 @@
 product + exact screen (``sae/cpu_screen.py``), on real activations and a briefly trained SAE.
 
     python bench/screen.py [PATH.npy] [--train-steps 40] [--rows 4096] [--latents 6144] [--k 32] [--repeats 11]
-                           [--threads 2]
+                           [--threads 2] [--against GIT_REVISION]
 
 Trains a TopK SAE for a few steps on the MiniLM export (bench/data/minilm-l3-train.npy, written by `make bench`),
 then on the next rows times, interleaved: both GEMMs alone and both selections (GEMM included). Reports medians,
 the candidates the screen rescored per row, and whether both selections agree (same latents per row; values
-within float32 rounding).
+within float32 rounding). ``--against REV`` also times ``sae/cpu_screen.py`` as of git revision REV in the same
+rounds and reports the median of the per-round time ratios (an A/B of a change to the screen).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import statistics
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -33,10 +36,27 @@ from sparsecode.train import TrainConfig, Trainer
 DEFAULT = Path(__file__).parent / "data" / "minilm-l3-train.npy"
 
 
+def screen_at(revision: str, directory: Path):
+    """``sae/cpu_screen.py`` as of a git revision, loaded as a module beside the current one."""
+    try:
+        source = subprocess.run(["git", "show", f"{revision}:src/sparsecode/sae/cpu_screen.py"], capture_output=True,
+                                text=True, check=True, cwd=Path(__file__).parent).stdout
+    except subprocess.CalledProcessError as e:
+        raise SystemExit(f"--against {revision}: {e.stderr.strip()}") from None
+    path = directory / "cpu_screen_at_revision.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("sparsecode.sae.cpu_screen_at_revision", path)
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = "sparsecode.sae"  # its relative imports resolve to the current package
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> None:
     ap = step_shape_parser(__doc__, repeats=11)
     ap.add_argument("path", nargs="?", default=str(DEFAULT))
     ap.add_argument("--train-steps", type=int, default=40, help="training steps before timing (default 40)")
+    ap.add_argument("--against", metavar="REV", help="also time the screen as of this git revision (an A/B)")
     a = ap.parse_args()
     if not Path(a.path).is_file():
         raise SystemExit(f"{a.path} not found: run `make bench` once (it exports it) or pass a .npy path")
@@ -61,6 +81,12 @@ def main() -> None:
         "float32 GEMM + compiled top-k": lambda: sparse.chunked_topk(x, W_enc, bias, a.k, buffer=block),
         "bfloat16 GEMM + exact screen": lambda: sparse.screened_topk_rows(x, W_enc, b_enc, b_dec, a.k, screen, a.rows),
     }
+    baseline = f"exact screen at {a.against}"
+    if a.against:
+        earlier = screen_at(a.against, Path(tempfile.mkdtemp()))
+        earlier_screen, xc = earlier.EncoderScreen(), (x - b_dec).contiguous()
+        size = sparse.block_size(a.latents, a.k)
+        functions[baseline] = lambda: earlier.screened_topk(xc, W_enc, b_enc, a.k, size, a.rows, earlier_screen)
     times = interleaved_wall_and_cpu(functions, a.repeats + 1)
     plain = sparse.chunked_topk(x, W_enc, bias, a.k, buffer=block)
     screened = sparse.screened_topk_rows(x, W_enc, b_enc, b_dec, a.k, screen, a.rows)
@@ -76,6 +102,9 @@ def main() -> None:
         busy = statistics.median(c / w for w, c in calls[1:])
         print(f"  {name:32s} {1e3 * medians[name]:7.2f} ms  cores busy {busy:4.2f}")
     print(f"  screen ÷ float32 path: {medians['bfloat16 GEMM + exact screen'] / medians['float32 GEMM + compiled top-k']:.2f}")
+    if a.against:
+        ratios = [now[0] / then[0] for now, then in zip(times["bfloat16 GEMM + exact screen"][1:], times[baseline][1:])]
+        print(f"  exact screen now ÷ at {a.against}: {statistics.median(ratios):.3f} (median of per-round ratios)")
     print(f"  candidates rescored per row: mean {counts.mean():.1f}, median {counts.median():.0f}, "
           f"99th percentile {counts.quantile(0.99):.0f}, max {counts.max():.0f} (k = {a.k})")
     print(f"  same latents in {int(same.sum())}/{len(same)} rows; largest value difference {gap:.2e} "

@@ -78,6 +78,23 @@ def test_near_ties_beyond_bfloat16_are_resolved_exactly():
     assert (indices < 64).all()  # the winners are among the near-copies
 
 
+def test_a_winner_hidden_by_a_large_bias_is_found():
+    """A column whose large bias cancels a large product: the product's rounding (4 at 995) is large next to the
+    pre-activation (5), so the bfloat16 value ranks it below 4.5 — its block must still be searched."""
+    n, d, m, k = 8, 2, 512, 4
+    x = torch.ones(n, d)
+    W_enc = torch.zeros(d, m)
+    W_enc[0] = 4.5 - 0.0625 * (torch.arange(m) % 40)  # pre-activations 4.5 down to 2.06, exact in bfloat16
+    blocks = m // block_size(m, k)
+    W_enc[0, ::blocks] = 1.0  # the rest of column 0's strided block: far below
+    W_enc[:, 0] = torch.tensor([-1000.0, 5.0])  # 5 − 1000 + 1000 = 5: the top value; −995 rounds to −996
+    W_enc = W_enc.T.contiguous().T  # latent-major
+    b_enc = torch.zeros(m)
+    b_enc[0] = 1000.0
+    values, indices = assert_exact_topk(x, W_enc, b_enc, torch.zeros(d), k)
+    assert (indices == 0).any(1).all() and (values.amax(1) == 5).all()
+
+
 def test_screened_topk_by_row_blocks_and_chunks_is_the_same():
     """Whichever thread takes a 64-row chunk, each row's result, order included, is the same (so training is
     repeatable); other row blocks give the same winners and values, in an order that may differ."""

@@ -10,9 +10,11 @@ inputs carry 8 significant bits. This module turns it into an exact selection:
    ``e = ‖xh_i‖·‖Wl_j‖ + ‖xl_i‖·(‖Wh_j‖ + ‖Wl_j‖) + u·|q_ij|`` (Cauchy–Schwarz on the tail terms; u covers
    the rounding of q to bfloat16), plus slack for every float32 sum involved, so p lies in [q̂ − e, q̂ + e]
    with q̂ = q + b_enc.
-3. Per row, a bound T that the lower ends of k elements in distinct strided blocks reach (each block's element
-   with the largest upper end) is ≤ the row's k-th largest exact value (as in ``cpu_topk``); every element
-   whose upper end ``q̂ + e`` reaches T is a candidate, and no other element can be in the top k
+3. Per row, one pass takes each strided block's largest ``z = q + b_enc``. As ``e`` is at most ``u·|z|`` plus the
+   block's largest column terms, and ``z ∓ u·|z|`` grows with z, that gives each block a lower end for its
+   largest exact value and an upper end for every element's. A bound T that the lower ends of k blocks reach
+   is ≤ the row's k-th largest exact value (as in ``cpu_topk``); in the blocks whose upper end reaches T, every
+   element whose own upper end ``q̂ + e`` reaches T is a candidate, and no other element can be in the top k
    (``bench/screen.py`` reports how many candidates a row has).
 4. Each candidate's float32 pre-activation is computed exactly (a dot product with its encoder row) and the
    top k of those are the result — the same selection and values a float32 product would give, up to
@@ -89,19 +91,20 @@ def _split_rows(rows, bits, head, head_norm, tail_norm, n_parts, counter):  # pr
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def _screened_rows(q_bits, b_enc, bias_low, bias_high, x_head_norm, x_tail_norm, w_tail_bound, w_norm, unit, xc,
-                   w_rows, k, size, n_parts, out_values, out_indices, out_counts, counter):  # pragma: no cover - compiled
+def _screened_rows(q_bits, b_enc, columns, block_terms, x_head_norm, x_tail_norm, unit, xc, w_rows, k, size, n_parts,
+                   out_values, out_indices, out_counts, counter):  # pragma: no cover - compiled
+    """``columns`` (n_blocks, size, 3): per column, by block, its upper end's terms (b_enc + slack, the ‖Wl_j‖ and
+    ‖w_j‖ bounds); ``block_terms`` (n_blocks, 3): per block, the largest of u·|b_enc| + slack and of those two
+    bounds."""
     n, m = q_bits.shape
     d = xc.shape[1]
     n_blocks = m // size
     for _thread in numba.prange(n_parts):
         widened = np.empty(m, np.uint32)
         q = widened.view(np.float32)
-        upper = np.empty(m, np.float32)
+        z_max = np.empty(n_blocks, np.float32)
+        block_error = np.empty(n_blocks, np.float32)
         block_low = np.empty(n_blocks, np.float32)
-        up_max = np.empty(n_blocks, np.float32)
-        up_second = np.empty(n_blocks, np.float32)
-        up_arg = np.empty(n_blocks, np.int32)
         scratch_low = np.empty(n_blocks, np.float32)
         scratch_high = np.empty(n_blocks, np.float32)
         chosen = np.empty(n_blocks, np.int64)
@@ -115,51 +118,58 @@ def _screened_rows(q_bits, b_enc, bias_low, bias_high, x_head_norm, x_tail_norm,
                 a, c = x_head_norm[i], x_tail_norm[i]
                 for j in range(m):
                     widened[j] = np.uint32(row_bits[j]) << np.uint32(16)
-                # 1. each element's upper end q̂ + e (its own loop: with more stores LLVM's alias checks stop it from
-                # vectorising), then per strided block (column j in block j mod n_blocks) the largest and second-largest
-                # upper end and where the largest sits, and that element's lower end q̂ − e
-                for j in range(m):
-                    upper[j] = q[j] + unit * abs(q[j]) + bias_high[j] + a * w_tail_bound[j] + c * w_norm[j]
+                # 1. per strided block (column j in block j mod n_blocks) the largest z = q + b_enc — the only pass
+                # over every element, so it does nothing else. Every element's error e is at most u·|z| + the
+                # block's error (u·|b_enc| + slack + a·‖Wl‖ + c·‖w‖, each the block's largest), and z ∓ u·|z| grows
+                # with z, so [z_max − u·|z_max| − block error, z_max + u·|z_max| + block error] brackets the block's
+                # largest exact value from below and every element's from above
                 for b in range(n_blocks):
-                    up_max[b] = upper[b]
-                    up_second[b] = -np.inf
-                    up_arg[b] = 0
+                    z_max[b] = q[b] + b_enc[b]
                 for r in range(1, size):
-                    part = upper[r * n_blocks:(r + 1) * n_blocks]
+                    part, bias_part = q[r * n_blocks:(r + 1) * n_blocks], b_enc[r * n_blocks:(r + 1) * n_blocks]
                     for b in range(n_blocks):
-                        hi, top = part[b], up_max[b]
-                        up_second[b] = max(up_second[b], min(top, hi))
-                        up_arg[b] = np.int32(r) if hi > top else up_arg[b]
-                        up_max[b] = max(top, hi)
+                        z_max[b] = max(z_max[b], part[b] + bias_part[b])
                 for b in range(n_blocks):
-                    j = up_arg[b] * n_blocks + b
-                    block_low[b] = q[j] - unit * abs(q[j]) + bias_low[j] - a * w_tail_bound[j] - c * w_norm[j]
+                    block_error[b] = block_terms[b, 0] + a * block_terms[b, 1] + c * block_terms[b, 2]
+                    block_low[b] = z_max[b] - unit * abs(z_max[b]) - block_error[b]
                 # 2. a bound that k to k + SLACK_BLOCKS of those lower ends reach: as they lie in distinct blocks,
                 # it is ≤ the row's k-th largest exact value
                 guess = _bound_reached_by(block_low, k, SLACK_BLOCKS, guess, scratch_low, scratch_high)
-                # 3. candidates: every element whose upper end reaches the bound
+                # 3. candidates: in the blocks whose upper end reaches the bound, every element whose own upper end
+                # q̂ + e does (its column's terms packed by block: one cache line, not one per element)
                 n_chosen = 0
                 for b in range(n_blocks):
                     chosen[n_chosen] = b
-                    n_chosen += up_max[b] >= guess
+                    n_chosen += z_max[b] + unit * abs(z_max[b]) + block_error[b] >= guess
                 count = 0
                 for t in range(n_chosen):
                     b = chosen[t]
-                    if up_second[b] < guess:
-                        cand_indices[count] = up_arg[b] * n_blocks + b
-                        count += 1
-                        continue
+                    terms = columns[b]
                     for r in range(size):
                         j = r * n_blocks + b
                         cand_indices[count] = j
-                        count += upper[j] >= guess
+                        count += q[j] + unit * abs(q[j]) + terms[r, 0] + a * terms[r, 1] + c * terms[r, 2] >= guess
                 if count < k:  # only with NaN or inf in the inputs: score every column
                     for j in range(m):
                         cand_indices[j] = j
                     count = m
                 out_counts[i] = count
-                # 4. each candidate's exact float32 pre-activation
-                for t in range(count):
+                # 4. each candidate's exact float32 pre-activation, four at a time (their encoder rows come from
+                # far caches: four loads in flight instead of one)
+                in_fours = count - count % 4
+                for t in range(0, in_fours, 4):
+                    w0, w1, w2, w3 = (w_rows[cand_indices[t]], w_rows[cand_indices[t + 1]],
+                                      w_rows[cand_indices[t + 2]], w_rows[cand_indices[t + 3]])
+                    acc0 = acc1 = acc2 = acc3 = np.float32(0.0)
+                    for l in range(d):
+                        acc0 += x_row[l] * w0[l]
+                        acc1 += x_row[l] * w1[l]
+                        acc2 += x_row[l] * w2[l]
+                        acc3 += x_row[l] * w3[l]
+                    cand_values[t], cand_values[t + 1] = acc0 + b_enc[cand_indices[t]], acc1 + b_enc[cand_indices[t + 1]]
+                    cand_values[t + 2], cand_values[t + 3] = (acc2 + b_enc[cand_indices[t + 2]],
+                                                              acc3 + b_enc[cand_indices[t + 3]])
+                for t in range(in_fours, count):
                     w = w_rows[cand_indices[t]]
                     acc = np.float32(0.0)
                     for l in range(d):
@@ -209,6 +219,11 @@ class EncoderScreen:
         return held[: int(np.prod(shape))].view(shape)
 
 
+def _by_block(column: torch.Tensor, size: int) -> torch.Tensor:
+    """(n_blocks, size) view of an (m,) per-column tensor: column j at [j mod n_blocks, j // n_blocks]."""
+    return column.view(size, -1).T
+
+
 def screened_topk(xc: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int, size: int, rows: int,
                   screen: EncoderScreen) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of ``xc @ W_enc + b_enc`` per row: values (n, k) float32, not ReLU'd, and int64 indices (n, k), in
@@ -235,7 +250,12 @@ def screened_topk(xc: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k:
     x_tail_norm = x_tail_norm * fudge + slack * x_head_norm  # (n,)
     b_enc = b_enc.detach().contiguous()
     column_slack = b_enc.abs() * BIAS_ROUNDOFF  # (m,)
-    bias_low, bias_high = b_enc - column_slack, b_enc + column_slack  # (m,) each
+    columns = torch.stack([_by_block(b_enc + column_slack, size), _by_block(w_tail_bound, size),
+                           _by_block(w_norm, size)], 2).contiguous()  # (n_blocks, size, 3)
+    # (u·|b_enc| + slack) rounded up: the block bound counts it apart from z = q + b_enc
+    bias_error = (UNIT_ROUNDOFF * b_enc.abs() + column_slack) * (1 + BIAS_ROUNDOFF)  # (m,)
+    block_terms = torch.stack([_by_block(bias_error, size).amax(1), _by_block(w_tail_bound, size).amax(1),
+                               _by_block(w_norm, size).amax(1)], 1).contiguous()  # (n_blocks, 3)
     values = torch.empty(n, k, dtype=torch.float32)
     indices = torch.empty(n, k, dtype=torch.long)
     screen.candidates = torch.empty(n, dtype=torch.int64)
@@ -244,9 +264,8 @@ def screened_topk(xc: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k:
         stop = min(n, start + rows)
         q = screen.buffer("product", (stop - start, m))
         torch.mm(x_head[start:stop], w_head.T, out=q)  # (rows, m) bfloat16, float32 accumulation
-        _screened_rows(q.view(torch.int16).numpy().view(np.uint16), b_enc.numpy(), bias_low.numpy(), bias_high.numpy(),
-                       x_head_norm[start:stop].numpy(),
-                       x_tail_norm[start:stop].numpy(), w_tail_bound.numpy(), w_norm.numpy(), np.float32(UNIT_ROUNDOFF),
+        _screened_rows(q.view(torch.int16).numpy().view(np.uint16), b_enc.numpy(), columns.numpy(), block_terms.numpy(),
+                       x_head_norm[start:stop].numpy(), x_tail_norm[start:stop].numpy(), np.float32(UNIT_ROUNDOFF),
                        xc[start:stop].numpy(), w_rows.numpy(), k, size, compiled_threads(),
                        values[start:stop].numpy(), indices[start:stop].numpy(), screen.candidates[start:stop].numpy(),
                        np.zeros(1, np.int64))
