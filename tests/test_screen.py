@@ -95,6 +95,14 @@ def test_a_winner_hidden_by_a_large_bias_is_found():
     assert (indices == 0).any(1).all() and (values.amax(1) == 5).all()
 
 
+def test_mismatched_shapes_are_refused():
+    x, W_enc, b_enc, b_dec = layer(8, 16, 256, seed=3)
+    with pytest.raises(ValueError, match=r"W_enc \(256, 16\)"):
+        screened(x, W_enc.T.contiguous(), b_enc, b_dec, 4)
+    with pytest.raises(ValueError, match=r"b_enc \(255,\)"):
+        screened(x, W_enc, b_enc[:255], b_dec, 4)
+
+
 def test_screened_topk_by_row_blocks_and_chunks_is_the_same():
     """Whichever thread takes a 64-row chunk, each row's result, order included, is the same (so training is
     repeatable); other row blocks give the same winners and values, in an order that may differ."""

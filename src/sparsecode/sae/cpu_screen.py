@@ -235,6 +235,10 @@ def screened_topk(xc: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k:
     """
     n, d = xc.shape
     m = W_enc.shape[1]
+    # the kernel indexes without bounds checks: a mismatch here would read past the arrays
+    if W_enc.shape[0] != d or b_enc.shape != (m,) or m % size:
+        raise ValueError(f"screened_topk: xc {tuple(xc.shape)}, W_enc {tuple(W_enc.shape)}, b_enc "
+                         f"{tuple(b_enc.shape)} and block size {size} do not fit together")
     w_rows = W_enc.detach().T  # (m, d), contiguous
     # e_ij = ‖xh_i‖·‖Wl_j‖ + ‖xl_i‖·‖w_j‖ + u·|q_ij| + the float32 sums' slack (norms, the product's accumulation,
     # the exact rescoring: each within ``slack``·‖xc_i‖·‖w_j‖), every norm rounded up by ``fudge``
