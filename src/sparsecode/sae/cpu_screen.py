@@ -136,7 +136,7 @@ def _screened_rows(q_bits, b_enc, columns, block_terms, x_head_norm, x_tail_norm
                 # it is ≤ the row's k-th largest exact value
                 guess = _bound_reached_by(block_low, k, SLACK_BLOCKS, guess, scratch_low, scratch_high)
                 # 3. candidates: in the blocks whose upper end reaches the bound, every element whose own upper end
-                # q̂ + e does (its column's terms packed by block: one cache line, not one per element)
+                # q̂ + e does (the columns' terms packed by block: a few cache lines per block, not one per element)
                 n_chosen = 0
                 for b in range(n_blocks):
                     chosen[n_chosen] = b
@@ -166,9 +166,10 @@ def _screened_rows(q_bits, b_enc, columns, block_terms, x_head_norm, x_tail_norm
                         acc1 += x_row[l] * w1[l]
                         acc2 += x_row[l] * w2[l]
                         acc3 += x_row[l] * w3[l]
-                    cand_values[t], cand_values[t + 1] = acc0 + b_enc[cand_indices[t]], acc1 + b_enc[cand_indices[t + 1]]
-                    cand_values[t + 2], cand_values[t + 3] = (acc2 + b_enc[cand_indices[t + 2]],
-                                                              acc3 + b_enc[cand_indices[t + 3]])
+                    cand_values[t] = acc0 + b_enc[cand_indices[t]]
+                    cand_values[t + 1] = acc1 + b_enc[cand_indices[t + 1]]
+                    cand_values[t + 2] = acc2 + b_enc[cand_indices[t + 2]]
+                    cand_values[t + 3] = acc3 + b_enc[cand_indices[t + 3]]
                 for t in range(in_fours, count):
                     w = w_rows[cand_indices[t]]
                     acc = np.float32(0.0)
