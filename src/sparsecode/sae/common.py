@@ -26,6 +26,12 @@ def auxk_loss(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor,
     model the (n, d_out) ``residual`` the live latents leave (pass it detached); returns the FVU of that fit,
     normalised by ``total_variance`` like the main loss (0 when the residual is exactly zero)."""
     err_hat = sparse_decode(values, SparsePattern(indices, W_dec.shape[0]), W_dec)  # (n, d_out)
+    return residual_fvu(err_hat, residual)
+
+
+def residual_fvu(err_hat: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """AuxK's loss from the dead latents' (n, d_out) reconstruction ``err_hat`` of ``residual``: the FVU,
+    normalised by ``total_variance`` like the main loss (0 when the residual is exactly zero)."""
     aux = F.mse_loss(err_hat, residual, reduction="sum") / total_variance(residual).clamp_min(1e-12)
     return torch.nan_to_num(aux, nan=0.0)
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .base import SAEConfig, SparseAutoencoder, TrainOutput, total_variance
-from .common import auxk_loss
+from .common import auxk_loss, residual_fvu
 from .cpu_screen import EncoderScreen
 from .sparse import (
     SparsePattern,
@@ -209,8 +209,7 @@ class _DeadTopK:
             chosen = torch.zeros_like(pre, dtype=torch.bool).scatter_(
                 -1, pre.topk(self.k_aux, dim=-1, sorted=False).indices, True)  # (n, n_dead)
         err_hat = (pre.relu() * chosen) @ W_dec.index_select(0, self.dead)  # (n, d_out)
-        aux = F.mse_loss(err_hat, residual, reduction="sum") / total_variance(residual).clamp_min(1e-12)
-        return torch.nan_to_num(aux, nan=0.0)
+        return residual_fvu(err_hat, residual)
 
     def see(self, start: int, pre: torch.Tensor, pending_bias: torch.Tensor | None) -> None:
         dead_pre = pre.index_select(1, self.dead)  # (rows, n_dead)
