@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO_RUN ?= runs/demo
 DEMO_TOKENS ?= 2M
 
-.PHONY: setup demo test clean browser bench bench-setup
+.PHONY: setup demo test lint clean browser bench bench-setup
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ demo: $(STAMP)
 
 test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+# ruff: the lint rules and the formatter, over everything CI checks.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
 
 # Headless Chromium + its driver for the dashboard's browser tests (Debian packages; needs root).
 browser:

@@ -77,8 +77,16 @@ def slug(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in label).strip("-")
 
 
-def train_and_eval(run_dir: Path, source, source_config, arch: str, sae_kw: dict, train: TrainConfig,
-                   eval_rows: int, true_features: torch.Tensor | None) -> dict:
+def train_and_eval(
+    run_dir: Path,
+    source,
+    source_config,
+    arch: str,
+    sae_kw: dict,
+    train: TrainConfig,
+    eval_rows: int,
+    true_features: torch.Tensor | None,
+) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)
     d_out = getattr(source, "d_out", None)
     sae_cfg = ARCHITECTURES[arch].config_class(d_in=source.d_in, **({"d_out": d_out} if d_out else {}), **sae_kw)
@@ -87,14 +95,23 @@ def train_and_eval(run_dir: Path, source, source_config, arch: str, sae_kw: dict
     sae = Trainer(config, run_dir, source, progress=False).fit()
     seconds = time.perf_counter() - start
     recon, _ = evaluate_reconstruction(sae, source.iter_batches("eval"), max_rows=eval_rows, progress=False)
-    row = {"arch": arch, "config": sae_kw, "tokens": train.tokens, "train_seconds": seconds,
-           "tokens_per_s": train.tokens / seconds, "fvu": recon["fvu"], "l0": recon["l0"],
-           "dead_fraction": recon["dead_fraction"], "n_eval_rows": recon["n_rows"]}
+    row = {
+        "arch": arch,
+        "config": sae_kw,
+        "tokens": train.tokens,
+        "train_seconds": seconds,
+        "tokens_per_s": train.tokens / seconds,
+        "fvu": recon["fvu"],
+        "l0": recon["l0"],
+        "dead_fraction": recon["dead_fraction"],
+        "n_eval_rows": recon["n_rows"],
+    }
     if true_features is not None:
         row["mmcs"] = mmcs(sae.W_dec.detach(), true_features)
     if arch == "multibudget":
-        row["budgets"] = evaluate_budgets(sae, sae.cfg.budgets, source.iter_batches("eval"), max_rows=eval_rows,
-                                          progress=False)
+        row["budgets"] = evaluate_budgets(
+            sae, sae.cfg.budgets, source.iter_batches("eval"), max_rows=eval_rows, progress=False
+        )
     return row
 
 
@@ -135,8 +152,16 @@ def plot(results: dict, path: Path) -> None:
             pts = [(b["l0"], b["fvu"]) for b in r["budgets"]] if arch == "multibudget" else [(r["l0"], r["fvu"])]
             xs, ys = zip(*pts)
             variant = r["label"] != arch  # a second setting of the same architecture: open marker
-            ax.plot(xs, ys, marker=markers[arch], color=colors[arch], linestyle="-" if len(pts) > 1 else "none",
-                    markersize=8, markerfacecolor="none" if variant else colors[arch], label=r["label"])
+            ax.plot(
+                xs,
+                ys,
+                marker=markers[arch],
+                color=colors[arch],
+                linestyle="-" if len(pts) > 1 else "none",
+                markersize=8,
+                markerfacecolor="none" if variant else colors[arch],
+                label=r["label"],
+            )
         ax.axvline(data["target_l0"], color="grey", linestyle=":", linewidth=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -157,18 +182,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="runs/bench-architectures", help="scratch folder for the run folders")
     p.add_argument("--synthetic-tokens", type=parse_count, default=parse_count("500k"))
     p.add_argument("--minilm-tokens", type=parse_count, default=parse_count("1M"))
-    p.add_argument("--mp-minilm-tokens", type=parse_count, default=parse_count("250k"),
-                   help="matching pursuit costs ~k encoder passes per step: a smaller budget on MiniLM")
+    p.add_argument(
+        "--mp-minilm-tokens",
+        type=parse_count,
+        default=parse_count("250k"),
+        help="matching pursuit costs ~k encoder passes per step: a smaller budget on MiniLM",
+    )
     p.add_argument("--minilm-latents", type=int, default=3072)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice; 1 helps a "
-                   "lot on a machine shared with other jobs)")
-    p.add_argument("--lr-scale", type=float, default=1.0, help="MiniLM runs: multiply each architecture's default "
-                   "learning rate (to compare learning rates; write to another --out, e.g. --lr-scale 3 --out /tmp/lr3)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's choice; 1 helps a lot on a machine shared with other jobs)",
+    )
+    p.add_argument(
+        "--lr-scale",
+        type=float,
+        default=1.0,
+        help="MiniLM runs: multiply each architecture's default "
+        "learning rate (to compare learning rates; write to another --out, e.g. --lr-scale 3 --out /tmp/lr3)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny budgets, to check the script end to end")
     p.add_argument("--skip-minilm", action="store_true")
     p.add_argument("--skip-synthetic", action="store_true")
-    p.add_argument("--only", metavar="LABELS", help="comma-separated run labels (e.g. batchtopk,mp) to (re)run; "
-                   "their rows replace those in OUT/architectures.json, the others stay")
+    p.add_argument(
+        "--only",
+        metavar="LABELS",
+        help="comma-separated run labels (e.g. batchtopk,mp) to (re)run; "
+        "their rows replace those in OUT/architectures.json, the others stay",
+    )
     p.add_argument("--report-only", action="store_true", help="rewrite the table and plot from OUT/architectures.json")
     args = p.parse_args(argv)
     if args.threads:
@@ -197,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     def record(data: dict, label: str, row: dict) -> None:
         rows, new = data["rows"], {"label": label, **row}
         at = next((i for i, r in enumerate(rows) if r["label"] == label), None)
-        rows[at if at is not None else len(rows):at + 1 if at is not None else len(rows)] = [new]
+        rows[at if at is not None else len(rows) : at + 1 if at is not None else len(rows)] = [new]
         save()
 
     # -- synthetic planted features -------------------------------------------------------------
@@ -205,25 +247,54 @@ def main(argv: list[str] | None = None) -> int:
     synthetic_specs = [] if args.skip_synthetic else [s for s in synthetic_runs(5) if only is None or s[0] in only]
     syn = open_source(syn_cfg)
     if synthetic_specs:
-        data = section("synthetic", {"title": "synthetic: 512 planted features in 64 dims, 5 active", "target_l0": 5,
-                                     "n_latents": 512, "tokens": args.synthetic_tokens, "rows": []})
+        data = section(
+            "synthetic",
+            {
+                "title": "synthetic: 512 planted features in 64 dims, 5 active",
+                "target_l0": 5,
+                "n_latents": 512,
+                "tokens": args.synthetic_tokens,
+                "rows": [],
+            },
+        )
     for label, arch, kw in synthetic_specs:
-        train = TrainConfig(tokens=args.synthetic_tokens, batch_size=256, lr=4e-3, dead_tokens=50_000,
-                            buffer_rows=65536)
-        row = train_and_eval(runs / "synthetic" / slug(label), syn, syn_cfg, arch,
-                             {"n_latents": 512, **kw}, train, 16384, syn.true_features)
+        train = TrainConfig(
+            tokens=args.synthetic_tokens, batch_size=256, lr=4e-3, dead_tokens=50_000, buffer_rows=65536
+        )
+        row = train_and_eval(
+            runs / "synthetic" / slug(label),
+            syn,
+            syn_cfg,
+            arch,
+            {"n_latents": 512, **kw},
+            train,
+            16384,
+            syn.true_features,
+        )
         record(data, label, row)
-        print(f"synthetic {label:18s} FVU {row['fvu']:.3f} L0 {row['l0']:5.1f} MMCS {row['mmcs']:.3f} "
-              f"{row['tokens_per_s']:,.0f} tok/s", flush=True)
+        print(
+            f"synthetic {label:18s} FVU {row['fvu']:.3f} L0 {row['l0']:5.1f} MMCS {row['mmcs']:.3f} "
+            f"{row['tokens_per_s']:,.0f} tok/s",
+            flush=True,
+        )
 
     # -- MiniLM layer 3 -------------------------------------------------------------------------
     if not args.skip_minilm:
-        data = section("minilm", {"title": f"MiniLM {MINILM_HOOK}, {args.minilm_latents} latents", "target_l0": 32,
-                                  "n_latents": args.minilm_latents, "tokens": args.minilm_tokens, "rows": []})
+        data = section(
+            "minilm",
+            {
+                "title": f"MiniLM {MINILM_HOOK}, {args.minilm_latents} latents",
+                "target_l0": 32,
+                "n_latents": args.minilm_latents,
+                "tokens": args.minilm_tokens,
+                "rows": [],
+            },
+        )
         cache = Path(os.environ.get("SPARSECODE_CACHE") or default_cache_dir())
         lm_cfg = ModelSourceConfig(hook=MINILM_HOOK)
-        tc_cfg = ModelSourceConfig(hook=f"{MINILM_HOOK}.intermediate", hook_side="input",
-                                   target_hook=f"{MINILM_HOOK}.output.dense")
+        tc_cfg = ModelSourceConfig(
+            hook=f"{MINILM_HOOK}.intermediate", hook_side="input", target_hook=f"{MINILM_HOOK}.output.dense"
+        )
         specs = [(label, arch, kw, lm_cfg) for label, arch, kw in minilm_runs(32)]
         specs.append(("transcoder+skip (MLP in→out)", "transcoder", {"k": 32, "skip": True}, tc_cfg))
         specs = [s for s in specs if only is None or s[0] in only]
@@ -238,13 +309,24 @@ def main(argv: list[str] | None = None) -> int:
             if args.lr_scale != 1.0:
                 default_lr = train.learning_rate(args.minilm_latents, ARCHITECTURES[arch].config_class.base_lr)
                 train = replace(train, lr=args.lr_scale * default_lr)
-            row = train_and_eval(runs / "minilm" / slug(label), sources[key], src_cfg, arch,
-                                 {"n_latents": args.minilm_latents, **kw}, train, None, None)
+            row = train_and_eval(
+                runs / "minilm" / slug(label),
+                sources[key],
+                src_cfg,
+                arch,
+                {"n_latents": args.minilm_latents, **kw},
+                train,
+                None,
+                None,
+            )
             row["lr"] = train.learning_rate(args.minilm_latents, ARCHITECTURES[arch].config_class.base_lr)
             row["other_target"] = src_cfg is tc_cfg
             record(data, label, row)
-            print(f"minilm {label:30s} FVU {row['fvu']:.3f} L0 {row['l0']:5.1f} dead {100 * row['dead_fraction']:.1f}% "
-                  f"{row['tokens_per_s']:,.0f} tok/s", flush=True)
+            print(
+                f"minilm {label:30s} FVU {row['fvu']:.3f} L0 {row['l0']:5.1f} dead {100 * row['dead_fraction']:.1f}% "
+                f"{row['tokens_per_s']:,.0f} tok/s",
+                flush=True,
+            )
 
     return report(results, out)
 
@@ -253,16 +335,26 @@ def report(results: dict, out: Path) -> int:
     """Write the markdown table and the plot from the measured ``results``."""
     results = {name: data for name, data in results.items() if data and data["rows"]}
     plot(results, out / "architectures.png")
-    md = ["# Architectures compared at matched L0", "",
-          "Written by `python bench/architectures.py` (numbers: `architectures.json`; plot: `architectures.png`).",
-          "FVU, L0 and dead % on the held-out split; MMCS = mean over true features of the best decoder cosine.",
-          "ReLU, Gated and JumpReLU reach the target L0 through their target-L0 mode (`target_l0`).", ""]
+    md = [
+        "# Architectures compared at matched L0",
+        "",
+        "Written by `python bench/architectures.py` (numbers: `architectures.json`; plot: `architectures.png`).",
+        "FVU, L0 and dead % on the held-out split; MMCS = mean over true features of the best decoder cosine.",
+        "ReLU, Gated and JumpReLU reach the target L0 through their target-L0 mode (`target_l0`).",
+        "",
+    ]
     for data in results.values():
         if not data["rows"]:
             continue
-        md += [f"## {data['title']}", "",
-               (f"Target L0 {data['target_l0']}, {data['n_latents']} latents, {data['tokens']:,} training tokens "
-                "(matching pursuit on MiniLM: see the tokens column)."), ""]
+        md += [
+            f"## {data['title']}",
+            "",
+            (
+                f"Target L0 {data['target_l0']}, {data['n_latents']} latents, {data['tokens']:,} training tokens "
+                "(matching pursuit on MiniLM: see the tokens column)."
+            ),
+            "",
+        ]
         md += table(data["rows"], data["target_l0"], with_mmcs="mmcs" in data["rows"][0])
         md.append("")
     md += ["![FVU vs L0](architectures.png)", ""]

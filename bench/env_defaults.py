@@ -25,8 +25,13 @@ STEP = Path(__file__).parent / "train_step.py"
 
 def run(name: str, value: str, threads: int) -> tuple[float, float]:
     env = {**os.environ, name: value}
-    out = subprocess.run([sys.executable, str(STEP), "--threads", str(threads), "--steps", "3", "--repeats", "3"],
-                         env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(STEP), "--threads", str(threads), "--steps", "3", "--repeats", "3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     gemm = float(re.search(r"encoder GEMM alone\s+([\d.]+) ms", out).group(1))
     step = float(re.search(r"step\s+([\d.]+) ms", out).group(1))
     return gemm, step
@@ -46,12 +51,17 @@ def main() -> None:
         for value in values:
             gemm, step = run(a.name, value, a.threads)
             results[value].append((gemm, step))
-            print(f"round {r + 1}: {a.name}={value:>{width}s}  GEMM {gemm:6.1f} ms  step {step:6.1f} ms  "
-                  f"step/GEMM {step / gemm:.2f}", flush=True)
+            print(
+                f"round {r + 1}: {a.name}={value:>{width}s}  GEMM {gemm:6.1f} ms  step {step:6.1f} ms  "
+                f"step/GEMM {step / gemm:.2f}",
+                flush=True,
+            )
     print(f"medians over {a.rounds} rounds, {a.threads} threads:")
     for value, rs in results.items():
-        print(f"  {a.name}={value:>{width}s}  GEMM {statistics.median(g for g, _ in rs):6.1f} ms  "
-              f"step {statistics.median(s for _, s in rs):6.1f} ms  step/GEMM {statistics.median(s / g for g, s in rs):.2f}")
+        print(
+            f"  {a.name}={value:>{width}s}  GEMM {statistics.median(g for g, _ in rs):6.1f} ms  "
+            f"step {statistics.median(s for _, s in rs):6.1f} ms  step/GEMM {statistics.median(s / g for g, s in rs):.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -39,9 +39,11 @@ def _dictionary_runs() -> None:
             RunConfig(source=cfg, sae=sae.cfg).save(run)
             sae.save(run / "sae.safetensors")
             gt = evaluate_run(run, max_rows=20000, progress=False, quick=True)["ground_truth"]
-            print(f"{name:<18} MMCS {gt['mmcs']:.4f} (random baseline {gt['random_mmcs_baseline']:.4f})  "
-                  f"recovered {gt['recovery_fraction_0.9']:.3f}  precision {gt['precision']:.4f}  "
-                  f"recall {gt['recall']:.4f}  F1 {gt['f1']:.4f}")
+            print(
+                f"{name:<18} MMCS {gt['mmcs']:.4f} (random baseline {gt['random_mmcs_baseline']:.4f})  "
+                f"recovered {gt['recovery_fraction_0.9']:.3f}  precision {gt['precision']:.4f}  "
+                f"recall {gt['recall']:.4f}  F1 {gt['f1']:.4f}"
+            )
 
 
 def _dark_matter() -> None:

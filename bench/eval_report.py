@@ -38,7 +38,9 @@ def main() -> None:
             parts.setdefault(name, []).append(seconds)
     print(f"{args.run}: {args.repeats} repeats, torch threads {torch.get_num_threads()}")
     for name, values in parts.items():
-        print(f"  {name:<12} median {statistics.median(values):7.1f} s   (all: {', '.join(f'{v:.1f}' for v in values)})")
+        print(
+            f"  {name:<12} median {statistics.median(values):7.1f} s   (all: {', '.join(f'{v:.1f}' for v in values)})"
+        )
     print(f"  {'total':<12} median {statistics.median(totals):7.1f} s   (all: {', '.join(f'{v:.1f}' for v in totals)})")
 
 

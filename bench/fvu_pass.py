@@ -34,6 +34,7 @@ def loss_step(values, pattern, W_dec, b_dec, target, compiled: bool):
             sparse.USE_COMPILED_FVU = True
         for t in (values, W_dec, b_dec):
             t.grad = None
+
     return step
 
 
@@ -47,14 +48,18 @@ def main() -> None:
     target = torch.randn(a.rows, a.d_in)
     pattern = SparsePattern(torch.randint(0, a.latents, (a.rows, a.k)), a.latents)
     functions = {
-        "torch path: embedding bags + mse_loss, forward + backward": loss_step(values, pattern, W_dec, b_dec, target, False),
+        "torch path: embedding bags + mse_loss, forward + backward": loss_step(
+            values, pattern, W_dec, b_dec, target, False
+        ),
         "compiled pass, forward + backward": loss_step(values, pattern, W_dec, b_dec, target, True),
         "batch variance, torch (centred copy)": lambda: total_variance(target),
         "batch variance, compiled (one pass)": lambda: batch_variance(target),
     }
     times = interleaved_wall_and_cpu(functions, a.repeats + 1)
-    print(f"FVU of a ({a.rows}, {a.d_in}) batch, {a.latents} latents, k={a.k}, {a.threads} threads, "
-          f"median of {a.repeats} (cores busy: CPU time / wall time):")
+    print(
+        f"FVU of a ({a.rows}, {a.d_in}) batch, {a.latents} latents, k={a.k}, {a.threads} threads, "
+        f"median of {a.repeats} (cores busy: CPU time / wall time):"
+    )
     for name, calls in times.items():
         wall = statistics.median(w for w, _ in calls[1:])
         busy = statistics.median(c / w for w, c in calls[1:])

@@ -50,6 +50,7 @@ def timed(function, name: str):
             return function(*args, **kwargs)
         finally:
             SECONDS[name] += time.perf_counter() - start
+
     return wrapper
 
 
@@ -110,16 +111,23 @@ def main() -> None:
 
     instrument()
     with tempfile.TemporaryDirectory() as tmp:
-        config = RunConfig(ArraySourceConfig(path=a.path), TopKConfig(d_in=real.shape[1], n_latents=6144, k=32),
-                           TrainConfig(tokens=a.tokens, batch_size=4096))
+        config = RunConfig(
+            ArraySourceConfig(path=a.path),
+            TopKConfig(d_in=real.shape[1], n_latents=6144, k=32),
+            TrainConfig(tokens=a.tokens, batch_size=4096),
+        )
         Trainer(config, Path(tmp) / "run", open_source(config.source), progress=False).fit()
         loop, tokens = loop_seconds(Path(tmp) / "run" / "metrics.jsonl")  # as bench/speed.py counts it
     steps = tokens // 4096
     print(f"{torch.get_num_threads()} threads, {steps} steps of 4096 rows from {a.path}")
-    print(f"  bare step (bench/train_step.py's): {bare['random rows']:.1f} ms on random rows, "
-          f"{bare['real rows']:.1f} ms on real rows")
-    print(f"  training loop: {1e3 * loop / steps:.1f} ms per step, of which (timers; the backward includes "
-          f"the by-latent embedding-bag passes):")
+    print(
+        f"  bare step (bench/train_step.py's): {bare['random rows']:.1f} ms on random rows, "
+        f"{bare['real rows']:.1f} ms on real rows"
+    )
+    print(
+        f"  training loop: {1e3 * loop / steps:.1f} ms per step, of which (timers; the backward includes "
+        f"the by-latent embedding-bag passes):"
+    )
     for name, seconds in SECONDS.items():
         print(f"    {name:30s} {1e3 * seconds / steps:7.1f} ms")
 

@@ -37,15 +37,31 @@ def main() -> None:
     print("| lr | × default | held-out FVU | L0 |\n|---|---|---|---|")
     for factor in (float(f) for f in a.factors.split(",")):
         lr = base * factor
-        cmd = [sys.executable, str(HERE / "speed.py"), "--child", "sparsecode", "--train",
-               str(DATA / "minilm-l3-train.npy"), "--heldout", str(DATA / "minilm-l3-heldout.npy"),
-               "--tokens", str(a.tokens), "--latents", str(a.latents), "--k", str(a.k), "--threads", str(a.threads),
-               "--lr", repr(lr)]
+        cmd = [
+            sys.executable,
+            str(HERE / "speed.py"),
+            "--child",
+            "sparsecode",
+            "--train",
+            str(DATA / "minilm-l3-train.npy"),
+            "--heldout",
+            str(DATA / "minilm-l3-heldout.npy"),
+            "--tokens",
+            str(a.tokens),
+            "--latents",
+            str(a.latents),
+            "--k",
+            str(a.k),
+            "--threads",
+            str(a.threads),
+            "--lr",
+            repr(lr),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             sys.exit(f"lr {lr:g} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-        r = json.loads(lines[-1][len("RESULT "):])
+        r = json.loads(lines[-1][len("RESULT ") :])
         print(f"| {lr:.3g} | {factor:g} | {r['fvu']:.4f} | {r['l0']:.1f} |", flush=True)
 
 

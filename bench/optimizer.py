@@ -71,11 +71,13 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     three_passes, one_pass = constrained_steppers(a.d_in, a.latents)
-    steps = {"torch fused Adam, W_enc row-major": stepper(torch.optim.Adam, False, a.d_in, a.latents),
-             "torch fused Adam, W_enc latent-major": stepper(torch.optim.Adam, True, a.d_in, a.latents),
-             "sparsecode Adam, W_enc latent-major": stepper(Adam, True, a.d_in, a.latents),
-             "unit-norm decoder: project, Adam, rescale": three_passes,
-             "unit-norm decoder: Adam with unit_rows": one_pass}
+    steps = {
+        "torch fused Adam, W_enc row-major": stepper(torch.optim.Adam, False, a.d_in, a.latents),
+        "torch fused Adam, W_enc latent-major": stepper(torch.optim.Adam, True, a.d_in, a.latents),
+        "sparsecode Adam, W_enc latent-major": stepper(Adam, True, a.d_in, a.latents),
+        "unit-norm decoder: project, Adam, rescale": three_passes,
+        "unit-norm decoder: Adam with unit_rows": one_pass,
+    }
     times = interleaved_times(steps, a.repeats)
     print(f"d_in={a.d_in}, latents={a.latents}, {a.threads} threads, median of {a.repeats}:")
     for name, ts in times.items():

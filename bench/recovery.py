@@ -24,8 +24,15 @@ from sparsecode.sources import SyntheticSourceConfig, open_source
 from sparsecode.train import TrainConfig, Trainer
 
 
-def recovery(arch: str, sae_kw: dict, tokens: int, seed: int, n_features: int = 512,
-             magnitude: str = "uniform", lr: float | None = 4e-3) -> tuple[float, dict]:
+def recovery(
+    arch: str,
+    sae_kw: dict,
+    tokens: int,
+    seed: int,
+    n_features: int = 512,
+    magnitude: str = "uniform",
+    lr: float | None = 4e-3,
+) -> tuple[float, dict]:
     src = SyntheticSourceConfig(n_features=n_features, dim=64, active=5, magnitude=magnitude, seed=seed)
     sae_cfg = ARCHITECTURES[arch].config_class(d_in=64, n_latents=n_features, **sae_kw)
     train = TrainConfig(tokens=tokens, batch_size=256, lr=lr, dead_tokens=50_000, buffer_rows=65536)
@@ -41,18 +48,27 @@ def main() -> None:
     parser.add_argument("sae_kw", nargs="?", default="{}", help="JSON dict of SAE config fields")
     parser.add_argument("--tokens", type=int, default=300_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--features", type=int, default=512, help="planted features (= latents); fewer = less superposition")
+    parser.add_argument(
+        "--features", type=int, default=512, help="planted features (= latents); fewer = less superposition"
+    )
     parser.add_argument("--magnitude", default="uniform", help="uniform, exponential or constant")
-    parser.add_argument("--lr", type=lambda s: None if s == "default" else float(s), default=4e-3,
-                        help="peak learning rate (default 4e-3, as in the test); 'default' = the architecture's")
+    parser.add_argument(
+        "--lr",
+        type=lambda s: None if s == "default" else float(s),
+        default=4e-3,
+        help="peak learning rate (default 4e-3, as in the test); 'default' = the architecture's",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     for seed in args.seeds:
-        rec, last = recovery(args.arch, json.loads(args.sae_kw), args.tokens, seed, args.features, args.magnitude,
-                             args.lr)
-        print(f"{args.arch} {args.sae_kw} features={args.features} {args.magnitude} tokens={args.tokens} lr={args.lr} "
-              f"seed={seed}: recovery@0.9 = {rec:.3f}  "
-              f"(final fvu {last.get('fvu', float('nan')):.3f}, l0 {last.get('l0', float('nan')):.2f})")
+        rec, last = recovery(
+            args.arch, json.loads(args.sae_kw), args.tokens, seed, args.features, args.magnitude, args.lr
+        )
+        print(
+            f"{args.arch} {args.sae_kw} features={args.features} {args.magnitude} tokens={args.tokens} lr={args.lr} "
+            f"seed={seed}: recovery@0.9 = {rec:.3f}  "
+            f"(final fvu {last.get('fvu', float('nan')):.3f}, l0 {last.get('l0', float('nan')):.2f})"
+        )
 
 
 if __name__ == "__main__":

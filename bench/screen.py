@@ -39,8 +39,13 @@ DEFAULT = Path(__file__).parent / "data" / "minilm-l3-train.npy"
 def screen_at(revision: str, directory: Path):
     """``sae/cpu_screen.py`` as of a git revision, loaded as a module beside the current one."""
     try:
-        source = subprocess.run(["git", "show", f"{revision}:src/sparsecode/sae/cpu_screen.py"], capture_output=True,
-                                text=True, check=True, cwd=Path(__file__).parent).stdout
+        source = subprocess.run(
+            ["git", "show", f"{revision}:src/sparsecode/sae/cpu_screen.py"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout
     except subprocess.CalledProcessError as e:
         raise SystemExit(f"--against {revision}: {e.stderr.strip()}") from None
     path = directory / "cpu_screen_at_revision.py"
@@ -63,18 +68,25 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        config = RunConfig(ArraySourceConfig(path=a.path), TopKConfig(d_in=a.d_in, n_latents=a.latents, k=a.k),
-                           TrainConfig(tokens=a.rows * max(1, a.train_steps), batch_size=a.rows))
+        config = RunConfig(
+            ArraySourceConfig(path=a.path),
+            TopKConfig(d_in=a.d_in, n_latents=a.latents, k=a.k),
+            TrainConfig(tokens=a.rows * max(1, a.train_steps), batch_size=a.rows),
+        )
         trainer = Trainer(config, Path(tmp) / "run", open_source(config.source), progress=False)
         sae = trainer.fit(stop_at_step=a.train_steps)
     rows = np.load(a.path, mmap_mode="r")
-    x = torch.from_numpy(np.array(rows[-a.rows:], dtype=np.float32)) * float(config.input_scale or 1.0)
+    x = torch.from_numpy(np.array(rows[-a.rows :], dtype=np.float32)) * float(config.input_scale or 1.0)
     W_enc, b_enc, b_dec = sae.W_enc.detach(), sae.b_enc.detach(), sae.b_dec.detach()
 
     screen = EncoderScreen()
     block = torch.empty(a.rows, a.latents)
     bias = b_enc - b_dec @ W_enc
-    x_bf16, w_bf16, q = x.bfloat16(), W_enc.T.contiguous().bfloat16(), torch.empty(a.rows, a.latents, dtype=torch.bfloat16)
+    x_bf16, w_bf16, q = (
+        x.bfloat16(),
+        W_enc.T.contiguous().bfloat16(),
+        torch.empty(a.rows, a.latents, dtype=torch.bfloat16),
+    )
     functions = {
         "float32 GEMM alone": lambda: torch.mm(x, W_enc, out=block),
         "bfloat16 GEMM alone": lambda: torch.mm(x_bf16, w_bf16.T, out=q),
@@ -94,21 +106,29 @@ def main() -> None:
     gap = (plain[0].sort(1).values - screened[0].sort(1).values).abs().max().item()
     counts = screen.candidates.double()
 
-    print(f"TopK selection, ({a.rows}, {a.d_in}) rows of {Path(a.path).name} after {a.train_steps} training steps, "
-          f"{a.latents} latents, k={a.k}, {a.threads} threads, median of {a.repeats}:")
+    print(
+        f"TopK selection, ({a.rows}, {a.d_in}) rows of {Path(a.path).name} after {a.train_steps} training steps, "
+        f"{a.latents} latents, k={a.k}, {a.threads} threads, median of {a.repeats}:"
+    )
     medians = {}
     for name, calls in times.items():
         medians[name] = statistics.median(w for w, _ in calls[1:])
         busy = statistics.median(c / w for w, c in calls[1:])
         print(f"  {name:32s} {1e3 * medians[name]:7.2f} ms  cores busy {busy:4.2f}")
-    print(f"  screen ÷ float32 path: {medians['bfloat16 GEMM + exact screen'] / medians['float32 GEMM + compiled top-k']:.2f}")
+    print(
+        f"  screen ÷ float32 path: {medians['bfloat16 GEMM + exact screen'] / medians['float32 GEMM + compiled top-k']:.2f}"
+    )
     if a.against:
         ratios = [now[0] / then[0] for now, then in zip(times["bfloat16 GEMM + exact screen"][1:], times[baseline][1:])]
         print(f"  exact screen now ÷ at {a.against}: {statistics.median(ratios):.3f} (median of per-round ratios)")
-    print(f"  candidates rescored per row: mean {counts.mean():.1f}, median {counts.median():.0f}, "
-          f"99th percentile {counts.quantile(0.99):.0f}, max {counts.max():.0f} (k = {a.k})")
-    print(f"  same latents in {int(same.sum())}/{len(same)} rows; largest value difference {gap:.2e} "
-          f"(largest |value| {plain[0].abs().max().item():.2f})")
+    print(
+        f"  candidates rescored per row: mean {counts.mean():.1f}, median {counts.median():.0f}, "
+        f"99th percentile {counts.quantile(0.99):.0f}, max {counts.max():.0f} (k = {a.k})"
+    )
+    print(
+        f"  same latents in {int(same.sum())}/{len(same)} rows; largest value difference {gap:.2e} "
+        f"(largest |value| {plain[0].abs().max().item():.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,10 @@ def request_mix(n: int, n_latents: int, seed: int) -> list[str]:
             sort = rng.choice(["max_act", "density", "mean_act", "id"])
             filt = rng.choice(["all", "all", "alive", "dense", "dead"])
             suffix = ".json" if kind >= 0.8 else ""
-            paths.append(f"/features{suffix}?sort={sort}&order={rng.choice(['asc', 'desc'])}&filter={filt}"
-                         f"&page={rng.randint(1, 5)}")
+            paths.append(
+                f"/features{suffix}?sort={sort}&order={rng.choice(['asc', 'desc'])}&filter={filt}"
+                f"&page={rng.randint(1, 5)}"
+            )
         else:
             paths.append(f"/features?q={quote(rng.choice(SEARCH_WORDS))}")
     return paths
@@ -57,8 +59,9 @@ def free_port() -> int:
 def start_server(run: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "sparsecode", "serve", run, "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -143,11 +146,15 @@ def main() -> None:
 
     ms = sorted(1000 * x for x in latencies)
     q = statistics.quantiles(ms, n=100, method="inclusive") if len(ms) >= 2 else ms * 99
-    print(f"dashboard {url}: {meta['n_latents']} features; {args.requests} requests, {args.concurrency} concurrent "
-          f"(mix: feature HTML 40%, feature JSON 20%, list HTML 20%, list JSON 10%, token search 10%)")
+    print(
+        f"dashboard {url}: {meta['n_latents']} features; {args.requests} requests, {args.concurrency} concurrent "
+        f"(mix: feature HTML 40%, feature JSON 20%, list HTML 20%, list JSON 10%, token search 10%)"
+    )
     print(f"  latency p50 {q[49]:.1f} ms   p90 {q[89]:.1f} ms   p99 {q[98]:.1f} ms   max {ms[-1]:.1f} ms")
-    print(f"  throughput {args.requests / wall:.0f} req/s over {wall:.1f} s;  errors {sum(errors.values())}"
-          + (f" {errors}" if errors else ""))
+    print(
+        f"  throughput {args.requests / wall:.0f} req/s over {wall:.1f} s;  errors {sum(errors.values())}"
+        + (f" {errors}" if errors else "")
+    )
 
 
 if __name__ == "__main__":

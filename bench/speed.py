@@ -92,10 +92,11 @@ def tiled(path: Path, times: int) -> Path:
     out = path.with_name(f"{path.stem}-x{times}.npy")
     if not out.is_file():
         array = np.load(path, mmap_mode="r")
-        big = np.lib.format.open_memmap(str(out) + ".tmp.npy", mode="w+", dtype=np.float32,
-                                        shape=(len(array) * times, array.shape[1]))
+        big = np.lib.format.open_memmap(
+            str(out) + ".tmp.npy", mode="w+", dtype=np.float32, shape=(len(array) * times, array.shape[1])
+        )
         for i in range(times):
-            big[i * len(array):(i + 1) * len(array)] = array
+            big[i * len(array) : (i + 1) * len(array)] = array
         big.flush()
         del big
         atomic_write(out, lambda p: os.replace(str(out) + ".tmp.npy", p))
@@ -132,7 +133,7 @@ def held_out_scores(reconstruct, encode_l0, heldout_path: str) -> dict[str, floa
     x = torch.from_numpy(np.load(heldout_path))
     sq, l0 = 0.0, 0.0
     for start in range(0, len(x), 4096):
-        chunk = x[start:start + 4096]
+        chunk = x[start : start + 4096]
         sq += (reconstruct(chunk) - chunk).pow(2).sum().item()
         l0 += encode_l0(chunk)
     total = (x - x.mean(0)).pow(2).sum().item()
@@ -157,15 +158,23 @@ def child_sparsecode(a) -> dict:
     from sparsecode.train import TrainConfig, Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = RunConfig(ArraySourceConfig(path=a.train), TopKConfig(d_in=a.d_in, n_latents=a.latents, k=a.k),
-                           TrainConfig(tokens=a.tokens, batch_size=a.batch, lr=a.lr))
+        config = RunConfig(
+            ArraySourceConfig(path=a.train),
+            TopKConfig(d_in=a.d_in, n_latents=a.latents, k=a.k),
+            TrainConfig(tokens=a.tokens, batch_size=a.batch, lr=a.lr),
+        )
         t = time.perf_counter()
         sae = Trainer(config, Path(tmp) / "run", open_source(config.source), progress=False).fit()
         wall = time.perf_counter() - t
         loop, previous = loop_seconds(Path(tmp) / "run" / "metrics.jsonl")
     scores = held_out_scores(sae, lambda c: (sae.encode(c) > 0).sum().item(), a.heldout)
-    return {"train_s": loop, "wall_s": wall, "tokens": previous, **scores,
-            "encoder_product": "bfloat16, exact rescoring" if screen_in_use(a) else "float32"}
+    return {
+        "train_s": loop,
+        "wall_s": wall,
+        "tokens": previous,
+        **scores,
+        "encoder_product": "bfloat16, exact rescoring" if screen_in_use(a) else "float32",
+    }
 
 
 def screen_in_use(a) -> bool:
@@ -210,8 +219,9 @@ def child_sparsify(a) -> dict:
     train_s = time.perf_counter() - t
     opt.eval()  # schedule-free: evaluate the averaged weights, as sparsify saves them
     sae.set_decoder_norm_to_unit_norm()
-    scores = held_out_scores(lambda c: sae(x=c, y=c).sae_out,
-                             lambda c: (sae.encode(c).top_acts > 0).sum().item(), a.heldout)
+    scores = held_out_scores(
+        lambda c: sae(x=c, y=c).sae_out, lambda c: (sae.encode(c).top_acts > 0).sum().item(), a.heldout
+    )
     return {"train_s": train_s, "wall_s": train_s, "tokens": seen, **scores}
 
 
@@ -223,15 +233,20 @@ def child_saelens(a) -> dict:
     sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=a.d_in, d_sae=a.latents, k=a.k, device="cpu"))
     steps = -(-a.tokens // a.batch)
     lr = 3e-4  # SAETrainerConfig's default; lr_end as SAELens's runner config derives it (lr / 10)
-    cfg = SAETrainerConfig(total_training_samples=steps * a.batch, train_batch_size_samples=a.batch, device="cpu",
-                           lr=lr, lr_end=lr / 10, logger=LoggingConfig(log_to_wandb=False))
+    cfg = SAETrainerConfig(
+        total_training_samples=steps * a.batch,
+        train_batch_size_samples=a.batch,
+        device="cpu",
+        lr=lr,
+        lr_end=lr / 10,
+        logger=LoggingConfig(log_to_wandb=False),
+    )
     trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=batches(a.train, a.batch, a.tokens))
     t = time.perf_counter()
     sae = trainer.fit()
     train_s = time.perf_counter() - t
     sae.eval()
-    scores = held_out_scores(lambda c: sae.decode(sae.encode(c)), lambda c: (sae.encode(c) > 0).sum().item(),
-                             a.heldout)
+    scores = held_out_scores(lambda c: sae.decode(sae.encode(c)), lambda c: (sae.encode(c) > 0).sum().item(), a.heldout)
     return {"train_s": train_s, "wall_s": train_s, "tokens": trainer.n_training_samples, **scores}
 
 
@@ -254,17 +269,27 @@ def run_child(a) -> None:
     torch.manual_seed(0)
     result = CHILDREN[a.child](a)
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    result.update(peak_rss_mib=peak_rss_mib(usage), minor_faults=usage.ru_minflt,
-                  tokens_per_s=result["tokens"] / result["train_s"])
+    result.update(
+        peak_rss_mib=peak_rss_mib(usage),
+        minor_faults=usage.ru_minflt,
+        tokens_per_s=result["tokens"] / result["train_s"],
+    )
     print("RESULT " + json.dumps(result))
 
 
 # -- parent ---------------------------------------------------------------------------------------
 def launch(name: str, a, train: Path) -> dict:
     child = CHILD_OF.get(name, name)
-    env = {**INHERITED_ENV, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads),
-           "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
-    if child == "sparsecode":  # what importing sparsecode before torch sets (as the CLI does); the child imports torch first
+    env = {
+        **INHERITED_ENV,
+        "OMP_NUM_THREADS": str(a.threads),
+        "MKL_NUM_THREADS": str(a.threads),
+        "TOKENIZERS_PARALLELISM": "false",
+        "WANDB_MODE": "disabled",
+    }
+    if (
+        child == "sparsecode"
+    ):  # what importing sparsecode before torch sets (as the CLI does); the child imports torch first
         from sparsecode import OPENMP_DEFAULTS
 
         env = {**OPENMP_DEFAULTS, **env}
@@ -272,16 +297,38 @@ def launch(name: str, a, train: Path) -> dict:
         env.update(LD_PRELOAD=JEMALLOC, MALLOC_CONF="dirty_decay_ms:-1,muzzy_decay_ms:-1")
     if name == "sparsecode-fp32":
         env["SPARSECODE_SCREEN"] = "0"
-    cmd = [sys.executable, __file__, "--child", child, "--train", str(train), "--heldout", str(a.heldout),
-           "--tokens", str(a.tokens), "--batch", str(a.batch), "--latents", str(a.latents), "--k", str(a.k),
-           "--d-in", str(a.d_in), "--threads", str(a.threads)] + (["--lr", str(a.lr)] if a.lr else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        child,
+        "--train",
+        str(train),
+        "--heldout",
+        str(a.heldout),
+        "--tokens",
+        str(a.tokens),
+        "--batch",
+        str(a.batch),
+        "--latents",
+        str(a.latents),
+        "--k",
+        str(a.k),
+        "--d-in",
+        str(a.d_in),
+        "--threads",
+        str(a.threads),
+    ] + (["--lr", str(a.lr)] if a.lr else [])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         sys.exit(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    result = json.loads(lines[-1][len("RESULT "):])
-    print(f"  {name:18s} {result['tokens_per_s']:8,.0f} tok/s  FVU {result['fvu']:.4f}  L0 {result['l0']:5.1f}  "
-          f"peak RSS {result['peak_rss_mib']:6,.0f} MiB  minor faults {result['minor_faults']:,}", file=sys.stderr)
+    result = json.loads(lines[-1][len("RESULT ") :])
+    print(
+        f"  {name:18s} {result['tokens_per_s']:8,.0f} tok/s  FVU {result['fvu']:.4f}  L0 {result['l0']:5.1f}  "
+        f"peak RSS {result['peak_rss_mib']:6,.0f} MiB  minor faults {result['minor_faults']:,}",
+        file=sys.stderr,
+    )
     return result
 
 
@@ -292,16 +339,25 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
 
 def table(summary: dict, limit: float, memory: dict | None) -> str:
     ours = summary.get("sparsecode")
-    lines = [("| trainer | tokens/s | % of 1-GEMM limit | sparsecode ÷ this | held-out FVU | L0 | peak RSS (MiB) "
-              "| minor page faults |"), "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        (
+            "| trainer | tokens/s | % of 1-GEMM limit | sparsecode ÷ this | held-out FVU | L0 | peak RSS (MiB) "
+            "| minor page faults |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, s in summary.items():
         ratio = f"{ours['tokens_per_s'] / s['tokens_per_s']:.2f}×" if ours else "–"
-        lines.append(f"| {name} | {s['tokens_per_s']:,.0f} | {100 * s['tokens_per_s'] / limit:.0f}% | {ratio} | "
-                     f"{s['fvu']:.4f} | {s['l0']:.1f} | {s['peak_rss_mib']:,.0f} | {s['minor_faults']:,.0f} |")
+        lines.append(
+            f"| {name} | {s['tokens_per_s']:,.0f} | {100 * s['tokens_per_s'] / limit:.0f}% | {ratio} | "
+            f"{s['fvu']:.4f} | {s['l0']:.1f} | {s['peak_rss_mib']:,.0f} | {s['minor_faults']:,.0f} |"
+        )
     if memory:
         lines.append("")
-        lines.append("sparsecode peak RSS by corpus size (same token budget): " + ", ".join(
-            f"{rows:,} rows → {rss:,.0f} MiB" for rows, rss in memory.items()))
+        lines.append(
+            "sparsecode peak RSS by corpus size (same token budget): "
+            + ", ".join(f"{rows:,} rows → {rss:,.0f} MiB" for rows, rss in memory.items())
+        )
     return "\n".join(lines)
 
 
@@ -380,8 +436,11 @@ def main() -> None:
     for r in range(a.repeats):  # interleaved: a load change on the machine hits every trainer (and the GEMM) alike
         rates.append(gemm_rate(a.batch, a.d_in, a.latents))
         bf16_rates.append(gemm_rate(a.batch, a.d_in, a.latents, dtype=torch.bfloat16))
-        print(f"repeat {r + 1}/{a.repeats}: GEMM ({a.batch}x{a.d_in}) @ ({a.d_in}x{a.latents}), {a.threads} threads: "
-              f"{rates[-1] / 1e9:.1f} GFLOP/s (bfloat16: {bf16_rates[-1] / 1e9:.1f})", file=sys.stderr)
+        print(
+            f"repeat {r + 1}/{a.repeats}: GEMM ({a.batch}x{a.d_in}) @ ({a.d_in}x{a.latents}), {a.threads} threads: "
+            f"{rates[-1] / 1e9:.1f} GFLOP/s (bfloat16: {bf16_rates[-1] / 1e9:.1f})",
+            file=sys.stderr,
+        )
         for name in names:
             runs[name].append(launch(name, a, train))
     summary = summarise(runs)
@@ -394,29 +453,61 @@ def main() -> None:
         big = tiled(train, 8)
         rows_small = len(np.load(train, mmap_mode="r"))
         print("memory: sparsecode on an 8x larger corpus file", file=sys.stderr)
-        memory = {rows_small: summary["sparsecode"]["peak_rss_mib"],
-                  8 * rows_small: launch("sparsecode", a, big)["peak_rss_mib"]}
+        memory = {
+            rows_small: summary["sparsecode"]["peak_rss_mib"],
+            8 * rows_small: launch("sparsecode", a, big)["peak_rss_mib"],
+        }
 
     date = datetime.date.today().isoformat()
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.machine()) if Path("/proc/cpuinfo").exists() else ""
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.machine(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else ""
+    )
     command = "python bench/speed.py " + " ".join(sys.argv[1:])
-    header = (f"{date}, {cpu}, {os.cpu_count()} cores, {a.threads} threads, torch {torch.__version__}; "
-              f"TopK d={a.d_in}, latents={a.latents}, k={a.k}, batch={a.batch}, {a.tokens:,} tokens, fp32, "
-              f"medians of {a.repeats}; fp32 GEMM {flops / 1e9:.0f} GFLOP/s → 1-GEMM limit {limit:,.0f} tokens/s "
-              f"(bfloat16 GEMM {bf16_flops / 1e9:.0f} GFLOP/s)")
-    products = {name: s["runs"][0].get("encoder_product") for name, s in summary.items() if name.startswith("sparsecode")}
+    header = (
+        f"{date}, {cpu}, {os.cpu_count()} cores, {a.threads} threads, torch {torch.__version__}; "
+        f"TopK d={a.d_in}, latents={a.latents}, k={a.k}, batch={a.batch}, {a.tokens:,} tokens, fp32, "
+        f"medians of {a.repeats}; fp32 GEMM {flops / 1e9:.0f} GFLOP/s → 1-GEMM limit {limit:,.0f} tokens/s "
+        f"(bfloat16 GEMM {bf16_flops / 1e9:.0f} GFLOP/s)"
+    )
+    products = {
+        name: s["runs"][0].get("encoder_product") for name, s in summary.items() if name.startswith("sparsecode")
+    }
     notes = "; ".join(f"{name}: {product}" for name, product in products.items())
-    md = f"{header}\n\n`{command}`\n\n{table(summary, limit, memory)}\n" + (f"\nEncoder product — {notes}\n" if notes else "")
+    md = f"{header}\n\n`{command}`\n\n{table(summary, limit, memory)}\n" + (
+        f"\nEncoder product — {notes}\n" if notes else ""
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "speed.md").write_text(md)
-    (RESULTS / "speed.json").write_text(json.dumps(
-        {"date": date, "machine": machine, "cpu": cpu, "command": command, "threads": a.threads,
-         "config": {"d_in": a.d_in, "latents": a.latents, "k": a.k, "batch": a.batch, "tokens": a.tokens},
-         "gemm_flops": flops, "gemm_flops_by_repeat": rates, "bf16_gemm_flops": bf16_flops,
-         "bf16_gemm_flops_by_repeat": bf16_rates, "limit_tokens_per_s": limit, "summary": summary,
-         "memory_by_corpus_rows": memory}, indent=1))
+    (RESULTS / "speed.json").write_text(
+        json.dumps(
+            {
+                "date": date,
+                "machine": machine,
+                "cpu": cpu,
+                "command": command,
+                "threads": a.threads,
+                "config": {"d_in": a.d_in, "latents": a.latents, "k": a.k, "batch": a.batch, "tokens": a.tokens},
+                "gemm_flops": flops,
+                "gemm_flops_by_repeat": rates,
+                "bf16_gemm_flops": bf16_flops,
+                "bf16_gemm_flops_by_repeat": bf16_rates,
+                "limit_tokens_per_s": limit,
+                "summary": summary,
+                "memory_by_corpus_rows": memory,
+            },
+            indent=1,
+        )
+    )
     plot(summary, limit, ROOT / "docs" / "speed.png", header)
     print(md)
 

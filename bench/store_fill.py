@@ -41,11 +41,17 @@ def main() -> None:
 
     keep_freed_memory()  # as the trainer does
     chunk_sizes = [parse_count(c) for c in a.chunk_rows.split(",")]
-    stores = {rows: ActivationStore(open_source(ArraySourceConfig(path=a.path, chunk_rows=rows)), batch_size=a.batch,
-                                    buffer_rows=a.buffer_rows) for rows in chunk_sizes}
+    stores = {
+        rows: ActivationStore(
+            open_source(ArraySourceConfig(path=a.path, chunk_rows=rows)), batch_size=a.batch, buffer_rows=a.buffer_rows
+        )
+        for rows in chunk_sizes
+    }
     source = open_source(ArraySourceConfig(path=a.path))
-    print(f"{a.path}: {source.num_rows('train'):,} train rows; fills of {a.buffer_rows:,} rows, "
-          f"{torch.get_num_threads()} threads; per fill (ms) by chunk_rows, interleaved:")
+    print(
+        f"{a.path}: {source.num_rows('train'):,} train rows; fills of {a.buffer_rows:,} rows, "
+        f"{torch.get_num_threads()} threads; per fill (ms) by chunk_rows, interleaved:"
+    )
     fills: dict[int, list[float]] = {rows: [] for rows in chunk_sizes}
     for fill in range(a.fills):
         for rows, store in stores.items():
@@ -53,12 +59,17 @@ def main() -> None:
             store._load_fill(fill)
             fills[rows].append(time.perf_counter() - t)
     for rows, ts in fills.items():
-        print(f"  chunk_rows {rows:7,}: " + " ".join(f"{1e3 * t:6.1f}" for t in ts)
-              + f"   median after the first {1e3 * statistics.median(ts[1:] or ts):6.1f} ms")
+        print(
+            f"  chunk_rows {rows:7,}: "
+            + " ".join(f"{1e3 * t:6.1f}" for t in ts)
+            + f"   median after the first {1e3 * statistics.median(ts[1:] or ts):6.1f} ms"
+        )
 
     chunk = next(source.iter_batches("train"))  # one chunk_rows block, as the store receives them
-    checks = {"sum first (the source's check)": lambda: _describe_bad(chunk.acts),
-              "element-wise scan": lambda: bool((~torch.isfinite(chunk.acts)).any())}
+    checks = {
+        "sum first (the source's check)": lambda: _describe_bad(chunk.acts),
+        "element-wise scan": lambda: bool((~torch.isfinite(chunk.acts)).any()),
+    }
     times = interleaved_times(checks, a.repeats)
     print(f"finiteness check of one {tuple(chunk.acts.shape)} chunk, median of {a.repeats}:")
     for name, ts in times.items():

@@ -12,8 +12,9 @@ def interleaved_times(functions: dict[str, Callable[[], object]], repeats: int) 
     return {name: [wall for wall, _ in calls] for name, calls in interleaved_wall_and_cpu(functions, repeats).items()}
 
 
-def interleaved_wall_and_cpu(functions: dict[str, Callable[[], object]],
-                             repeats: int) -> dict[str, list[tuple[float, float]]]:
+def interleaved_wall_and_cpu(
+    functions: dict[str, Callable[[], object]], repeats: int
+) -> dict[str, list[tuple[float, float]]]:
     """(wall seconds, CPU seconds of all this process's threads) of each call, by name, as ``interleaved_times``
     runs them; CPU / wall is how many cores the call kept busy on average."""
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in functions}

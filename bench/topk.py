@@ -45,18 +45,24 @@ def main() -> None:
     assert torch.equal(sparse.exact_topk(pre, a.k)[0].sort(-1).values, reference), "exact_topk differs from torch.topk"
     topk_with_bias(raw, bias, a.k, size, out)
     assert torch.equal(out[0].sort(-1).values, reference), "cpu_topk differs from torch.topk"
-    selectors = {"torch.topk": lambda: pre.topk(a.k, dim=-1, sorted=False),
-                 "exact_topk": lambda: sparse.exact_topk(pre, a.k),
-                 "cpu_topk": lambda: topk_with_bias(raw, bias, a.k, size, out)}
+    selectors = {
+        "torch.topk": lambda: pre.topk(a.k, dim=-1, sorted=False),
+        "exact_topk": lambda: sparse.exact_topk(pre, a.k),
+        "cpu_topk": lambda: topk_with_bias(raw, bias, a.k, size, out),
+    }
     calls = interleaved_wall_and_cpu(selectors, a.repeats)
     times = {name: [wall for wall, _ in c] for name, c in calls.items()}
     busy = {name: statistics.median(cpu / wall for wall, cpu in c) for name, c in calls.items()}
     base = median_ms(times["torch.topk"])
-    print(f"selection, ({a.rows}, {a.latents}) fp32 block, k={a.k}, {a.threads} threads, median of {a.repeats} "
-          f"(cores busy: CPU time / wall time):")
+    print(
+        f"selection, ({a.rows}, {a.latents}) fp32 block, k={a.k}, {a.threads} threads, median of {a.repeats} "
+        f"(cores busy: CPU time / wall time):"
+    )
     for name in selectors:
-        print(f"  {name:11s} {median_ms(times[name]):7.1f} ms  ({median_ms(times[name]) / base:.2f}x torch.topk)  "
-              f"cores busy {busy[name]:4.2f}")
+        print(
+            f"  {name:11s} {median_ms(times[name]):7.1f} ms  ({median_ms(times[name]) / base:.2f}x torch.topk)  "
+            f"cores busy {busy[name]:4.2f}"
+        )
     if not a.steps:
         return
 
@@ -69,8 +75,11 @@ def main() -> None:
             step()
 
     original = sparse.exact_topk
-    step_impls = {"torch.topk": (False, lambda p, k: p.topk(k, dim=-1, sorted=False)),
-                  "exact_topk": (False, original), "cpu_topk": (True, original)}
+    step_impls = {
+        "torch.topk": (False, lambda p, k: p.topk(k, dim=-1, sorted=False)),
+        "exact_topk": (False, original),
+        "cpu_topk": (True, original),
+    }
     step_times: dict[str, list[float]] = {name: [] for name in step_impls}
     try:
         for r in range(a.repeats + 1):

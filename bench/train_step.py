@@ -49,8 +49,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="steps per timed round")
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds (interleaved between variants)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--dead-fraction", type=float, default=0.0,
-                    help="fraction of latents marked dead, so the AuxK loss runs (default 0: no AuxK)")
+    ap.add_argument(
+        "--dead-fraction",
+        type=float,
+        default=0.0,
+        help="fraction of latents marked dead, so the AuxK loss runs (default 0: no AuxK)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,12 +99,17 @@ def main() -> None:
             if r:
                 times[name].append((time.perf_counter() - t) / args.steps)
     gemm = statistics.median(times["encoder GEMM alone"])
-    print(f"TopK d_in={args.d_in} latents={args.latents} k={args.k} batch={args.batch} dead={args.dead_fraction:.0%} "
-          f"threads={torch.get_num_threads()}; medians of {args.repeats} interleaved rounds of {args.steps} steps:")
+    print(
+        f"TopK d_in={args.d_in} latents={args.latents} k={args.k} batch={args.batch} dead={args.dead_fraction:.0%} "
+        f"threads={torch.get_num_threads()}; medians of {args.repeats} interleaved rounds of {args.steps} steps:"
+    )
     for name, ts in times.items():
         ms = statistics.median(ts) * 1e3
-        share = f"  GEMM share {100 * gemm / statistics.median(ts):4.0f}% (the % of the 1-GEMM limit)" \
-            if name != "encoder GEMM alone" else f"  {2 * args.d_in * args.latents * args.batch / gemm / 1e9:.0f} GFLOP/s"
+        share = (
+            f"  GEMM share {100 * gemm / statistics.median(ts):4.0f}% (the % of the 1-GEMM limit)"
+            if name != "encoder GEMM alone"
+            else f"  {2 * args.d_in * args.latents * args.batch / gemm / 1e9:.0f} GFLOP/s"
+        )
         print(f"  {name:24s} {ms:7.1f} ms  {args.batch / ms * 1e3:9,.0f} tokens/s{share}")
 
 

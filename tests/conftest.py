@@ -38,8 +38,14 @@ def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
 
     out = tmp_path_factory.mktemp("tiny_bert")
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128)
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertModel(cfg).eval().save_pretrained(str(out))
     _save_tokenizer(minilm_dir, out)
     return out
@@ -69,7 +75,9 @@ def text_corpus(tmp_path) -> Path:
         "In 1999 there were 42 apples and 7 oranges on the table.\n\n" * 4
     )
     (d / "b.jsonl").write_text(
-        "\n".join('{"text": "Document number %d talks about cats, dogs and numbers like %d."}' % (i, i * 13) for i in range(30))
+        "\n".join(
+            f'{{"text": "Document number {i} talks about cats, dogs and numbers like {i * 13}."}}' for i in range(30)
+        )
         + "\n"
     )
     return d

@@ -42,8 +42,9 @@ def write_model(src: Path, dst: Path) -> Path:
     model = BertModel.from_pretrained(str(dst))
     model.resize_token_embeddings(len(tok), mean_resizing=False)
     with torch.no_grad():  # a typical-sized embedding of its own (std 0.02, as BERT initialises the others)
-        model.get_input_embeddings().weight[-1] = torch.randn(model.config.hidden_size,
-                                                              generator=torch.Generator().manual_seed(3)) * 0.02
+        model.get_input_embeddings().weight[-1] = (
+            torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(3)) * 0.02
+        )
     model.save_pretrained(str(dst))
     tok.save_pretrained(str(dst))
     return dst
@@ -78,8 +79,14 @@ def write_planted_run(run_dir: Path, model_dir: Path, corpus_dir: Path) -> Path:
             sae.W_dec[latent] = emb[tid] / emb[tid].norm()
         sae.W_enc[:, DEAD], sae.b_enc[DEAD] = 0.0, -1.0
         sae.W_enc[:, DENSE], sae.b_enc[DENSE] = 0.0, 0.5
-    source = ModelSourceConfig(model=str(model_dir), hook="embeddings.word_embeddings", corpus=[str(corpus_dir)],
-                               eval_every=2, max_length=24, batch_size=4)
+    source = ModelSourceConfig(
+        model=str(model_dir),
+        hook="embeddings.word_embeddings",
+        corpus=[str(corpus_dir)],
+        eval_every=2,
+        max_length=24,
+        batch_size=4,
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     RunConfig(source=source, sae=sae.cfg).save(run_dir)
     sae.save(run_dir / "sae.safetensors")

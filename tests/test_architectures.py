@@ -41,9 +41,17 @@ NEW_ARCHS = ["batchtopk", "jumprelu", "gated", "matryoshka", "multibudget", "tra
 
 
 def small_config(arch: str, d_in: int = 16, n_latents: int = 64, **kw):
-    extra = {"topk": {"k": 4}, "batchtopk": {"k": 4}, "matryoshka": {"k": 4, "prefixes": [8, 32]},
-             "multibudget": {"budgets": [2, 4, 8]}, "transcoder": {"k": 4, "d_out": 12, "skip": True},
-             "mp": {"mp_steps": 4}, "jumprelu": {}, "gated": {}, "relu": {}}[arch]
+    extra = {
+        "topk": {"k": 4},
+        "batchtopk": {"k": 4},
+        "matryoshka": {"k": 4, "prefixes": [8, 32]},
+        "multibudget": {"budgets": [2, 4, 8]},
+        "transcoder": {"k": 4, "d_out": 12, "skip": True},
+        "mp": {"mp_steps": 4},
+        "jumprelu": {},
+        "gated": {},
+        "relu": {},
+    }[arch]
     return ARCHITECTURES[arch].config_class(d_in=d_in, n_latents=n_latents, **{**extra, **kw})
 
 
@@ -79,8 +87,11 @@ def test_save_load_gives_identical_outputs(tmp_path, arch):
         assert torch.equal(loaded.state_dict()[name], t), name
 
 
-THRESHOLD_VARIANTS = [("batchtopk", {"rank_relative": False}), ("jumprelu", {"relative_threshold": True}),
-                      ("jumprelu", {"relative_threshold": False})]
+THRESHOLD_VARIANTS = [
+    ("batchtopk", {"rank_relative": False}),
+    ("jumprelu", {"relative_threshold": True}),
+    ("jumprelu", {"relative_threshold": False}),
+]
 
 
 @pytest.mark.parametrize("arch,variant", [(a, {}) for a in ARCHITECTURES] + THRESHOLD_VARIANTS)
@@ -148,8 +159,9 @@ def test_jumprelu_l0_falls_as_its_penalty_rises(tmp_path):
 
 # FVU bounds: ~0.75 seen for ReLU (its L1 shrinks every activation at this sparsity), ~0.27 Gated, ~0.22 JumpReLU;
 # a collapsed SAE has FVU ~1 and MMCS ~0.4
-@pytest.mark.parametrize("arch,start,max_fvu", [("relu", {"l1": 0.5}, 0.85), ("gated", {"l1": 0.5}, 0.4),
-                                                ("jumprelu", {}, 0.35)])
+@pytest.mark.parametrize(
+    "arch,start,max_fvu", [("relu", {"l1": 0.5}, 0.85), ("gated", {"l1": 0.5}, 0.4), ("jumprelu", {}, 0.35)]
+)
 def test_target_l0_mode_lands_at_the_target(tmp_path, arch, start, max_fvu):
     """The controller adapts the sparsity coefficient (ReLU and Gated started far below what the target needs)
     until the held-out L0 of the saved SAE is within 15% of the target, at the default learning rates, and the
@@ -166,8 +178,15 @@ def test_target_l0_mode_lands_at_the_target(tmp_path, arch, start, max_fvu):
     assert load_sae(tmp_path / arch).l0_controller.log_multiplier == sae.l0_controller.log_multiplier
 
 
-def _steer(start: float, need: float = 20.0, steps: int = 244, target: float = 32.0, gain: float = 3.0,
-           lag: float = 20.0, free: float = 1500.0) -> list[tuple[float, float]]:
+def _steer(
+    start: float,
+    need: float = 20.0,
+    steps: int = 244,
+    target: float = 32.0,
+    gain: float = 3.0,
+    lag: float = 20.0,
+    free: float = 1500.0,
+) -> list[tuple[float, float]]:
     """(coefficient, L0) per step of an L0Controller against a model of training: the L0 relaxes over ``lag``
     steps toward the L0 that coefficient c implies, target × (need / c)^gain, at most ``free``."""
     controller, log_l0, trace = L0Controller(target), math.log(free), []
@@ -193,8 +212,11 @@ def test_an_sae_saved_before_the_controller_had_its_trend_buffers_still_loads(tm
     sae = build_sae(ReLUConfig(d_in=8, n_latents=16, target_l0=3.0))
     sae.l0_controller.log_multiplier.fill_(1.5)
     state = {k: v for k, v in sae.state_dict().items() if k.split(".")[-1] not in ("smoothed_log_l0", "trend")}
-    save_tensors(tmp_path / "old.safetensors", state, metadata={"format": "sparsecode-sae",
-                                                                 "config": json.dumps(sae.cfg.to_dict())})
+    save_tensors(
+        tmp_path / "old.safetensors",
+        state,
+        metadata={"format": "sparsecode-sae", "config": json.dumps(sae.cfg.to_dict())},
+    )
     loaded = load_sae(tmp_path / "old.safetensors")
     assert loaded.l0_controller.log_multiplier == 1.5 and loaded.l0_controller.smoothed_log_l0.isnan()
     x = torch.randn(4, 8)
@@ -246,8 +268,17 @@ def test_matryoshka_prefix_alone_beats_the_same_prefix_of_plain_topk(tmp_path):
 
 def test_multibudget_fvu_falls_monotonically_with_k(tmp_path):
     src = _synthetic(seed=5)
-    sae = train(tmp_path, "mb", src, MultiBudgetConfig(d_in=32, n_latents=128, budgets=[1, 2, 4, 8]), tokens=100_000,
-                batch_size=256, lr=4e-3, dead_tokens=20_000, buffer_rows=16384)
+    sae = train(
+        tmp_path,
+        "mb",
+        src,
+        MultiBudgetConfig(d_in=32, n_latents=128, budgets=[1, 2, 4, 8]),
+        tokens=100_000,
+        batch_size=256,
+        lr=4e-3,
+        dead_tokens=20_000,
+        buffer_rows=16384,
+    )
     rows = evaluate_budgets(sae, [1, 2, 4, 8], open_source(src).iter_batches("eval"), max_rows=4096, progress=False)
     fvus = [r["fvu"] for r in rows]
     assert all(b < a for a, b in pairwise(fvus)), fvus
@@ -279,16 +310,51 @@ def test_matching_pursuit_residual_never_grows_and_matches_the_decoder():
 def test_transcoder_predicts_the_mlp_output_far_better_than_zeros(tmp_path, tiny_bert_dir, text_corpus):
     """MLP input -> MLP output of block 0 of a tiny BERT, through the whole path: source with a target hook,
     cache, store, trainer (target scale folded in), eval against the target and splice into the MLP output."""
-    src = ModelSourceConfig(model=str(tiny_bert_dir), corpus=[str(text_corpus)], hook="encoder.layer.0.intermediate",
-                            hook_side="input", target_hook="encoder.layer.0.output.dense", eval_every=4)
+    src = ModelSourceConfig(
+        model=str(tiny_bert_dir),
+        corpus=[str(text_corpus)],
+        hook="encoder.layer.0.intermediate",
+        hook_side="input",
+        target_hook="encoder.layer.0.output.dense",
+        eval_every=4,
+    )
     source = open_source(src)
     assert (source.d_in, source.d_out) == (32, 32)
     batch = next(source.iter_batches("eval"))
     assert batch.targets.shape == batch.acts.shape and not torch.equal(batch.targets, batch.acts)
-    code = main(["train", "--model", str(tiny_bert_dir), "--corpus", str(text_corpus), "--hook",
-                 "encoder.layer.0.intermediate", "--hook-side", "input", "--target-hook", "encoder.layer.0.output.dense",
-                 "--arch", "transcoder", "--k", "8", "--skip", "--latents", "128", "--tokens", "60k", "--batch-size",
-                 "256", "--lr", "3e-3", "--out", str(tmp_path / "tc"), "--quiet", "--cache-dir", str(tmp_path / "cache")])
+    code = main(
+        [
+            "train",
+            "--model",
+            str(tiny_bert_dir),
+            "--corpus",
+            str(text_corpus),
+            "--hook",
+            "encoder.layer.0.intermediate",
+            "--hook-side",
+            "input",
+            "--target-hook",
+            "encoder.layer.0.output.dense",
+            "--arch",
+            "transcoder",
+            "--k",
+            "8",
+            "--skip",
+            "--latents",
+            "128",
+            "--tokens",
+            "60k",
+            "--batch-size",
+            "256",
+            "--lr",
+            "3e-3",
+            "--out",
+            str(tmp_path / "tc"),
+            "--quiet",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     assert code == 0
     config = json.loads((tmp_path / "tc" / "config.json").read_text())
     assert config["sae"]["d_out"] == 32 and config["target_scale"] > 0
@@ -328,20 +394,57 @@ LR = {"jumprelu": 1.2e-2, "gated": 1.2e-2}  # the rest: 4e-3
 def test_each_architecture_recovers_planted_features_at_8x_superposition(tmp_path, arch):
     extra, tokens, minimum = RECOVERY[arch]
     src = SyntheticSourceConfig(n_features=512, dim=64, active=5, seed=0)
-    sae = train(tmp_path, arch, src, ARCHITECTURES[arch].config_class(d_in=64, n_latents=512, **extra),
-                tokens=tokens, batch_size=256, lr=LR.get(arch, 4e-3), dead_tokens=50_000, buffer_rows=65536)
+    sae = train(
+        tmp_path,
+        arch,
+        src,
+        ARCHITECTURES[arch].config_class(d_in=64, n_latents=512, **extra),
+        tokens=tokens,
+        batch_size=256,
+        lr=LR.get(arch, 4e-3),
+        dead_tokens=50_000,
+        buffer_rows=65536,
+    )
     rec = recovery_fraction(sae.W_dec.detach(), open_source(src).true_features, threshold=0.9)
     assert rec >= minimum, rec
 
 
 # -- CLI -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch,flags", [("batchtopk", ["--k", "3"]), ("jumprelu", ["--target-l0", "3"]),
-                                        ("gated", ["--l1", "3"]), ("matryoshka", ["--k", "3", "--prefixes", "8,16"]),
-                                        ("multibudget", ["--budgets", "1,2,4"]), ("mp", ["--mp-steps", "3"])])
+@pytest.mark.parametrize(
+    "arch,flags",
+    [
+        ("batchtopk", ["--k", "3"]),
+        ("jumprelu", ["--target-l0", "3"]),
+        ("gated", ["--l1", "3"]),
+        ("matryoshka", ["--k", "3", "--prefixes", "8,16"]),
+        ("multibudget", ["--budgets", "1,2,4"]),
+        ("mp", ["--mp-steps", "3"]),
+    ],
+)
 def test_cli_trains_and_evaluates_every_architecture(tmp_path, capsys, arch, flags):
     out = tmp_path / arch
-    assert main(["train", "--synthetic", "features=64,dim=16,active=3", "--arch", arch, *flags, "--latents", "64",
-                 "--tokens", "20k", "--batch-size", "256", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--synthetic",
+                "features=64,dim=16,active=3",
+                "--arch",
+                arch,
+                *flags,
+                "--latents",
+                "64",
+                "--tokens",
+                "20k",
+                "--batch-size",
+                "256",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert main(["eval", str(out), "--max-rows", "2000", "--quiet"]) == 0
     report = capsys.readouterr().out
     assert f"{arch} SAE" in report and "MMCS" in report
@@ -354,24 +457,51 @@ def test_cli_trains_and_evaluates_every_architecture(tmp_path, capsys, arch, fla
 def test_cli_passes_an_explicit_zero_through(tmp_path):
     """``--l1 0`` means no penalty, not "flag absent" (the relu default is 5)."""
     out = tmp_path / "r"
-    assert main(["train", "--synthetic", "features=64,dim=16", "--arch", "relu", "--l1", "0", "--latents", "64",
-                 "--tokens", "2k", "--batch-size", "256", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--synthetic",
+                "features=64,dim=16",
+                "--arch",
+                "relu",
+                "--l1",
+                "0",
+                "--latents",
+                "64",
+                "--tokens",
+                "2k",
+                "--batch-size",
+                "256",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "config.json").read_text())["sae"]["l1"] == 0.0
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--arch", "gated", "--k", "3"], "--k applies to --arch topk / batchtopk"),
-    (["--arch", "topk", "--target-l0", "3"], "--target-l0 applies to --arch relu / gated / jumprelu, not topk"),
-    (["--arch", "relu", "--target-l0", "-2"], "sae.target_l0 must be in (0, n_latents=64]"),
-    (["--arch", "relu", "--target-l0", "0"], "sae.target_l0 must be in (0, n_latents=64], got 0.0"),
-    (["--arch", "jumprelu", "--target-l0", "2", "--l0-coefficient", "0"], "sae.l0_coefficient must be >= 0 (> 0"),
-    (["--arch", "topk", "--l1", "0"], "--l1 applies to --arch relu / gated, not topk"),
-    (["--arch", "relu", "--budgets", "2,4"], "--budgets applies to --arch multibudget, not relu"),
-    (["--arch", "multibudget", "--budgets", "4,2"], "sae.budgets must be increasing"),
-    (["--arch", "matryoshka", "--prefixes", "64"], "sae.prefixes must be increasing whole numbers in [1, n_latents=64)"),
-    (["--arch", "mp", "--skip"], "--skip applies to --arch transcoder, not mp"),
-    (["--target-hook", "x"], "--target-hook needs a model source"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--arch", "gated", "--k", "3"], "--k applies to --arch topk / batchtopk"),
+        (["--arch", "topk", "--target-l0", "3"], "--target-l0 applies to --arch relu / gated / jumprelu, not topk"),
+        (["--arch", "relu", "--target-l0", "-2"], "sae.target_l0 must be in (0, n_latents=64]"),
+        (["--arch", "relu", "--target-l0", "0"], "sae.target_l0 must be in (0, n_latents=64], got 0.0"),
+        (["--arch", "jumprelu", "--target-l0", "2", "--l0-coefficient", "0"], "sae.l0_coefficient must be >= 0 (> 0"),
+        (["--arch", "topk", "--l1", "0"], "--l1 applies to --arch relu / gated, not topk"),
+        (["--arch", "relu", "--budgets", "2,4"], "--budgets applies to --arch multibudget, not relu"),
+        (["--arch", "multibudget", "--budgets", "4,2"], "sae.budgets must be increasing"),
+        (
+            ["--arch", "matryoshka", "--prefixes", "64"],
+            "sae.prefixes must be increasing whole numbers in [1, n_latents=64)",
+        ),
+        (["--arch", "mp", "--skip"], "--skip applies to --arch transcoder, not mp"),
+        (["--target-hook", "x"], "--target-hook needs a model source"),
+    ],
+)
 def test_cli_rejects_flags_that_do_not_apply(tmp_path, capsys, flags, message):
     code = main(["train", "--synthetic", "features=64,dim=16", "--latents", "64", *flags, "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err

@@ -146,10 +146,21 @@ def _raw_get(url: str, target: str) -> tuple[int, bytes]:
     return status, data
 
 
-@pytest.mark.parametrize("target", ["/static/../config.json", "/static/../../run/config.json",
-                                    "/static/%2e%2e/%2e%2e/run/config.json", "/static/..%2f..%2frun%2fconfig.json",
-                                    "/static/../db.py", "/static/%2e%2e/app.py", "/static/../../../../../../etc/passwd",
-                                    "/features/../config.json", "/features/..%2fconfig.json", "/../config.json"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/static/../config.json",
+        "/static/../../run/config.json",
+        "/static/%2e%2e/%2e%2e/run/config.json",
+        "/static/..%2f..%2frun%2fconfig.json",
+        "/static/../db.py",
+        "/static/%2e%2e/app.py",
+        "/static/../../../../../../etc/passwd",
+        "/features/../config.json",
+        "/features/..%2fconfig.json",
+        "/../config.json",
+    ],
+)
 def test_raw_paths_cannot_leave_the_static_folder(server, target):
     status, data = _raw_get(server, target)
     assert status in (400, 404), (target, status)

@@ -15,8 +15,9 @@ from sparsecode.cli import main, parse_count
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "sparsecode", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "sparsecode", *args], capture_output=True, text=True, env=env, timeout=600, check=False
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
@@ -30,9 +31,30 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) ->
 
 def test_train_then_eval_on_a_tiny_model(tmp_path, tiny_bert_dir, text_corpus):
     out = tmp_path / "run"
-    r = run_cli("train", "--model", str(tiny_bert_dir), "--hook", "encoder.layer.1", "--corpus", str(text_corpus),
-                "--arch", "topk", "--k", "4", "--latents", "128", "--tokens", "20k", "--batch-size", "256",
-                "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--quiet")
+    r = run_cli(
+        "train",
+        "--model",
+        str(tiny_bert_dir),
+        "--hook",
+        "encoder.layer.1",
+        "--corpus",
+        str(text_corpus),
+        "--arch",
+        "topk",
+        "--k",
+        "4",
+        "--latents",
+        "128",
+        "--tokens",
+        "20k",
+        "--batch-size",
+        "256",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     assert "next: sparsecode eval" in r.stdout
     for name in ("config.json", "sae.safetensors", "metrics.jsonl", "training.png"):
@@ -54,8 +76,29 @@ def test_train_then_eval_on_a_tiny_model(tmp_path, tiny_bert_dir, text_corpus):
 
 def test_synthetic_source_from_the_command_line(tmp_path):
     out = tmp_path / "toy"
-    assert main(["train", "--synthetic", "features=64,dim=16,active=3", "--arch", "relu", "--l1", "1",
-                 "--latents", "64", "--tokens", "20k", "--batch-size", "256", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--synthetic",
+                "features=64,dim=16,active=3",
+                "--arch",
+                "relu",
+                "--l1",
+                "1",
+                "--latents",
+                "64",
+                "--tokens",
+                "20k",
+                "--batch-size",
+                "256",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert main(["eval", str(out), "--quiet", "--max-rows", "4096"]) == 0
     result = json.loads((out / "eval.json").read_text())
     assert 0 <= result["mmcs"] <= 1 and "recovery_fraction_0.9" in result
@@ -63,23 +106,47 @@ def test_synthetic_source_from_the_command_line(tmp_path):
 
 def test_resume_from_the_command_line(tmp_path):
     out = tmp_path / "toy"
-    args = ["train", "--synthetic", "features=64,dim=16,active=3", "--k", "3", "--latents", "64", "--tokens", "20k",
-            "--batch-size", "256", "--out", str(out), "--quiet"]
+    args = [
+        "train",
+        "--synthetic",
+        "features=64,dim=16,active=3",
+        "--k",
+        "3",
+        "--latents",
+        "64",
+        "--tokens",
+        "20k",
+        "--batch-size",
+        "256",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(args) == 0
     assert main(["train", "--resume", "--out", str(out), "--quiet"]) == 2  # already finished: says so
 
 
 # -- bad input ------------------------------------------------------------------------------------
 def test_missing_model_directory(tmp_path):
-    r = run_cli("train", "--model", str(tmp_path / "no-such-model"), "--hook", "encoder.layer.3", "--out",
-                str(tmp_path / "run"))
+    r = run_cli(
+        "train", "--model", str(tmp_path / "no-such-model"), "--hook", "encoder.layer.3", "--out", str(tmp_path / "run")
+    )
     assert_one_line_error(r, "no-such-model")
     assert not (tmp_path / "run").exists()
 
 
 def test_unknown_hook_lists_close_names(tmp_path, tiny_bert_dir, text_corpus):
-    r = run_cli("train", "--model", str(tiny_bert_dir), "--hook", "encoder.layer.7", "--corpus", str(text_corpus),
-                "--out", str(tmp_path / "run"))
+    r = run_cli(
+        "train",
+        "--model",
+        str(tiny_bert_dir),
+        "--hook",
+        "encoder.layer.7",
+        "--corpus",
+        str(text_corpus),
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert_one_line_error(r, "encoder.layer.7", "encoder.layer.1")
     assert not (tmp_path / "run").exists()
 
@@ -108,14 +175,18 @@ def test_malformed_config_file(tmp_path):
 
 
 def test_contradictory_config(tmp_path):
-    bad = {"source": {"kind": "synthetic", "n_features": 64, "dim": 16},
-           "sae": {"arch": "topk", "d_in": 16, "n_latents": 32, "k": 64}, "train": {"tokens": 10000}}
+    bad = {
+        "source": {"kind": "synthetic", "n_features": 64, "dim": 16},
+        "sae": {"arch": "topk", "d_in": 16, "n_latents": 32, "k": 64},
+        "train": {"tokens": 10000},
+    }
     (tmp_path / "config.json").write_text(json.dumps(bad))
     r = run_cli("train", "--config", str(tmp_path / "config.json"), "--out", str(tmp_path / "run"))
     assert_one_line_error(r, "sae.k", "64")
     assert not (tmp_path / "run").exists()
-    r = run_cli("train", "--synthetic", "features=64,dim=16", "--k", "100", "--latents", "32", "--out",
-                str(tmp_path / "run"))
+    r = run_cli(
+        "train", "--synthetic", "features=64,dim=16", "--k", "100", "--latents", "32", "--out", str(tmp_path / "run")
+    )
     assert_one_line_error(r, "sae.k")
     r = run_cli("train", "--synthetic", "features=64,dim=16", "--activations", "x.npy", "--out", str(tmp_path / "run"))
     assert_one_line_error(r, "exactly one source")
@@ -128,8 +199,28 @@ def test_dead_tokens_flag_sets_when_latents_count_as_dead(tmp_path):
     dead = {}
     for name, extra in (("default", []), ("short", ["--dead-tokens", "256"])):
         out = tmp_path / name
-        assert main(["train", "--synthetic", "features=64,dim=16,active=3", "--k", "3", "--latents", "256",
-                     "--tokens", "20k", "--batch-size", "256", "--out", str(out), "--quiet", *extra]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--synthetic",
+                    "features=64,dim=16,active=3",
+                    "--k",
+                    "3",
+                    "--latents",
+                    "256",
+                    "--tokens",
+                    "20k",
+                    "--batch-size",
+                    "256",
+                    "--out",
+                    str(out),
+                    "--quiet",
+                    *extra,
+                ]
+            )
+            == 0
+        )
         config = json.loads((out / "config.json").read_text())
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         dead[name] = (config["train"]["dead_tokens"], max(r["dead_fraction"] for r in rows))
@@ -139,8 +230,27 @@ def test_dead_tokens_flag_sets_when_latents_count_as_dead(tmp_path):
 
 def test_truncated_checkpoint(tmp_path):
     out = tmp_path / "toy"
-    assert main(["train", "--synthetic", "features=64,dim=16,active=3", "--k", "3", "--latents", "64", "--tokens",
-                 "20k", "--batch-size", "256", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--synthetic",
+                "features=64,dim=16,active=3",
+                "--k",
+                "3",
+                "--latents",
+                "64",
+                "--tokens",
+                "20k",
+                "--batch-size",
+                "256",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     sae_file = out / "sae.safetensors"
     sae_file.write_bytes(sae_file.read_bytes()[:1000])
     r = run_cli("eval", str(out))
@@ -155,8 +265,22 @@ def test_truncated_checkpoint(tmp_path):
 
 def test_existing_run_is_not_overwritten_by_accident(tmp_path):
     out = tmp_path / "toy"
-    args = ["train", "--synthetic", "features=64,dim=16,active=3", "--k", "3", "--latents", "64", "--tokens", "20k",
-            "--batch-size", "256", "--out", str(out), "--quiet"]
+    args = [
+        "train",
+        "--synthetic",
+        "features=64,dim=16,active=3",
+        "--k",
+        "3",
+        "--latents",
+        "64",
+        "--tokens",
+        "20k",
+        "--batch-size",
+        "256",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(args) == 0
     before = (out / "sae.safetensors").read_bytes()
     r = run_cli(*args)
@@ -174,13 +298,27 @@ def test_eval_of_a_folder_that_is_not_a_run(tmp_path):
 def test_help_mentions_every_source():
     r = run_cli("train", "--help")
     assert r.returncode == 0
-    for flag in ("--model", "--hook", "--corpus", "--activations", "--synthetic", "--arch", "--k", "--l1",
-                 "--latents", "--tokens", "--out", "--resume"):
+    for flag in (
+        "--model",
+        "--hook",
+        "--corpus",
+        "--activations",
+        "--synthetic",
+        "--arch",
+        "--k",
+        "--l1",
+        "--latents",
+        "--tokens",
+        "--out",
+        "--resume",
+    ):
         assert flag in r.stdout
 
 
-@pytest.mark.parametrize("text, value", [("2M", 2_000_000), ("500k", 500_000), ("1e6", 1_000_000), ("4096", 4096),
-                                         ("2.01M", 2_010_000), ("4.03k", 4030)])
+@pytest.mark.parametrize(
+    "text, value",
+    [("2M", 2_000_000), ("500k", 500_000), ("1e6", 1_000_000), ("4096", 4096), ("2.01M", 2_010_000), ("4.03k", 4030)],
+)
 def test_parse_count(text, value):
     assert parse_count(text) == value
 
@@ -192,10 +330,33 @@ def test_ctrl_c_checkpoints_and_resume_finishes(tmp_path):
 
     out = tmp_path / "toy"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "sparsecode", "train", "--synthetic", "features=64,dim=16,active=3",
-                             "--k", "3", "--latents", "64", "--tokens", "50M", "--batch-size", "256",
-                             "--checkpoint-every", "1000000", "--out", str(out), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sparsecode",
+            "train",
+            "--synthetic",
+            "features=64,dim=16,active=3",
+            "--k",
+            "3",
+            "--latents",
+            "64",
+            "--tokens",
+            "50M",
+            "--batch-size",
+            "256",
+            "--checkpoint-every",
+            "1000000",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.time() + 120
     while not (out / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.2)
@@ -210,9 +371,33 @@ def test_ctrl_c_checkpoints_and_resume_finishes(tmp_path):
 
 def test_train_then_eval_on_a_tiny_causal_lm(tmp_path, tiny_gpt2_dir, text_corpus):
     out = tmp_path / "gpt"
-    assert main(["train", "--model", str(tiny_gpt2_dir), "--hook", "transformer.h.0", "--corpus", str(text_corpus),
-                 "--k", "4", "--latents", "128", "--tokens", "20k", "--batch-size", "256", "--out", str(out),
-                 "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(tiny_gpt2_dir),
+                "--hook",
+                "transformer.h.0",
+                "--corpus",
+                str(text_corpus),
+                "--k",
+                "4",
+                "--latents",
+                "128",
+                "--tokens",
+                "20k",
+                "--batch-size",
+                "256",
+                "--out",
+                str(out),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert main(["eval", str(out), "--quiet", "--splice-chunks", "8"]) == 0
     result = json.loads((out / "eval.json").read_text())
     assert result["ce_spliced"] >= 0 and result["ce_clean"] > 0
@@ -222,13 +407,37 @@ def test_train_then_eval_on_a_tiny_causal_lm(tmp_path, tiny_gpt2_dir, text_corpu
 
 def test_failed_overwrite_restores_the_old_run(tmp_path):
     out = tmp_path / "run"
-    args = ["train", "--synthetic", "features=64,dim=16,active=3", "--k", "3", "--latents", "64", "--tokens", "20k",
-            "--batch-size", "256", "--out", str(out), "--quiet"]
+    args = [
+        "train",
+        "--synthetic",
+        "features=64,dim=16,active=3",
+        "--k",
+        "3",
+        "--latents",
+        "64",
+        "--tokens",
+        "20k",
+        "--batch-size",
+        "256",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(args) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     np.save(tmp_path / "zeros.npy", np.zeros((5000, 16), dtype=np.float32))
-    r = run_cli("train", "--activations", str(tmp_path / "zeros.npy"), "--latents", "64", "--batch-size", "256",
-                "--overwrite", "--out", str(out))
+    r = run_cli(
+        "train",
+        "--activations",
+        str(tmp_path / "zeros.npy"),
+        "--latents",
+        "64",
+        "--batch-size",
+        "256",
+        "--overwrite",
+        "--out",
+        str(out),
+    )
     assert_one_line_error(r, "all zero")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir() if "replaced" in p.name] == []
@@ -241,21 +450,37 @@ def test_failed_overwrite_restores_the_old_run(tmp_path):
 def test_unusable_device_is_a_one_line_error(tmp_path, device, needle):
     if device.startswith("cuda") and __import__("torch").cuda.is_available():
         pytest.skip("this machine has CUDA")
-    r = run_cli("train", "--synthetic", "features=64,dim=16", "--latents", "64", "--device", device,
-                "--out", str(tmp_path / "run"))
+    r = run_cli(
+        "train",
+        "--synthetic",
+        "features=64,dim=16",
+        "--latents",
+        "64",
+        "--device",
+        device,
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert_one_line_error(r, needle)
     assert not (tmp_path / "run").exists()
 
 
 def test_config_values_of_the_wrong_type(tmp_path):
-    bad = {"source": {"kind": "synthetic", "n_features": 64, "dim": 16},
-           "sae": {"arch": "topk", "d_in": 16, "n_latents": 64, "k": 3.0}, "train": {"tokens": 10000}}
+    bad = {
+        "source": {"kind": "synthetic", "n_features": 64, "dim": 16},
+        "sae": {"arch": "topk", "d_in": 16, "n_latents": 64, "k": 3.0},
+        "train": {"tokens": 10000},
+    }
     (tmp_path / "c.json").write_text(json.dumps(bad))
-    assert_one_line_error(run_cli("train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "r")),
-                          "sae.k must be a whole number")
+    assert_one_line_error(
+        run_cli("train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "r")),
+        "sae.k must be a whole number",
+    )
     bad["sae"]["k"] = 3
     bad["train"]["normalize_inputs"] = "no"
     (tmp_path / "c.json").write_text(json.dumps(bad))
-    assert_one_line_error(run_cli("train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "r")),
-                          "train.normalize_inputs must be true or false")
+    assert_one_line_error(
+        run_cli("train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "r")),
+        "train.normalize_inputs must be true or false",
+    )
     assert not (tmp_path / "r").exists()

@@ -99,13 +99,28 @@ def test_token_text_is_escaped(client):
     assert "<script>x" not in html
 
 
-@pytest.mark.parametrize("url, status", [
-    ("/features/abc", 400), ("/features/-1.json", 400), ("/features/1e3", 400), ("/features/ 1", 400),
-    ("/features/12345678901234567890", 400), (f"/features/{N_LATENTS}", 404), (f"/features/{N_LATENTS}.json", 404),
-    ("/features.json?sort=nope", 400), ("/features.json?page=0", 400), ("/features.json?per_page=100000", 400),
-    ("/features.json?order=sideways", 400), ("/features.json?filter=x", 400), ("/features.json?sort=match", 400),
-    ("/features.json?page=%C2%B2", 400), ("/features/%D9%A3", 400), ("/nope", 404), ("/fires.json?text=" + "a" * 2001, 400),
-])
+@pytest.mark.parametrize(
+    "url, status",
+    [
+        ("/features/abc", 400),
+        ("/features/-1.json", 400),
+        ("/features/1e3", 400),
+        ("/features/ 1", 400),
+        ("/features/12345678901234567890", 400),
+        (f"/features/{N_LATENTS}", 404),
+        (f"/features/{N_LATENTS}.json", 404),
+        ("/features.json?sort=nope", 400),
+        ("/features.json?page=0", 400),
+        ("/features.json?per_page=100000", 400),
+        ("/features.json?order=sideways", 400),
+        ("/features.json?filter=x", 400),
+        ("/features.json?sort=match", 400),
+        ("/features.json?page=%C2%B2", 400),
+        ("/features/%D9%A3", 400),
+        ("/nope", 404),
+        ("/fires.json?text=" + "a" * 2001, 400),
+    ],
+)
 def test_malformed_and_unknown_requests(client, url, status):
     r = client.get(url)
     assert r.status_code == status, (url, r.text[:200])
@@ -113,10 +128,22 @@ def test_malformed_and_unknown_requests(client, url, status):
         assert "error" in r.json()
 
 
-@pytest.mark.parametrize("path", ["/static/../config.json", "/static/..%2f..%2fconfig.json", "/static/%2e%2e/db.py",
-                                  "/static/../../../../etc/passwd", "/features/..%2f..%2fconfig.json",
-                                  "/features/%2e%2e%2fconfig.json", "//etc/passwd", "/static//etc/passwd",
-                                  "/features.sqlite", "/config.json", "/sae.safetensors"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/../config.json",
+        "/static/..%2f..%2fconfig.json",
+        "/static/%2e%2e/db.py",
+        "/static/../../../../etc/passwd",
+        "/features/..%2f..%2fconfig.json",
+        "/features/%2e%2e%2fconfig.json",
+        "//etc/passwd",
+        "/static//etc/passwd",
+        "/features.sqlite",
+        "/config.json",
+        "/sae.safetensors",
+    ],
+)
 def test_requests_cannot_read_files(client, planted_features, path):
     r = client.get(path)
     assert r.status_code in (400, 404), (path, r.status_code)

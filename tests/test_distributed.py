@@ -18,10 +18,21 @@ from sparsecode.train.trainer import fit_worker
 
 def config(**train_kw) -> RunConfig:
     # dead_tokens small so AuxK runs and the dead-latent counters must agree across processes
-    kw = {"tokens": 64 * 24, "batch_size": 64, "buffer_rows": 64 * 4, "checkpoint_every": 10, "log_every": 4,
-          "dead_tokens": 256, "warmup_steps": 2, "lr": 3e-3}
-    return RunConfig(SyntheticSourceConfig(n_features=96, dim=16, active=3, seed=5),
-                     TopKConfig(d_in=16, n_latents=96, k=3, k_aux=8), TrainConfig(**{**kw, **train_kw}))
+    kw = {
+        "tokens": 64 * 24,
+        "batch_size": 64,
+        "buffer_rows": 64 * 4,
+        "checkpoint_every": 10,
+        "log_every": 4,
+        "dead_tokens": 256,
+        "warmup_steps": 2,
+        "lr": 3e-3,
+    }
+    return RunConfig(
+        SyntheticSourceConfig(n_features=96, dim=16, active=3, seed=5),
+        TopKConfig(d_in=16, n_latents=96, k=3, k_aux=8),
+        TrainConfig(**{**kw, **train_kw}),
+    )
 
 
 def assert_close_weights(a: dict, b: dict) -> None:
@@ -58,8 +69,22 @@ def test_two_processes_equal_one_and_resume_in_one(tmp_path):
 def test_cli_nproc(tmp_path, capsys):
     from sparsecode.cli import main
 
-    args = ["train", "--synthetic", "features=64,dim=16,active=3", "--k", "3", "--latents", "64", "--tokens", "8k",
-            "--batch-size", "255", "--nproc", "2", "--quiet"]
+    args = [
+        "train",
+        "--synthetic",
+        "features=64,dim=16,active=3",
+        "--k",
+        "3",
+        "--latents",
+        "64",
+        "--tokens",
+        "8k",
+        "--batch-size",
+        "255",
+        "--nproc",
+        "2",
+        "--quiet",
+    ]
     assert main(args + ["--out", str(tmp_path / "odd")]) == 2
     assert "--nproc 2 must divide the batch size (255)" in capsys.readouterr().err
     assert not (tmp_path / "odd").exists()

@@ -20,8 +20,14 @@ from sparsecode.eval import (
 
 # -- reconstruction metrics ------------------------------------------------------------------------
 
-def _stats(x: torch.Tensor, x_hat: torch.Tensor, latents: torch.Tensor | None = None, batch: int | None = None,
-           dense_threshold: float = 0.1) -> dict:
+
+def _stats(
+    x: torch.Tensor,
+    x_hat: torch.Tensor,
+    latents: torch.Tensor | None = None,
+    batch: int | None = None,
+    dense_threshold: float = 0.1,
+) -> dict:
     latents = torch.zeros(x.shape[0], 3) if latents is None else latents
     s = ReconstructionStats(latents.shape[1], dense_threshold=dense_threshold)
     step = batch or x.shape[0]
@@ -129,6 +135,7 @@ def test_evaluate_reconstruction_real_sae():
 
 # -- ground truth ----------------------------------------------------------------------------------
 
+
 def _unit(n: int, d: int, seed: int) -> torch.Tensor:
     m = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
     return m / m.norm(dim=1, keepdim=True)
@@ -165,11 +172,13 @@ def test_half_recovered():
 
 # -- spliced fidelity ------------------------------------------------------------------------------
 
+
 def _model_source(model_dir, corpus, hook: str, hook_side: str = "output"):
     from sparsecode.sources.hf import ModelSource, ModelSourceConfig
 
-    return ModelSource(ModelSourceConfig(model=str(model_dir), hook=hook, hook_side=hook_side, corpus=[str(corpus)],
-                                         eval_every=2))
+    return ModelSource(
+        ModelSourceConfig(model=str(model_dir), hook=hook, hook_side=hook_side, corpus=[str(corpus)], eval_every=2)
+    )
 
 
 @pytest.mark.parametrize("hook_side", ["output", "input"])
@@ -201,6 +210,7 @@ def test_splice_identity_causal_lm(tiny_gpt2_dir, text_corpus):
 
 # -- plots -----------------------------------------------------------------------------------------
 
+
 def test_density_plot_is_a_png(tmp_path):
     density = torch.tensor([0.0, 0.0, 1e-4, 1e-3, 0.01, 0.5, 1.0])
     out = plot_density_histogram(density, tmp_path / "density.png")
@@ -213,16 +223,46 @@ def test_density_plot_is_a_png(tmp_path):
 
 # -- report ----------------------------------------------------------------------------------------
 
+
 def test_format_report_mentions_the_numbers():
-    r = {"run": "runs/x", "arch": "topk", "d_in": 8, "n_latents": 32, "n_rows": 100, "fvu": 0.125,
-         "explained_variance": 0.875, "cosine": 0.9, "mse": 0.01, "l0": 4.0, "dead_fraction": 0.25,
-         "dense_fraction": 0.0, "dense_threshold": 0.1, "mmcs": 0.95, "recovery_fraction_0.9": 0.5,
-         "ce_clean": 2.0, "ce_spliced": 2.5, "ce_increase": 0.5, "ce_zero_ablation": 7.0,
-         "loss_recovered_zero_ablation": 0.9, "loss_recovered_mean_ablation": None,
-         "files": {"eval_json": "runs/x/eval.json", "density_png": "runs/x/density.png"}}
+    r = {
+        "run": "runs/x",
+        "arch": "topk",
+        "d_in": 8,
+        "n_latents": 32,
+        "n_rows": 100,
+        "fvu": 0.125,
+        "explained_variance": 0.875,
+        "cosine": 0.9,
+        "mse": 0.01,
+        "l0": 4.0,
+        "dead_fraction": 0.25,
+        "dense_fraction": 0.0,
+        "dense_threshold": 0.1,
+        "mmcs": 0.95,
+        "recovery_fraction_0.9": 0.5,
+        "ce_clean": 2.0,
+        "ce_spliced": 2.5,
+        "ce_increase": 0.5,
+        "ce_zero_ablation": 7.0,
+        "loss_recovered_zero_ablation": 0.9,
+        "loss_recovered_mean_ablation": None,
+        "files": {"eval_json": "runs/x/eval.json", "density_png": "runs/x/density.png"},
+    }
     text = format_report(r)
-    for needle in ("FVU 0.1250", "0.8750", "L0 4.0", "dead 25.0%", "MMCS 0.9500", "50.0%", "+0.5000",
-                   "0.900", "n/a", "runs/x/eval.json", "runs/x/density.png"):
+    for needle in (
+        "FVU 0.1250",
+        "0.8750",
+        "L0 4.0",
+        "dead 25.0%",
+        "MMCS 0.9500",
+        "50.0%",
+        "+0.5000",
+        "0.900",
+        "n/a",
+        "runs/x/eval.json",
+        "runs/x/density.png",
+    ):
         assert needle in text, needle
 
 
@@ -275,7 +315,9 @@ def test_evaluate_run_model_source_splices(tmp_path, tiny_bert_dir, text_corpus)
     from sparsecode.sae import TopKConfig, build_sae
     from sparsecode.sources.hf import ModelSourceConfig
 
-    src_cfg = ModelSourceConfig(model=str(tiny_bert_dir), hook="encoder.layer.0", corpus=[str(text_corpus)], eval_every=2)
+    src_cfg = ModelSourceConfig(
+        model=str(tiny_bert_dir), hook="encoder.layer.0", corpus=[str(text_corpus)], eval_every=2
+    )
     _write_run(tmp_path, src_cfg, build_sae(TopKConfig(d_in=32, n_latents=64, k=8)))
     r = evaluate_run(tmp_path, max_rows=None, splice_chunks=4, progress=False)
     assert r["splice_chunks"] == 4

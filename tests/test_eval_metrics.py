@@ -19,6 +19,7 @@ def _gen(seed: int) -> torch.Generator:
 
 # -- ground truth F1 -------------------------------------------------------------------------------
 
+
 def test_feature_f1_exact_and_shuffled():
     g = _gen(0)
     codes = torch.rand(500, 6, generator=g) * (torch.rand(500, 6, generator=g) < 0.3)  # (n, F)
@@ -48,6 +49,7 @@ def test_feature_f1_exact_and_shuffled():
 
 
 # -- dark matter -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("share", [0.0, 0.3, 0.8])
 def test_dark_matter_recovers_planted_linear_share(share):
@@ -86,6 +88,7 @@ def test_dark_matter_predictable_norm():
 
 
 # -- logistic / sparse probes ----------------------------------------------------------------------
+
 
 def test_fit_logistic_matches_closed_form_separable_direction():
     g = _gen(3)
@@ -158,8 +161,9 @@ def _planted_token_rows(n: int = 6000, seed: int = 5) -> TokenRows:
     latents = torch.relu(torch.randn(n, 20, generator=g) - 1.5)
     latents[:, 3] = digit.float() * (1 + torch.rand(n, generator=g))
     resid = torch.randn(n, 16, generator=g) + digit.float()[:, None] * 0.4 * torch.randn(16, generator=g)
-    return TokenRows(token_ids=ids, doc_ids=torch.arange(n) // 50, reps={"sae": latents, "residual": resid},
-                     tokens=tokens)
+    return TokenRows(
+        token_ids=ids, doc_ids=torch.arange(n) // 50, reps={"sae": latents, "residual": resid}, tokens=tokens
+    )
 
 
 def test_sparse_probing_reports_planted_digit_latent_and_skips_rare_concepts():
@@ -174,6 +178,7 @@ def test_sparse_probing_reports_planted_digit_latent_and_skips_rare_concepts():
 
 
 # -- absorption ------------------------------------------------------------------------------------
+
 
 def test_absorption_on_planted_case():
     """Letters a, b, c as orthogonal directions. For letter a, the main latent 0 is silent on the tokens
@@ -220,12 +225,14 @@ def test_absorption_on_planted_case():
 
 # -- KL in spliced fidelity, neuron sparsity -------------------------------------------------------
 
+
 def test_splice_kl_causal_lm(tiny_gpt2_dir, text_corpus):
     from sparsecode.eval import spliced_fidelity
     from sparsecode.sources.hf import ModelSource, ModelSourceConfig
 
-    src = ModelSource(ModelSourceConfig(model=str(tiny_gpt2_dir), hook="transformer.h.0", corpus=[str(text_corpus)],
-                                        eval_every=2))
+    src = ModelSource(
+        ModelSourceConfig(model=str(tiny_gpt2_dir), hook="transformer.h.0", corpus=[str(text_corpus)], eval_every=2)
+    )
     same = spliced_fidelity(src, lambda a: a, max_chunks=6, batch_size=3, progress=False)
     assert same["kl_spliced"] == 0.0 and same["kl_zero_ablation"] > 0 and same["kl_mean_ablation"] > 0
     zero = spliced_fidelity(src, torch.zeros_like, max_chunks=6, batch_size=3, progress=False)
@@ -251,8 +258,9 @@ def test_neuron_sparsity_known_answer(tiny_bert_dir, text_corpus, act, threshold
     from sparsecode.eval.neurons import neuron_sparsity
     from sparsecode.sources.hf import ModelSource, ModelSourceConfig
 
-    src = ModelSource(ModelSourceConfig(model=str(tiny_bert_dir), hook="encoder.layer.0", corpus=[str(text_corpus)],
-                                        eval_every=2))
+    src = ModelSource(
+        ModelSourceConfig(model=str(tiny_bert_dir), hook="encoder.layer.0", corpus=[str(text_corpus)], eval_every=2)
+    )
     cfg = BertConfig.from_pretrained(str(tiny_bert_dir), hidden_act=act)
     model = BertModel(cfg).eval()
     _set_mlp_biases(model, [0.25, 0.5], cfg.intermediate_size)

@@ -56,7 +56,11 @@ def test_true_dictionary_scores_one_and_random_scores_baseline(tmp_path):
     r = evaluate_run(good, max_rows=3000, progress=False)
     gt = r["ground_truth"]
     assert r["mmcs"] == pytest.approx(1.0, abs=1e-6) and gt["recovery_fraction_0.9"] == 1.0
-    assert gt["f1"] == pytest.approx(1.0, abs=1e-3) and gt["precision"] == 1.0 and gt["recall"] == pytest.approx(1.0, abs=1e-3)
+    assert (
+        gt["f1"] == pytest.approx(1.0, abs=1e-3)
+        and gt["precision"] == 1.0
+        and gt["recall"] == pytest.approx(1.0, abs=1e-3)
+    )
     assert r["fvu"] < 1e-6
     assert "dark_matter" in r and "probing" not in r and "neurons" not in r  # no model: no probing
     assert sum(r["l0_histogram"]) == 3000 and r["l0_histogram"][0] < 3000
@@ -78,15 +82,19 @@ def test_full_report_on_a_tiny_model(tmp_path, tiny_bert_dir, text_corpus):
     from sparsecode.sae import TopKConfig, build_sae
     from sparsecode.sources.hf import ModelSourceConfig
 
-    src_cfg = ModelSourceConfig(model=str(tiny_bert_dir), hook="encoder.layer.1", corpus=[str(text_corpus)], eval_every=2)
+    src_cfg = ModelSourceConfig(
+        model=str(tiny_bert_dir), hook="encoder.layer.1", corpus=[str(text_corpus)], eval_every=2
+    )
     _write_run(tmp_path, src_cfg, build_sae(TopKConfig(d_in=32, n_latents=64, k=8)))
     r = evaluate_run(tmp_path, max_rows=None, splice_chunks=4, probe_tokens=1500, neuron_chunks=8, progress=False)
     pr = r["probing"]
     assert pr["representations"] == ["sae", "neurons", "residual"]
     assert pr["concepts"] and all(len(v["f1"]) == 5 for v in pr["mean"].values())
     assert "is_capitalised" in pr["skipped"]  # MiniLM's tokenizer lowercases everything
-    assert [lay["module"] for lay in r["neurons"]["layers"]] == ["encoder.layer.0.intermediate",
-                                                                 "encoder.layer.1.intermediate"]
+    assert [lay["module"] for lay in r["neurons"]["layers"]] == [
+        "encoder.layer.0.intermediate",
+        "encoder.layer.1.intermediate",
+    ]
     assert "absorption_rate" in r["absorption"] and "error_linear_r2" in r["dark_matter"]
     assert set(r["timings"]) == {"core", "splice", "dark_matter", "probing", "absorption", "neurons"}
     page = _assert_self_contained_html(tmp_path / "report.html")
@@ -97,8 +105,27 @@ def test_full_report_on_a_tiny_model(tmp_path, tiny_bert_dir, text_corpus):
 
 
 def _train_toy(out, k: int) -> None:
-    assert main(["train", "--synthetic", "features=64,dim=16,active=3", "--k", str(k), "--latents", "64", "--tokens",
-                 "20k", "--batch-size", "256", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--synthetic",
+                "features=64,dim=16,active=3",
+                "--k",
+                str(k),
+                "--latents",
+                "64",
+                "--tokens",
+                "20k",
+                "--batch-size",
+                "256",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
 
 
 def test_quick_eval_and_compare_three_runs(tmp_path, capsys):
@@ -136,8 +163,18 @@ def test_pareto_front():
 
 def test_neurons_command(tmp_path, tiny_bert_dir, text_corpus):
     out = tmp_path / "n.png"
-    r = run_cli("neurons", "--model", str(tiny_bert_dir), "--corpus", str(text_corpus), "--chunks", "4",
-                "--out", str(out), "--quiet")
+    r = run_cli(
+        "neurons",
+        "--model",
+        str(tiny_bert_dir),
+        "--corpus",
+        str(text_corpus),
+        "--chunks",
+        "4",
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     assert "encoder.layer.1.intermediate" in r.stdout and out.read_bytes()[:4] == b"\x89PNG"
     saved = json.loads(out.with_suffix(".json").read_text())

@@ -95,8 +95,10 @@ def test_quantiles_and_sampled_contexts(planted_features):
         assert len(set(bands)) >= 2 and all(bands.count(b) <= 2 for b in bands)
         q = dict(zip(levels, stored))
         bounds = {"0-25%": (0, q[0.25]), "25-50%": (q[0.25], q[0.5]), "50-75%": (q[0.5], q[0.75])}
-        top = {tuple(r) for r in con.execute("SELECT chunk, position FROM contexts WHERE feature = ? AND kind = 'top'",
-                                             (f,))}
+        top = {
+            tuple(r)
+            for r in con.execute("SELECT chunk, position FROM contexts WHERE feature = ? AND kind = 'top'", (f,))
+        }
         for s in samples:
             assert (s["chunk"], s["position"]) not in top  # not shown twice
             lo, hi = bounds[s["band"]]
@@ -111,8 +113,10 @@ def test_planted_features(planted_features):
     for latent, word in ((SCRIPT, " " + SCRIPT_TOKEN), (APPLES, " apples")):
         row = con.execute("SELECT * FROM features WHERE id = ?", (latent,)).fetchone()
         assert row["max_act"] == pytest.approx(1.0, abs=1e-4) and row["fire_count"] > 0
-        centres = [text[json.loads(ids)[c]] for ids, c in
-                   con.execute("SELECT token_ids, center FROM contexts WHERE feature = ?", (latent,))]
+        centres = [
+            text[json.loads(ids)[c]]
+            for ids, c in con.execute("SELECT token_ids, center FROM contexts WHERE feature = ?", (latent,))
+        ]
         assert centres and set(centres) == {word}
         assert json.loads(row["top_tokens"]) == [word]
         promoted = json.loads(row["promoted"])
@@ -123,7 +127,8 @@ def test_planted_features(planted_features):
     dense = con.execute("SELECT * FROM features WHERE id = ?", (DENSE,)).fetchone()
     assert dense["density"] == 1.0 and dense["max_act"] == pytest.approx(0.5)
     assert json.loads(con.execute("SELECT value FROM meta WHERE key = 'logit_embedding'").fetchone()[0]).startswith(
-        "input word embeddings")
+        "input word embeddings"
+    )
 
 
 def test_accumulator_is_independent_of_batching():
@@ -203,8 +208,12 @@ def test_causal_lm_uses_the_output_embedding(tmp_path, tiny_gpt2_dir, text_corpu
     from sparsecode.sources import ModelSourceConfig
 
     sae = build_sae(TopKConfig(d_in=32, n_latents=16, k=3))
-    RunConfig(source=ModelSourceConfig(model=str(tiny_gpt2_dir), hook="transformer.h.0", corpus=[str(text_corpus)],
-                                       eval_every=2), sae=sae.cfg).save(tmp_path)
+    RunConfig(
+        source=ModelSourceConfig(
+            model=str(tiny_gpt2_dir), hook="transformer.h.0", corpus=[str(text_corpus)], eval_every=2
+        ),
+        sae=sae.cfg,
+    ).save(tmp_path)
     sae.save(tmp_path / "sae.safetensors")
     r = build_features(tmp_path, FeaturesConfig(**SETTINGS), progress=False)
     assert r["logit_embedding"] == "output embedding (LM head)"

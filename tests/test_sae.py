@@ -128,13 +128,16 @@ def test_b_dec_initialised_from_data():
     assert torch.equal(sae.b_dec.data, torch.tensor([2.0, 4.0]))
 
 
-@pytest.mark.parametrize("bad, field", [
-    ({"arch": "topk", "d_in": 8, "n_latents": 16, "k": 17}, "sae.k"),
-    ({"arch": "topk", "d_in": 8, "n_latents": 0}, "sae.n_latents"),
-    ({"arch": "relu", "d_in": 8, "n_latents": 16, "l1": -1}, "sae.l1"),
-    ({"arch": "relu", "d_in": 8, "n_latents": 16, "k": 3}, "unknown field"),
-    ({"arch": "nope", "d_in": 8, "n_latents": 16}, "sae.arch"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"arch": "topk", "d_in": 8, "n_latents": 16, "k": 17}, "sae.k"),
+        ({"arch": "topk", "d_in": 8, "n_latents": 0}, "sae.n_latents"),
+        ({"arch": "relu", "d_in": 8, "n_latents": 16, "l1": -1}, "sae.l1"),
+        ({"arch": "relu", "d_in": 8, "n_latents": 16, "k": 3}, "unknown field"),
+        ({"arch": "nope", "d_in": 8, "n_latents": 16}, "sae.arch"),
+    ],
+)
 def test_contradictory_sae_configs_are_rejected(bad, field):
     with pytest.raises(ConfigError, match=field):
         sae_config_from_dict(bad)

@@ -53,8 +53,15 @@ CASES = ["typical", "far-from-zero", "bias-dominates", "aligned", "wide", "tiny"
 @pytest.mark.parametrize("case", CASES)
 def test_screened_topk_is_the_exact_topk(case):
     n, d, m, k = 300, 64, 1024, 16
-    kw = {"typical": {}, "far-from-zero": {"offset": 40.0}, "bias-dominates": {"bias": 30.0},
-          "aligned": {}, "wide": {"norms": (1e-3, 1e3)}, "tiny": {}, "huge": {}}[case]
+    kw = {
+        "typical": {},
+        "far-from-zero": {"offset": 40.0},
+        "bias-dominates": {"bias": 30.0},
+        "aligned": {},
+        "wide": {"norms": (1e-3, 1e3)},
+        "tiny": {},
+        "huge": {},
+    }[case]
     x, W_enc, b_enc, b_dec = layer(n, d, m, seed=CASES.index(case), **kw)
     if case == "aligned":  # rows along encoder columns: the tails' Cauchy–Schwarz bound is tight
         x = b_dec + W_enc.T[torch.arange(n) % m] * 3 + 1e-3 * torch.randn(n, d)
@@ -74,7 +81,7 @@ def test_near_ties_beyond_bfloat16_are_resolved_exactly():
     rows[:64] = base + 1e-4 * torch.randn(64, d, generator=g)  # 64 near-copies of one direction
     W_enc = rows.T  # latent-major
     x = base.expand(n, d) * 2 + 0.01 * torch.randn(n, d, generator=g)
-    values, indices = assert_exact_topk(x, W_enc, torch.zeros(m), torch.zeros(d), k)
+    _values, indices = assert_exact_topk(x, W_enc, torch.zeros(m), torch.zeros(d), k)
     assert (indices < 64).all()  # the winners are among the near-copies
 
 
@@ -123,7 +130,7 @@ def test_rows_with_nan_do_not_disturb_the_others():
     values, indices = screened(x, W_enc, b_enc, b_dec, 8)
     assert ((indices >= 0) & (indices < 512)).all()
     keep = torch.arange(40) != 3
-    pre, top = float64_topk(x[keep], W_enc, b_enc, b_dec, 8)
+    _pre, top = float64_topk(x[keep], W_enc, b_enc, b_dec, 8)
     torch.testing.assert_close(values[keep].double().sort(1, descending=True).values, top[:, :8], rtol=1e-5, atol=1e-6)
 
 

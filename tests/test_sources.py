@@ -88,8 +88,9 @@ def test_minilm_output_hook_equals_hidden_states(minilm_dir, texts_file):
 def test_minilm_input_hook_equals_attention_output(minilm_dir, texts_file):
     from transformers import AutoModel, AutoTokenizer
 
-    cfg = ModelSourceConfig(model=str(minilm_dir), hook="encoder.layer.3.intermediate.dense", hook_side="input",
-                            corpus=[str(texts_file)])
+    cfg = ModelSourceConfig(
+        model=str(minilm_dir), hook="encoder.layer.3.intermediate.dense", hook_side="input", corpus=[str(texts_file)]
+    )
     got = collect(ModelSource(cfg).iter_batches())
     tok = AutoTokenizer.from_pretrained(str(minilm_dir))
     model = AutoModel.from_pretrained(str(minilm_dir)).eval()
@@ -171,7 +172,7 @@ def test_unknown_hook_lists_close_matches(tiny_bert_dir, text_corpus):
     src = ModelSource(_model_cfg(tiny_bert_dir, text_corpus, hook="encoder.layer.11"))
     msg = r"unknown hook 'encoder.layer.11' in BertModel; close matches: .*encoder\.layer\.1"
     with pytest.raises(DataError, match=msg):
-        src.d_in
+        _ = src.d_in
     with pytest.raises(DataError, match="close matches"):
         find_module(src.model, "encoder.layr.0.output")
 
@@ -246,7 +247,7 @@ def _write_all_formats(tmp_path, data: np.ndarray) -> dict[str, ArraySourceConfi
     pq.write_table(table, tmp_path / "list.parquet", row_group_size=37)
     cols = pa.table({f"c{j}": data[:, j] for j in range(data.shape[1])})
     pq.write_table(cols, tmp_path / "cols.parquet", row_group_size=50)
-    kw = dict(chunk_rows=16, eval_fraction=0.1)
+    kw = {"chunk_rows": 16, "eval_fraction": 0.1}
     return {
         "npy": ArraySourceConfig(path=str(tmp_path / "a.npy"), **kw),
         "safetensors": ArraySourceConfig(path=str(tmp_path / "a.safetensors"), **kw),
@@ -344,8 +345,16 @@ def test_synthetic_rows_are_codes_times_features():
 
 @pytest.mark.parametrize("correlation", [0.0, 0.5])
 def test_synthetic_active_count_and_correlation(correlation):
-    cfg = SyntheticSourceConfig(n_features=32, dim=8, active=4.0, correlation=correlation, group_size=4,
-                                magnitude="constant", seed=3, chunk_rows=20000)
+    cfg = SyntheticSourceConfig(
+        n_features=32,
+        dim=8,
+        active=4.0,
+        correlation=correlation,
+        group_size=4,
+        magnitude="constant",
+        seed=3,
+        chunk_rows=20000,
+    )
     src = SyntheticSource(cfg)
     codes = collect(src.iter_batches(), limit=40000)["codes"]
     on = (codes != 0).float()
@@ -378,9 +387,17 @@ def test_parse_synthetic_spec():
     cfg = parse_synthetic_spec("features=100, dim=8, active=2.5, magnitude=exponential, correlation=0.2, seed=9")
     assert (cfg.magnitude, cfg.correlation, cfg.seed, cfg.active) == ("exponential", 0.2, 9, 2.5)
     assert parse_synthetic_spec("") == SyntheticSourceConfig()
-    for bad, needle in [("foo=1", "foo"), ("dim=abc", "dim"), ("features=10,active=20", "active"),
-                        ("magnitude=weird", "magnitude"), ("dim", "key=value"), ("seed=1.5", "seed"),
-                        ("dim=4,dim=5", "twice"), ("correlation=2", "correlation"), ("noise=nan", "noise")]:
+    for bad, needle in [
+        ("foo=1", "foo"),
+        ("dim=abc", "dim"),
+        ("features=10,active=20", "active"),
+        ("magnitude=weird", "magnitude"),
+        ("dim", "key=value"),
+        ("seed=1.5", "seed"),
+        ("dim=4,dim=5", "twice"),
+        ("correlation=2", "correlation"),
+        ("noise=nan", "noise"),
+    ]:
         with pytest.raises(ConfigError, match=needle):
             parse_synthetic_spec(bad)
 

@@ -19,9 +19,11 @@ def dense_reference(sae, x, dead_mask, target=None):
     pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc  # (n, m)
     values, indices = pre.topk(cfg.k, dim=-1)  # largest first
     variance = (target - target.mean(0)).pow(2).sum()
-    kept = {"topk": [(values, indices)],
-            "matryoshka": [(values * (indices < size), indices) for size in getattr(cfg, "sizes", [])],
-            "multibudget": [(values[:, :b], indices[:, :b]) for b in getattr(cfg, "budgets", None) or []]}[cfg.arch]
+    kept = {
+        "topk": [(values, indices)],
+        "matryoshka": [(values * (indices < size), indices) for size in getattr(cfg, "sizes", [])],
+        "multibudget": [(values[:, :b], indices[:, :b]) for b in getattr(cfg, "budgets", None) or []],
+    }[cfg.arch]
     losses = []
     for v, i in kept:
         latents = torch.zeros_like(pre).scatter(-1, i, v.relu())  # (n, m)
@@ -51,8 +53,11 @@ def grads(sae, loss):
 NESTED = {"topk": {}, "matryoshka": {"prefixes": [8, 40]}, "multibudget": {"budgets": [1, 3, 5]}}
 
 
-@pytest.mark.parametrize(("dead_fraction", "dense_auxk"), [(0.0, True), (0.3, True), (0.3, False), (1.0, True), (1.0, False)],
-                         ids=["no-auxk", "auxk-dense", "auxk-sparse", "all-dead-dense", "all-dead-sparse"])
+@pytest.mark.parametrize(
+    ("dead_fraction", "dense_auxk"),
+    [(0.0, True), (0.3, True), (0.3, False), (1.0, True), (1.0, False)],
+    ids=["no-auxk", "auxk-dense", "auxk-sparse", "all-dead-dense", "all-dead-sparse"],
+)
 @pytest.mark.parametrize("block_rows", [7, 10_000], ids=["blocks", "one-block"])
 @pytest.mark.parametrize("with_target", [False, True], ids=["sae", "transcoder"])
 @pytest.mark.parametrize("arch", list(NESTED))
@@ -163,7 +168,9 @@ def test_latent_order_is_a_stable_sort_by_latent(n):
     order, rows, offsets = latent_order(flat, m, 5)
     assert torch.equal(order, torch.sort(flat, stable=True).indices)
     assert torch.equal(rows, order // 5)
-    assert torch.equal(offsets, torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(flat, minlength=m).cumsum(0)]))
+    assert torch.equal(
+        offsets, torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(flat, minlength=m).cumsum(0)])
+    )
 
 
 @pytest.mark.parametrize("level", [1.0, 0.1])
@@ -260,10 +267,12 @@ def test_exact_topk_matches_torch_topk():
     g = torch.Generator().manual_seed(0)
     m, k = 768, 8
     assert block_size(m, k) is not None  # the block path runs, not the fallback
-    rows = [torch.randn(64, m, generator=g),  # distinct values: the same index set as torch.topk
-            torch.randint(0, 4, (64, m), generator=g).float(),  # heavy ties: many candidates tie the bound
-            torch.zeros(4, m),  # one value everywhere
-            torch.full((4, m), -torch.inf)]
+    rows = [
+        torch.randn(64, m, generator=g),  # distinct values: the same index set as torch.topk
+        torch.randint(0, 4, (64, m), generator=g).float(),  # heavy ties: many candidates tie the bound
+        torch.zeros(4, m),  # one value everywhere
+        torch.full((4, m), -torch.inf),
+    ]
     peaked = torch.randn(8, m, generator=g)
     peaked[:, 5::96] += 100  # all of a row's top k in one block
     rows.append(peaked)
@@ -303,12 +312,14 @@ def test_compiled_topk_with_bias_matches_torch_topk():
     size = block_size(m, k)
     peaked = torch.randn(8, m, generator=g)
     peaked[:, 5::96] += 100  # all of a row's top k in one block
-    cases = [(torch.randn(64, m, generator=g), torch.randn(m, generator=g)),
-             (torch.randint(0, 4, (64, m), generator=g).float(), torch.randint(0, 2, (m,), generator=g).float()),
-             (torch.zeros(4, m), torch.zeros(m)),  # one value everywhere
-             (torch.full((4, m), -torch.inf), torch.zeros(m)),
-             (peaked, torch.randn(m, generator=g) * 0.01),
-             (torch.randn(16, m, generator=g), torch.randn(m, generator=g) * 50)]  # the bias dominates
+    cases = [
+        (torch.randn(64, m, generator=g), torch.randn(m, generator=g)),
+        (torch.randint(0, 4, (64, m), generator=g).float(), torch.randint(0, 2, (m,), generator=g).float()),
+        (torch.zeros(4, m), torch.zeros(m)),  # one value everywhere
+        (torch.full((4, m), -torch.inf), torch.zeros(m)),
+        (peaked, torch.randn(m, generator=g) * 0.01),
+        (torch.randn(16, m, generator=g), torch.randn(m, generator=g) * 50),
+    ]  # the bias dominates
     for pre, bias in cases:
         values, indices = torch.full((len(pre), k), torch.nan), torch.full((len(pre), k), -1)
         topk_with_bias(pre, bias, k, size, out=(values, indices))
@@ -333,9 +344,9 @@ def test_compiled_topk_rows_do_not_depend_on_which_thread_took_them():
     topk_with_bias(pre, bias, k, size, out=whole)
     for start in range(0, n, CHUNK_ROWS):
         part = torch.empty(min(n - start, CHUNK_ROWS), k), torch.empty(min(n - start, CHUNK_ROWS), k, dtype=torch.long)
-        topk_with_bias(pre[start:start + CHUNK_ROWS].contiguous(), bias, k, size, out=part)
-        assert torch.equal(part[0], whole[0][start:start + CHUNK_ROWS])
-        assert torch.equal(part[1], whole[1][start:start + CHUNK_ROWS])
+        topk_with_bias(pre[start : start + CHUNK_ROWS].contiguous(), bias, k, size, out=part)
+        assert torch.equal(part[0], whole[0][start : start + CHUNK_ROWS])
+        assert torch.equal(part[1], whole[1][start : start + CHUNK_ROWS])
 
 
 @pytest.mark.parametrize("rank_relative", [True, False], ids=["relative", "raw"])
@@ -354,8 +365,10 @@ def test_batchtopk_sparse_step_matches_its_dense_step(monkeypatch, rank_relative
     if rank_relative:  # rows of varied norm (raw ranking would hand them all their candidates)
         x = x * torch.rand(n, 1, dtype=dtype).mul(3).add(0.2)
     dead = torch.rand(m) < 0.3
-    saes = [build_sae(BatchTopKConfig(d_in=d, n_latents=m, k=k, k_aux=6, rank_relative=rank_relative)).to(dtype)
-            for _ in range(2)]
+    saes = [
+        build_sae(BatchTopKConfig(d_in=d, n_latents=m, k=k, k_aux=6, rank_relative=rank_relative)).to(dtype)
+        for _ in range(2)
+    ]
     with torch.no_grad():
         saes[0].b_enc.normal_(0, 0.1)
         saes[1].b_enc.copy_(saes[0].b_enc)

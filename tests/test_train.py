@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -30,8 +31,17 @@ def train(tmp_path, name, source_config, sae_config, stop_at_step=None, resume=F
 def test_topk_recovers_planted_features(tmp_path):
     """512 features in 64 dims, 5 active on average: TopK (k=5) finds ≥ 90% of them at cosine ≥ 0.9."""
     src_cfg = SyntheticSourceConfig(n_features=512, dim=64, active=5, seed=0)
-    sae, source = train(tmp_path, "topk", src_cfg, TopKConfig(d_in=64, n_latents=512, k=5),
-                        tokens=1_000_000, batch_size=256, lr=4e-3, dead_tokens=50_000, buffer_rows=65536)
+    sae, source = train(
+        tmp_path,
+        "topk",
+        src_cfg,
+        TopKConfig(d_in=64, n_latents=512, k=5),
+        tokens=1_000_000,
+        batch_size=256,
+        lr=4e-3,
+        dead_tokens=50_000,
+        buffer_rows=65536,
+    )
     rec = recovery_fraction(sae.W_dec.detach(), source.true_features, threshold=0.9)
     assert rec >= 0.9, rec
     assert mmcs(sae.W_dec.detach(), source.true_features) > 0.95
@@ -39,8 +49,16 @@ def test_topk_recovers_planted_features(tmp_path):
 
 def test_relu_recovers_most_planted_features(tmp_path):
     src_cfg = SyntheticSourceConfig(n_features=512, dim=64, active=5, seed=1)
-    sae, source = train(tmp_path, "relu", src_cfg, ReLUConfig(d_in=64, n_latents=512, l1=RELU_L1),
-                        tokens=1_000_000, batch_size=256, lr=4e-3, buffer_rows=65536)
+    sae, source = train(
+        tmp_path,
+        "relu",
+        src_cfg,
+        ReLUConfig(d_in=64, n_latents=512, l1=RELU_L1),
+        tokens=1_000_000,
+        batch_size=256,
+        lr=4e-3,
+        buffer_rows=65536,
+    )
     rec = recovery_fraction(sae.W_dec.detach(), source.true_features, threshold=0.9)
     assert rec >= 0.6, rec
 
@@ -49,18 +67,30 @@ RELU_L1 = 5.0
 
 
 # -- exact resume ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("sae_config", [TopKConfig(d_in=16, n_latents=64, k=3),
-                                        ReLUConfig(d_in=16, n_latents=64, l1=1.0),
-                                        BatchTopKConfig(d_in=16, n_latents=64, k=3),  # a running-threshold buffer
-                                        JumpReLUConfig(d_in=16, n_latents=64, target_l0=3.0),  # L0 controller
-                                        ReLUConfig(d_in=16, n_latents=64, target_l0=3.0)],
-                         ids=["topk", "relu", "batchtopk", "jumprelu", "relu-target-l0"])
+@pytest.mark.parametrize(
+    "sae_config",
+    [
+        TopKConfig(d_in=16, n_latents=64, k=3),
+        ReLUConfig(d_in=16, n_latents=64, l1=1.0),
+        BatchTopKConfig(d_in=16, n_latents=64, k=3),  # a running-threshold buffer
+        JumpReLUConfig(d_in=16, n_latents=64, target_l0=3.0),  # L0 controller
+        ReLUConfig(d_in=16, n_latents=64, target_l0=3.0),
+    ],
+    ids=["topk", "relu", "batchtopk", "jumprelu", "relu-target-l0"],
+)
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, sae_config):
     src_cfg = SyntheticSourceConfig(n_features=64, dim=16, active=3, seed=2)
     # small buffer so the interruption falls mid-way through a later shuffle fill; dead_tokens small so
     # the dead-latent counters (AuxK) matter and must be restored too
-    kw = dict(tokens=64 * 200, batch_size=64, buffer_rows=64 * 7, checkpoint_every=30, log_every=10,
-              dead_tokens=640, warmup_steps=10)
+    kw = {
+        "tokens": 64 * 200,
+        "batch_size": 64,
+        "buffer_rows": 64 * 7,
+        "checkpoint_every": 30,
+        "log_every": 10,
+        "dead_tokens": 640,
+        "warmup_steps": 10,
+    }
     full, _ = train(tmp_path, "full", src_cfg, sae_config, **kw)
     train(tmp_path, "split", src_cfg, sae_config, stop_at_step=97, **kw)  # last checkpoint at step 90
     with open(tmp_path / "split" / "metrics.jsonl", "a") as f:
@@ -164,8 +194,16 @@ def test_run_folder_contents_and_scale_folding(tmp_path):
     x = (codes @ features * 50.0 + 300.0).astype(np.float32)  # big scale and offset
     np.save(tmp_path / "acts.npy", x)
     src_cfg = ArraySourceConfig(path=str(tmp_path / "acts.npy"))
-    sae, _ = train(tmp_path, "arr", src_cfg, TopKConfig(d_in=8, n_latents=64, k=4), tokens=200_000,
-                   batch_size=256, lr=3e-3, buffer_rows=8192)
+    sae, _ = train(
+        tmp_path,
+        "arr",
+        src_cfg,
+        TopKConfig(d_in=8, n_latents=64, k=4),
+        tokens=200_000,
+        batch_size=256,
+        lr=3e-3,
+        buffer_rows=8192,
+    )
     run = load_run(tmp_path / "arr")
     for name in ("config.json", "sae.safetensors", "metrics.jsonl", "training.png", "checkpoint.safetensors"):
         assert (tmp_path / "arr" / name).is_file(), name
@@ -218,8 +256,10 @@ def test_sharded_stores_split_every_batch_and_read_only_their_rows(tmp_path):
     whole = ActivationStore(source, batch_size=60, buffer_rows=240, seed=1, shards=3)
     reference = [next(whole) for _ in range(20)]  # crosses fills and the 800-row epoch
     # one store per shard, or two shards in one store: together they yield exactly the global batches
-    parts = [ActivationStore(source, batch_size=60, buffer_rows=240, seed=1, shards=3, own=own)
-             for own in (range(1), range(1, 3))]
+    parts = [
+        ActivationStore(source, batch_size=60, buffer_rows=240, seed=1, shards=3, own=own)
+        for own in (range(1), range(1, 3))
+    ]
     for i in range(20):
         assert torch.equal(torch.cat([next(p) for p in parts]), reference[i])
     # shard 0 alone reads only the first third of each 240-row fill
@@ -227,7 +267,7 @@ def test_sharded_stores_split_every_batch_and_read_only_their_rows(tmp_path):
     alone = ActivationStore(source, batch_size=60, buffer_rows=240, seed=1, shards=3, own=range(1))
     rows = torch.cat([next(alone) for _ in range(8)])  # two fills
     assert rows.shape == (8 * 20, 4)
-    assert sorted((rows[:, 0] // 4).long().tolist()) == list(range(0, 80)) + list(range(240, 320))
+    assert sorted((rows[:, 0] // 4).long().tolist()) == list(range(80)) + list(range(240, 320))
     assert all(r.start % 240 < 80 for r in read)
     assert sum(len(r) for r in read) < 2 * 80 + 2 * 37  # at most a chunk past each shard's end
     # one shard is exactly the unsharded store
@@ -268,12 +308,20 @@ def test_learning_rate_schedule():
     factors = [tc.lr_factor(s) for s in range(100)]
     assert factors[0] < factors[5] < factors[9] < 1.0
     assert factors[10:80] == [1.0] * 70
-    assert factors[80] == 1.0 and factors[99] == pytest.approx(0.05) and all(
-        a > b for a, b in zip(factors[80:], factors[81:]))
+    assert (
+        factors[80] == 1.0 and factors[99] == pytest.approx(0.05) and all(a > b for a, b in itertools.pairwise(factors))
+    )
 
 
-@pytest.mark.parametrize("kw, field", [({"batch_size": 0}, "batch_size"), ({"tokens": 100, "batch_size": 200}, "batch_size"),
-                                        ({"warmup_steps": 10_000}, "warmup_steps"), ({"lr": 5.0}, "lr")])
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"tokens": 100, "batch_size": 200}, "batch_size"),
+        ({"warmup_steps": 10_000}, "warmup_steps"),
+        ({"lr": 5.0}, "lr"),
+    ],
+)
 def test_contradictory_train_configs_are_rejected(kw, field):
     with pytest.raises(ConfigError, match=field):
         TrainConfig(**kw)
@@ -292,5 +340,6 @@ def test_cache_key_follows_the_corpus_text_and_the_model_files(tmp_path, tiny_be
     key2 = cache_key(open_source(config))
     (tiny_bert_dir / "config.json").touch()
     import os
+
     os.utime(tiny_bert_dir / "config.json", ns=(1, 1))
     assert cache_key(open_source(config)) != key2  # replaced model files

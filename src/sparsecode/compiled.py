@@ -30,8 +30,9 @@ def _fetch_add(typingctx, counter, value):
 
     def codegen(context, builder, sig, args):
         array = context.make_array(sig.args[0])(context, builder, args[0])
-        pointer = cgutils.get_item_pointer(context, builder, sig.args[0], array, [context.get_constant(types.intp, 0)],
-                                           wraparound=False)
+        pointer = cgutils.get_item_pointer(
+            context, builder, sig.args[0], array, [context.get_constant(types.intp, 0)], wraparound=False
+        )
         return builder.atomic_rmw("add", pointer, args[1], "monotonic")
 
     return signature, codegen

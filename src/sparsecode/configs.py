@@ -19,9 +19,16 @@ def dataclass_from_dict(cls: type[T], d: dict[str, Any], section: str, what: str
     known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
     unknown = sorted(set(d) - set(known))
     if unknown:
-        raise ConfigError(f"{section}: unknown field(s) {', '.join(unknown)}{suffix}; known: {', '.join(sorted(known))}")
-    missing = [f.name for f in fields(cls) if f.name not in d  # type: ignore[arg-type]
-               and f.default is MISSING and f.default_factory is MISSING]
+        raise ConfigError(
+            f"{section}: unknown field(s) {', '.join(unknown)}{suffix}; known: {', '.join(sorted(known))}"
+        )
+    missing = [
+        f.name
+        for f in fields(cls)
+        if f.name not in d  # type: ignore[arg-type]
+        and f.default is MISSING
+        and f.default_factory is MISSING
+    ]
     if missing:
         raise ConfigError(f"{section}: missing required field(s) {', '.join(missing)}{suffix}")
     try:
@@ -40,14 +47,17 @@ def check_field_types(obj: Any, section: str) -> None:
         base = annotation.removesuffix("|None")
         if value is None and optional:
             continue
-        ok = {"int": isinstance(value, int) and not isinstance(value, bool),
-              "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-              "bool": isinstance(value, bool),
-              "str": isinstance(value, str)}.get(base, True)
+        ok = {
+            "int": isinstance(value, int) and not isinstance(value, bool),
+            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+            "bool": isinstance(value, bool),
+            "str": isinstance(value, str),
+        }.get(base, True)
         if not ok:
             expected = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string"}[base]
-            raise ConfigError(f"{section}.{f.name} must be {expected}" + (" or null" if optional else "")
-                              + f", got {value!r}")
+            raise ConfigError(
+                f"{section}.{f.name} must be {expected}" + (" or null" if optional else "") + f", got {value!r}"
+            )
         if base == "float" and isinstance(value, int):
             object.__setattr__(obj, f.name, float(value))
         if base == "int" and abs(value) > 2**62:

@@ -1,11 +1,11 @@
 """A run folder: what was trained on what, and the files every stage reads and writes.
 
-    RUN/config.json        RunConfig: source, sae, train (+ the input scale found at the start)
-    RUN/sae.safetensors    the trained SAE, acting on raw activations (written at the end)
-    RUN/checkpoint.safetensors   resumable training state (weights, optimizer, data position)
-    RUN/metrics.jsonl      one JSON line per logged step
-    RUN/training.png       loss / L0 / FVU curves
-    RUN/eval.json, RUN/density.png, RUN/report.html   written by `sparsecode eval`
+RUN/config.json        RunConfig: source, sae, train (+ the input scale found at the start)
+RUN/sae.safetensors    the trained SAE, acting on raw activations (written at the end)
+RUN/checkpoint.safetensors   resumable training state (weights, optimizer, data position)
+RUN/metrics.jsonl      one JSON line per logged step
+RUN/training.png       loss / L0 / FVU curves
+RUN/eval.json, RUN/density.png, RUN/report.html   written by `sparsecode eval`
 """
 
 from __future__ import annotations
@@ -43,9 +43,15 @@ class RunConfig:
             raise ConfigError(f"sae.d_in ({self.sae.d_in}) does not match the synthetic source's dim ({d_src})")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": "sparsecode-run", "version": 1, "source": self.source.to_dict(),
-                "sae": self.sae.to_dict(), "train": self.train.to_dict(), "input_scale": self.input_scale,
-                **({"target_scale": self.target_scale} if self.target_scale is not None else {})}
+        return {
+            "format": "sparsecode-run",
+            "version": 1,
+            "source": self.source.to_dict(),
+            "sae": self.sae.to_dict(),
+            "train": self.train.to_dict(),
+            "input_scale": self.input_scale,
+            **({"target_scale": self.target_scale} if self.target_scale is not None else {}),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config") -> RunConfig:
@@ -53,9 +59,13 @@ class RunConfig:
             if not isinstance(d.get(key), dict):
                 raise ConfigError(f"{where}: missing or malformed section '{key}' (expected a JSON object)")
         try:
-            return cls(source=source_config_from_dict(d["source"]), sae=sae_config_from_dict(d["sae"]),
-                       train=TrainConfig.from_dict(d["train"]), input_scale=d.get("input_scale"),
-                       target_scale=d.get("target_scale"))
+            return cls(
+                source=source_config_from_dict(d["source"]),
+                sae=sae_config_from_dict(d["sae"]),
+                train=TrainConfig.from_dict(d["train"]),
+                input_scale=d.get("input_scale"),
+                target_scale=d.get("target_scale"),
+            )
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
 
@@ -85,8 +95,11 @@ def load_run(run_dir: str | Path) -> Run:
     if not (run_dir / CONFIG_FILE).is_file():
         raise DataError(f"{run_dir} is not a run folder: {CONFIG_FILE} is missing")
     if not (run_dir / SAE_FILE).is_file():
-        hint = f" (training did not finish; continue it with `sparsecode train --resume --out {run_dir}`)" \
-            if (run_dir / CHECKPOINT_FILE).is_file() else ""
+        hint = (
+            f" (training did not finish; continue it with `sparsecode train --resume --out {run_dir}`)"
+            if (run_dir / CHECKPOINT_FILE).is_file()
+            else ""
+        )
         raise DataError(f"{run_dir / SAE_FILE} is missing{hint}")
     config = RunConfig.load(run_dir)
     sae = load_sae(run_dir / SAE_FILE)

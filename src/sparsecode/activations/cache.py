@@ -117,8 +117,15 @@ class CachedSource:
             shard_rows.append(len(merged["acts"]))
             pending.clear()
 
-        bar = tqdm(total=self.inner.num_rows(split), unit="tok", unit_scale=True, desc=f"activations ({split})",
-                   disable=not self.progress, leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            total=self.inner.num_rows(split),
+            unit="tok",
+            unit_scale=True,
+            desc=f"activations ({split})",
+            disable=not self.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
         try:
             buffered = 0
             for block in self.inner.iter_batches(split, 0):
@@ -130,9 +137,17 @@ class CachedSource:
                     buffered = 0
                 yield block
             flush()
-            write_json(tmp / "manifest.json", {"format": CACHE_FORMAT, "rows": sum(shard_rows), "d_in": self.d_in,
-                                               "shards": shards, "shard_rows": shard_rows,
-                                               "source": self.config.to_dict()})
+            write_json(
+                tmp / "manifest.json",
+                {
+                    "format": CACHE_FORMAT,
+                    "rows": sum(shard_rows),
+                    "d_in": self.d_in,
+                    "shards": shards,
+                    "shard_rows": shard_rows,
+                    "source": self.config.to_dict(),
+                },
+            )
             final = self.root / split
             try:
                 os.replace(tmp, final)

@@ -31,13 +31,24 @@ class ActivationStore:
     input, then its target (split them with ``split_targets``).
     """
 
-    def __init__(self, source: Source, *, batch_size: int, buffer_rows: int, seed: int = 0,
-                 split: str = "train", batches_emitted: int = 0, shards: int = 1, own: range | None = None) -> None:
+    def __init__(
+        self,
+        source: Source,
+        *,
+        batch_size: int,
+        buffer_rows: int,
+        seed: int = 0,
+        split: str = "train",
+        batches_emitted: int = 0,
+        shards: int = 1,
+        own: range | None = None,
+    ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if shards < 1 or batch_size % shards:
-            raise ConfigError(f"the number of data shards ({shards}) must be >= 1 and divide the batch size "
-                              f"({batch_size})")
+            raise ConfigError(
+                f"the number of data shards ({shards}) must be >= 1 and divide the batch size ({batch_size})"
+            )
         self.shards = shards
         self.own = range(shards) if own is None else own
         if len(self.own) == 0 or self.own.step != 1 or self.own.start < 0 or self.own.stop > shards:
@@ -108,11 +119,11 @@ class ActivationStore:
             block = self._leftover if self._leftover is not None else next(self._stream)
             self._leftover = None
             take = min(len(block), rows - filled)
-            self._buffer[filled:filled + take, :self.source.d_in] = block.acts[:take]
+            self._buffer[filled : filled + take, : self.source.d_in] = block.acts[:take]
             if self.d_target:
                 if block.targets is None:
                     raise DataError("the source declares paired targets (d_out) but yielded a block without them")
-                self._buffer[filled:filled + take, self.source.d_in:] = block.targets[:take]
+                self._buffer[filled : filled + take, self.source.d_in :] = block.targets[:take]
             if take < len(block):
                 self._leftover = block.slice(take)
             filled += take

@@ -34,11 +34,17 @@ MAX_TEXT_CHARS = 2000
 
 
 def _templates() -> Environment:
-    env = Environment(loader=PackageLoader("sparsecode.dashboard", "templates"),
-                      autoescape=select_autoescape(["html"], default=True), trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=PackageLoader("sparsecode.dashboard", "templates"),
+        autoescape=select_autoescape(["html"], default=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters["tok"] = lambda t: t.replace("\n", "↵").replace("\t", "⇥") if t else "∅"
     env.filters["pct"] = lambda x: "—" if x is None else f"{100 * x:.3g}%"
-    env.filters["num"] = lambda x, d=3: "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{d}g}"
+    env.filters["num"] = lambda x, d=3: (
+        "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{d}g}"
+    )
     # density bar: log scale from 1e-5 (empty) to 1 (full), since densities span orders of magnitude
     env.filters["logbar"] = lambda d: 0.0 if not d else round(min(max((math.log10(d) + 5) / 5, 0.0), 1.0) * 100, 1)
     env.filters["shade"] = lambda a, top: 0.0 if not a or not top else round(min(max(a / top, 0.0), 1.0), 3)
@@ -81,8 +87,9 @@ def create_app(run_dir: str | Path) -> FastAPI:
     app.state.db = db
 
     def page(name: str, request: Request, status: int = 200, **context: Any) -> HTMLResponse:
-        html = env.get_template(name).render(meta=db.meta, run_name=run_dir.resolve().name, counts=counts,
-                                             path=request.url.path, **context)
+        html = env.get_template(name).render(
+            meta=db.meta, run_name=run_dir.resolve().name, counts=counts, path=request.url.path, **context
+        )
         return HTMLResponse(html, status_code=status)
 
     @app.exception_handler(HTTPException)
@@ -103,15 +110,28 @@ def create_app(run_dir: str | Path) -> FastAPI:
         params = dict(request.query_params)
         query = params.get("q", "")[:100]
         token_query = bool(query.strip()) and not FEATURE_ID.fullmatch(query.strip())
-        sort = _choice(params, "sort", tuple(SORTS) if token_query else tuple(k for k in SORTS if k != "match"),
-                       "match" if token_query else "max_act")
+        sort = _choice(
+            params,
+            "sort",
+            tuple(SORTS) if token_query else tuple(k for k in SORTS if k != "match"),
+            "match" if token_query else "max_act",
+        )
         order = _choice(params, "order", ("asc", "desc"), "desc")
         filt = _choice(params, "filter", FILTERS, "all")
         per_page = _positive(params, "per_page", 100, MAX_PER_PAGE)
         page_no = _positive(params, "page", 1, 10**9)
         total, rows = db.list_features(sort, order, filt, query, (page_no - 1) * per_page, per_page)
-        return {"total": total, "page": page_no, "per_page": per_page, "pages": max(1, math.ceil(total / per_page)),
-                "sort": sort, "order": order, "filter": filt, "q": query, "features": rows}
+        return {
+            "total": total,
+            "page": page_no,
+            "per_page": per_page,
+            "pages": max(1, math.ceil(total / per_page)),
+            "sort": sort,
+            "order": order,
+            "filter": filt,
+            "q": query,
+            "features": rows,
+        }
 
     @app.get("/features.json")
     def features_json(request: Request) -> dict[str, Any]:

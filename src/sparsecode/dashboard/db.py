@@ -33,11 +33,15 @@ class FeatureDB:
         try:
             self.meta = {k: json.loads(v) for k, v in self._con().execute("SELECT key, value FROM meta")}
         except (sqlite3.DatabaseError, json.JSONDecodeError) as e:
-            raise DataError(f"{self.path}: not a readable feature database ({e}); rebuild it with "
-                            f"`sparsecode features {self.path.parent}`") from None
+            raise DataError(
+                f"{self.path}: not a readable feature database ({e}); rebuild it with "
+                f"`sparsecode features {self.path.parent}`"
+            ) from None
         if self.meta.get("format") != FORMAT or self.meta.get("version") != VERSION:
-            raise DataError(f"{self.path}: not a sparsecode feature database of version {VERSION}; rebuild it with "
-                            f"`sparsecode features {self.path.parent}`")
+            raise DataError(
+                f"{self.path}: not a sparsecode feature database of version {VERSION}; rebuild it with "
+                f"`sparsecode features {self.path.parent}`"
+            )
         self.n_latents: int = int(self.meta["n_latents"])
         self.dense_threshold: float = float(self.meta["settings"]["dense_threshold"])
         self._token_text: dict[int, str] | None = None
@@ -56,8 +60,15 @@ class FeatureDB:
         return [self._token_text.get(i, f"<{i}>") for i in ids]
 
     # -- list ----------------------------------------------------------------------------------------
-    def list_features(self, sort: str = "max_act", order: str = "desc", filter: str = "all", query: str = "",
-                      offset: int = 0, limit: int = 100) -> tuple[int, list[dict[str, Any]]]:
+    def list_features(
+        self,
+        sort: str = "max_act",
+        order: str = "desc",
+        filter: str = "all",
+        query: str = "",
+        offset: int = 0,
+        limit: int = 100,
+    ) -> tuple[int, list[dict[str, Any]]]:
         """(total matching, one page of summary rows). ``query``: a feature id, or a token's text (exact,
         case-insensitive, ignoring surrounding spaces) that the feature fires on in its top contexts; rows then
         carry ``match_act``, the feature's largest activation on that token."""
@@ -75,8 +86,10 @@ class FeatureDB:
             where.append("id = ?")
             params.append(int(query))
         elif query:
-            join = ("JOIN (SELECT ft.feature, MAX(ft.activation) AS match_act FROM feature_tokens ft "
-                    "JOIN tokens t ON t.id = ft.token WHERE t.key = ? GROUP BY ft.feature) m ON m.feature = features.id")
+            join = (
+                "JOIN (SELECT ft.feature, MAX(ft.activation) AS match_act FROM feature_tokens ft "
+                "JOIN tokens t ON t.id = ft.token WHERE t.key = ? GROUP BY ft.feature) m ON m.feature = features.id"
+            )
             params.insert(0, query.lower())
             match = ", match_act"
         elif sort == "match":
@@ -87,7 +100,9 @@ class FeatureDB:
         total = con.execute(f"SELECT COUNT(*) FROM features {join} {clause}", params).fetchone()[0]
         rows = con.execute(
             f"SELECT id, fire_count, density, mean_act, max_act, top_tokens{match} FROM features {join} {clause} "
-            f"ORDER BY {SORTS[sort]} {direction}, id ASC LIMIT ? OFFSET ?", [*params, limit, offset]).fetchall()
+            f"ORDER BY {SORTS[sort]} {direction}, id ASC LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        ).fetchall()
         return total, [{**dict(r), "top_tokens": json.loads(r["top_tokens"])} for r in rows]
 
     # -- one feature ---------------------------------------------------------------------------------
@@ -109,8 +124,17 @@ class FeatureDB:
         out["contexts"] = {"top": [], "quantile": []}
         for c in con.execute("SELECT * FROM contexts WHERE feature = ? ORDER BY kind, rank", (fid,)):
             ids = json.loads(c["token_ids"])
-            out["contexts"][c["kind"]].append({
-                "activation": c["activation"], "band": c["band"], "chunk": c["chunk"], "position": c["position"],
-                "center": c["center"], "tokens": [{"id": i, "text": t, "act": a} for i, t, a in
-                                                  zip(ids, self.token_texts(ids), json.loads(c["acts"]))]})
+            out["contexts"][c["kind"]].append(
+                {
+                    "activation": c["activation"],
+                    "band": c["band"],
+                    "chunk": c["chunk"],
+                    "position": c["position"],
+                    "center": c["center"],
+                    "tokens": [
+                        {"id": i, "text": t, "act": a}
+                        for i, t, a in zip(ids, self.token_texts(ids), json.loads(c["acts"]))
+                    ],
+                }
+            )
         return out

@@ -1,4 +1,4 @@
-""""What fires here?": run a pasted text through the run's model and SAE (the only part of the dashboard that
+""" "What fires here?": run a pasted text through the run's model and SAE (the only part of the dashboard that
 imports torch, on first use; loaded once and shared between requests)."""
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ class FiresModel:
                 except ImportError as e:
                     self._error = f"the model is not available: {e.name or e} is not installed"
                 except Exception as e:  # noqa: BLE001 -- a missing or broken model: say so on the page, keep browsing
-                    self._error = f"the model is not available: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                    self._error = (
+                        f"the model is not available: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                    )
             return self._loaded
 
     def run(self, text: str) -> dict[str, Any]:
@@ -64,10 +66,25 @@ class FiresModel:
         tokens = []
         for i, tid in enumerate(body):
             values, latent_ids = latents[i].topk(min(TOP_PER_TOKEN, latents.shape[1]))
-            tokens.append({"id": tid, "text": texts[tid], "features": [
-                {"id": int(f), "act": round(float(v), 4)} for v, f in zip(values, latent_ids) if v > 0]})
+            tokens.append(
+                {
+                    "id": tid,
+                    "text": texts[tid],
+                    "features": [
+                        {"id": int(f), "act": round(float(v), 4)} for v, f in zip(values, latent_ids) if v > 0
+                    ],
+                }
+            )
         total = latents.sum(0)  # (n_latents,)
         values, latent_ids = total.topk(min(TOP_OVERALL, total.shape[0]))
-        top = [{"id": int(f), "total": round(float(v), 4), "tokens": int((latents[:, f] > 0).sum()),
-                "acts": [round(a, 4) for a in latents[:, f].tolist()]} for v, f in zip(values, latent_ids) if v > 0]
+        top = [
+            {
+                "id": int(f),
+                "total": round(float(v), 4),
+                "tokens": int((latents[:, f] > 0).sum()),
+                "acts": [round(a, 4) for a in latents[:, f].tolist()],
+            }
+            for v, f in zip(values, latent_ids)
+            if v > 0
+        ]
         return {"tokens": tokens, "top_features": top, "error": None, "truncated": len(body) < len(all_ids)}

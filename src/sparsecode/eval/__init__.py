@@ -9,14 +9,14 @@ from .report import evaluate_run, format_report
 from .splice import spliced_fidelity
 
 __all__ = [
-           "ReconstructionStats",
-           "evaluate_reconstruction",
-           "evaluate_run",
-           "format_report",
-           "max_cosines",
-           "mmcs",
-           "plot_density_histogram",
-           "random_mmcs_baseline",
-           "recovery_fraction",
-           "spliced_fidelity",
+    "ReconstructionStats",
+    "evaluate_reconstruction",
+    "evaluate_run",
+    "format_report",
+    "max_cosines",
+    "mmcs",
+    "plot_density_histogram",
+    "random_mmcs_baseline",
+    "recovery_fraction",
+    "spliced_fidelity",
 ]

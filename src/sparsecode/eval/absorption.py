@@ -54,9 +54,18 @@ def lda_directions(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, ridge: flo
     return d / d.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def feature_absorption(residual: torch.Tensor, latents: torch.Tensor, w_dec: torch.Tensor, letter: torch.Tensor,
-                       doc_ids: torch.Tensor, min_tokens: int = 10, max_main: int = 8, split_threshold: float = 0.03,
-                       cos_threshold: float = 0.025, min_share: float = 0.5) -> dict[str, Any]:
+def feature_absorption(
+    residual: torch.Tensor,
+    latents: torch.Tensor,
+    w_dec: torch.Tensor,
+    letter: torch.Tensor,
+    doc_ids: torch.Tensor,
+    min_tokens: int = 10,
+    max_main: int = 8,
+    split_threshold: float = 0.03,
+    cos_threshold: float = 0.025,
+    min_share: float = 0.5,
+) -> dict[str, Any]:
     """Absorption of first-letter concepts (see the module docstring for the exact definition).
 
     ``residual`` (n, d) hooked activations, ``latents`` (n, m) SAE activations, ``w_dec`` (m, d)
@@ -68,11 +77,23 @@ def feature_absorption(residual: torch.Tensor, latents: torch.Tensor, w_dec: tor
     words = letter >= 0  # only word-start alphabetic tokens take part: drop the others up front
     residual, latents, letter, train = residual[words], latents[words], letter[words], train[words]
     words = words[words]
-    present = [i for i in range(len(LETTERS)) if min(int(((letter == i) & train).sum()), int(((letter == i) & ~train).sum()),
-                                                     int(((letter != i) & words & train).sum())) >= min_tokens]
-    result: dict[str, Any] = {"cos_threshold": cos_threshold, "split_threshold": split_threshold,
-                              "min_share": min_share, "letters": {},
-                              "skipped": [LETTERS[i] for i in range(len(LETTERS)) if i not in present]}
+    present = [
+        i
+        for i in range(len(LETTERS))
+        if min(
+            int(((letter == i) & train).sum()),
+            int(((letter == i) & ~train).sum()),
+            int(((letter != i) & words & train).sum()),
+        )
+        >= min_tokens
+    ]
+    result: dict[str, Any] = {
+        "cos_threshold": cos_threshold,
+        "split_threshold": split_threshold,
+        "min_share": min_share,
+        "letters": {},
+        "skipped": [LETTERS[i] for i in range(len(LETTERS)) if i not in present],
+    }
     if not present:
         result.update(absorption_rate=None, main_miss_rate=None)
         return result
@@ -95,8 +116,9 @@ def feature_absorption(residual: torch.Tensor, latents: torch.Tensor, w_dec: tor
     f1 = torch.stack(f1, dim=1)  # (C, max_main+1)
     gain = f1[:, 1:] - f1[:, :-1]  # (C, max_main)
     small = gain < split_threshold
-    n_main = torch.where(small.any(1), small.to(torch.int64).argmax(1) + 1, torch.full_like(small[:, 0], max_main,
-                                                                                             dtype=torch.int64))
+    n_main = torch.where(
+        small.any(1), small.to(torch.int64).argmax(1) + 1, torch.full_like(small[:, 0], max_main, dtype=torch.int64)
+    )
 
     # 3. absorbed tokens among probe-correct held-out tokens
     dec = w_dec.detach().to(torch.float64)
@@ -119,8 +141,11 @@ def feature_absorption(residual: torch.Tensor, latents: torch.Tensor, w_dec: tor
         rates.append(float(absorbed.sum()) / n)
         misses.append(float((~main_fires).sum()) / n)
         result["letters"][LETTERS[i]] = {
-            "absorption_rate": rates[-1], "main_miss_rate": misses[-1], "probe_correct_tokens": int(rows.numel()),
-            "main_latents": main.tolist(), "main_f1": float(f1[c, int(n_main[c]) - 1]),
+            "absorption_rate": rates[-1],
+            "main_miss_rate": misses[-1],
+            "probe_correct_tokens": int(rows.numel()),
+            "main_latents": main.tolist(),
+            "main_f1": float(f1[c, int(n_main[c]) - 1]),
         }
     result["absorption_rate"] = sum(rates) / len(rates)
     result["main_miss_rate"] = sum(misses) / len(misses)

@@ -13,8 +13,14 @@ from .metrics import ReconstructionStats, _take_rows
 
 
 @torch.inference_mode()
-def evaluate_budgets(sae: nn.Module, budgets: list[int], batches: Iterable[Any], max_rows: int | None = None,
-                     device: str | torch.device = "cpu", progress: bool = True) -> list[dict[str, Any]]:
+def evaluate_budgets(
+    sae: nn.Module,
+    budgets: list[int],
+    batches: Iterable[Any],
+    max_rows: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
     """FVU, L0, dead fraction, ... (as :func:`evaluate_reconstruction`) of ``sae.encode_at(x, k)`` for each k in
     ``budgets``; one dict per budget, with its ``k``."""
     sae = sae.to(device)

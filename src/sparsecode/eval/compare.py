@@ -13,14 +13,25 @@ from ..layout import EVAL_FILE
 from .html import STYLE, esc, img, table
 from .plots import new_figure, png_bytes, save_png
 
-FIDELITY_KEYS = (("loss_recovered_zero_ablation", "loss recovered (vs zero-ablation)"),
-                 ("embedding_cosine", "spliced embedding cosine"),
-                 ("mmcs", "MMCS (ground truth)"))
+FIDELITY_KEYS = (
+    ("loss_recovered_zero_ablation", "loss recovered (vs zero-ablation)"),
+    ("embedding_cosine", "spliced embedding cosine"),
+    ("mmcs", "MMCS (ground truth)"),
+)
 """The first key present in every run is the fidelity axis: causal LMs, encoders, synthetic data."""
 
-COLUMNS = (("arch", "arch"), ("n_latents", "latents"), ("l0", "L0"), ("fvu", "FVU"), ("cosine", "cosine"),
-           ("dead_fraction", "dead"), ("embedding_cosine", "emb. cosine"), ("ce_increase", "CE increase"),
-           ("kl_spliced", "KL"), ("mmcs", "MMCS"))
+COLUMNS = (
+    ("arch", "arch"),
+    ("n_latents", "latents"),
+    ("l0", "L0"),
+    ("fvu", "FVU"),
+    ("cosine", "cosine"),
+    ("dead_fraction", "dead"),
+    ("embedding_cosine", "emb. cosine"),
+    ("ce_increase", "CE increase"),
+    ("kl_spliced", "KL"),
+    ("mmcs", "MMCS"),
+)
 
 
 def load_evals(runs: list[str | Path]) -> list[dict[str, Any]]:
@@ -115,8 +126,11 @@ def compare_runs(runs: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
     front = pareto_front(l0, fvu)
     rows = [{"run": r["run"], **{k: r.get(k) for k, _ in COLUMNS}, "pareto": bool(f)} for r, f in zip(evals, front)]
     pareto_png, fidelity_png = pareto_figure(evals), fidelity_figure(evals)
-    files = {"compare_json": str(out_dir / "compare.json"), "pareto_png": str(out_dir / "pareto.png"),
-             "compare_html": str(out_dir / "compare.html")}
+    files = {
+        "compare_json": str(out_dir / "compare.json"),
+        "pareto_png": str(out_dir / "pareto.png"),
+        "compare_html": str(out_dir / "compare.html"),
+    }
     if fidelity_png is not None:
         files["fidelity_png"] = str(out_dir / "fidelity.png")
     result = {"runs": rows, "fidelity_key": (fidelity_key(evals) or (None,))[0], "files": files}
@@ -127,9 +141,11 @@ def compare_runs(runs: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
     cols = [k for k, _ in COLUMNS if any(row[k] is not None for row in rows)]
     heads = ["run"] + [dict(COLUMNS)[k] for k in cols] + ["Pareto"]
     body = table(heads, [[row["run"]] + [row[k] for k in cols] + ["yes" if row["pareto"] else ""] for row in rows])
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>sparsecode compare</title><style>{STYLE}</style>"
-            f"</head><body><h1>{esc(len(rows))} runs compared</h1>{body}{img(pareto_png, 'FVU vs L0')}"
-            f"{img(fidelity_png, 'fidelity vs L0')}</body></html>\n")
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>sparsecode compare</title><style>{STYLE}</style>"
+        f"</head><body><h1>{esc(len(rows))} runs compared</h1>{body}{img(pareto_png, 'FVU vs L0')}"
+        f"{img(fidelity_png, 'fidelity vs L0')}</body></html>\n"
+    )
     atomic_write(Path(files["compare_html"]), lambda p: p.write_text(page, encoding="utf-8"))
     return result
 
@@ -147,7 +163,8 @@ def format_compare(result: dict[str, Any]) -> str:
 
     lines = [f"{'run':<{width}}  " + "  ".join(f"{label:>11}" for _, label in cols) + "  Pareto"]
     for r in rows:
-        lines.append(f"{r['run']:<{width}}  " + "  ".join(f"{cell(r[k]):>11}" for k, _ in cols)
-                     + ("  *" if r["pareto"] else ""))
+        lines.append(
+            f"{r['run']:<{width}}  " + "  ".join(f"{cell(r[k]):>11}" for k, _ in cols) + ("  *" if r["pareto"] else "")
+        )
     lines.append("wrote " + ", ".join(result["files"].values()))
     return "\n".join(lines)

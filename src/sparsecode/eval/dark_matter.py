@@ -24,8 +24,13 @@ def _ridge(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor
     return a, my - mx @ a
 
 
-def dark_matter(x: torch.Tensor, x_hat: torch.Tensor, n_fit: int | None = None, ridge: float = 1e-4,
-                target: torch.Tensor | None = None) -> dict[str, float]:
+def dark_matter(
+    x: torch.Tensor,
+    x_hat: torch.Tensor,
+    n_fit: int | None = None,
+    ridge: float = 1e-4,
+    target: torch.Tensor | None = None,
+) -> dict[str, float]:
     """Fit linear maps from the input to the SAE error on the first ``n_fit`` rows (default: half) and
     score them on the remaining (held-out) rows.
 
@@ -45,13 +50,17 @@ def dark_matter(x: torch.Tensor, x_hat: torch.Tensor, n_fit: int | None = None, 
     """
     y = x if target is None else target
     if x.ndim != 2 or y.shape[0] != x.shape[0] or x_hat.shape != y.shape:
-        raise DataError(f"dark matter: input {tuple(x.shape)}, target {tuple(y.shape)} and reconstruction "
-                        f"{tuple(x_hat.shape)} do not line up")
+        raise DataError(
+            f"dark matter: input {tuple(x.shape)}, target {tuple(y.shape)} and reconstruction "
+            f"{tuple(x_hat.shape)} do not line up"
+        )
     n = x.shape[0]
     n_fit = n // 2 if n_fit is None else n_fit
     if n_fit < x.shape[1] + 2 or n - n_fit < 2:
-        raise DataError(f"dark matter needs more rows than dimensions to fit a linear map: {n} rows for width "
-                        f"{x.shape[1]}; evaluate more rows")
+        raise DataError(
+            f"dark matter needs more rows than dimensions to fit a linear map: {n} rows for width "
+            f"{x.shape[1]}; evaluate more rows"
+        )
     x = x.detach().to("cpu", torch.float64)
     y = y.detach().to("cpu", torch.float64)
     e = y - x_hat.detach().to("cpu", torch.float64)  # (n, d_out)

@@ -44,7 +44,9 @@ def mmcs(learned: torch.Tensor, true: torch.Tensor, chunk_size: int = 1024) -> f
     return float(max_cosines(learned, true, chunk_size).mean())
 
 
-def recovery_fraction(learned: torch.Tensor, true: torch.Tensor, threshold: float = 0.9, chunk_size: int = 1024) -> float:
+def recovery_fraction(
+    learned: torch.Tensor, true: torch.Tensor, threshold: float = 0.9, chunk_size: int = 1024
+) -> float:
     """Fraction of true features recovered: (1/F) #{i : max_j cos(true_i, learned_j) ≥ threshold}."""
     return float((max_cosines(learned, true, chunk_size) >= threshold).to(torch.float64).mean())
 
@@ -73,7 +75,9 @@ def random_mmcs_baseline(d: int, m: int, grid: int = 200_001) -> float:
     return 1.0 - integral
 
 
-def match_features(learned: torch.Tensor, true: torch.Tensor, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def match_features(
+    learned: torch.Tensor, true: torch.Tensor, chunk_size: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For each true feature i, the learned row j* = argmax_j cos(true_i, learned_j) and that cosine.
 
     ``learned`` (m, d), ``true`` (F, d). Returns (indices (F,) int64, cosines (F,) float64). The matching
@@ -109,7 +113,9 @@ class FeatureF1:
     def update(self, codes: torch.Tensor, latents: torch.Tensor) -> None:
         """Add rows: ``codes`` (n, F) true activations, ``latents`` (n, m) the SAE's activations."""
         if codes.ndim != 2 or codes.shape[1] != self.match.shape[0] or codes.shape[0] != latents.shape[0]:
-            raise DataError(f"true codes have shape {tuple(codes.shape)}; expected ({latents.shape[0]}, {self.match.shape[0]})")
+            raise DataError(
+                f"true codes have shape {tuple(codes.shape)}; expected ({latents.shape[0]}, {self.match.shape[0]})"
+            )
         actual = codes.detach().cpu() > 0  # (n, F)
         predicted = latents.detach().cpu()[:, self.match] > 0  # (n, F)
         self.tp += (actual & predicted).sum(0)
@@ -119,8 +125,11 @@ class FeatureF1:
     def per_feature(self) -> dict[str, torch.Tensor]:
         """(F,) float64 precision, recall and F1 of every true feature."""
         tp, fp, fn = (t.to(torch.float64) for t in (self.tp, self.fp, self.fn))
-        return {"precision": tp / (tp + fp).clamp_min(1), "recall": tp / (tp + fn).clamp_min(1),
-                "f1": 2 * tp / (2 * tp + fp + fn).clamp_min(1)}
+        return {
+            "precision": tp / (tp + fp).clamp_min(1),
+            "recall": tp / (tp + fn).clamp_min(1),
+            "f1": 2 * tp / (2 * tp + fp + fn).clamp_min(1),
+        }
 
     def result(self) -> dict[str, float]:
         """Means over true features that were active at least once: ``precision``, ``recall``, ``f1``."""

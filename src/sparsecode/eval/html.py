@@ -40,8 +40,9 @@ def fmt(x: Any, spec: str = ".4f") -> str:
 def table(headers: list[str], rows: list[list[Any]]) -> str:
     """An HTML table; cells that are already strings are escaped, numbers formatted with :func:`fmt`."""
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c) if isinstance(c, str) else fmt(c)}</td>" for c in row) + "</tr>"
-                   for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{esc(c) if isinstance(c, str) else fmt(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -56,45 +57,74 @@ def _kv(r: dict[str, Any], keys: list[tuple[str, str]]) -> str:
 
 
 def _core(r: dict[str, Any], figures: dict[str, bytes]) -> str:
-    rows = [["FVU (fraction of variance unexplained)", r.get("fvu")], ["explained variance", r.get("explained_variance")],
-            ["MSE", r.get("mse")], ["cosine(x, x̂)", r.get("cosine")], ["‖x̂‖ / ‖x‖", r.get("l2_ratio")],
-            ["L0 (mean active latents)", r.get("l0")], ["L0 standard deviation", r.get("l0_std")],
-            ["dead latents", f"{r.get('n_dead')} ({100 * (r.get('dead_fraction') or 0):.2f}%)"],
-            [f"dense latents (density > {r.get('dense_threshold')})",
-             f"{r.get('n_dense')} ({100 * (r.get('dense_fraction') or 0):.2f}%)"]]
+    rows = [
+        ["FVU (fraction of variance unexplained)", r.get("fvu")],
+        ["explained variance", r.get("explained_variance")],
+        ["MSE", r.get("mse")],
+        ["cosine(x, x̂)", r.get("cosine")],
+        ["‖x̂‖ / ‖x‖", r.get("l2_ratio")],
+        ["L0 (mean active latents)", r.get("l0")],
+        ["L0 standard deviation", r.get("l0_std")],
+        ["dead latents", f"{r.get('n_dead')} ({100 * (r.get('dead_fraction') or 0):.2f}%)"],
+        [
+            f"dense latents (density > {r.get('dense_threshold')})",
+            f"{r.get('n_dense')} ({100 * (r.get('dense_fraction') or 0):.2f}%)",
+        ],
+    ]
     out = "<h2>Reconstruction and sparsity</h2>" + table(["metric", "value"], rows)
     return out + img(figures.get("density"), "latent density") + img(figures.get("l0"), "L0 distribution")
 
 
 def _fidelity(r: dict[str, Any]) -> str:
     if "ce_clean" in r:
-        keys = [("ce_clean", "next-token CE, clean"), ("ce_spliced", "CE with the SAE spliced in"),
-                ("ce_increase", "CE increase"), ("ce_zero_ablation", "CE, zero-ablation"),
-                ("ce_mean_ablation", "CE, mean-ablation"), ("kl_spliced", "KL(clean ‖ spliced), nats/token"),
-                ("kl_zero_ablation", "KL(clean ‖ zero-ablation)"), ("kl_mean_ablation", "KL(clean ‖ mean-ablation)"),
-                ("loss_recovered_zero_ablation", "loss recovered vs zero-ablation"),
-                ("loss_recovered_mean_ablation", "loss recovered vs mean-ablation"), ("splice_chunks", "chunks"),
-                ("splice_tokens", "tokens")]
+        keys = [
+            ("ce_clean", "next-token CE, clean"),
+            ("ce_spliced", "CE with the SAE spliced in"),
+            ("ce_increase", "CE increase"),
+            ("ce_zero_ablation", "CE, zero-ablation"),
+            ("ce_mean_ablation", "CE, mean-ablation"),
+            ("kl_spliced", "KL(clean ‖ spliced), nats/token"),
+            ("kl_zero_ablation", "KL(clean ‖ zero-ablation)"),
+            ("kl_mean_ablation", "KL(clean ‖ mean-ablation)"),
+            ("loss_recovered_zero_ablation", "loss recovered vs zero-ablation"),
+            ("loss_recovered_mean_ablation", "loss recovered vs mean-ablation"),
+            ("splice_chunks", "chunks"),
+            ("splice_tokens", "tokens"),
+        ]
     elif "embedding_cosine" in r:
-        keys = [("embedding_cosine", "sentence-embedding cosine, SAE spliced in"),
-                ("embedding_cosine_zero_ablation", "…, zero-ablation"), ("embedding_cosine_mean_ablation", "…, mean-ablation"),
-                ("splice_chunks", "chunks"), ("splice_tokens", "tokens")]
+        keys = [
+            ("embedding_cosine", "sentence-embedding cosine, SAE spliced in"),
+            ("embedding_cosine_zero_ablation", "…, zero-ablation"),
+            ("embedding_cosine_mean_ablation", "…, mean-ablation"),
+            ("splice_chunks", "chunks"),
+            ("splice_tokens", "tokens"),
+        ]
     else:
         return ""
-    return "<h2>Spliced fidelity</h2><p class=note>The model run with the hooked activations replaced by " \
-           "their reconstructions, against the clean run.</p>" + _kv(r, keys)
+    return (
+        "<h2>Spliced fidelity</h2><p class=note>The model run with the hooked activations replaced by "
+        "their reconstructions, against the clean run.</p>" + _kv(r, keys)
+    )
 
 
 def _ground_truth(r: dict[str, Any], figures: dict[str, bytes]) -> str:
     gt = r.get("ground_truth")
     if not gt:
         return ""
-    keys = [("mmcs", "MMCS (mean max cosine)"), ("random_mmcs_baseline", "MMCS of a random dictionary (expected)"),
-            ("recovery_fraction_0.9", "recovered features (cos ≥ 0.9)"), ("precision", "feature precision"),
-            ("recall", "feature recall"), ("f1", "feature F1"), ("features_seen", "true features active in eval"),
-            ("n_true_features", "true features")]
-    note = "<p class=note>Each true feature is matched to the latent whose decoder row has the highest cosine " \
-           "with it; precision / recall compare 'matched latent > 0' with 'feature active'.</p>"
+    keys = [
+        ("mmcs", "MMCS (mean max cosine)"),
+        ("random_mmcs_baseline", "MMCS of a random dictionary (expected)"),
+        ("recovery_fraction_0.9", "recovered features (cos ≥ 0.9)"),
+        ("precision", "feature precision"),
+        ("recall", "feature recall"),
+        ("f1", "feature F1"),
+        ("features_seen", "true features active in eval"),
+        ("n_true_features", "true features"),
+    ]
+    note = (
+        "<p class=note>Each true feature is matched to the latent whose decoder row has the highest cosine "
+        "with it; precision / recall compare 'matched latent > 0' with 'feature active'.</p>"
+    )
     return "<h2>Ground truth</h2>" + note + _kv(gt, keys) + img(figures.get("max_cos"), "max cosine histogram")
 
 
@@ -104,14 +134,19 @@ def _dark_matter(r: dict[str, Any]) -> str:
         return ""
     if "skipped" in dm:
         return f"<h2>Dark matter</h2><p class=note>skipped: {esc(dm['skipped'])}</p>"
-    keys = [("error_linear_r2", "share of error variance linearly predictable from x (held-out R²)"),
-            ("error_norm_r2", "R² of predicting ‖error‖ linearly from x"),
-            ("linear_error_fvu", "linear error (fraction of input variance)"),
-            ("nonlinear_error_fvu", "nonlinear error (fraction of input variance)"),
-            ("total_error_fvu", "total error (fraction of input variance)"), ("n_fit", "rows fitted"),
-            ("n_heldout", "rows scored")]
-    return "<h2>Dark matter</h2><p class=note>A ridge regression from the input to the SAE error, fitted on " \
-           "train-split rows and scored on the held-out rows (Engels et al. 2024).</p>" + _kv(dm, keys)
+    keys = [
+        ("error_linear_r2", "share of error variance linearly predictable from x (held-out R²)"),
+        ("error_norm_r2", "R² of predicting ‖error‖ linearly from x"),
+        ("linear_error_fvu", "linear error (fraction of input variance)"),
+        ("nonlinear_error_fvu", "nonlinear error (fraction of input variance)"),
+        ("total_error_fvu", "total error (fraction of input variance)"),
+        ("n_fit", "rows fitted"),
+        ("n_heldout", "rows scored"),
+    ]
+    return (
+        "<h2>Dark matter</h2><p class=note>A ridge regression from the input to the SAE error, fitted on "
+        "train-split rows and scored on the held-out rows (Engels et al. 2024).</p>" + _kv(dm, keys)
+    )
 
 
 def _probing(r: dict[str, Any], figures: dict[str, bytes]) -> str:
@@ -119,9 +154,13 @@ def _probing(r: dict[str, Any], figures: dict[str, bytes]) -> str:
     if not pr:
         return ""
     ks = pr["ks"]
-    out = [("<h2>Sparse probing</h2><p class=note>Token concepts derived from the token strings; k-sparse "
+    out = [
+        (
+            "<h2>Sparse probing</h2><p class=note>Token concepts derived from the token strings; k-sparse "
             "logistic probes on the top-k coordinates by class-mean difference; balanced held-out tokens "
-            f"(chance = 0.5); {pr['n_tokens']} tokens, train/test split by text chunk.</p>")]
+            f"(chance = 0.5); {pr['n_tokens']} tokens, train/test split by text chunk.</p>"
+        )
+    ]
     rows = []
     for rep, scores in pr["mean"].items():
         rows.append([f"{rep} F1"] + scores["f1"])
@@ -129,13 +168,20 @@ def _probing(r: dict[str, Any], figures: dict[str, bytes]) -> str:
     out.append(table(["mean over concepts"] + [f"k={k}" for k in ks], rows))
     out.append(img(figures.get("probing"), "sparse probing"))
     reps = pr["representations"]
-    rows = [[name] + [c[rep]["f1"][i] for rep in reps for i in (0, -1)] + [", ".join(map(str, c.get("sae_top_latents", [])))]
-            for name, c in pr["concepts"].items()]
+    rows = [
+        [name]
+        + [c[rep]["f1"][i] for rep in reps for i in (0, -1)]
+        + [", ".join(map(str, c.get("sae_top_latents", [])))]
+        for name, c in pr["concepts"].items()
+    ]
     heads = ["concept"] + [f"{rep} F1 k={k}" for rep in reps for k in (ks[0], ks[-1])] + ["best SAE latents"]
     out.append(table(heads, rows))
     if pr["skipped"]:
-        out.append("<p class=note>skipped (too few positive tokens): " +
-                   "; ".join(f"{esc(n)}: {esc(why)}" for n, why in pr["skipped"].items()) + "</p>")
+        out.append(
+            "<p class=note>skipped (too few positive tokens): "
+            + "; ".join(f"{esc(n)}: {esc(why)}" for n, why in pr["skipped"].items())
+            + "</p>"
+        )
     return "".join(out)
 
 
@@ -143,14 +189,27 @@ def _absorption(r: dict[str, Any], figures: dict[str, bytes]) -> str:
     ab = r.get("absorption")
     if not ab:
         return ""
-    out = [(f"<h2>First-letter feature absorption</h2><p>mean absorption rate: <b>{fmt(ab.get('absorption_rate'))}</b>"
+    out = [
+        (
+            f"<h2>First-letter feature absorption</h2><p>mean absorption rate: <b>{fmt(ab.get('absorption_rate'))}</b>"
             f" &nbsp; mean main-latent miss rate: {fmt(ab.get('main_miss_rate'))}</p>"
             "<p class=note>Held-out word-start tokens a linear probe assigns to the right first letter; "
             "'absorbed' = the letter's main latents are silent and another latent aligned with the probe "
-            f"(cos ≥ {fmt(ab['cos_threshold'], 'g')}) carries at least {fmt(ab['min_share'], 'g')} of the letter signal.</p>")]
+            f"(cos ≥ {fmt(ab['cos_threshold'], 'g')}) carries at least {fmt(ab['min_share'], 'g')} of the letter signal.</p>"
+        )
+    ]
     out.append(img(figures.get("absorption"), "absorption"))
-    rows = [[c, v["absorption_rate"], v["main_miss_rate"], v["probe_correct_tokens"], v["main_f1"],
-             ", ".join(map(str, v["main_latents"]))] for c, v in ab["letters"].items()]
+    rows = [
+        [
+            c,
+            v["absorption_rate"],
+            v["main_miss_rate"],
+            v["probe_correct_tokens"],
+            v["main_f1"],
+            ", ".join(map(str, v["main_latents"])),
+        ]
+        for c, v in ab["letters"].items()
+    ]
     out.append(table(["letter", "absorbed", "main silent", "tokens", "main-latent F1", "main latents"], rows))
     if ab.get("skipped"):
         out.append(f"<p class=note>letters with too few tokens: {esc(' '.join(ab['skipped']))}</p>")
@@ -163,25 +222,42 @@ def _neurons(r: dict[str, Any], figures: dict[str, bytes]) -> str:
         return ""
     if "skipped" in ne:
         return f"<h2>Neuron sparsity</h2><p class=note>skipped: {esc(ne['skipped'])}</p>"
-    rows = [[lay["module"], lay["n_neurons"], lay["fraction_active"], lay["never_active_fraction"]] for lay in ne["layers"]]
-    return (f"<h2>MLP neuron sparsity</h2><p class=note>{esc(ne['activation'])} activations; on = value > "
-            f"{fmt(ne['threshold'], 'g')}; {ne['tokens']} tokens.</p>"
-            + table(["module", "neurons", "fraction on", "never on"], rows) + img(figures.get("neurons"), "neurons"))
+    rows = [
+        [lay["module"], lay["n_neurons"], lay["fraction_active"], lay["never_active_fraction"]] for lay in ne["layers"]
+    ]
+    return (
+        f"<h2>MLP neuron sparsity</h2><p class=note>{esc(ne['activation'])} activations; on = value > "
+        f"{fmt(ne['threshold'], 'g')}; {ne['tokens']} tokens.</p>"
+        + table(["module", "neurons", "fraction on", "never on"], rows)
+        + img(figures.get("neurons"), "neurons")
+    )
 
 
 def render_report(result: dict[str, Any], figures: dict[str, bytes]) -> str:
     """The full report page for one :func:`evaluate_run` result and its PNG figures by name."""
     r = result
     title = f"sparsecode eval: {r.get('run', '')}"
-    head = (f"<h1>{esc(title)}</h1><p>{esc(r.get('arch'))} SAE, d_in={esc(r.get('d_in'))}, "
-            f"{esc(r.get('n_latents'))} latents, {esc(r.get('n_rows'))} held-out rows"
-            f"{' (quick: core metrics only)' if r.get('quick') else ''}.</p>")
+    head = (
+        f"<h1>{esc(title)}</h1><p>{esc(r.get('arch'))} SAE, d_in={esc(r.get('d_in'))}, "
+        f"{esc(r.get('n_latents'))} latents, {esc(r.get('n_rows'))} held-out rows"
+        f"{' (quick: core metrics only)' if r.get('quick') else ''}.</p>"
+    )
     timings = r.get("timings") or {}
     if timings:
         head += "<p class=note>seconds: " + esc(", ".join(f"{k} {v:.1f}" for k, v in timings.items())) + "</p>"
-    parts = [head, _core(r, figures), _fidelity(r), _ground_truth(r, figures), _dark_matter(r),
-             _probing(r, figures), _absorption(r, figures), _neurons(r, figures)]
+    parts = [
+        head,
+        _core(r, figures),
+        _fidelity(r),
+        _ground_truth(r, figures),
+        _dark_matter(r),
+        _probing(r, figures),
+        _absorption(r, figures),
+        _neurons(r, figures),
+    ]
     raw = json.dumps(r, indent=1)
     parts.append(f"<h2>eval.json</h2><details><summary>all numbers</summary><pre>{esc(raw)}</pre></details>")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
-            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
+        f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n"
+    )

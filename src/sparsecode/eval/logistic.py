@@ -48,8 +48,9 @@ def weighted_moments(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, to
     return mean, torch.where(std > 1e-9, std, torch.ones_like(std))
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, l2: float = 1e-3, iters: int = 50,
-                 tol: float = 1e-7) -> LogisticFit:
+def fit_logistic(
+    x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, l2: float = 1e-3, iters: int = 50, tol: float = 1e-7
+) -> LogisticFit:
     """Fit C independent probes by damped Newton's method.
 
     ``x`` (C, n, k) features, ``y`` (C, n) labels in {0, 1}, ``w`` (C, n) non-negative row weights.

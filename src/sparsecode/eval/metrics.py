@@ -189,7 +189,9 @@ def evaluate_reconstruction(
         for x, target, batch in _take_rows(batches, max_rows):
             x_dev = x.to(device, torch.float32)  # (n, d_in)
             latents = sae.encode(x_dev)  # (n, n_latents)
-            x_hat = sae.reconstruct(x_dev, latents) if hasattr(sae, "reconstruct") else sae.decode(latents)  # (n, d_out)
+            x_hat = (
+                sae.reconstruct(x_dev, latents) if hasattr(sae, "reconstruct") else sae.decode(latents)
+            )  # (n, d_out)
             stats.update(target, latents, x_hat)
             if on_batch is not None:
                 on_batch(batch, target, latents, x_hat)

@@ -56,8 +56,9 @@ def default_threshold(model_config: Any) -> float:
 
 
 @torch.inference_mode()
-def neuron_sparsity(source: Any, split: str = "eval", max_chunks: int | None = 64, threshold: float | None = None,
-                    progress: bool = True) -> dict[str, Any]:
+def neuron_sparsity(
+    source: Any, split: str = "eval", max_chunks: int | None = 64, threshold: float | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Fraction of MLP hidden activations above ``threshold`` in every layer, over kept tokens of ``split``.
 
     ``source`` is a :class:`sparsecode.sources.hf.ModelSource` (its model, chunks, tokenizer and keep
@@ -72,8 +73,10 @@ def neuron_sparsity(source: Any, split: str = "eval", max_chunks: int | None = 6
     model = source.model
     names = neuron_modules(model)
     if not names:
-        raise DataError(f"{type(model).__name__}: no MLP activation modules recognised (looked for names like "
-                        "encoder.layer.N.intermediate, h.N.mlp.act, layers.N.mlp.act_fn)")
+        raise DataError(
+            f"{type(model).__name__}: no MLP activation modules recognised (looked for names like "
+            "encoder.layer.N.intermediate, h.N.mlp.act, layers.N.mlp.act_fn)"
+        )
     thr = default_threshold(source.model_config) if threshold is None else float(threshold)
     modules = dict(model.named_modules())
     chunks = source.chunks(split)[:max_chunks] if max_chunks else source.chunks(split)
@@ -87,6 +90,7 @@ def neuron_sparsity(source: Any, split: str = "eval", max_chunks: int | None = 6
             h = out[0] if isinstance(out, (tuple, list)) else out
             on = (h[keep_now[0]] > thr).sum(0).to("cpu", torch.int64)  # (neurons,)
             counts[name] = counts[name] + on if name in counts else on
+
         return hook
 
     handles = [modules[n].register_forward_hook(make_hook(n)) for n in names]
@@ -113,18 +117,34 @@ def neuron_sparsity(source: Any, split: str = "eval", max_chunks: int | None = 6
         c = counts.get(name)
         if c is None:
             continue  # a module the forward pass never reached
-        layers.append({"module": name, "n_neurons": int(c.numel()),
-                       "fraction_active": float(c.sum()) / (n_tokens * c.numel()),
-                       "never_active_fraction": float((c == 0).to(torch.float64).mean())})
-    return {"activation": activation_name(source.model_config), "threshold": thr, "tokens": n_tokens,
-            "chunks": len(chunks), "layers": layers}
+        layers.append(
+            {
+                "module": name,
+                "n_neurons": int(c.numel()),
+                "fraction_active": float(c.sum()) / (n_tokens * c.numel()),
+                "never_active_fraction": float((c == 0).to(torch.float64).mean()),
+            }
+        )
+    return {
+        "activation": activation_name(source.model_config),
+        "threshold": thr,
+        "tokens": n_tokens,
+        "chunks": len(chunks),
+        "layers": layers,
+    }
 
 
 def format_neurons(result: dict[str, Any]) -> str:
     """One line per layer: module, neurons, % active, % never active."""
-    lines = [(f"MLP neuron sparsity ({result['activation']}, on = activation > {result['threshold']:g}; "
-              f"{result['tokens']} tokens from {result['chunks']} chunks)")]
+    lines = [
+        (
+            f"MLP neuron sparsity ({result['activation']}, on = activation > {result['threshold']:g}; "
+            f"{result['tokens']} tokens from {result['chunks']} chunks)"
+        )
+    ]
     for layer in result["layers"]:
-        lines.append(f"  {layer['module']:<40} {layer['n_neurons']:>6} neurons   active {100 * layer['fraction_active']:6.2f}%"
-                     f"   never active {100 * layer['never_active_fraction']:5.1f}%")
+        lines.append(
+            f"  {layer['module']:<40} {layer['n_neurons']:>6} neurons   active {100 * layer['fraction_active']:6.2f}%"
+            f"   never active {100 * layer['never_active_fraction']:5.1f}%"
+        )
     return "\n".join(lines)

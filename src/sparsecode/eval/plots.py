@@ -23,6 +23,7 @@ def plot_density_histogram(density: torch.Tensor | np.ndarray, path: str | Path,
 
 # -- figures for report.html (returned as PNG bytes; the report embeds them) ------------------------------
 
+
 def new_figure(width: float = 6.0, height: float = 4.0) -> Figure:
     """A Figure with an Agg canvas attached (no pyplot global state)."""
     fig = Figure(figsize=(width, height), dpi=100)
@@ -126,10 +127,20 @@ def absorption_figure(absorption: dict) -> bytes:
     fig = new_figure(8, 3.5)
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(letters))
-    ax.bar(x - 0.2, [absorption["letters"][c]["main_miss_rate"] for c in letters], width=0.4,
-           color="tab:gray", label="main latents silent")
-    ax.bar(x + 0.2, [absorption["letters"][c]["absorption_rate"] for c in letters], width=0.4,
-           color="tab:red", label="absorbed")
+    ax.bar(
+        x - 0.2,
+        [absorption["letters"][c]["main_miss_rate"] for c in letters],
+        width=0.4,
+        color="tab:gray",
+        label="main latents silent",
+    )
+    ax.bar(
+        x + 0.2,
+        [absorption["letters"][c]["absorption_rate"] for c in letters],
+        width=0.4,
+        color="tab:red",
+        label="absorbed",
+    )
     ax.set_xticks(x)
     ax.set_xticklabels(letters)
     ax.set_ylim(0, 1)

@@ -48,6 +48,7 @@ class TokenRows:
 
 # -- concepts -----------------------------------------------------------------------------------------
 
+
 def _word_parts(token: str, style: str) -> tuple[bool, str]:
     """(starts a word, text without the tokenizer's word markers) for one token string."""
     if style == "wordpiece":
@@ -99,8 +100,10 @@ def token_concepts(tokens: list[str]) -> tuple[dict[str, torch.Tensor], torch.Te
         "starts_word": mask(lambda s, t: s),
         "is_python_keyword": mask(lambda s, t: s and t in keywords),
     }
-    letter = torch.tensor([LETTERS.index(t[0].lower()) if s and t[:1].isascii() and t[:1].isalpha() else -1
-                           for s, t in parts], dtype=torch.long)
+    letter = torch.tensor(
+        [LETTERS.index(t[0].lower()) if s and t[:1].isascii() and t[:1].isalpha() else -1 for s, t in parts],
+        dtype=torch.long,
+    )
     for i, x in enumerate(LETTERS):
         concepts[f"first_letter_{x}"] = letter == i
     return concepts, letter
@@ -115,9 +118,11 @@ def split_train_test(doc_ids: torch.Tensor) -> torch.Tensor:
 
 # -- collecting held-out rows from a model source -------------------------------------------------------
 
+
 @torch.inference_mode()
-def collect_token_rows(source: Any, sae: torch.nn.Module, max_tokens: int = 8192, device: str = "cpu",
-                       progress: bool = True) -> TokenRows:
+def collect_token_rows(
+    source: Any, sae: torch.nn.Module, max_tokens: int = 8192, device: str = "cpu", progress: bool = True
+) -> TokenRows:
     """Run the model over text chunks until ``max_tokens`` kept tokens, capturing at once the hooked
     activation ("residual"), the MLP hidden activations of the same layer ("neurons", when the layer's
     MLP is recognised) and the SAE's latents ("sae").
@@ -138,8 +143,13 @@ def collect_token_rows(source: Any, sae: torch.nn.Module, max_tokens: int = 8192
         if set(grabbed) >= wanted:
             raise _Stop
 
-    handle = neuron_mod.register_forward_hook(
-        lambda _m, _a, out: take("neurons", out[0] if isinstance(out, (tuple, list)) else out)) if neuron_mod else None
+    handle = (
+        neuron_mod.register_forward_hook(
+            lambda _m, _a, out: take("neurons", out[0] if isinstance(out, (tuple, list)) else out)
+        )
+        if neuron_mod
+        else None
+    )
     n_rows, bs = 0, source.config.batch_size
     bar = tqdm(total=max_tokens, desc="probe rows", unit="tok", disable=not progress, leave=False)
     try:
@@ -193,14 +203,17 @@ def _chunk_groups(source: Any, batch_size: int) -> Iterator[tuple[int, list[list
 
 
 def _encode(sae: torch.nn.Module, x: torch.Tensor, device: str, batch: int = 4096) -> torch.Tensor:
-    return torch.cat([sae.encode(x[i : i + batch].to(device)).to("cpu", torch.float32)
-                      for i in range(0, x.shape[0], batch)])  # (n, n_latents)
+    return torch.cat(
+        [sae.encode(x[i : i + batch].to(device)).to("cpu", torch.float32) for i in range(0, x.shape[0], batch)]
+    )  # (n, n_latents)
 
 
 # -- probing ------------------------------------------------------------------------------------------
 
-def balanced_weights(labels: torch.Tensor, train: torch.Tensor, min_positives: int, max_per_class: int,
-                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+
+def balanced_weights(
+    labels: torch.Tensor, train: torch.Tensor, min_positives: int, max_per_class: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Balanced train and test row weights for each concept.
 
     ``labels`` (C, n) bool, ``train`` (n,) bool. Within each side (train / test), every positive (up to
@@ -226,8 +239,9 @@ def balanced_weights(labels: torch.Tensor, train: torch.Tensor, min_positives: i
     return w_train, w_test, usable
 
 
-def k_sparse_probe(x: torch.Tensor, labels: torch.Tensor, w_train: torch.Tensor, w_test: torch.Tensor,
-                   ks: tuple[int, ...] = PROBE_KS) -> dict[str, Any]:
+def k_sparse_probe(
+    x: torch.Tensor, labels: torch.Tensor, w_train: torch.Tensor, w_test: torch.Tensor, ks: tuple[int, ...] = PROBE_KS
+) -> dict[str, Any]:
     """k-sparse probes of ``labels`` (C, n) on features ``x`` (n, d), for every k in ``ks``.
 
     Coordinates are ranked per concept by :func:`rank_by_mean_difference` on the training rows; the
@@ -244,8 +258,14 @@ def k_sparse_probe(x: torch.Tensor, labels: torch.Tensor, w_train: torch.Tensor,
     return out
 
 
-def sparse_probing(rows: TokenRows, ks: tuple[int, ...] = PROBE_KS, min_positives: int = 10,
-                   max_per_class: int = 2000, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+def sparse_probing(
+    rows: TokenRows,
+    ks: tuple[int, ...] = PROBE_KS,
+    min_positives: int = 10,
+    max_per_class: int = 2000,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
     """k-sparse probes of every token concept (:func:`token_concepts`) on every representation in ``rows``.
 
     Train/test split by chunk (:func:`split_train_test`), classes balanced on each side
@@ -260,11 +280,21 @@ def sparse_probing(rows: TokenRows, ks: tuple[int, ...] = PROBE_KS, min_positive
     labels = torch.stack([concepts[n] for n in names])  # (C, n)
     train = split_train_test(rows.doc_ids)
     w_train, w_test, usable = balanced_weights(labels, train, min_positives, max_per_class, seed)
-    skipped = {n: f"{int((labels[i] & train).sum())} train / {int((labels[i] & ~train).sum())} test positives "
-                  f"(need {min_positives})" for i, n in enumerate(names) if not usable[i]}
+    skipped = {
+        n: f"{int((labels[i] & train).sum())} train / {int((labels[i] & ~train).sum())} test positives "
+        f"(need {min_positives})"
+        for i, n in enumerate(names)
+        if not usable[i]
+    }
     keep = torch.nonzero(usable).flatten()
-    result: dict[str, Any] = {"ks": [k for k in ks], "representations": list(rows.reps), "n_tokens": len(rows.tokens),
-                              "concepts": {}, "mean": {}, "skipped": skipped}
+    result: dict[str, Any] = {
+        "ks": [k for k in ks],
+        "representations": list(rows.reps),
+        "n_tokens": len(rows.tokens),
+        "concepts": {},
+        "mean": {},
+        "skipped": skipped,
+    }
     if keep.numel() == 0:
         return result
     labels, w_train, w_test = labels[keep], w_train[keep], w_test[keep]
@@ -286,4 +316,6 @@ def check_rows(rows: TokenRows) -> None:
     """Every representation has one row per token."""
     for name, x in rows.reps.items():
         if x.ndim != 2 or x.shape[0] != len(rows.tokens):
-            raise DataError(f"probing: representation {name!r} has shape {tuple(x.shape)} for {len(rows.tokens)} tokens")
+            raise DataError(
+                f"probing: representation {name!r} has shape {tuple(x.shape)} for {len(rows.tokens)} tokens"
+            )

@@ -100,8 +100,14 @@ def evaluate_run(
         raise DataError("the source is unbounded (synthetic): give a row limit (max_rows)")
     n_rows = n_eval if max_rows is None else (max_rows if n_eval is None else min(n_eval, max_rows))
 
-    result: dict[str, Any] = {"run": str(run_dir), "arch": sae.cfg.arch, "n_latents": n_latents, "d_in": d_in,
-                              "quick": quick, "timings": {}}
+    result: dict[str, Any] = {
+        "run": str(run_dir),
+        "arch": sae.cfg.arch,
+        "n_latents": n_latents,
+        "d_in": d_in,
+        "quick": quick,
+        "timings": {},
+    }
     figures: dict[str, bytes] = {}
     timer = _Timer(result["timings"])
 
@@ -124,23 +130,35 @@ def evaluate_run(
             dm_count[0] += take
 
     with timer("core"):
-        recon, density = evaluate_reconstruction(sae, source.iter_batches("eval"), max_rows=n_rows, device=device,
-                                                 progress=progress, dense_threshold=dense_threshold, on_batch=on_batch)
+        recon, density = evaluate_reconstruction(
+            sae,
+            source.iter_batches("eval"),
+            max_rows=n_rows,
+            device=device,
+            progress=progress,
+            dense_threshold=dense_threshold,
+            on_batch=on_batch,
+        )
     result.update(recon)
     figures["density"] = density_figure(density)
     figures["l0"] = l0_figure(recon["l0_histogram"])
     budgets = getattr(sae.cfg, "budgets", None)
     if budgets:  # a multi-budget SAE: the same metrics at each budget
         with timer("budgets"):
-            result["budgets"] = evaluate_budgets(sae, budgets, source.iter_batches("eval"), max_rows=n_rows,
-                                                 device=device, progress=progress)
+            result["budgets"] = evaluate_budgets(
+                sae, budgets, source.iter_batches("eval"), max_rows=n_rows, device=device, progress=progress
+            )
 
     if true is not None:
         result["mmcs"] = float(best_cos.mean())
         result[f"recovery_fraction_{RECOVERY_THRESHOLD}"] = recovery_fraction(learned, true, RECOVERY_THRESHOLD)
-        gt = {"mmcs": result["mmcs"], f"recovery_fraction_{RECOVERY_THRESHOLD}": result[f"recovery_fraction_{RECOVERY_THRESHOLD}"],
-              "random_mmcs_baseline": random_mmcs_baseline(d_in, n_latents) if d_in >= 2 else None,
-              "n_true_features": int(true.shape[0]), "matching": "decoder cosine"}
+        gt = {
+            "mmcs": result["mmcs"],
+            f"recovery_fraction_{RECOVERY_THRESHOLD}": result[f"recovery_fraction_{RECOVERY_THRESHOLD}"],
+            "random_mmcs_baseline": random_mmcs_baseline(d_in, n_latents) if d_in >= 2 else None,
+            "n_true_features": int(true.shape[0]),
+            "matching": "decoder cosine",
+        }
         if f1 is not None and int((f1.tp + f1.fn).sum()) > 0:
             gt.update(f1.result())
         result["ground_truth"] = gt
@@ -167,8 +185,9 @@ def evaluate_run(
             figures["probing"] = probing_figure(result["probing"])
         with timer("absorption"):
             _, letter = token_concepts(rows.tokens)
-            result["absorption"] = feature_absorption(rows.reps["residual"], rows.reps["sae"], learned.cpu(), letter,
-                                                      rows.doc_ids)
+            result["absorption"] = feature_absorption(
+                rows.reps["residual"], rows.reps["sae"], learned.cpu(), letter, rows.doc_ids
+            )
         if result["absorption"]["letters"]:
             figures["absorption"] = absorption_figure(result["absorption"])
         del rows
@@ -189,8 +208,9 @@ def evaluate_run(
     return result
 
 
-def _dark_matter_section(sae: Any, source: Any, heldout: list[tuple[torch.Tensor, ...]], n_rows: int, device: str,
-                         progress: bool) -> dict[str, Any]:
+def _dark_matter_section(
+    sae: Any, source: Any, heldout: list[tuple[torch.Tensor, ...]], n_rows: int, device: str, progress: bool
+) -> dict[str, Any]:
     """Dark matter with the linear maps fitted on up to ``n_rows`` rows of the *train* split and scored
     on the held-out eval rows gathered by the core pass (``heldout``: (x, target, x_hat) per batch)."""
     fit: list[tuple[torch.Tensor, ...]] = []
@@ -198,8 +218,9 @@ def _dark_matter_section(sae: Any, source: Any, heldout: list[tuple[torch.Tensor
     def collect(batch: Any, target: torch.Tensor, latents: torch.Tensor, x_hat: torch.Tensor) -> None:
         fit.append((batch.acts if batch is not None else target, target.cpu(), x_hat.detach().cpu()))
 
-    evaluate_reconstruction(sae, source.iter_batches("train"), max_rows=n_rows, device=device, progress=progress,
-                            on_batch=collect)
+    evaluate_reconstruction(
+        sae, source.iter_batches("train"), max_rows=n_rows, device=device, progress=progress, on_batch=collect
+    )
     x, target, x_hat = (torch.cat(t) for t in zip(*fit, *heldout))
     same = target.shape == x.shape and torch.equal(target, x)
     try:
@@ -230,17 +251,25 @@ def _fmt(x: Any, spec: str = ".4f") -> str:
 def format_report(result: dict[str, Any]) -> str:
     """A short multi-line human-readable summary of :func:`evaluate_run`'s result."""
     r = result
+    dead = 100 * r["dead_fraction"] if "dead_fraction" in r else None
+    dense = 100 * r["dense_fraction"] if "dense_fraction" in r else None
     lines = [
-        f"run {r.get('run', '?')}: {r.get('arch', '?')} SAE, d_in={r.get('d_in', '?')}, "
-        f"n_latents={r.get('n_latents', '?')}, {r.get('n_rows', '?')} eval rows",
-        f"  FVU {_fmt(r.get('fvu'))}   explained variance {_fmt(r.get('explained_variance'))}   "
-        f"cosine {_fmt(r.get('cosine'))}   MSE {_fmt(r.get('mse'), '.4g')}",
-        f"  L0 {_fmt(r.get('l0'), '.1f')}   dead {_fmt(100 * r['dead_fraction'] if 'dead_fraction' in r else None, '.1f')}%   "
-        f"dense (>{r.get('dense_threshold', 0.1):g}) {_fmt(100 * r['dense_fraction'] if 'dense_fraction' in r else None, '.1f')}%",
+        (
+            f"run {r.get('run', '?')}: {r.get('arch', '?')} SAE, d_in={r.get('d_in', '?')}, "
+            f"n_latents={r.get('n_latents', '?')}, {r.get('n_rows', '?')} eval rows"
+        ),
+        (
+            f"  FVU {_fmt(r.get('fvu'))}   explained variance {_fmt(r.get('explained_variance'))}   "
+            f"cosine {_fmt(r.get('cosine'))}   MSE {_fmt(r.get('mse'), '.4g')}"
+        ),
+        f"  L0 {_fmt(r.get('l0'), '.1f')}   dead {_fmt(dead, '.1f')}%   "
+        + f"dense (>{r.get('dense_threshold', 0.1):g}) {_fmt(dense, '.1f')}%",
     ]
     for b in r.get("budgets") or []:
-        lines.append(f"  at k={b['k']}: FVU {_fmt(b.get('fvu'))}   L0 {_fmt(b.get('l0'), '.1f')}   "
-                     f"dead {_fmt(100 * b['dead_fraction'] if b.get('dead_fraction') is not None else None, '.1f')}%")
+        lines.append(
+            f"  at k={b['k']}: FVU {_fmt(b.get('fvu'))}   L0 {_fmt(b.get('l0'), '.1f')}   "
+            f"dead {_fmt(100 * b['dead_fraction'] if b.get('dead_fraction') is not None else None, '.1f')}%"
+        )
     if "embedding_cosine" in r:
         lines.append(
             f"  spliced embedding cosine {_fmt(r['embedding_cosine'])} "
@@ -255,15 +284,21 @@ def format_report(result: dict[str, Any]) -> str:
         )
     if "mmcs" in r:
         rec = r.get(f"recovery_fraction_{RECOVERY_THRESHOLD}")
-        lines.append(f"  ground truth: MMCS {_fmt(r['mmcs'])}   recovered (cos >= {RECOVERY_THRESHOLD}) "
-                     f"{_fmt(None if rec is None else 100 * rec, '.1f')}%")
+        lines.append(
+            f"  ground truth: MMCS {_fmt(r['mmcs'])}   recovered (cos >= {RECOVERY_THRESHOLD}) "
+            f"{_fmt(None if rec is None else 100 * rec, '.1f')}%"
+        )
     if "kl_spliced" in r:
-        lines.append(f"  KL(clean || spliced) {_fmt(r['kl_spliced'])} nats/token "
-                     f"(zero-ablation {_fmt(r.get('kl_zero_ablation'))}, mean-ablation {_fmt(r.get('kl_mean_ablation'))})")
+        lines.append(
+            f"  KL(clean || spliced) {_fmt(r['kl_spliced'])} nats/token "
+            f"(zero-ablation {_fmt(r.get('kl_zero_ablation'))}, mean-ablation {_fmt(r.get('kl_mean_ablation'))})"
+        )
     gt = r.get("ground_truth") or {}
     if "f1" in gt:
-        lines.append(f"  ground truth per feature: precision {_fmt(gt['precision'])}   recall {_fmt(gt['recall'])}   "
-                     f"F1 {_fmt(gt['f1'])}   (random-dictionary MMCS {_fmt(gt.get('random_mmcs_baseline'))})")
+        lines.append(
+            f"  ground truth per feature: precision {_fmt(gt['precision'])}   recall {_fmt(gt['recall'])}   "
+            f"F1 {_fmt(gt['f1'])}   (random-dictionary MMCS {_fmt(gt.get('random_mmcs_baseline'))})"
+        )
     lines.extend(_deep_lines(r))
     files = r.get("files", {})
     if files:
@@ -276,25 +311,36 @@ def _deep_lines(r: dict[str, Any]) -> list[str]:
     lines = []
     dm = r.get("dark_matter") or {}
     if "error_linear_r2" in dm:
-        lines.append(f"  dark matter: {_fmt(100 * dm['error_linear_r2'], '.1f')}% of the error variance is linear in x "
-                     f"(held-out); linear / nonlinear error FVU {_fmt(dm['linear_error_fvu'])} / "
-                     f"{_fmt(dm['nonlinear_error_fvu'])}; error-norm R² {_fmt(dm['error_norm_r2'], '.3f')}")
+        lines.append(
+            f"  dark matter: {_fmt(100 * dm['error_linear_r2'], '.1f')}% of the error variance is linear in x "
+            f"(held-out); linear / nonlinear error FVU {_fmt(dm['linear_error_fvu'])} / "
+            f"{_fmt(dm['nonlinear_error_fvu'])}; error-norm R² {_fmt(dm['error_norm_r2'], '.3f')}"
+        )
     pr = r.get("probing") or {}
     if pr.get("mean"):
         ks = pr["ks"]
         parts = [f"{rep} {_fmt(v['f1'][0], '.3f')} → {_fmt(v['f1'][-1], '.3f')}" for rep, v in pr["mean"].items()]
-        lines.append(f"  sparse probing, mean F1 at k={ks[0]} → k={ks[-1]} over {len(pr['concepts'])} concepts: "
-                     + ", ".join(parts))
+        lines.append(
+            f"  sparse probing, mean F1 at k={ks[0]} → k={ks[-1]} over {len(pr['concepts'])} concepts: "
+            + ", ".join(parts)
+        )
         digit = pr["concepts"].get("is_digit")
         if digit:
-            lines.append("  is_digit, 1-sparse F1: " + ", ".join(f"{rep} {_fmt(digit[rep]['f1'][0], '.3f')}"
-                                                                for rep in pr["mean"]))
+            lines.append(
+                "  is_digit, 1-sparse F1: "
+                + ", ".join(f"{rep} {_fmt(digit[rep]['f1'][0], '.3f')}" for rep in pr["mean"])
+            )
     ab = r.get("absorption") or {}
     if ab.get("letters"):
-        lines.append(f"  first-letter absorption {_fmt(ab['absorption_rate'], '.3f')} over {len(ab['letters'])} letters "
-                     f"(main latents silent on {_fmt(100 * ab['main_miss_rate'], '.1f')}% of letter tokens)")
+        lines.append(
+            f"  first-letter absorption {_fmt(ab['absorption_rate'], '.3f')} over {len(ab['letters'])} letters "
+            f"(main latents silent on {_fmt(100 * ab['main_miss_rate'], '.1f')}% of letter tokens)"
+        )
     ne = r.get("neurons") or {}
     if ne.get("layers"):
-        lines.append("  MLP neurons on (" + f"> {ne['threshold']:g}): " +
-                     " ".join(f"L{i} {100 * lay['fraction_active']:.1f}%" for i, lay in enumerate(ne["layers"])))
+        lines.append(
+            "  MLP neurons on ("
+            + f"> {ne['threshold']:g}): "
+            + " ".join(f"L{i} {100 * lay['fraction_active']:.1f}%" for i, lay in enumerate(ne["layers"]))
+        )
     return lines

@@ -36,7 +36,9 @@ def _split_hidden(value: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], An
         return value, lambda h: h
     if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
         return value[0], lambda h: type(value)([h, *value[1:]])
-    raise DataError(f"hooked module produced {type(value).__name__}; expected a tensor or a tuple whose first element is the hidden state")
+    raise DataError(
+        f"hooked module produced {type(value).__name__}; expected a tensor or a tuple whose first element is the hidden state"
+    )
 
 
 def _substitute(h: torch.Tensor, keep: torch.Tensor, replace: Replace) -> torch.Tensor:
@@ -86,8 +88,13 @@ def _hooked(module: torch.nn.Module, side: str, fn: Callable[[torch.Tensor], tor
         handle.remove()
 
 
-def _run(source: Any, batch: dict[str, torch.Tensor], keep: torch.Tensor, replace: Replace | None,
-         capture: list[torch.Tensor] | None = None) -> Any:
+def _run(
+    source: Any,
+    batch: dict[str, torch.Tensor],
+    keep: torch.Tensor,
+    replace: Replace | None,
+    capture: list[torch.Tensor] | None = None,
+) -> Any:
     """One forward pass; ``replace`` substitutes the kept rows, ``capture`` collects them (float64 sum, count)."""
 
     def fn(h: torch.Tensor) -> torch.Tensor | None:

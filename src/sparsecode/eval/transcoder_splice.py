@@ -34,8 +34,9 @@ class _TargetView:
         self.inputs = h
 
 
-def transcoder_spliced_fidelity(source: Any, predict: Replace, split: str = "eval", max_chunks: int | None = 64,
-                                progress: bool = True) -> dict[str, Any]:
+def transcoder_spliced_fidelity(
+    source: Any, predict: Replace, split: str = "eval", max_chunks: int | None = 64, progress: bool = True
+) -> dict[str, Any]:
     """As :func:`spliced_fidelity`, for a source with ``config.target_hook``: ``predict`` maps the kept rows
     (n, d_in) at the input hook to the (n, d_out) that replace the target module's kept rows."""
     view = _TargetView(source)

@@ -67,8 +67,10 @@ def build_features(run_dir: str | Path, config: FeaturesConfig | None = None, pr
     device = check_device(config.device)
     run = load_run(run_dir)
     if run.config.source.kind != "model":
-        raise DataError(f"{run_dir}: feature contexts need a text model source; this run was trained on "
-                        f"{run.config.source.kind} data")
+        raise DataError(
+            f"{run_dir}: feature contexts need a text model source; this run was trained on "
+            f"{run.config.source.kind} data"
+        )
     run.config.source.device = config.device
     source = open_source(run.config.source)
     sae = run.sae.to(device).eval()
@@ -84,10 +86,16 @@ def build_features(run_dir: str | Path, config: FeaturesConfig | None = None, pr
         raise DataError(f"{run_dir}: the {config.split} split of the corpus has no tokens; try --split train")
     order = sorted(picked, key=lambda i: len(chunks[i]))  # similar lengths together: little padding
 
-    acc = FeatureAccumulator(m, config.top_n, config.n_samples, config.context_left, config.context_right,
-                             seed=config.seed)
-    bar = tqdm(total=sum(counts[i] for i in picked), unit="tok", desc=f"features ({config.split} split)",
-               disable=not progress, dynamic_ncols=True)
+    acc = FeatureAccumulator(
+        m, config.top_n, config.n_samples, config.context_left, config.context_right, seed=config.seed
+    )
+    bar = tqdm(
+        total=sum(counts[i] for i in picked),
+        unit="tok",
+        desc=f"features ({config.split} split)",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     with torch.inference_mode():
         for group in _batches(order, chunks, config.batch_tokens):
             enc = source.tokenize([chunks[i] for i in group])
@@ -99,11 +107,21 @@ def build_features(run_dir: str | Path, config: FeaturesConfig | None = None, pr
             bar.update(int(keep.sum()))
     bar.close()
 
-    meta = {"run": str(run_dir), "model": source.config.model or "all-MiniLM-L6-v2 (embedded default)",
-            "hook": source.config.hook, "hook_side": source.config.hook_side, "arch": sae.cfg.arch,
-            "n_latents": m, "d_in": sae.cfg.d_in, "split": config.split, "n_tokens": acc.n_tokens,
-            "n_chunks": len(picked), "settings": config.to_dict(), "quantile_levels": list(QUANTILE_LEVELS),
-            "quantile_bands": [f"{round(100 * lo)}-{round(100 * hi)}%" for lo, hi in QUANTILE_BANDS]}
+    meta = {
+        "run": str(run_dir),
+        "model": source.config.model or "all-MiniLM-L6-v2 (embedded default)",
+        "hook": source.config.hook,
+        "hook_side": source.config.hook_side,
+        "arch": sae.cfg.arch,
+        "n_latents": m,
+        "d_in": sae.cfg.d_in,
+        "split": config.split,
+        "n_tokens": acc.n_tokens,
+        "n_chunks": len(picked),
+        "settings": config.to_dict(),
+        "quantile_levels": list(QUANTILE_LEVELS),
+        "quantile_bands": [f"{round(100 * lo)}-{round(100 * hi)}%" for lo, hi in QUANTILE_BANDS],
+    }
 
     promoted = _promoted(sae, source, config, meta)
     rows = _feature_rows(acc, config, chunks, promoted)
@@ -111,13 +129,26 @@ def build_features(run_dir: str | Path, config: FeaturesConfig | None = None, pr
     for feature in rows["features"]:  # the list page shows the distinct words a feature is centred on
         feature[8] = json.dumps(list(dict.fromkeys(texts[t] for t in feature[8]))[:5])
     db_path = run_dir / FEATURES_FILE
-    write_database(db_path, meta, rows["features"], rows["contexts"], texts,
-                   ((t, f, a) for (t, f), a in rows["feature_tokens"].items()))
+    write_database(
+        db_path,
+        meta,
+        rows["features"],
+        rows["contexts"],
+        texts,
+        ((t, f, a) for (t, f), a in rows["feature_tokens"].items()),
+    )
     fired = acc.fire_count
     density = fired.double() / max(acc.n_tokens, 1)
-    return {"path": str(db_path), "n_latents": m, "n_tokens": acc.n_tokens, "split": config.split,
-            "dead": int((fired == 0).sum()), "dense": int((density > config.dense_threshold).sum()),
-            "seconds": time.perf_counter() - started, "logit_embedding": meta["logit_embedding"]}
+    return {
+        "path": str(db_path),
+        "n_latents": m,
+        "n_tokens": acc.n_tokens,
+        "split": config.split,
+        "dead": int((fired == 0).sum()),
+        "dense": int((density > config.dense_threshold).sum()),
+        "seconds": time.perf_counter() - started,
+        "logit_embedding": meta["logit_embedding"],
+    }
 
 
 def _promoted(sae, source, config: FeaturesConfig, meta: dict[str, Any]) -> tuple[torch.Tensor, ...] | None:
@@ -134,8 +165,16 @@ def _promoted(sae, source, config: FeaturesConfig, meta: dict[str, Any]) -> tupl
     return promoted_tokens(directions, embedding, config.n_logit_tokens, excluded_token_ids(source.tokenizer))
 
 
-def _context(feature: int, kind: str, band: str | None, rank: int, examples: ExampleLists, slot: int,
-             chunks: list[list[int]], offsets: range) -> tuple[tuple, list[int], list[float]]:
+def _context(
+    feature: int,
+    kind: str,
+    band: str | None,
+    rank: int,
+    examples: ExampleLists,
+    slot: int,
+    chunks: list[list[int]],
+    offsets: range,
+) -> tuple[tuple, list[int], list[float]]:
     """One ``contexts`` row from slot ``slot`` of ``examples`` (shown tokens only), its token ids and activations."""
     chunk_index, position = examples.chunks[feature][slot], examples.positions[feature][slot]
     chunk = chunks[chunk_index]
@@ -147,12 +186,24 @@ def _context(feature: int, kind: str, band: str | None, rank: int, examples: Exa
             center = len(token_ids)
         token_ids.append(chunk[position + off])
         acts.append(a)
-    row = (feature, kind, band, rank, examples.values[feature][slot], chunk_index, position, center, json.dumps(token_ids), json.dumps(acts))
+    row = (
+        feature,
+        kind,
+        band,
+        rank,
+        examples.values[feature][slot],
+        chunk_index,
+        position,
+        center,
+        json.dumps(token_ids),
+        json.dumps(acts),
+    )
     return row, token_ids, acts
 
 
-def _feature_rows(acc: FeatureAccumulator, config: FeaturesConfig, chunks: list[list[int]],
-                  promoted: tuple[torch.Tensor, ...] | None) -> dict[str, Any]:
+def _feature_rows(
+    acc: FeatureAccumulator, config: FeaturesConfig, chunks: list[list[int]], promoted: tuple[torch.Tensor, ...] | None
+) -> dict[str, Any]:
     """Rows of the ``features`` and ``contexts`` tables, the (token, feature) -> activation index, and the ids of
     every token shown. A feature's ``top_tokens`` column holds token ids here (its centre tokens, best first)."""
     m, n_tokens = acc.n_latents, max(acc.n_tokens, 1)
@@ -163,11 +214,18 @@ def _feature_rows(acc: FeatureAccumulator, config: FeaturesConfig, chunks: list[
     hist = acc.hist.numpy()
     offsets = range(-config.context_left, config.context_right + 1)
     top, samples = acc.top.as_lists(), acc.samples.as_lists()
-    max_act, fire_count, act_sum, min_act = (t.tolist() for t in (acc.max_act, acc.fire_count, acc.act_sum, acc.min_act))
+    max_act, fire_count, act_sum, min_act = (
+        t.tolist() for t in (acc.max_act, acc.fire_count, acc.act_sum, acc.min_act)
+    )
     logits = None  # [side][feature] -> [[token id, score], ...]
     if promoted is not None:
-        logits = [[[list(p) for p in zip(ids, scores)] for ids, scores in
-                   zip(promoted[k].tolist(), promoted[k + 1].double().round(decimals=4).tolist())] for k in (0, 2)]
+        logits = [
+            [
+                [list(p) for p in zip(ids, scores)]
+                for ids, scores in zip(promoted[k].tolist(), promoted[k + 1].double().round(decimals=4).tolist())
+            ]
+            for k in (0, 2)
+        ]
     features, contexts, token_ids, feature_tokens = [], [], set(), {}
     for f in range(m):
         fired = fire_count[f]
@@ -181,8 +239,9 @@ def _feature_rows(acc: FeatureAccumulator, config: FeaturesConfig, chunks: list[
                 if a > feature_tokens.get((t, f), 0.0):
                     feature_tokens[(t, f)] = a
         shown_top = set(zip(top.chunks[f][: top.used[f]], top.positions[f][: top.used[f]]))
-        for row, ids in _quantile_rows(samples, f, dict(zip(band_levels, band_q[f])), config, chunks, offsets,
-                                       shown_top):
+        for row, ids in _quantile_rows(
+            samples, f, dict(zip(band_levels, band_q[f])), config, chunks, offsets, shown_top
+        ):
             contexts.append(row)
             token_ids.update(ids)
         sides = ["[]", "[]"]
@@ -190,22 +249,42 @@ def _feature_rows(acc: FeatureAccumulator, config: FeaturesConfig, chunks: list[
             for side in (0, 1):
                 token_ids.update(p[0] for p in logits[side][f])
                 sides[side] = json.dumps(logits[side][f])
-        features.append([f, fired, fired / n_tokens, _round(act_sum[f] / fired) if fired else None,
-                         _round(max_act[f], 6), _round(min_act[f]) if fired else None,
-                         json.dumps([_round(q) for q in quantiles[f]]), json.dumps(_histogram(hist[f], edges)),
-                         centre_ids, sides[0], sides[1]])
+        features.append(
+            [
+                f,
+                fired,
+                fired / n_tokens,
+                _round(act_sum[f] / fired) if fired else None,
+                _round(max_act[f], 6),
+                _round(min_act[f]) if fired else None,
+                json.dumps([_round(q) for q in quantiles[f]]),
+                json.dumps(_histogram(hist[f], edges)),
+                centre_ids,
+                sides[0],
+                sides[1],
+            ]
+        )
     return {"features": features, "contexts": contexts, "token_ids": token_ids, "feature_tokens": feature_tokens}
 
 
-def _quantile_rows(samples: ExampleLists, f: int, q: dict[float, float], config: FeaturesConfig,
-                   chunks: list[list[int]], offsets: range, shown_top: set[tuple[int, int]]
-                   ) -> list[tuple[tuple, list[int]]]:
+def _quantile_rows(
+    samples: ExampleLists,
+    f: int,
+    q: dict[float, float],
+    config: FeaturesConfig,
+    chunks: list[list[int]],
+    offsets: range,
+    shown_top: set[tuple[int, int]],
+) -> list[tuple[tuple, list[int]]]:
     """Up to ``quantile_examples`` sampled contexts per band of the latent's activations, in random (key) order,
     leaving out firings already shown as top contexts (``shown_top``: (chunk, position) pairs)."""
     rows: list[tuple[tuple, list[int]]] = []
     values = samples.values[f]
-    fresh = [slot for slot in range(samples.used[f])
-             if (samples.chunks[f][slot], samples.positions[f][slot]) not in shown_top]
+    fresh = [
+        slot
+        for slot in range(samples.used[f])
+        if (samples.chunks[f][slot], samples.positions[f][slot]) not in shown_top
+    ]
     for lo, hi in QUANTILE_BANDS:
         band = f"{round(100 * lo)}-{round(100 * hi)}%"
         in_band = [slot for slot in fresh if (lo == 0 or q[lo] <= values[slot]) and values[slot] < q[hi]]

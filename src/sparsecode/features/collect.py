@@ -48,20 +48,32 @@ class Examples:
 
     @classmethod
     def empty(cls, n_latents: int, size: int, window: int) -> Examples:
-        return cls(keys=torch.full((n_latents, size), -torch.inf), values=torch.zeros(n_latents, size),
-                   chunks=torch.full((n_latents, size), -1, dtype=torch.long),
-                   positions=torch.zeros(n_latents, size, dtype=torch.long),
-                   windows=torch.full((n_latents, size, window), torch.nan))
+        return cls(
+            keys=torch.full((n_latents, size), -torch.inf),
+            values=torch.zeros(n_latents, size),
+            chunks=torch.full((n_latents, size), -1, dtype=torch.long),
+            positions=torch.zeros(n_latents, size, dtype=torch.long),
+            windows=torch.full((n_latents, size, window), torch.nan),
+        )
 
-    def merge(self, latent: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, chunks: torch.Tensor,
-              positions: torch.Tensor, windows: torch.Tensor) -> None:
+    def merge(
+        self,
+        latent: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        chunks: torch.Tensor,
+        positions: torch.Tensor,
+        windows: torch.Tensor,
+    ) -> None:
         """Offer C candidate examples: ``latent``, ``keys``, ``values``, ``chunks``, ``positions`` (C,) and
         ``windows`` (C, window). Each latent keeps the ``size`` best of its examples and its candidates (on equal
         keys, the examples it already had)."""
         size = self.keys.shape[1]
         rows = latent.unique()  # (L,) ascending: only these latents change
-        old = {name: getattr(self, name)[rows].flatten(0, 1) for name in ("keys", "values", "chunks", "positions",
-                                                                            "windows")}  # (L * size, ...)
+        old = {
+            name: getattr(self, name)[rows].flatten(0, 1)
+            for name in ("keys", "values", "chunks", "positions", "windows")
+        }  # (L * size, ...)
         owner = torch.cat([rows.repeat_interleave(size), latent])  # (L * size + C,)
         pool = {"keys": keys, "values": values, "chunks": chunks, "positions": positions, "windows": windows}
         pool = {name: torch.cat([old[name], new]) for name, new in pool.items()}
@@ -76,9 +88,13 @@ class Examples:
     def as_lists(self) -> ExampleLists:
         """The same examples as nested Python lists, for fast per-example reading. Activations are rounded (in float64,
         so that they print short): centre values to 6 decimals, window values to 4."""
-        return ExampleLists(used=torch.isfinite(self.keys).sum(1).tolist(),
-                            values=self.values.double().round(decimals=6).tolist(), chunks=self.chunks.tolist(),
-                            positions=self.positions.tolist(), windows=self.windows.double().round(decimals=4).tolist())
+        return ExampleLists(
+            used=torch.isfinite(self.keys).sum(1).tolist(),
+            values=self.values.double().round(decimals=6).tolist(),
+            chunks=self.chunks.tolist(),
+            positions=self.positions.tolist(),
+            windows=self.windows.double().round(decimals=4).tolist(),
+        )
 
 
 @dataclass
@@ -95,8 +111,9 @@ class ExampleLists:
 class FeatureAccumulator:
     """Add batches of latent activations (``update``); read per-latent statistics and examples at the end."""
 
-    def __init__(self, n_latents: int, top_n: int, n_samples: int, context_left: int, context_right: int,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, n_latents: int, top_n: int, n_samples: int, context_left: int, context_right: int, seed: int = 0
+    ) -> None:
         self.n_latents = n_latents
         self.offsets = torch.arange(-context_left, context_right + 1)  # (window,)
         window = self.offsets.numel()
@@ -135,22 +152,32 @@ class FeatureAccumulator:
         cell = chunk_of * m + latent_of  # (nnz,) index of the (chunk, latent) pair
         top_values, top_pos = self._chunk_argmax(values, cell, pos_of, B * m)
         self._offer(self.top, top_values, top_values, top_pos, latents, keep, chunk_ids)
-        sample_keys, sample_pos = self._chunk_argmax(torch.rand(values.shape, generator=self.generator), cell, pos_of,
-                                                     B * m)
+        sample_keys, sample_pos = self._chunk_argmax(
+            torch.rand(values.shape, generator=self.generator), cell, pos_of, B * m
+        )
         sample_values = latents.view(B, T, m).gather(1, sample_pos.view(B, 1, m)).view(-1)  # (B * m,)
         self._offer(self.samples, sample_keys, sample_values, sample_pos, latents, keep, chunk_ids)
 
     @staticmethod
-    def _chunk_argmax(keys: torch.Tensor, cell: torch.Tensor, pos_of: torch.Tensor, n_cells: int
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _chunk_argmax(
+        keys: torch.Tensor, cell: torch.Tensor, pos_of: torch.Tensor, n_cells: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per (chunk, latent) cell: the largest of its entries' ``keys`` (-inf if none) and that entry's position."""
         best = torch.full((n_cells,), -torch.inf).scatter_reduce_(0, cell, keys, reduce="amax")  # (n_cells,)
         winner = keys == best[cell]  # (nnz,), ties: the position is one of the tied entries'
         positions = torch.zeros(n_cells, dtype=torch.long).scatter_(0, cell[winner], pos_of[winner])
         return best, positions
 
-    def _offer(self, examples: Examples, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
-               latents: torch.Tensor, keep: torch.Tensor, chunk_ids: torch.Tensor) -> None:
+    def _offer(
+        self,
+        examples: Examples,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        positions: torch.Tensor,
+        latents: torch.Tensor,
+        keep: torch.Tensor,
+        chunk_ids: torch.Tensor,
+    ) -> None:
         """Offer one candidate per (chunk, latent) cell: ``keys``, ``values``, ``positions`` (B * m,), -inf keys
         for cells where the latent does not fire. Only cells whose key beats the latent's worst kept example
         become candidates, so once the sets fill up a batch touches few of them."""
@@ -164,8 +191,9 @@ class FeatureAccumulator:
         idx = idx.clamp(0, T - 1)
         windows = latents[chunk[:, None], idx, latent[:, None]]  # (C, window)
         shown = inside & keep[chunk[:, None], idx]  # padding and special tokens are not shown
-        examples.merge(latent, keys[cells], values[cells], chunk_ids[chunk], centre,
-                       windows.masked_fill(~shown, torch.nan))
+        examples.merge(
+            latent, keys[cells], values[cells], chunk_ids[chunk], centre, windows.masked_fill(~shown, torch.nan)
+        )
 
     # -- results -------------------------------------------------------------------------------------
     def quantiles(self, levels: tuple[float, ...]) -> torch.Tensor:

@@ -51,8 +51,10 @@ class FeaturesConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"features.{name} must be >= 0, got {getattr(self, name)}")
         if self.quantile_examples * len(QUANTILE_BANDS) > self.n_samples:
-            raise ConfigError(f"features.n_samples ({self.n_samples}) must be at least quantile_examples × "
-                              f"{len(QUANTILE_BANDS)} bands ({self.quantile_examples * len(QUANTILE_BANDS)})")
+            raise ConfigError(
+                f"features.n_samples ({self.n_samples}) must be at least quantile_examples × "
+                f"{len(QUANTILE_BANDS)} bands ({self.quantile_examples * len(QUANTILE_BANDS)})"
+            )
         if not 0 < self.dense_threshold <= 1:
             raise ConfigError(f"features.dense_threshold must be in (0, 1], got {self.dense_threshold}")
 

@@ -64,8 +64,14 @@ CREATE TABLE feature_tokens (
 """
 
 
-def write_database(path: str | Path, meta: dict[str, Any], features: Iterable[tuple], contexts: Iterable[tuple],
-                   tokens: dict[int, str], feature_tokens: Iterable[tuple]) -> None:
+def write_database(
+    path: str | Path,
+    meta: dict[str, Any],
+    features: Iterable[tuple],
+    contexts: Iterable[tuple],
+    tokens: dict[int, str],
+    feature_tokens: Iterable[tuple],
+) -> None:
     """Write a complete database to ``path`` atomically. Row tuples follow the column order of ``SCHEMA``."""
 
     def write(tmp: Path) -> None:
@@ -79,10 +85,13 @@ def write_database(path: str | Path, meta: dict[str, Any], features: Iterable[tu
             con.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
             con.executemany("INSERT INTO features VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", features)
             con.executemany("INSERT INTO contexts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", contexts)
-            con.executemany("INSERT INTO tokens VALUES (?, ?, ?)",
-                            [(i, t, t.strip().lower()) for i, t in sorted(tokens.items())])
+            con.executemany(
+                "INSERT INTO tokens VALUES (?, ?, ?)", [(i, t, t.strip().lower()) for i, t in sorted(tokens.items())]
+            )
             con.executemany("INSERT INTO feature_tokens VALUES (?, ?, ?)", feature_tokens)
-            con.execute("INSERT INTO meta VALUES ('format', ?), ('version', ?)", (json.dumps(FORMAT), json.dumps(VERSION)))
+            con.execute(
+                "INSERT INTO meta VALUES ('format', ?), ('version', ?)", (json.dumps(FORMAT), json.dumps(VERSION))
+            )
             con.execute("COMMIT")
         finally:
             con.close()

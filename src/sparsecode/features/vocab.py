@@ -50,8 +50,9 @@ def logit_embedding(model: nn.Module, d_in: int) -> tuple[torch.Tensor, str] | t
 
 
 @torch.inference_mode()
-def promoted_tokens(directions: torch.Tensor, embedding: torch.Tensor, n: int, exclude: list[int],
-                    block: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def promoted_tokens(
+    directions: torch.Tensor, embedding: torch.Tensor, n: int, exclude: list[int], block: int = 512
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """For each direction (m, d): the ``n`` tokens whose embedding (vocab, d) has the largest and the smallest
     dot product with it. Returns top ids, top scores, bottom ids, bottom scores, each (m, n); ``exclude``d
     token ids never appear. Works through the directions in blocks so memory stays at block × vocab."""

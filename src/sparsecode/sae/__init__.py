@@ -23,8 +23,17 @@ from .transcoder import Transcoder, TranscoderConfig
 
 ARCHITECTURES: dict[str, type[SparseAutoencoder]] = {
     cls.config_class.arch: cls
-    for cls in (TopKSAE, ReLUSAE, BatchTopKSAE, JumpReLUSAE, GatedSAE, MatryoshkaSAE, MultiBudgetSAE, Transcoder,
-                MatchingPursuitSAE)
+    for cls in (
+        TopKSAE,
+        ReLUSAE,
+        BatchTopKSAE,
+        JumpReLUSAE,
+        GatedSAE,
+        MatryoshkaSAE,
+        MultiBudgetSAE,
+        Transcoder,
+        MatchingPursuitSAE,
+    )
 }
 
 
@@ -51,7 +60,9 @@ def restore_state(sae: SparseAutoencoder, state: dict[str, torch.Tensor], where:
         raise DataError(f"{where}: missing tensor(s) {', '.join(missing)}")
     for name, t in expected.items():
         if name in state and state[name].shape != t.shape:
-            raise DataError(f"{where}: tensor {name} has shape {tuple(state[name].shape)}, config implies {tuple(t.shape)}")
+            raise DataError(
+                f"{where}: tensor {name} has shape {tuple(state[name].shape)}, config implies {tuple(t.shape)}"
+            )
     sae.load_state_dict({k: state[k] for k in expected if k in state}, strict=False)
 
 

@@ -127,8 +127,9 @@ class SparseAutoencoder(nn.Module):
         dictionaries with a path that bypasses the latents (a transcoder's skip connection)."""
         return self.decode(latents)
 
-    def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float,
-                        target: torch.Tensor | None = None) -> TrainOutput:
+    def training_output(
+        self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float, target: torch.Tensor | None = None
+    ) -> TrainOutput:
         """Loss and diagnostics for one batch. ``progress`` in [0, 1] is the fraction of training done;
         ``dead_mask`` (n_latents,) marks latents that have not fired for a while; ``target`` (n, d_out) is what
         to reconstruct (transcoders), None meaning ``x`` itself. Normalise losses with ``total_variance`` (or
@@ -163,8 +164,12 @@ class SparseAutoencoder(nn.Module):
         """Drop the part of each decoder row's gradient that would only change its norm."""
         if self.cfg.unit_norm_decoder and self.W_dec.grad is not None:
             W, G = self.W_dec, self.W_dec.grad
-            if G.device.type == "cpu" and G.dtype == W.dtype == torch.float32 and G.is_contiguous() \
-                    and W.is_contiguous():
+            if (
+                G.device.type == "cpu"
+                and G.dtype == W.dtype == torch.float32
+                and G.is_contiguous()
+                and W.is_contiguous()
+            ):
                 project_out_rows_(G, W)  # one compiled pass instead of two
             else:
                 G.addcmul_(torch.linalg.vecdot(G, W)[:, None], W, value=-1)  # in place: no (n_latents, d) temporaries
@@ -178,7 +183,9 @@ class SparseAutoencoder(nn.Module):
         while decoder rows keep unit norm.
         """
         if target_scale is not None and target_scale != scale:
-            raise ConfigError(f"a {self.cfg.arch} SAE reconstructs its input: one scale, not {scale} and {target_scale}")
+            raise ConfigError(
+                f"a {self.cfg.arch} SAE reconstructs its input: one scale, not {scale} and {target_scale}"
+            )
         self.b_enc /= scale
         self.b_dec /= scale
         self._fold_extra(scale)
@@ -189,8 +196,11 @@ class SparseAutoencoder(nn.Module):
     # -- save / load -------------------------------------------------------------------------
     def save(self, path: str | Path, extra_metadata: dict[str, str] | None = None) -> None:
         """Write weights and config to one safetensors file, atomically."""
-        meta = {"format": "sparsecode-sae", "format_version": str(FORMAT_VERSION),
-                "config": json.dumps(self.cfg.to_dict())}
+        meta = {
+            "format": "sparsecode-sae",
+            "format_version": str(FORMAT_VERSION),
+            "config": json.dumps(self.cfg.to_dict()),
+        }
         meta.update(extra_metadata or {})
         save_tensors(path, dict(self.state_dict()), metadata=meta)
 

@@ -68,8 +68,9 @@ class BatchTopKSAE(TopKSAE):
             return self.batch_select(pre, norms)
         return pre * ((pre if norms is None else pre / norms) > self.threshold)
 
-    def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float,
-                        target: torch.Tensor | None = None) -> TrainOutput:
+    def training_output(
+        self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float, target: torch.Tensor | None = None
+    ) -> TrainOutput:
         """TopK's sparse step with a batch-wide ranking. Each row's top ``CANDIDATES_PER_K · k`` pre-activations
         are its candidates; the batch's k·n largest among them are the batch's k·n largest overall unless a row
         keeps every candidate (its next one might also qualify) — then the batch takes the dense path."""

@@ -20,8 +20,7 @@ def fvu(x_hat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (x_hat - target).pow(2).sum() / (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
 
 
-def auxk_loss(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor,
-              residual: torch.Tensor) -> torch.Tensor:
+def auxk_loss(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """AuxK (Gao et al. 2024): the chosen *dead* latents, with (n, k_aux) activations ``values`` at ``indices``,
     model the (n, d_out) ``residual`` the live latents leave (pass it detached); returns the FVU of that fit,
     normalised by ``total_variance`` like the main loss (0 when the residual is exactly zero)."""
@@ -36,19 +35,27 @@ def residual_fvu(err_hat: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(aux, nan=0.0)
 
 
-def dead_topk(pre: torch.Tensor, dead_mask: torch.Tensor | None,
-              k_aux: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+def dead_topk(
+    pre: torch.Tensor, dead_mask: torch.Tensor | None, k_aux: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The top ``k_aux`` dead latents of dense pre-activations ``pre`` (n, n_latents): ReLU'd values and indices,
     each (n, min(k_aux, n_dead)); None when no latent is dead."""
     if dead_mask is None or not bool(dead_mask.any()):
         return None
-    values, indices = pre.masked_fill(~dead_mask, -torch.inf).topk(min(k_aux, int(dead_mask.sum())), dim=-1,
-                                                                   sorted=False)
+    values, indices = pre.masked_fill(~dead_mask, -torch.inf).topk(
+        min(k_aux, int(dead_mask.sum())), dim=-1, sorted=False
+    )
     return values.relu(), indices
 
 
-def add_auxk(sae: Any, pre: torch.Tensor, dead_mask: torch.Tensor | None, residual: torch.Tensor,
-             loss: torch.Tensor, metrics: dict[str, torch.Tensor]) -> torch.Tensor:
+def add_auxk(
+    sae: Any,
+    pre: torch.Tensor,
+    dead_mask: torch.Tensor | None,
+    residual: torch.Tensor,
+    loss: torch.Tensor,
+    metrics: dict[str, torch.Tensor],
+) -> torch.Tensor:
     """``loss`` plus ``sae.cfg.auxk_alpha`` × AuxK over the dense ``pre`` (n, n_latents), logging ``auxk_loss``."""
     if sae.cfg.auxk_alpha <= 0:
         return loss
@@ -65,9 +72,18 @@ def l0(latents: torch.Tensor) -> torch.Tensor:
     return (latents > 0).sum(-1).float().mean().detach()
 
 
-def topk_train_output(sae: Any, *, pre: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
-                      target: torch.Tensor, x_hat: torch.Tensor, loss: torch.Tensor, metrics: dict[str, torch.Tensor],
-                      dead_mask: torch.Tensor | None) -> TrainOutput:
+def topk_train_output(
+    sae: Any,
+    *,
+    pre: torch.Tensor,
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    target: torch.Tensor,
+    x_hat: torch.Tensor,
+    loss: torch.Tensor,
+    metrics: dict[str, torch.Tensor],
+    dead_mask: torch.Tensor | None,
+) -> TrainOutput:
     """Finish a TopK-style training step: add AuxK (``sae.cfg.auxk_alpha``, ``k_aux``) and compute which latents
     fired and the L0 from the (n, k) winners ``values``/``indices`` of ``pre`` (n, n_latents)."""
     metrics = dict(metrics)
@@ -99,8 +115,9 @@ class L0Controller(nn.Module):
     coefficient.
     """
 
-    def __init__(self, target: float, rise: float = 5.0, fall: float = 20.0, smoothing: float = 0.02,
-                 horizon: float = 0.5) -> None:
+    def __init__(
+        self, target: float, rise: float = 5.0, fall: float = 20.0, smoothing: float = 0.02, horizon: float = 0.5
+    ) -> None:
         super().__init__()
         self.target, self.rise, self.fall, self.smoothing, self.horizon = target, rise, fall, smoothing, horizon
         self.register_buffer("log_multiplier", torch.zeros(()))  # the integral I

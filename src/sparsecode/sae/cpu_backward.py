@@ -63,8 +63,9 @@ def latent_order(flat: torch.Tensor, n_latents: int, k: int = 1) -> tuple[torch.
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def _decode_and_fvu_grads(values, indices, W, b_dec, target, n_parts, x_hat, error, grad_values, squared_errors,
-                          counter):  # pragma: no cover - compiled
+def _decode_and_fvu_grads(
+    values, indices, W, b_dec, target, n_parts, x_hat, error, grad_values, squared_errors, counter
+):  # pragma: no cover - compiled
     n, k = indices.shape
     d = W.shape[1]
     for _thread in numba.prange(n_parts):
@@ -148,8 +149,14 @@ class FVUPass:
     """The FVU's denominator: as given, or the target batch's total variance Σ‖t − mean‖²."""
 
 
-def decode_and_fvu_grads(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor,
-                         target: torch.Tensor, variance: float | None = None) -> FVUPass:
+def decode_and_fvu_grads(
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    target: torch.Tensor,
+    variance: float | None = None,
+) -> FVUPass:
     """One pass over the rows: the reconstruction, the FVU and its gradients with respect to the values and
     x_hat, each row's k decoder rows read once for the decode and the values' gradient (torch needs a second
     gather pass). ``variance`` None: the target batch's total variance (``batch_variance``).
@@ -160,15 +167,30 @@ def decode_and_fvu_grads(values: torch.Tensor, indices: torch.Tensor, W_dec: tor
     error = torch.empty_like(x_hat)
     grad_values = torch.empty(n, k, dtype=torch.float32)
     squared_errors = np.empty(n)
-    _decode_and_fvu_grads(values.numpy(), indices.numpy(), W_dec.detach().numpy(), b_dec.detach().numpy(),
-                          target.numpy(), compiled_threads(), x_hat.numpy(), error.numpy(), grad_values.numpy(),
-                          squared_errors, np.zeros(1, np.int64))
+    _decode_and_fvu_grads(
+        values.numpy(),
+        indices.numpy(),
+        W_dec.detach().numpy(),
+        b_dec.detach().numpy(),
+        target.numpy(),
+        compiled_threads(),
+        x_hat.numpy(),
+        error.numpy(),
+        grad_values.numpy(),
+        squared_errors,
+        np.zeros(1, np.int64),
+    )
     if variance is None:
         variance = batch_variance(target)
     with np.errstate(divide="ignore", invalid="ignore"):  # a constant batch: inf or nan, as on the torch path
         scale = np.float64(2.0) / variance
         fvu = squared_errors.sum() / np.float64(variance)
     grad_values *= scale
-    return FVUPass(fvu=torch.tensor(fvu, dtype=torch.float32), x_hat=x_hat, error=error, grad_values=grad_values,
-                   scale=scale,
-                   variance=variance)
+    return FVUPass(
+        fvu=torch.tensor(fvu, dtype=torch.float32),
+        x_hat=x_hat,
+        error=error,
+        grad_values=grad_values,
+        scale=scale,
+        variance=variance,
+    )

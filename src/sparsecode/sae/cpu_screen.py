@@ -91,8 +91,24 @@ def _split_rows(rows, bits, head, head_norm, tail_norm, n_parts, counter):  # pr
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def _screened_rows(q_bits, b_enc, columns, block_terms, x_head_norm, x_tail_norm, unit, xc, w_rows, k, size, n_parts,
-                   out_values, out_indices, out_counts, counter):  # pragma: no cover - compiled
+def _screened_rows(
+    q_bits,
+    b_enc,
+    columns,
+    block_terms,
+    x_head_norm,
+    x_tail_norm,
+    unit,
+    xc,
+    w_rows,
+    k,
+    size,
+    n_parts,
+    out_values,
+    out_indices,
+    out_counts,
+    counter,
+):  # pragma: no cover - compiled
     """``columns`` (n_blocks, size, 3): per column, by block, its upper end's terms (b_enc + slack, the ‖Wl_j‖ and
     ‖w_j‖ bounds); ``block_terms`` (n_blocks, 3): per block, the largest of u·|b_enc| + slack and of those two
     bounds."""
@@ -126,7 +142,7 @@ def _screened_rows(q_bits, b_enc, columns, block_terms, x_head_norm, x_tail_norm
                 for b in range(n_blocks):
                     z_max[b] = q[b] + b_enc[b]
                 for r in range(1, size):
-                    part, bias_part = q[r * n_blocks:(r + 1) * n_blocks], b_enc[r * n_blocks:(r + 1) * n_blocks]
+                    part, bias_part = q[r * n_blocks : (r + 1) * n_blocks], b_enc[r * n_blocks : (r + 1) * n_blocks]
                     for b in range(n_blocks):
                         z_max[b] = max(z_max[b], part[b] + bias_part[b])
                 for b in range(n_blocks):
@@ -158,8 +174,12 @@ def _screened_rows(q_bits, b_enc, columns, block_terms, x_head_norm, x_tail_norm
                 # far caches: four loads in flight instead of one)
                 in_fours = count - count % 4
                 for t in range(0, in_fours, 4):
-                    w0, w1, w2, w3 = (w_rows[cand_indices[t]], w_rows[cand_indices[t + 1]],
-                                      w_rows[cand_indices[t + 2]], w_rows[cand_indices[t + 3]])
+                    w0, w1, w2, w3 = (
+                        w_rows[cand_indices[t]],
+                        w_rows[cand_indices[t + 1]],
+                        w_rows[cand_indices[t + 2]],
+                        w_rows[cand_indices[t + 3]],
+                    )
                     acc0 = acc1 = acc2 = acc3 = np.float32(0.0)
                     for l in range(d):
                         acc0 += x_row[l] * w0[l]
@@ -199,8 +219,15 @@ def split_bfloat16(rows: torch.Tensor, head: torch.Tensor) -> tuple[torch.Tensor
     head_norm = torch.empty(rows.shape[0], dtype=torch.float32)
     tail_norm = torch.empty(rows.shape[0], dtype=torch.float32)
     array = rows.numpy()
-    _split_rows(array, array.view(np.uint32), head.view(torch.int16).numpy().view(np.uint16), head_norm.numpy(),
-                tail_norm.numpy(), compiled_threads(), np.zeros(1, np.int64))
+    _split_rows(
+        array,
+        array.view(np.uint32),
+        head.view(torch.int16).numpy().view(np.uint16),
+        head_norm.numpy(),
+        tail_norm.numpy(),
+        compiled_threads(),
+        np.zeros(1, np.int64),
+    )
     return head_norm, tail_norm
 
 
@@ -225,8 +252,9 @@ def _by_block(column: torch.Tensor, size: int) -> torch.Tensor:
     return column.view(size, -1).T
 
 
-def screened_topk(xc: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int, size: int, rows: int,
-                  screen: EncoderScreen) -> tuple[torch.Tensor, torch.Tensor]:
+def screened_topk(
+    xc: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int, size: int, rows: int, screen: EncoderScreen
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of ``xc @ W_enc + b_enc`` per row: values (n, k) float32, not ReLU'd, and int64 indices (n, k), in
     no particular order; the same as float32's ``(xc @ W_enc + b_enc).topk(k)`` up to float32 rounding and ties.
 
@@ -238,8 +266,10 @@ def screened_topk(xc: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k:
     m = W_enc.shape[1]
     # the kernel indexes without bounds checks: a mismatch here would read past the arrays
     if W_enc.shape[0] != d or b_enc.shape != (m,) or m % size:
-        raise ValueError(f"screened_topk: xc {tuple(xc.shape)}, W_enc {tuple(W_enc.shape)}, b_enc "
-                         f"{tuple(b_enc.shape)} and block size {size} do not fit together")
+        raise ValueError(
+            f"screened_topk: xc {tuple(xc.shape)}, W_enc {tuple(W_enc.shape)}, b_enc "
+            f"{tuple(b_enc.shape)} and block size {size} do not fit together"
+        )
     w_rows = W_enc.detach().T  # (m, d), contiguous
     # e_ij = ‖xh_i‖·‖Wl_j‖ + ‖xl_i‖·‖w_j‖ + u·|q_ij| + the float32 sums' slack (norms, the product's accumulation,
     # the exact rescoring: each within ``slack``·‖xc_i‖·‖w_j‖), every norm rounded up by ``fudge``
@@ -255,12 +285,14 @@ def screened_topk(xc: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k:
     x_tail_norm = x_tail_norm * fudge + slack * x_head_norm  # (n,)
     b_enc = b_enc.detach().contiguous()
     column_slack = b_enc.abs() * BIAS_ROUNDOFF  # (m,)
-    columns = torch.stack([_by_block(b_enc + column_slack, size), _by_block(w_tail_bound, size),
-                           _by_block(w_norm, size)], 2).contiguous()  # (n_blocks, size, 3)
+    columns = torch.stack(
+        [_by_block(b_enc + column_slack, size), _by_block(w_tail_bound, size), _by_block(w_norm, size)], 2
+    ).contiguous()  # (n_blocks, size, 3)
     # (u·|b_enc| + slack) rounded up: the block bound counts it apart from z = q + b_enc
     bias_error = (UNIT_ROUNDOFF * b_enc.abs() + column_slack) * (1 + BIAS_ROUNDOFF)  # (m,)
-    block_terms = torch.stack([_by_block(bias_error, size).amax(1), _by_block(w_tail_bound, size).amax(1),
-                               _by_block(w_norm, size).amax(1)], 1).contiguous()  # (n_blocks, 3)
+    block_terms = torch.stack(
+        [_by_block(bias_error, size).amax(1), _by_block(w_tail_bound, size).amax(1), _by_block(w_norm, size).amax(1)], 1
+    ).contiguous()  # (n_blocks, 3)
     values = torch.empty(n, k, dtype=torch.float32)
     indices = torch.empty(n, k, dtype=torch.long)
     screen.candidates = torch.empty(n, dtype=torch.int64)
@@ -269,9 +301,22 @@ def screened_topk(xc: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k:
         stop = min(n, start + rows)
         q = screen.buffer("product", (stop - start, m))
         torch.mm(x_head[start:stop], w_head.T, out=q)  # (rows, m) bfloat16, float32 accumulation
-        _screened_rows(q.view(torch.int16).numpy().view(np.uint16), b_enc.numpy(), columns.numpy(), block_terms.numpy(),
-                       x_head_norm[start:stop].numpy(), x_tail_norm[start:stop].numpy(), np.float32(UNIT_ROUNDOFF),
-                       xc[start:stop].numpy(), w_rows.numpy(), k, size, compiled_threads(),
-                       values[start:stop].numpy(), indices[start:stop].numpy(), screen.candidates[start:stop].numpy(),
-                       np.zeros(1, np.int64))
+        _screened_rows(
+            q.view(torch.int16).numpy().view(np.uint16),
+            b_enc.numpy(),
+            columns.numpy(),
+            block_terms.numpy(),
+            x_head_norm[start:stop].numpy(),
+            x_tail_norm[start:stop].numpy(),
+            np.float32(UNIT_ROUNDOFF),
+            xc[start:stop].numpy(),
+            w_rows.numpy(),
+            k,
+            size,
+            compiled_threads(),
+            values[start:stop].numpy(),
+            indices[start:stop].numpy(),
+            screen.candidates[start:stop].numpy(),
+            np.zeros(1, np.int64),
+        )
     return values, indices

@@ -134,8 +134,8 @@ def _topk_rows(pre, bias, k, size, n_parts, out_values, out_indices, counter):  
                     block_second[b] = -np.inf
                     block_arg[b] = 0
                 for e in range(1, size):
-                    row_part = row[e * n_blocks:(e + 1) * n_blocks]
-                    bias_part = bias[e * n_blocks:(e + 1) * n_blocks]
+                    row_part = row[e * n_blocks : (e + 1) * n_blocks]
+                    bias_part = bias[e * n_blocks : (e + 1) * n_blocks]
                     for b in range(n_blocks):
                         v, top = row_part[b] + bias_part[b], block_max[b]
                         block_second[b] = max(block_second[b], min(top, v))
@@ -180,8 +180,9 @@ def _topk_rows(pre, bias, k, size, n_parts, out_values, out_indices, counter):  
             start = claim(counter, CHUNK_ROWS)
 
 
-def topk_with_bias(pre: torch.Tensor, bias: torch.Tensor, k: int, size: int,
-                   out: tuple[torch.Tensor, torch.Tensor]) -> None:
+def topk_with_bias(
+    pre: torch.Tensor, bias: torch.Tensor, k: int, size: int, out: tuple[torch.Tensor, torch.Tensor]
+) -> None:
     """Write the top k of ``pre + bias`` per row into ``out`` = (values (n, k), int64 indices (n, k)), in no
     particular order, as ``(pre + bias).topk(k, sorted=False)`` up to ties.
 
@@ -189,5 +190,13 @@ def topk_with_bias(pre: torch.Tensor, bias: torch.Tensor, k: int, size: int,
     strided block, a divisor of m with at least k blocks (see ``sparse.block_size``). ``out`` tensors are
     contiguous.
     """
-    _topk_rows(pre.numpy(), bias.detach().contiguous().numpy(), k, size, compiled_threads(), out[0].numpy(),
-               out[1].numpy(), np.zeros(1, np.int64))
+    _topk_rows(
+        pre.numpy(),
+        bias.detach().contiguous().numpy(),
+        k,
+        size,
+        compiled_threads(),
+        out[0].numpy(),
+        out[1].numpy(),
+        np.zeros(1, np.int64),
+    )

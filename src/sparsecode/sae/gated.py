@@ -50,8 +50,9 @@ class GatedSAE(SparseAutoencoder):
         gate, mag = self._paths(x)
         return (gate > 0) * mag.relu()
 
-    def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float,
-                        target: torch.Tensor | None = None) -> TrainOutput:
+    def training_output(
+        self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float, target: torch.Tensor | None = None
+    ) -> TrainOutput:
         gate, mag = self._paths(x)  # (n, n_latents) each
         latents = (gate > 0) * mag.relu()  # (n, n_latents); no gradient reaches the gate through here
         x_hat = self.decode(latents)  # (n, d_in)
@@ -63,8 +64,13 @@ class GatedSAE(SparseAutoencoder):
         batch_l0 = l0(latents)
         coefficient = steered(self, self.cfg.l1, self.cfg.l1_warmup, progress, batch_l0)
         loss = (x_hat - x).pow(2).sum(-1).mean() + coefficient * sparsity + aux
-        metrics = {"fvu": fvu(x_hat, x).detach(), "l0": batch_l0, "l1": sparsity.detach(), "aux_loss": aux.detach(),
-                   "l1_coefficient": coefficient.detach()}
+        metrics = {
+            "fvu": fvu(x_hat, x).detach(),
+            "l0": batch_l0,
+            "l1": sparsity.detach(),
+            "aux_loss": aux.detach(),
+            "l1_coefficient": coefficient.detach(),
+        }
         return TrainOutput(loss=loss, x_hat=x_hat, fired=(latents > 0).any(0), metrics=metrics)
 
     def _fold_extra(self, scale: float) -> None:

@@ -79,8 +79,9 @@ class JumpReLUConfig(SAEConfig):
             raise ConfigError(f"sae.l0_coefficient must be >= 0 (> 0 with a target_l0), got {self.l0_coefficient}")
         check_target_l0(self)
         if self.bandwidth <= 0 or self.threshold_init <= 0:
-            raise ConfigError("sae.bandwidth and sae.threshold_init must be > 0, got "
-                              f"{self.bandwidth} and {self.threshold_init}")
+            raise ConfigError(
+                f"sae.bandwidth and sae.threshold_init must be > 0, got {self.bandwidth} and {self.threshold_init}"
+            )
         if not 0 <= self.l0_warmup <= 1:
             raise ConfigError(f"sae.l0_warmup must be in [0, 1], got {self.l0_warmup}")
 
@@ -112,8 +113,9 @@ class JumpReLUSAE(SparseAutoencoder):
         rms = self.row_rms(x)
         return pre * ((pre if rms is None else pre / rms) > self.threshold)
 
-    def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float,
-                        target: torch.Tensor | None = None) -> TrainOutput:
+    def training_output(
+        self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float, target: torch.Tensor | None = None
+    ) -> TrainOutput:
         pre = self.pre_acts(x).relu()  # (n, n_latents); θ > 0, so negative entries never pass
         rms = self.row_rms(x)  # (n, 1) or None
         z = pre if rms is None else pre / rms  # what the threshold sees
@@ -125,8 +127,12 @@ class JumpReLUSAE(SparseAutoencoder):
         l0 = _Step.apply(z, theta, self.cfg.bandwidth).sum(-1).mean()
         coefficient = steered(self, self.cfg.l0_coefficient, self.cfg.l0_warmup, progress, l0.detach())
         loss = sq_err + coefficient * l0
-        metrics = {"fvu": fvu(x_hat, x).detach(), "l0": l0.detach(), "mean_threshold": theta.mean().detach(),
-                   "l0_coefficient": coefficient.detach()}
+        metrics = {
+            "fvu": fvu(x_hat, x).detach(),
+            "l0": l0.detach(),
+            "mean_threshold": theta.mean().detach(),
+            "l0_coefficient": coefficient.detach(),
+        }
         return TrainOutput(loss=loss, x_hat=x_hat, fired=(latents > 0).any(0), metrics=metrics)
 
     def _fold_extra(self, scale: float) -> None:

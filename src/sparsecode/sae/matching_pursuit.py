@@ -69,18 +69,23 @@ class MatchingPursuitSAE(SparseAutoencoder):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         coefs, atoms, _ = self.pursue(x)  # (n, mp_steps) each
         return torch.zeros(x.shape[0], self.cfg.n_latents, dtype=coefs.dtype, device=x.device).scatter_add(
-            -1, atoms, coefs)
+            -1, atoms, coefs
+        )
 
-    def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float,
-                        target: torch.Tensor | None = None) -> TrainOutput:
+    def training_output(
+        self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float, target: torch.Tensor | None = None
+    ) -> TrainOutput:
         latents = self.encode(x)  # (n, n_latents)
         x_hat = self.decode(latents)  # (n, d_in)
         loss = fvu(x_hat, x)
-        return TrainOutput(loss=loss, x_hat=x_hat, fired=(latents > 0).any(0),
-                           metrics={"fvu": loss.detach(), "l0": l0(latents)})
+        return TrainOutput(
+            loss=loss, x_hat=x_hat, fired=(latents > 0).any(0), metrics={"fvu": loss.detach(), "l0": l0(latents)}
+        )
 
     @torch.no_grad()
     def fold_input_scale_(self, scale: float, target_scale: float | None = None) -> None:
         if target_scale is not None and target_scale != scale:
-            raise ConfigError(f"a matching-pursuit SAE reconstructs its input: one scale, not {scale} and {target_scale}")
+            raise ConfigError(
+                f"a matching-pursuit SAE reconstructs its input: one scale, not {scale} and {target_scale}"
+            )
         self.b_dec /= scale  # the atom choices are scale-free; coefficients scale with the input

@@ -28,10 +28,14 @@ class MatryoshkaConfig(TopKConfig):
         if self.prefixes is None:
             self.prefixes = sorted({p for p in (self.n_latents // 16, self.n_latents // 4) if p >= 1})
         p = self.prefixes
-        if not all(isinstance(v, int) for v in p) or any(b <= a for a, b in pairwise(p)) or \
-                (p and not 1 <= p[0] <= p[-1] < self.n_latents):
-            raise ConfigError(f"sae.prefixes must be increasing whole numbers in [1, n_latents={self.n_latents}), "
-                              f"got {p}")
+        if (
+            not all(isinstance(v, int) for v in p)
+            or any(b <= a for a, b in pairwise(p))
+            or (p and not 1 <= p[0] <= p[-1] < self.n_latents)
+        ):
+            raise ConfigError(
+                f"sae.prefixes must be increasing whole numbers in [1, n_latents={self.n_latents}), got {p}"
+            )
 
     @property
     def sizes(self) -> list[int]:
@@ -49,8 +53,9 @@ class MatryoshkaSAE(TopKSAE):
         latents[:, size:] = 0
         return latents
 
-    def _reconstruction_loss(self, values: torch.Tensor, pattern: SparsePattern,
-                             target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def _reconstruction_loss(
+        self, values: torch.Tensor, pattern: SparsePattern, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Sum of the nested prefixes' FVUs, each decoded sparsely from the winners inside the prefix (the
         winners are ranked over the whole dictionary, as at inference)."""
         masks = [None if size == self.cfg.n_latents else pattern.indices < size for size in self.cfg.sizes]

@@ -49,14 +49,16 @@ class MultiBudgetSAE(TopKSAE):
         """(n, n_latents) latents at budget ``k`` (any k up to n_latents; trained for ``cfg.budgets``)."""
         values, indices = self.select_at(self.pre_acts(x), k)
         return torch.zeros(x.shape[0], self.cfg.n_latents, dtype=values.dtype, device=values.device).scatter_(
-            -1, indices, values)
+            -1, indices, values
+        )
 
     def _order_winners(self, top_pre: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         top_pre, order = top_pre.sort(dim=-1, descending=True)  # (n, k): budget b keeps the first b
         return top_pre, indices.gather(1, order)
 
-    def _reconstruction_loss(self, values: torch.Tensor, pattern: SparsePattern,
-                             target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def _reconstruction_loss(
+        self, values: torch.Tensor, pattern: SparsePattern, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Mean of the budgets' FVUs; budget b decodes the b largest winners (a mask on the shared pattern)."""
         rank = torch.arange(values.shape[1], device=values.device)  # (k,)
         masks = [None if b == values.shape[1] else rank < b for b in self.cfg.budgets]

@@ -45,8 +45,9 @@ class ReLUSAE(SparseAutoencoder):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.pre_acts(x).relu()
 
-    def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float,
-                        target: torch.Tensor | None = None) -> TrainOutput:
+    def training_output(
+        self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float, target: torch.Tensor | None = None
+    ) -> TrainOutput:
         latents = self.encode(x)  # (n, n_latents)
         x_hat = self.decode(latents)  # (n, d_in)
         sq_err = (x_hat - x).pow(2).sum(-1).mean()

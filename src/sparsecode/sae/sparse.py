@@ -71,8 +71,14 @@ class SparsePattern:
         """(n_latents, d) = Wᵀ · dense, where W is (n, n_latents) with ``weights`` (n, k) on this pattern and
         ``dense`` is (n, d)."""
         order, rows, offsets = self.by_latent()
-        return F.embedding_bag(rows, dense, offsets, per_sample_weights=weights.reshape(-1).index_select(0, order),
-                               mode="sum", include_last_offset=True)  # (n_latents, d)
+        return F.embedding_bag(
+            rows,
+            dense,
+            offsets,
+            per_sample_weights=weights.reshape(-1).index_select(0, order),
+            mode="sum",
+            include_last_offset=True,
+        )  # (n_latents, d)
 
     def column_sums(self, weights: torch.Tensor) -> torch.Tensor:
         """(n_latents,) column sums of the (n, n_latents) matrix with ``weights`` (n, k) on this pattern."""
@@ -97,8 +103,14 @@ class _SparseDecode(torch.autograd.Function):
             # dL/dv[i,j] = grad_out[i] · W_dec[idx[i,j]], without gathering an (n, k, d) tensor
             n, k = pattern.indices.shape
             grad_values = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                grad_out, W_dec, pattern.flat, pattern.offsets,
-                torch.arange(n, device=grad_out.device).repeat_interleave(k), 0, -1).view(n, k)
+                grad_out,
+                W_dec,
+                pattern.flat,
+                pattern.offsets,
+                torch.arange(n, device=grad_out.device).repeat_interleave(k),
+                0,
+                -1,
+            ).view(n, k)
         if ctx.needs_input_grad[1]:
             grad_W = pattern.transposed_matmul(values, grad_out)  # (n_latents, d)
         return grad_values, grad_W, None
@@ -123,10 +135,14 @@ class _SparseDecodeFVU(torch.autograd.Function):
             grad_values = grad_values * grad_fvu
         scale = ctx.scale * grad_fvu  # dL/dx_hat = scale · error: applied to the (n, k) weights, not the (n, d) error
         needs = ctx.needs_input_grad
-        return (grad_values if needs[0] else None,
-                pattern.transposed_matmul(values * scale, error) if needs[1] else None,  # (n_latents, d)
-                error.sum(0) * scale if needs[2] else None,
-                -scale * error if needs[3] else None, None, None)
+        return (
+            grad_values if needs[0] else None,
+            pattern.transposed_matmul(values * scale, error) if needs[1] else None,  # (n_latents, d)
+            error.sum(0) * scale if needs[2] else None,
+            -scale * error if needs[3] else None,
+            None,
+            None,
+        )
 
 
 class _GatheredPreActs(torch.autograd.Function):
@@ -159,8 +175,14 @@ def sparse_decode(values: torch.Tensor, pattern: SparsePattern, W_dec: torch.Ten
     return _SparseDecode.apply(values, W_dec, pattern)
 
 
-def sparse_fvu(values: torch.Tensor, pattern: SparsePattern, W_dec: torch.Tensor, b_dec: torch.Tensor,
-               target: torch.Tensor, variance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def sparse_fvu(
+    values: torch.Tensor,
+    pattern: SparsePattern,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    target: torch.Tensor,
+    variance: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(FVU, x_hat) of the reconstruction x_hat = sparse_decode(values, pattern, W_dec) + b_dec against ``target``
     (n, d), i.e. Σ‖x_hat − target‖² / ``variance``, by default the target batch's total variance Σ‖t − mean‖²
     (``base.total_variance``, a constant for autograd); differentiable in the FVU (x_hat is returned detached on
@@ -169,17 +191,33 @@ def sparse_fvu(values: torch.Tensor, pattern: SparsePattern, W_dec: torch.Tensor
     tensors = (values, W_dec, b_dec, target)
     if variance is None and data_parallel():
         variance = total_variance(target)  # the global batch's, not this process's slice's
-    if USE_COMPILED_FVU and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) \
-            and W_dec.is_contiguous() and (variance is None or float(variance) > 0):  # else inf/nan as torch has it
-        return _SparseDecodeFVU.apply(values.contiguous(), W_dec, b_dec, target.contiguous(), pattern,
-                                      None if variance is None else float(variance))
+    if (
+        USE_COMPILED_FVU
+        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+        and W_dec.is_contiguous()
+        and (variance is None or float(variance) > 0)
+    ):  # else inf/nan as torch has it
+        return _SparseDecodeFVU.apply(
+            values.contiguous(),
+            W_dec,
+            b_dec,
+            target.contiguous(),
+            pattern,
+            None if variance is None else float(variance),
+        )
     x_hat = sparse_decode(values, pattern, W_dec) + b_dec  # (n, d)
     variance = total_variance(target) if variance is None else variance
     return F.mse_loss(x_hat, target, reduction="sum") / variance, x_hat
 
 
-def gathered_pre_acts(selected: torch.Tensor, x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
-                      b_dec: torch.Tensor, pattern: SparsePattern) -> torch.Tensor:
+def gathered_pre_acts(
+    selected: torch.Tensor,
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    b_dec: torch.Tensor,
+    pattern: SparsePattern,
+) -> torch.Tensor:
     """The pre-activations ``(x − b_dec) W_enc + b_enc`` at ``pattern``, already computed (without grad) as
     ``selected`` (n, k), wired into autograd with a sparse backward into W_enc, b_enc and b_dec."""
     return _GatheredPreActs.apply(selected, x, W_enc, b_enc, b_dec, pattern)
@@ -205,21 +243,33 @@ def screen_applies(x: torch.Tensor, W_enc: torch.Tensor, k: int) -> bool:
     k small enough for the strided blocks, and the switch above."""
     if USE_SCREEN is False or (USE_SCREEN is None and not screen_supported()):
         return False
-    return (x.device.type == "cpu" and x.dtype == W_enc.dtype == gemm_dtype(x) == torch.float32
-            and W_enc.T.is_contiguous() and block_size(W_enc.shape[1], k) is not None)
+    return (
+        x.device.type == "cpu"
+        and x.dtype == W_enc.dtype == gemm_dtype(x) == torch.float32
+        and W_enc.T.is_contiguous()
+        and block_size(W_enc.shape[1], k) is not None
+    )
 
 
 @torch.no_grad()
-def screened_topk_rows(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, b_dec: torch.Tensor, k: int,
-                       screen: EncoderScreen, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+def screened_topk_rows(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    b_dec: torch.Tensor,
+    k: int,
+    screen: EncoderScreen,
+    rows: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k values (n, k) (not ReLU'd) and indices (n, k) of ``(x − b_dec) W_enc + b_enc``, as ``chunked_topk``
     gives them, from a bfloat16 product ``rows`` rows at a time (where ``screen_applies``)."""
     return screened_topk((x - b_dec).contiguous(), W_enc, b_enc, k, block_size(W_enc.shape[1], k), rows, screen)
 
 
 @torch.no_grad()
-def chunked_topk(x: torch.Tensor, W_enc: torch.Tensor, bias: torch.Tensor, k: int, *,
-                 buffer: torch.Tensor, extra: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def chunked_topk(
+    x: torch.Tensor, W_enc: torch.Tensor, bias: torch.Tensor, k: int, *, buffer: torch.Tensor, extra: list | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of ``x @ W_enc + bias`` per row, computed ``len(buffer)`` rows at a time into ``buffer``.
 
     The scratch ``buffer`` is reused from step to step (no fresh pages to fault in) and bounds the memory

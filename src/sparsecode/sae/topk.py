@@ -67,8 +67,9 @@ class TopKSAE(SparseAutoencoder):
         pattern = SparsePattern(indices.contiguous(), self.cfg.n_latents)
         return sparse_decode(values.contiguous(), pattern, self.W_dec) + self.b_dec
 
-    def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float,
-                        target: torch.Tensor | None = None) -> TrainOutput:
+    def training_output(
+        self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float, target: torch.Tensor | None = None
+    ) -> TrainOutput:
         """One dense product (the encoder forward); everything after it works on the k selected latents
         (see ``sparse.py``), with the same values and gradients as the dense formulation."""
         target = x if target is None else target
@@ -93,12 +94,20 @@ class TopKSAE(SparseAutoencoder):
         block = self._pre_block(x)  # in the GEMM's dtype
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             bias = self.b_enc - self.b_dec @ self.W_enc  # (n_latents,)
-            top_pre, indices = chunked_topk(x, self.W_enc, bias, k, buffer=block,
-                                            extra=[auxk.see] if auxk and not auxk.dense else None)  # (n, k) each
+            top_pre, indices = chunked_topk(
+                x, self.W_enc, bias, k, buffer=block, extra=[auxk.see] if auxk and not auxk.dense else None
+            )  # (n, k) each
             return top_pre.to(x.dtype), indices
 
-    def _sparse_loss(self, x: torch.Tensor, target: torch.Tensor, top_pre: torch.Tensor, indices: torch.Tensor,
-                     auxk: _DeadTopK | None, keep: torch.Tensor | None = None) -> TrainOutput:
+    def _sparse_loss(
+        self,
+        x: torch.Tensor,
+        target: torch.Tensor,
+        top_pre: torch.Tensor,
+        indices: torch.Tensor,
+        auxk: _DeadTopK | None,
+        keep: torch.Tensor | None = None,
+    ) -> TrainOutput:
         """Loss from the (n, k) winners; ``keep`` (n, k) bool drops some of them (BatchTopK's batch ranking)."""
         n_latents = self.cfg.n_latents
         top_pre, indices = self._order_winners(top_pre, indices)
@@ -115,15 +124,19 @@ class TopKSAE(SparseAutoencoder):
                 aux_loss = auxk.dense_loss(x, self.W_enc, self.b_enc, self.b_dec, self.W_dec, residual)
             else:
                 aux_pattern = SparsePattern(auxk.indices, n_latents)
-                aux_values = gathered_pre_acts(auxk.values.to(x.dtype), x, self.W_enc, self.b_enc, self.b_dec,
-                                               aux_pattern).relu()
+                aux_values = gathered_pre_acts(
+                    auxk.values.to(x.dtype), x, self.W_enc, self.b_enc, self.b_dec, aux_pattern
+                ).relu()
                 aux_loss = auxk_loss(aux_values, auxk.indices, self.W_dec, residual)
             loss = loss + self.cfg.auxk_alpha * aux_loss
             metrics["auxk_loss"] = aux_loss.detach()
 
         active = (values > 0).detach()  # (n, k)
-        fired = torch.zeros(n_latents, dtype=torch.uint8, device=x.device).scatter_reduce_(
-            0, pattern.flat, active.view(-1).to(torch.uint8), "amax").bool()  # from the k winners only
+        fired = (
+            torch.zeros(n_latents, dtype=torch.uint8, device=x.device)
+            .scatter_reduce_(0, pattern.flat, active.view(-1).to(torch.uint8), "amax")
+            .bool()
+        )  # from the k winners only
         metrics["l0"] = active.sum() / x.shape[0]
         return TrainOutput(loss=loss, x_hat=x_hat, fired=fired, metrics=metrics)
 
@@ -131,15 +144,17 @@ class TopKSAE(SparseAutoencoder):
         """The (n, k) winners in the order the loss needs (any order here; largest first for multi-budget)."""
         return top_pre, indices
 
-    def _reconstruction_loss(self, values: torch.Tensor, pattern: SparsePattern,
-                             target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def _reconstruction_loss(
+        self, values: torch.Tensor, pattern: SparsePattern, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Loss, (n, d_out) reconstruction and metrics from the (n, k) ReLU'd winners; nested dictionaries
         (Matryoshka, multi-budget) override it to add their partial reconstructions."""
         fvu, x_hat = sparse_fvu(values, pattern, self.W_dec, self.b_dec, target)  # x_hat (n, d_out)
         return fvu, x_hat, {"fvu": fvu.detach()}
 
-    def _masked_fvus(self, values: torch.Tensor, pattern: SparsePattern, target: torch.Tensor,
-                     masks: list[torch.Tensor | None]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def _masked_fvus(
+        self, values: torch.Tensor, pattern: SparsePattern, target: torch.Tensor, masks: list[torch.Tensor | None]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The FVU of each partial reconstruction keeping ``values * mask`` on the shared pattern (None: all of
         them), and the last reconstruction (n, d_out). Nested dictionaries build their losses from these."""
         variance = total_variance(target)
@@ -199,15 +214,23 @@ class _DeadTopK:
         self.dense = len(dead) <= DENSE_AUXK_RATIO * k_aux
         self._parts: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def dense_loss(self, x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, b_dec: torch.Tensor,
-                   W_dec: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    def dense_loss(
+        self,
+        x: torch.Tensor,
+        W_enc: torch.Tensor,
+        b_enc: torch.Tensor,
+        b_dec: torch.Tensor,
+        W_dec: torch.Tensor,
+        residual: torch.Tensor,
+    ) -> torch.Tensor:
         """``auxk_loss`` of the dead latents' top ``k_aux`` per row, by dense products over their columns only."""
         enc = W_enc.T.index_select(0, self.dead).T  # (d, n_dead), latent-major like W_enc (so is its gradient)
         bias = b_enc.index_select(0, self.dead) - b_dec @ enc  # (n_dead,)
         pre = torch.addmm(bias, x, enc)  # (n, n_dead): (x − b_dec) W_enc + b_enc at the dead columns
         with torch.no_grad():
             chosen = torch.zeros_like(pre, dtype=torch.bool).scatter_(
-                -1, pre.topk(self.k_aux, dim=-1, sorted=False).indices, True)  # (n, n_dead)
+                -1, pre.topk(self.k_aux, dim=-1, sorted=False).indices, True
+            )  # (n, n_dead)
         err_hat = (pre.relu() * chosen) @ W_dec.index_select(0, self.dead)  # (n, d_out)
         return residual_fvu(err_hat, residual)
 
@@ -225,7 +248,7 @@ class _DeadTopK:
         dead_bias = bias.index_select(0, self.dead)  # (n_dead,)
         rows = max(1, PRE_BLOCK_ELEMENTS // len(self.dead))
         for start in range(0, x.shape[0], rows):
-            dead_pre = torch.addmm(dead_bias, x[start:start + rows], dead_weights.T)  # (rows, n_dead)
+            dead_pre = torch.addmm(dead_bias, x[start : start + rows], dead_weights.T)  # (rows, n_dead)
             values, local = dead_pre.topk(self.k_aux, dim=-1, sorted=False)
             self._parts.append((values, self.dead[local]))
 

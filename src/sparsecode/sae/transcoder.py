@@ -67,8 +67,9 @@ class Transcoder(TopKSAE):
         """(n, d_in) -> (n, d_out) prediction of the target."""
         return self.reconstruct(x, self.encode(x))
 
-    def training_output(self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float,
-                        target: torch.Tensor | None = None) -> TrainOutput:
+    def training_output(
+        self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float, target: torch.Tensor | None = None
+    ) -> TrainOutput:
         y = x if target is None else target  # (n, d_out)
         if y.shape[1] != self.cfg.d_out:
             raise ConfigError(f"the transcoder predicts width d_out={self.cfg.d_out}, the targets have {y.shape[1]}")
@@ -79,8 +80,17 @@ class Transcoder(TopKSAE):
             y_hat = y_hat + x @ self.W_skip
         loss = fvu(y_hat, y)
         metrics = {"fvu": loss.detach()}
-        return topk_train_output(self, pre=pre, values=values, indices=indices, target=y, x_hat=y_hat,
-                                 loss=loss, metrics=metrics, dead_mask=dead_mask)
+        return topk_train_output(
+            self,
+            pre=pre,
+            values=values,
+            indices=indices,
+            target=y,
+            x_hat=y_hat,
+            loss=loss,
+            metrics=metrics,
+            dead_mask=dead_mask,
+        )
 
     @torch.no_grad()
     def fold_input_scale_(self, scale: float, target_scale: float | None = None) -> None:

@@ -7,6 +7,7 @@ The last ``eval_fraction`` of the rows form the "eval" split, the rest "train".
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from collections.abc import Iterator
@@ -144,12 +145,15 @@ class _ParquetReader:
             cols = [c.strip() for c in key.split(",")]
             unknown = [c for c in cols if c not in lists and c not in numeric]
             if unknown:
-                raise ConfigError(f"source.key column {unknown[0]!r} is not a numeric or list-of-number column of "
-                                  f"{path}; "
-                                  f"options: {', '.join(lists + numeric)}")
+                raise ConfigError(
+                    f"source.key column {unknown[0]!r} is not a numeric or list-of-number column of "
+                    f"{path}; "
+                    f"options: {', '.join(lists + numeric)}"
+                )
             if len(cols) > 1 and any(c in lists for c in cols):
-                raise ConfigError(f"source.key for {path}: give either one list column or several scalar columns, "
-                                  "not a mix")
+                raise ConfigError(
+                    f"source.key for {path}: give either one list column or several scalar columns, not a mix"
+                )
         self.columns = cols
         self.is_list = cols[0] in lists
         meta = self.file.metadata
@@ -174,14 +178,16 @@ class _ParquetReader:
         if self.is_list:
             col = table.column(0).combine_chunks()
             if col.null_count:
-                raise DataError(f"{self.path}: column {self.columns[0]} has a null row in rows {start}..; "
-                                "fill or drop it")
+                raise DataError(
+                    f"{self.path}: column {self.columns[0]} has a null row in rows {start}..; fill or drop it"
+                )
             lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
             d = self._d if self._d is not None else int(lengths[0]) if len(lengths) else 0
             if len(lengths) and (lengths != d).any():
                 r = int(np.nonzero(lengths != d)[0][0])
-                raise DataError(f"{self.path}: row {start + r} of column {self.columns[0]} has {lengths[r]} values, "
-                                f"expected {d}")
+                raise DataError(
+                    f"{self.path}: row {start + r} of column {self.columns[0]} has {lengths[r]} values, expected {d}"
+                )
             values = col.flatten().to_numpy(zero_copy_only=False)
             arr = np.array(values, dtype=np.float32).reshape(len(col), d)  # (rows, d), writable copy
         else:
@@ -233,7 +239,7 @@ def _describe_bad(chunk: torch.Tensor) -> tuple[int, int, str] | None:
         return None
     r, c = (int(v) for v in bad.nonzero()[0])
     v = float(chunk[r, c])
-    return r, c, "NaN" if v != v else ("inf" if v > 0 else "-inf")
+    return r, c, "NaN" if math.isnan(v) else ("inf" if v > 0 else "-inf")
 
 
 class ArraySource:
@@ -244,8 +250,9 @@ class ArraySource:
         path = Path(config.path).expanduser()
         self.path = path
         if path.suffix not in _READERS:
-            raise DataError(f"{path}: unsupported array file type '{path.suffix}'; "
-                            f"use one of {', '.join(ARRAY_SUFFIXES)}")
+            raise DataError(
+                f"{path}: unsupported array file type '{path.suffix}'; use one of {', '.join(ARRAY_SUFFIXES)}"
+            )
         if not path.is_file():
             raise DataError(f"{path}: file not found")
         self.reader = _READERS[path.suffix](path, config.key)
@@ -255,9 +262,11 @@ class ArraySource:
         n = int(shape[0])
         n_eval = 0 if config.eval_fraction == 0 else max(1, round(n * config.eval_fraction))
         if n - n_eval < 1:
-            raise DataError(f"{path}: only {n} row(s), none left for training after holding out "
-                            f"eval_fraction={config.eval_fraction:g}; "
-                            "lower eval_fraction or add rows")
+            raise DataError(
+                f"{path}: only {n} row(s), none left for training after holding out "
+                f"eval_fraction={config.eval_fraction:g}; "
+                "lower eval_fraction or add rows"
+            )
         self.n_total = n
         self.n_train = n - n_eval
 

@@ -115,8 +115,14 @@ def check_int(name: str, value: Any, minimum: int | None = None) -> int:
     return value
 
 
-def check_float(name: str, value: Any, low: float | None = None, high: float | None = None,
-                low_open: bool = False, high_open: bool = False) -> float:
+def check_float(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigError(f"source.{name} must be a finite number, got {value!r}")
     value = float(value)

@@ -72,8 +72,9 @@ class ModelSourceConfig(SourceConfigBase):
         if isinstance(self.corpus, (list, tuple)):
             self.corpus = [os.fspath(c) if isinstance(c, os.PathLike) else c for c in self.corpus]
         if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
-            raise ConfigError("source.model must be a model directory or hub name (or null for the default), "
-                              f"got {self.model!r}")
+            raise ConfigError(
+                f"source.model must be a model directory or hub name (or null for the default), got {self.model!r}"
+            )
         if not isinstance(self.hook, str) or not self.hook.strip():
             raise ConfigError("source.hook is required: a dotted module path such as 'encoder.layer.3'")
         check_choice("hook_side", self.hook_side, ("output", "input"))
@@ -85,13 +86,16 @@ class ModelSourceConfig(SourceConfigBase):
         if self.corpus is not None:
             ok = isinstance(self.corpus, list) and self.corpus and all(isinstance(p, str) and p for p in self.corpus)
             if not ok:
-                raise ConfigError("source.corpus must be a non-empty list of paths (or null for the default corpus), "
-                                  f"got {self.corpus!r}")
+                raise ConfigError(
+                    "source.corpus must be a non-empty list of paths (or null for the default corpus), "
+                    f"got {self.corpus!r}"
+                )
         check_int("max_length", self.max_length, minimum=2)
         check_int("batch_size", self.batch_size, minimum=1)
         if not isinstance(self.exclude_special_tokens, bool):
-            raise ConfigError(f"source.exclude_special_tokens must be true or false, "
-                              f"got {self.exclude_special_tokens!r}")
+            raise ConfigError(
+                f"source.exclude_special_tokens must be true or false, got {self.exclude_special_tokens!r}"
+            )
         check_int("eval_every", self.eval_every, minimum=2)
         try:
             torch.device(self.device)
@@ -157,8 +161,10 @@ def resolve_model(name_or_path: str | None) -> str:
 def _load_error(name: str, e: BaseException) -> DataError:
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
     if not os.path.isdir(name) and _offline():
-        return DataError(f"could not load model '{name}': not found locally and the hub is offline (HF_HUB_OFFLINE); "
-                         "give a local model directory")
+        return DataError(
+            f"could not load model '{name}': not found locally and the hub is offline (HF_HUB_OFFLINE); "
+            "give a local model directory"
+        )
     return DataError(f"could not load model '{name}': {first}")
 
 
@@ -168,7 +174,7 @@ def _load_config(path: str) -> Any:
     try:
         with _quiet():
             return AutoConfig.from_pretrained(path, local_files_only=_offline())
-    except Exception as e:  # transformers raises OSError/ValueError/KeyError/... for bad models
+    except Exception as e:  # noqa: BLE001 -- transformers raises OSError/ValueError/KeyError/... for bad models
         raise _load_error(path, e) from None
 
 
@@ -178,7 +184,7 @@ def _load_tokenizer(path: str) -> Any:
     try:
         with _quiet():
             tok = AutoTokenizer.from_pretrained(path, local_files_only=_offline())
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 -- as in _load_config
         raise _load_error(path, e) from None
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
@@ -205,7 +211,7 @@ def _load_weights(path: str, config: Any, device: str, dtype: str) -> nn.Module:
     try:
         with _quiet():
             model = cls.from_pretrained(path, **{_dtype_kwarg(): DTYPES[dtype]}, local_files_only=_offline())
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 -- as in _load_config
         raise _load_error(path, e) from None
     return model.to(dev).eval().requires_grad_(False)
 
@@ -252,8 +258,9 @@ def chunk_documents(tokenizer: Any, docs: list[str], max_length: int) -> list[li
     body = max_length - len(prefix) - len(suffix)
     if body < 1:
         n_special = len(prefix) + len(suffix)
-        raise ConfigError(f"source.max_length {max_length} leaves no room for text next to {n_special} special "
-                          "tokens; increase it")
+        raise ConfigError(
+            f"source.max_length {max_length} leaves no room for text next to {n_special} special tokens; increase it"
+        )
     if not docs:
         return []
     ids_per_doc = tokenizer(docs, add_special_tokens=False, verbose=False)["input_ids"]
@@ -360,8 +367,13 @@ class ModelSource:
                 if entry.is_file():
                     st = entry.stat()
                     files.append([entry.name, st.st_size, st.st_mtime_ns])
-        return {"documents_sha256": text.hexdigest(), "model": where, "model_files": files,
-                "transformers": transformers.__version__, "torch": torch.__version__.split("+")[0]}
+        return {
+            "documents_sha256": text.hexdigest(),
+            "model": where,
+            "model_files": files,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__.split("+")[0],
+        }
 
     # -- corpus -----------------------------------------------------------------
 
@@ -412,8 +424,9 @@ class ModelSource:
         """(B, T, d) activations at the hook, in the model's dtype and device."""
         return self.activations_and_targets(input_ids, attention_mask)[0]
 
-    def activations_and_targets(self, input_ids: torch.Tensor,
-                                attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def activations_and_targets(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, T, d_in) activations at the hook and (B, T, d_out) at the target hook (None without one), from
         one forward pass that stops as soon as both are captured."""
         points = [(self.config.hook, self.config.hook_side, self.module)]
@@ -435,9 +448,12 @@ class ModelSource:
             if side == "output":
                 handles.append(module.register_forward_hook(lambda m, args, out, i=i: grab(i, out)))
             else:
-                handles.append(module.register_forward_pre_hook(
-                    lambda m, args, kwargs, i=i: grab(i, args[0] if args else next(iter(kwargs.values()), None)),
-                    with_kwargs=True))
+                handles.append(
+                    module.register_forward_pre_hook(
+                        lambda m, args, kwargs, i=i: grab(i, args[0] if args else next(iter(kwargs.values()), None)),
+                        with_kwargs=True,
+                    )
+                )
         extra = {"use_cache": False} if self.is_causal_lm else {}
         try:
             with torch.inference_mode():
@@ -451,13 +467,17 @@ class ModelSource:
         for i, (name, side, _) in enumerate(points):
             hook = f"hook {name!r} ({side})"
             if i not in captured:
-                raise DataError(f"{hook} was never reached in the forward pass; pick a module the forward runs "
-                                "through, e.g. a layer")
+                raise DataError(
+                    f"{hook} was never reached in the forward pass; pick a module the forward runs "
+                    "through, e.g. a layer"
+                )
             x = captured[i]
             if not isinstance(x, torch.Tensor) or x.dim() != 3 or tuple(x.shape[:2]) != tuple(input_ids.shape):
                 shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-                raise DataError(f"{hook} gave {shape}, expected a (batch, seq, d) tensor with (batch, seq) = "
-                                f"{tuple(input_ids.shape)}; hook another module")
+                raise DataError(
+                    f"{hook} gave {shape}, expected a (batch, seq, d) tensor with (batch, seq) = "
+                    f"{tuple(input_ids.shape)}; hook another module"
+                )
             out.append(x)
         return out[0], (out[1] if len(out) > 1 else None)
 
@@ -480,11 +500,20 @@ class ModelSource:
                 bad |= ~torch.isfinite(target_rows).all(dim=1)
             if bad.any():
                 pos = int(positions[keep[j]][bad][0])
-                raise DataError(f"model {self.config.model or '(default)'} hook {self.config.hook}: non-finite "
-                                f"activation in {split} chunk {i} at token position {pos}; try dtype='float32'")
+                raise DataError(
+                    f"model {self.config.model or '(default)'} hook {self.config.hook}: non-finite "
+                    f"activation in {split} chunk {i} at token position {pos}; try dtype='float32'"
+                )
             n = rows.shape[0]
-            out.append(ActivationBatch(acts=rows, token_ids=ids[j][keep[j]], targets=target_rows,
-                                       doc_ids=torch.full((n,), i, dtype=torch.long), positions=positions[keep[j]]))
+            out.append(
+                ActivationBatch(
+                    acts=rows,
+                    token_ids=ids[j][keep[j]],
+                    targets=target_rows,
+                    doc_ids=torch.full((n,), i, dtype=torch.long),
+                    positions=positions[keep[j]],
+                )
+            )
         return out
 
     def iter_batches(self, split: str = "train", start_row: int = 0) -> Iterator[ActivationBatch]:
@@ -522,7 +551,9 @@ class ModelSource:
                 parts = [rows[i] for i in range(b, min(b + bs, members.stop))]
                 if b == first and skip:
                     parts[0] = parts[0].slice(skip)
-                names = ("acts", "token_ids", "doc_ids", "positions") + (("targets",) if parts[0].targets is not None else ())
+                names = ("acts", "token_ids", "doc_ids", "positions") + (
+                    ("targets",) if parts[0].targets is not None else ()
+                )
                 batch = ActivationBatch(**{name: torch.cat([getattr(p, name) for p in parts]) for name in names})
                 if len(batch):
                     yield batch

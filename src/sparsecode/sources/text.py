@@ -73,8 +73,9 @@ def _load_file(path: Path) -> list[str]:
         return split_paragraphs(_read_text(path))
     if path.suffix == ".jsonl":
         return _load_jsonl(path)
-    raise DataError(f"{path}: unsupported corpus file type; use {' or '.join(CORPUS_SUFFIXES)} files "
-                    "or a directory of them")
+    raise DataError(
+        f"{path}: unsupported corpus file type; use {' or '.join(CORPUS_SUFFIXES)} files or a directory of them"
+    )
 
 
 def load_documents(paths: list[str] | None) -> list[str]:

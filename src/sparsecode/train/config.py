@@ -59,7 +59,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_field_types(self, "train")
-        for name in ("tokens", "batch_size", "buffer_rows", "checkpoint_every", "log_every", "init_rows", "dead_tokens"):
+        for name in (
+            "tokens",
+            "batch_size",
+            "buffer_rows",
+            "checkpoint_every",
+            "log_every",
+            "init_rows",
+            "dead_tokens",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size > self.tokens:
@@ -67,8 +75,9 @@ class TrainConfig:
         if self.buffer_rows < self.batch_size:
             raise ConfigError(f"train.buffer_rows ({self.buffer_rows}) must be >= train.batch_size ({self.batch_size})")
         if self.data_shards is not None and (self.data_shards < 1 or self.batch_size % self.data_shards):
-            raise ConfigError(f"train.data_shards ({self.data_shards}) must be >= 1 and divide train.batch_size "
-                              f"({self.batch_size})")
+            raise ConfigError(
+                f"train.data_shards ({self.data_shards}) must be >= 1 and divide train.batch_size ({self.batch_size})"
+            )
         if self.dtype not in DTYPES:
             raise ConfigError(f"train.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.lr is not None and not (0 < self.lr < 1):
@@ -76,8 +85,10 @@ class TrainConfig:
         if not 0 <= self.decay_fraction <= 1:
             raise ConfigError(f"train.decay_fraction must be in [0, 1], got {self.decay_fraction}")
         if self.warmup_steps is not None and not 0 <= self.warmup_steps < self.total_steps:
-            raise ConfigError(f"train.warmup_steps ({self.warmup_steps}) must be >= 0 and below the total steps "
-                              f"({self.total_steps} = tokens / batch_size); lower it or raise the token budget")
+            raise ConfigError(
+                f"train.warmup_steps ({self.warmup_steps}) must be >= 0 and below the total steps "
+                f"({self.total_steps} = tokens / batch_size); lower it or raise the token budget"
+            )
         for b in ("beta1", "beta2"):
             if not 0 <= getattr(self, b) < 1:
                 raise ConfigError(f"train.{b} must be in [0, 1), got {getattr(self, b)}")

@@ -47,8 +47,9 @@ class DataParallel:
     def local_rows(self, batch_size: int) -> slice:
         """This process's rows of a global batch."""
         if batch_size % self.world_size:
-            raise ConfigError(f"train.batch_size ({batch_size}) must be divisible by the number of processes "
-                              f"({self.world_size})")
+            raise ConfigError(
+                f"train.batch_size ({batch_size}) must be divisible by the number of processes ({self.world_size})"
+            )
         per = batch_size // self.world_size
         return slice(self.rank * per, (self.rank + 1) * per)
 
@@ -62,13 +63,13 @@ class DataParallel:
             self._flat = torch.empty(total, dtype=grads[0].dtype, device=grads[0].device)
         offset = 0
         for g in grads:
-            self._flat[offset:offset + g.numel()].copy_(g.reshape(-1))
+            self._flat[offset : offset + g.numel()].copy_(g.reshape(-1))
             offset += g.numel()
         dist.all_reduce(self._flat)
         self._flat.div_(self.world_size)
         offset = 0
         for g in grads:
-            g.copy_(self._flat[offset:offset + g.numel()].view_as(g))
+            g.copy_(self._flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
     def fired_and_stop(self, fired: torch.Tensor, stop: bool) -> tuple[torch.Tensor, bool]:
@@ -117,8 +118,13 @@ def launch(nproc: int, device: str, worker: Callable[..., Any], *args: Any) -> N
     # rendezvous through a file, not a TCP port: no race with other programs for a free port
     rendezvous = Path(tempfile.mkdtemp(prefix="sparsecode-ddp-"))
     try:
-        mp.start_processes(_run_rank, args=(nproc, str(rendezvous / "store"), device, worker, args), nprocs=nproc,
-                           start_method="spawn", join=True)
+        mp.start_processes(
+            _run_rank,
+            args=(nproc, str(rendezvous / "store"), device, worker, args),
+            nprocs=nproc,
+            start_method="spawn",
+            join=True,
+        )
     except mp.ProcessRaisedException as e:
         # the worker's own one-line message (its last traceback line), not the parent's wrapper
         last = str(e).strip().splitlines()[-1]

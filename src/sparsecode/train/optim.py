@@ -82,8 +82,14 @@ class Adam(torch.optim.Adam):
 
     def _fusable(self, p: torch.Tensor) -> bool:
         group = self._group(p)
-        plain = not (group["amsgrad"] or group["maximize"] or group["weight_decay"] or group.get("differentiable")
-                     or group.get("capturable") or torch.is_tensor(group["lr"]))
+        plain = not (
+            group["amsgrad"]
+            or group["maximize"]
+            or group["weight_decay"]
+            or group.get("differentiable")
+            or group.get("capturable")
+            or torch.is_tensor(group["lr"])
+        )
         tensors = [p, p.grad] + [v for v in self.state.get(p, {}).values() if torch.is_tensor(v) and v.dim() == 2]
         return plain and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
 
@@ -97,11 +103,21 @@ class Adam(torch.optim.Adam):
         state["step"] += 1
         step = float(state["step"])
         beta1, beta2 = group["betas"]
-        bias_correction1, bias_correction2 = 1 - beta1 ** step, 1 - beta2 ** step
-        _adam_unit_rows(p.detach().numpy(), p.grad.numpy(), state["exp_avg"].numpy(), state["exp_avg_sq"].numpy(),
-                        np.float32(1 - beta1), np.float32(beta2), np.float32(1 - beta2),
-                        np.float32(group["lr"] / bias_correction1), np.float32(math.sqrt(bias_correction2)),
-                        np.float32(group["eps"]), compiled_threads(), np.zeros(1, np.int64))
+        bias_correction1, bias_correction2 = 1 - beta1**step, 1 - beta2**step
+        _adam_unit_rows(
+            p.detach().numpy(),
+            p.grad.numpy(),
+            state["exp_avg"].numpy(),
+            state["exp_avg_sq"].numpy(),
+            np.float32(1 - beta1),
+            np.float32(beta2),
+            np.float32(1 - beta2),
+            np.float32(group["lr"] / bias_correction1),
+            np.float32(math.sqrt(bias_correction2)),
+            np.float32(group["eps"]),
+            compiled_threads(),
+            np.zeros(1, np.int64),
+        )
 
     def _transpose(self, p: torch.nn.Parameter) -> None:
         """Swap ``p``, its gradient and its 2-d state for their transposes (views of the same memory)."""
@@ -122,8 +138,20 @@ class Adam(torch.optim.Adam):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def _adam_unit_rows(W, G, exp_avg, exp_avg_sq, one_minus_beta1, beta2, one_minus_beta2, step_size,
-                    bias_correction2_sqrt, eps, n_parts, counter):  # pragma: no cover - compiled
+def _adam_unit_rows(
+    W,
+    G,
+    exp_avg,
+    exp_avg_sq,
+    one_minus_beta1,
+    beta2,
+    one_minus_beta2,
+    step_size,
+    bias_correction2_sqrt,
+    eps,
+    n_parts,
+    counter,
+):  # pragma: no cover - compiled
     m, d = W.shape
     for _thread in numba.prange(n_parts):
         start = claim(counter, CHUNK_ROWS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from ..io import atomic_write
@@ -19,8 +20,12 @@ def plot_training_curves(metrics_path: str | Path, out_path: str | Path) -> None
     if not rows:
         return
     tokens = [r["tokens"] for r in rows]
-    panels = (("loss", "training loss", True), ("fvu", "FVU (fraction of variance unexplained)", True),
-              ("l0", "L0 (active latents / token)", False), ("dead_fraction", "dead latent fraction", False))
+    panels = (
+        ("loss", "training loss", True),
+        ("fvu", "FVU (fraction of variance unexplained)", True),
+        ("l0", "L0 (active latents / token)", False),
+        ("dead_fraction", "dead latent fraction", False),
+    )
     fig, axes = plt.subplots(1, len(panels), figsize=(17, 3.6))
     for ax, (key, title, log) in zip(axes, panels):
         values = [r.get(key, float("nan")) for r in rows]
@@ -30,7 +35,7 @@ def plot_training_curves(metrics_path: str | Path, out_path: str | Path) -> None
         if log:
             ax.set_yscale("log")
         else:  # counts and fractions: show them against zero so a flat line is not magnified
-            finite = [v for v in values if v == v]
+            finite = [v for v in values if not math.isnan(v)]
             ax.set_ylim(0, max(max(finite, default=0) * 1.15, 0.01 if key == "dead_fraction" else 1.0))
         ax.grid(alpha=0.3)
     fig.tight_layout()

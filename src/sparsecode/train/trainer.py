@@ -42,8 +42,10 @@ class Trainer:
             raise DataError(f"the source yields rows of width {source.d_in} but sae.d_in is {config.sae.d_in}")
         d_target = getattr(source, "d_out", None)
         if d_target is not None and getattr(config.sae, "d_out", None) != d_target:
-            raise DataError(f"the source yields paired targets of width {d_target}: train a transcoder "
-                            f"(sae.arch 'transcoder' with d_out={d_target})")
+            raise DataError(
+                f"the source yields paired targets of width {d_target}: train a transcoder "
+                f"(sae.arch 'transcoder' with d_out={d_target})"
+            )
         self.config = config
         self.run_dir = Path(run_dir)
         self.source = source
@@ -78,14 +80,23 @@ class Trainer:
 
         group = self.group
         autocast = torch.autocast(self.device.type, dtype=getattr(torch, tc.dtype), enabled=tc.dtype != "float32")
-        bar = tqdm(total=total * tc.batch_size, initial=step * tc.batch_size, unit="tok", unit_scale=True,
-                   desc="train", disable=not self.progress, dynamic_ncols=True, smoothing=0.1)
+        bar = tqdm(
+            total=total * tc.batch_size,
+            initial=step * tc.batch_size,
+            unit="tok",
+            unit_scale=True,
+            desc="train",
+            disable=not self.progress,
+            dynamic_ncols=True,
+            smoothing=0.1,
+        )
         previous_handler = self._install_sigint_handler()
         t_last, tokens_last = time.perf_counter(), step * tc.batch_size
         try:
             while step < end and not self._stop_requested:
-                x, target = split_targets(next(store)[self.local_rows].to(self.device, non_blocking=True),
-                                          self.config.sae.d_in)
+                x, target = split_targets(
+                    next(store)[self.local_rows].to(self.device, non_blocking=True), self.config.sae.d_in
+                )
                 x = x * scale  # (batch / procs, d_in)
                 targets = {} if target is None else {"target": target * target_scale}  # (batch / procs, d_out)
                 dead_mask = tokens_since_fired >= tc.dead_tokens  # (n_latents,)
@@ -107,13 +118,19 @@ class Trainer:
                     scalars = group.mean({"loss": out.loss.item(), **{k: v.item() for k, v in out.metrics.items()}})
                     loss = scalars["loss"]
                     if not math.isfinite(loss):
-                        raise SparsecodeError(f"training diverged at step {step} (loss is {loss}); "
-                                              f"lower the learning rate (--lr) or check the inputs")
+                        raise SparsecodeError(
+                            f"training diverged at step {step} (loss is {loss}); "
+                            f"lower the learning rate (--lr) or check the inputs"
+                        )
                     now = time.perf_counter()
-                    row = {"step": step, "tokens": step * tc.batch_size, "lr": optimizer.param_groups[0]["lr"],
-                           **scalars,
-                           "dead_fraction": dead_mask.float().mean().item(),
-                           "tokens_per_s": (step * tc.batch_size - tokens_last) / max(now - t_last, 1e-9)}
+                    row = {
+                        "step": step,
+                        "tokens": step * tc.batch_size,
+                        "lr": optimizer.param_groups[0]["lr"],
+                        **scalars,
+                        "dead_fraction": dead_mask.float().mean().item(),
+                        "tokens_per_s": (step * tc.batch_size - tokens_last) / max(now - t_last, 1e-9),
+                    }
                     t_last, tokens_last = now, step * tc.batch_size
                     if group.is_main:
                         self._append_metrics(row)
@@ -128,8 +145,10 @@ class Trainer:
             if group.is_main:
                 self._save_checkpoint(sae, optimizer, tokens_since_fired, step, store)
             group.barrier()
-            raise Interrupted(f"interrupted at step {step}/{total}; checkpoint saved — continue with "
-                                  f"`sparsecode train --resume --out {self.run_dir}`")
+            raise Interrupted(
+                f"interrupted at step {step}/{total}; checkpoint saved — continue with "
+                f"`sparsecode train --resume --out {self.run_dir}`"
+            )
         if step < total:
             return sae
         return self._finish(sae)
@@ -147,8 +166,16 @@ class Trainer:
             self.local_rows = slice(None)
         elif not all_shards:
             self.local_rows = group.local_rows(tc.batch_size)
-        return ActivationStore(self.source, batch_size=tc.batch_size, buffer_rows=tc.buffer_rows, seed=tc.seed,
-                               split="train", batches_emitted=batches_emitted, shards=shards, own=own)
+        return ActivationStore(
+            self.source,
+            batch_size=tc.batch_size,
+            buffer_rows=tc.buffer_rows,
+            seed=tc.seed,
+            split="train",
+            batches_emitted=batches_emitted,
+            shards=shards,
+            own=own,
+        )
 
     def _optimizer(self, sae: SparseAutoencoder) -> Adam:
         tc = self.config.train
@@ -181,8 +208,10 @@ class Trainer:
             (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
 
         sae = build_sae(self.config.sae).to(self.device)
-        sae.initialize_from_data(sample.to(self.device) * self.config.input_scale,
-                                 None if target_sample is None else target_sample.to(self.device) * self.config.target_scale)
+        sae.initialize_from_data(
+            sample.to(self.device) * self.config.input_scale,
+            None if target_sample is None else target_sample.to(self.device) * self.config.target_scale,
+        )
         tokens_since_fired = torch.zeros(self.config.sae.n_latents, dtype=torch.long, device=self.device)
         return sae, self._optimizer(sae), tokens_since_fired, 0, store
 
@@ -194,8 +223,12 @@ class Trainer:
             for name, value in state.items():
                 tensors[f"optim.{idx}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
         tensors["tokens_since_fired"] = tokens_since_fired
-        meta = {"format": "sparsecode-checkpoint", "step": str(step), "store": json.dumps(store.state()),
-                "config": json.dumps(self.config.to_dict())}
+        meta = {
+            "format": "sparsecode-checkpoint",
+            "step": str(step),
+            "store": json.dumps(store.state()),
+            "config": json.dumps(self.config.to_dict()),
+        }
         save_tensors(self.run_dir / CHECKPOINT_FILE, tensors, metadata=meta)
 
     def _load_checkpoint(self):
@@ -247,8 +280,10 @@ class Trainer:
     def _finish(self, sae: SparseAutoencoder) -> SparseAutoencoder:
         sae.eval()
         sae = sae.to("cpu")
-        sae.fold_input_scale_(float(self.config.input_scale or 1.0),
-                              None if self.config.target_scale is None else float(self.config.target_scale))
+        sae.fold_input_scale_(
+            float(self.config.input_scale or 1.0),
+            None if self.config.target_scale is None else float(self.config.target_scale),
+        )
         if self.group.is_main:
             sae.save(self.run_dir / SAE_FILE)
             plot_training_curves(self.run_dir / METRICS_FILE, self.run_dir / TRAINING_PLOT)
@@ -280,10 +315,16 @@ def _normalizing_scale(sample: torch.Tensor, what: str) -> float:
     return math.sqrt(sample.shape[1] / mean_sq_norm)
 
 
-def fit_worker(config: RunConfig, run_dir: str | Path, resume: bool = False, stop_at_step: int | None = None,
-               progress: bool = False) -> None:
+def fit_worker(
+    config: RunConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    stop_at_step: int | None = None,
+    progress: bool = False,
+) -> None:
     """One data-parallel process: open the source from the config and train (see ``distributed.launch``)."""
     from ..sources import open_source
 
-    Trainer(config, run_dir, open_source(config.source), progress=progress).fit(resume=resume,
-                                                                               stop_at_step=stop_at_step)
+    Trainer(config, run_dir, open_source(config.source), progress=progress).fit(
+        resume=resume, stop_at_step=stop_at_step
+    )
