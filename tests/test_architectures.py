@@ -133,7 +133,7 @@ def test_training_step_reduces_the_loss_and_reports_fvu_and_l0(arch):
 # -- defining properties ---------------------------------------------------------------------------
 def test_batchtopk_keeps_exactly_k_times_batch_activations_and_infers_with_a_threshold():
     sae = BatchTopKSAE(BatchTopKConfig(d_in=16, n_latents=64, k=4))
-    x = torch.randn(50, 16)
+    x = torch.randn(50, 16, generator=torch.Generator().manual_seed(0))
     latents = sae.batch_select(sae.pre_acts(x))
     assert int((latents != 0).sum()) == 4 * 50
     per_row = (latents != 0).sum(-1)
@@ -141,7 +141,10 @@ def test_batchtopk_keeps_exactly_k_times_batch_activations_and_infers_with_a_thr
     out = sae.training_output(x, dead_mask=None, progress=0.0)
     assert out.metrics["l0"].item() == 4.0
     assert sae.threshold > 0  # estimated from the kept activations
-    assert torch.equal(sae.encode(x)[:5], sae.encode(x[:5]))  # inference does not depend on the batch
+    # inference does not depend on the batch: the same active set, values equal up to the GEMM's blocking
+    whole, part = sae.encode(x)[:5], sae.encode(x[:5])
+    assert torch.equal(whole != 0, part != 0)
+    torch.testing.assert_close(whole, part)
 
 
 def _synthetic(seed=0, n_features=128, dim=32, active=4.0):
