@@ -9,7 +9,6 @@ non-padding token (and, by default, non-special token) becomes one activation ro
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import itertools
 import os
@@ -23,6 +22,7 @@ from torch import nn
 
 from ..device import check_device
 from ..errors import ConfigError, DataError
+from ..hooks import find_module
 from .base import ActivationBatch, SourceConfigBase, check_choice, check_int, check_split
 from .text import load_documents, split_documents
 
@@ -222,19 +222,6 @@ def load_model(name_or_path: str | None, device: str = "cpu", dtype: str = "floa
     path = resolve_model(name_or_path)
     config = _load_config(path)
     return _load_weights(path, config, device, dtype), _load_tokenizer(path)
-
-
-def find_module(model: nn.Module, hook: str) -> nn.Module:
-    """The submodule at dotted path ``hook``; unknown names raise DataError with close matches."""
-    modules = dict(model.named_modules())
-    if hook and hook in modules:
-        return modules[hook]
-    close = difflib.get_close_matches(hook, [n for n in modules if n], n=5, cutoff=0.5)
-    if close:
-        hint = f"close matches: {', '.join(close)}"
-    else:
-        hint = f"top-level modules: {', '.join(n for n, _ in model.named_children())}"
-    raise DataError(f"unknown hook {hook!r} in {type(model).__name__}; {hint}")
 
 
 # --------------------------------------------------------------------------- tokenization
