@@ -223,7 +223,7 @@ def run_and_capture(
     missing = [k for k in points if k not in got]
     if missing:
         raise DataError(
-            f"hook point(s) {', '.join(map(str, missing))} never reached in the forward pass; "
+            f"hook point {', '.join(map(str, missing))} never reached in the forward pass; "
             "pick a module the forward runs through, e.g. a layer"
         )
     return got

@@ -9,12 +9,15 @@ GELU/SiLU models, whose outputs are never exactly zero.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import DataError
+from ..hooks import HookPoint, intercept
 
 NEURON_MODULE = re.compile(
     r"^(?P<layer>.*\.\d+)\.(?:intermediate|mlp\.act|mlp\.act_fn|mlp\.activation_fn|activation_fn|ffn\.activation)$"
@@ -78,37 +81,37 @@ def neuron_sparsity(
             "encoder.layer.N.intermediate, h.N.mlp.act, layers.N.mlp.act_fn)"
         )
     thr = default_threshold(source.model_config) if threshold is None else float(threshold)
-    modules = dict(model.named_modules())
     chunks = source.chunks(split)[:max_chunks] if max_chunks else source.chunks(split)
     if not chunks:
         raise DataError(f"neuron sparsity: the {split} split has no text chunks")
     counts: dict[str, torch.Tensor] = {}
     keep_now: list[torch.Tensor] = []
 
-    def make_hook(name: str):
-        def hook(_mod, _args, out):
-            h = out[0] if isinstance(out, (tuple, list)) else out
+    def count(name: str) -> Callable[[torch.Tensor], None]:
+        def fn(h: torch.Tensor) -> None:
             on = (h[keep_now[0]] > thr).sum(0).to("cpu", torch.int64)  # (neurons,)
             counts[name] = counts[name] + on if name in counts else on
 
-        return hook
+        return fn
 
-    handles = [modules[n].register_forward_hook(make_hook(n)) for n in names]
     n_tokens = 0
     was_training = model.training
     model.eval()
     try:
-        bs = source.config.batch_size
-        for start in tqdm(range(0, len(chunks), bs), desc="neurons", unit="batch", disable=not progress, leave=False):
-            batch = source.tokenize(chunks[start : start + bs])
-            keep = source.keep_mask(batch["input_ids"], batch["attention_mask"])
-            keep_now[:] = [keep]
-            extra = {"use_cache": False} if source.is_causal_lm else {}
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra)
-            n_tokens += int(keep.sum())
+        with ExitStack() as hooks:  # hooks removed however the loop ends
+            for name in names:
+                hooks.enter_context(intercept(HookPoint.at(model, name), count(name)))
+            bs = source.config.batch_size
+            for start in tqdm(
+                range(0, len(chunks), bs), desc="neurons", unit="batch", disable=not progress, leave=False
+            ):
+                batch = source.tokenize(chunks[start : start + bs])
+                keep = source.keep_mask(batch["input_ids"], batch["attention_mask"])
+                keep_now[:] = [keep]
+                extra = {"use_cache": False} if source.is_causal_lm else {}
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra)
+                n_tokens += int(keep.sum())
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     if n_tokens == 0:
         raise DataError(f"neuron sparsity: no kept tokens in the {split} split")

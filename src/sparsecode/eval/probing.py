@@ -20,16 +20,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import DataError
+from ..hooks import HookPoint, run_and_capture
 from .logistic import binary_scores, fit_logistic, rank_by_mean_difference
 from .neurons import neuron_module_for_hook
-from .splice import _hooked
 
 PROBE_KS = (1, 2, 4, 8, 16)
 LETTERS = string.ascii_lowercase
-
-
-class _Stop(Exception):
-    """Raised once every wanted activation of a forward pass has been captured."""
 
 
 @dataclass
@@ -132,58 +128,37 @@ def collect_token_rows(
     ``doc_ids`` number eval chunks 0.. and train chunks after them."""
     model = source.model
     neuron_name = neuron_module_for_hook(model, source.config.hook)
-    neuron_mod = dict(model.named_modules())[neuron_name] if neuron_name else None
-    side = getattr(source.config, "hook_side", "output")
+    points = {"residual": HookPoint(source.module, source.config.hook_side)}
+    if neuron_name:
+        points["neurons"] = HookPoint.at(model, neuron_name)
     parts: dict[str, list[torch.Tensor]] = {"residual": [], "neurons": [], "token_ids": [], "doc_ids": []}
-    grabbed: dict[str, torch.Tensor] = {}
-    wanted = {"residual"} | ({"neurons"} if neuron_mod is not None else set())
-
-    def take(name: str, h: torch.Tensor) -> None:
-        grabbed[name] = h
-        if set(grabbed) >= wanted:
-            raise _Stop
-
-    handle = (
-        neuron_mod.register_forward_hook(
-            lambda _m, _a, out: take("neurons", out[0] if isinstance(out, (tuple, list)) else out)
-        )
-        if neuron_mod
-        else None
-    )
     n_rows, bs = 0, source.config.batch_size
+    extra = {"use_cache": False} if source.is_causal_lm else {}
     bar = tqdm(total=max_tokens, desc="probe rows", unit="tok", disable=not progress, leave=False)
     try:
-        with _hooked(source.module, side, lambda h: take("residual", h)):
-            for start, group in _chunk_groups(source, bs):
-                if n_rows >= max_tokens:
-                    break
-                batch = source.tokenize(group)
-                keep = source.keep_mask(batch["input_ids"], batch["attention_mask"])  # (B, T)
-                grabbed.clear()
-                try:
-                    extra = {"use_cache": False} if source.is_causal_lm else {}
-                    model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra)
-                except _Stop:
-                    pass
-                if set(grabbed) < wanted:
-                    raise DataError(f"probing: the forward pass never reached {sorted(wanted - set(grabbed))}")
-                for name in wanted:
-                    parts[name].append(grabbed[name][keep].to("cpu", torch.float32))
-                parts["token_ids"].append(batch["input_ids"][keep].cpu())
-                doc = torch.arange(start, start + keep.shape[0])[:, None].expand_as(keep)  # (B, T)
-                parts["doc_ids"].append(doc[keep.cpu()])
-                n_rows += int(keep.sum())
-                bar.update(int(keep.sum()))
+        for start, group in _chunk_groups(source, bs):
+            if n_rows >= max_tokens:
+                break
+            batch = source.tokenize(group)
+            keep = source.keep_mask(batch["input_ids"], batch["attention_mask"])  # (B, T)
+            grabbed = run_and_capture(
+                model, points, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra
+            )
+            for name, h in grabbed.items():
+                parts[name].append(h[keep].to("cpu", torch.float32))
+            parts["token_ids"].append(batch["input_ids"][keep].cpu())
+            doc = torch.arange(start, start + keep.shape[0])[:, None].expand_as(keep)  # (B, T)
+            parts["doc_ids"].append(doc[keep.cpu()])
+            n_rows += int(keep.sum())
+            bar.update(int(keep.sum()))
     finally:
         bar.close()
-        if handle is not None:
-            handle.remove()
     if n_rows == 0:
         raise DataError("probing: the eval split has no kept tokens")
     cut = slice(0, max_tokens)
     residual = torch.cat(parts["residual"])[cut]  # (n, d_in)
     reps = {"sae": _encode(sae, residual, device)}
-    if "neurons" in wanted:
+    if "neurons" in points:
         reps["neurons"] = torch.cat(parts["neurons"])[cut]
     reps["residual"] = residual
     token_ids = torch.cat(parts["token_ids"])[cut]

@@ -15,77 +15,20 @@ tensor's dtype, so an identity ``reconstruct`` reproduces the clean run bit for 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import DataError
+from ..hooks import HookPoint, edit, intercept
 
 Replace = Callable[[torch.Tensor], torch.Tensor]
 """Maps the kept rows (n, d) float32 to their replacement (n, d)."""
 
 MODES = ("clean", "spliced", "zero_ablation", "mean_ablation")
-
-
-def _split_hidden(value: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
-    """The hidden-state tensor inside a module output/input, and a function rebuilding the value around a new one."""
-    if isinstance(value, torch.Tensor):
-        return value, lambda h: h
-    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
-        return value[0], lambda h: type(value)([h, *value[1:]])
-    raise DataError(
-        f"hooked module produced {type(value).__name__}; expected a tensor or a tuple whose first element is the hidden state"
-    )
-
-
-def _substitute(h: torch.Tensor, keep: torch.Tensor, replace: Replace) -> torch.Tensor:
-    """Copy of ``h`` (B, T, d) with rows at ``keep`` (B, T) replaced by ``replace(h[keep] as float32)``."""
-    if h.shape[:2] != keep.shape:
-        raise DataError(f"hooked activations have shape {tuple(h.shape)}, but the keep mask is {tuple(keep.shape)}")
-    rows = h[keep].to(torch.float32)  # (n, d)
-    new_rows = replace(rows)  # (n, d)
-    if new_rows.shape != rows.shape:
-        raise DataError(f"reconstruction has shape {tuple(new_rows.shape)}, expected {tuple(rows.shape)}")
-    out = h.clone()
-    out[keep] = new_rows.to(device=h.device, dtype=h.dtype)
-    return out
-
-
-@contextmanager
-def _hooked(module: torch.nn.Module, side: str, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
-    """Register a hook that passes the hidden state to ``fn``; a non-None return replaces it."""
-    if side == "output":
-
-        def hook(_mod, _args, output):
-            h, rebuild = _split_hidden(output)
-            new = fn(h)
-            return None if new is None else rebuild(new)
-
-        handle = module.register_forward_hook(hook)
-    elif side == "input":
-
-        def pre_hook(_mod, args, kwargs):
-            if args:
-                h, rebuild = _split_hidden(args[0])
-                new = fn(h)
-                return None if new is None else ((rebuild(new), *args[1:]), kwargs)
-            if kwargs:  # called with keywords only: the first one is the input (as the source captures it)
-                key = next(iter(kwargs))
-                h, rebuild = _split_hidden(kwargs[key])
-                new = fn(h)
-                return None if new is None else (args, {**kwargs, key: rebuild(new)})
-            raise DataError("hook_side='input' but the hooked module was called without any input")
-
-        handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    else:
-        raise DataError(f"hook_side must be 'output' or 'input', got {side!r}")
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def _run(
@@ -95,17 +38,20 @@ def _run(
     replace: Replace | None,
     capture: list[torch.Tensor] | None = None,
 ) -> Any:
-    """One forward pass; ``replace`` substitutes the kept rows, ``capture`` collects them (float64 sum, count)."""
+    """One forward pass; ``replace`` substitutes the kept rows (given as float32), ``capture`` collects them
+    (float64 sum, count)."""
 
-    def fn(h: torch.Tensor) -> torch.Tensor | None:
+    def record(h: torch.Tensor) -> None:
         if capture is not None:
             rows = h[keep].to(torch.float64)  # (n, d)
             capture.append(rows.sum(dim=0).cpu())
             capture.append(torch.tensor(float(rows.shape[0]), dtype=torch.float64))
-        return None if replace is None else _substitute(h, keep, replace)
 
-    side = getattr(source.config, "hook_side", "output")
-    with _hooked(source.module, side, fn):
+    point = HookPoint(source.module, source.config.hook_side)
+    with ExitStack() as hooks:
+        hooks.enter_context(intercept(point, record))  # registered first: sees the clean activations
+        if replace is not None:
+            hooks.enter_context(edit(point, lambda rows: replace(rows.to(torch.float32)), positions=keep))
         extra = {"use_cache": False} if source.is_causal_lm else {}
         return source.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra)
 

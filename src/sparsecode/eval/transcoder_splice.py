@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from .splice import Replace, _hooked, spliced_fidelity
+from ..hooks import HookPoint, intercept
+from .splice import Replace, spliced_fidelity
 
 
 class _TargetView:
@@ -45,5 +46,5 @@ def transcoder_spliced_fidelity(
         assert view.inputs is not None and view.keep is not None
         return predict(view.inputs[view.keep].to(torch.float32))  # (n, d_out)
 
-    with _hooked(source.module, source.config.hook_side, view.capture):
+    with intercept(HookPoint(source.module, source.config.hook_side), view.capture):
         return spliced_fidelity(view, replace, split=split, max_chunks=max_chunks, progress=progress)

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..device import check_device
 from ..errors import ConfigError, DataError
-from ..hooks import find_module
+from ..hooks import HookPoint, find_module, run_and_capture
 from .base import ActivationBatch, SourceConfigBase, check_choice, check_int, check_split
 from .text import load_documents, split_documents
 
@@ -261,10 +261,6 @@ def chunk_documents(tokenizer: Any, docs: list[str], max_length: int) -> list[li
 # --------------------------------------------------------------------------- the source
 
 
-class _StopForward(Exception):
-    """Raised by the capture hook to abandon the rest of the forward pass."""
-
-
 class ModelSource:
     """Rows = activations at ``config.hook`` for every kept token of the corpus split.
 
@@ -416,49 +412,16 @@ class ModelSource:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, T, d_in) activations at the hook and (B, T, d_out) at the target hook (None without one), from
         one forward pass that stops as soon as both are captured."""
-        points = [(self.config.hook, self.config.hook_side, self.module)]
-        if self.config.target_hook is not None:
-            points.append((self.config.target_hook, self.config.target_hook_side, self.target_module))
-        captured: dict[int, Any] = {}
-
-        def grab(i: int, x: Any) -> None:
-            if isinstance(x, (tuple, list)):
-                x = x[0]
-            elif not isinstance(x, torch.Tensor) and hasattr(x, "to_tuple"):
-                x = x.to_tuple()[0]
-            captured.setdefault(i, x)
-            if len(captured) == len(points):
-                raise _StopForward
-
-        handles = []
-        for i, (_, side, module) in enumerate(points):
-            if side == "output":
-                handles.append(module.register_forward_hook(lambda m, args, out, i=i: grab(i, out)))
-            else:
-                handles.append(
-                    module.register_forward_pre_hook(
-                        lambda m, args, kwargs, i=i: grab(i, args[0] if args else next(iter(kwargs.values()), None)),
-                        with_kwargs=True,
-                    )
-                )
+        c = self.config
+        points = {f"{c.hook!r} ({c.hook_side})": HookPoint(self.module, c.hook_side)}
+        if c.target_hook is not None:
+            points[f"{c.target_hook!r} ({c.target_hook_side})"] = HookPoint(self.target_module, c.target_hook_side)
         extra = {"use_cache": False} if self.is_causal_lm else {}
-        try:
-            with torch.inference_mode():
-                self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
-        except _StopForward:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
+        with torch.inference_mode():
+            captured = run_and_capture(self.model, points, input_ids=input_ids, attention_mask=attention_mask, **extra)
         out = []
-        for i, (name, side, _) in enumerate(points):
-            hook = f"hook {name!r} ({side})"
-            if i not in captured:
-                raise DataError(
-                    f"{hook} was never reached in the forward pass; pick a module the forward runs "
-                    "through, e.g. a layer"
-                )
-            x = captured[i]
+        for name in points:
+            x, hook = captured[name], f"hook {name}"
             if not isinstance(x, torch.Tensor) or x.dim() != 3 or tuple(x.shape[:2]) != tuple(input_ids.shape):
                 shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
                 raise DataError(
