@@ -218,3 +218,25 @@ def test_browsing_never_imports_torch(planted_features):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_what_fires_here_under_concurrent_requests(client):
+    """64 requests, 8 at a time, at both forms of /fires over a shared model: no errors, and every answer is the
+    one the same request gets alone (each request's forward pass is hooked for that request only)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = ["The apples were red. apples", f"say {SCRIPT_TOKEN} twice {SCRIPT_TOKEN}", "sparse features are rare"]
+    texts += [f"{n} apples on table {n}, and more words to make this text longer than the others" for n in range(5)]
+    urls = [(form, text) for form in ("/fires.json", "/fires") for text in texts]
+    alone = {(form, text): client.get(form, params={"text": text}) for form, text in urls}
+    assert all(r.status_code == 200 for r in alone.values())
+
+    def request(i: int) -> bool:
+        form, text = urls[i % len(urls)]
+        r = client.get(form, params={"text": text})
+        same = r.json() == alone[form, text].json() if form.endswith(".json") else r.text == alone[form, text].text
+        return r.status_code == 200 and same
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(request, range(64)))
+    assert results.count(False) == 0

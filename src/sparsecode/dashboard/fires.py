@@ -13,7 +13,10 @@ TOP_OVERALL = 24
 
 class FiresModel:
     """The run's model source and SAE, loaded lazily. ``run(text)`` never raises for a missing model: it returns
-    ``{"error": message}`` so the page can say what is wrong."""
+    ``{"error": message}`` so the page can say what is wrong.
+
+    Concurrent requests share the model without a lock: the source's capture hook acts only on the forward pass
+    of the thread that installed it (:mod:`sparsecode.hooks`), so each request sees its own activations."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
