@@ -484,3 +484,47 @@ def test_config_values_of_the_wrong_type(tmp_path):
         "train.normalize_inputs must be true or false",
     )
     assert not (tmp_path / "r").exists()
+
+
+def test_help_lists_every_command(capsys):
+    from sparsecode.cli import COMMANDS, command_module
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        summary = command_module(name).__doc__.splitlines()[0]
+        assert name in out and summary.split()[0] in out, name
+
+
+def test_train_flags_are_the_config_fields(capsys):
+    """Every field of every architecture's config and of TrainConfig is a train flag (bar those the command fills
+    itself), its help taken from the field's docstring; a flag sets its field; a dictionary flag is taken only by
+    the architectures whose config has that field."""
+    from dataclasses import fields
+
+    from sparsecode.cli import build_parser
+    from sparsecode.cli.train import SAE_SET_HERE, _sae_config
+    from sparsecode.errors import ConfigError
+    from sparsecode.sae import ARCHITECTURES
+    from sparsecode.train import TrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    names = {f.name for cls in ARCHITECTURES.values() for f in fields(cls.config_class)} - set(SAE_SET_HERE)
+    for name in names | {f.name for f in fields(TrainConfig)}:
+        assert "--" + name.replace("_", "-") in help_text, name
+    assert "Rows per optimizer step. [default 4096]" in help_text  # TrainConfig.batch_size's docstring + default
+    assert "[relu, gated; default 5.0, 2.0 for gated]" in help_text  # --l1: who has it, and their defaults
+
+    parser = build_parser()
+    base = ["train", "--synthetic", "features=64,dim=16", "--out", "r"]
+    args = parser.parse_args([*base, "--arch", "batchtopk", "--no-rank-relative", "--k-aux", "7", "--tokens", "2M"])
+    cfg = _sae_config(args, d_in=16)
+    assert (cfg.arch, cfg.rank_relative, cfg.k_aux, cfg.n_latents) == ("batchtopk", False, 7, 256)
+    assert args.tokens == 2_000_000
+    args = parser.parse_args([*base, "--arch", "topk", "--no-rank-relative"])
+    with pytest.raises(ConfigError, match="--rank-relative applies to --arch batchtopk, not topk"):
+        _sae_config(args, d_in=16)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import MISSING, fields
+import ast
+import inspect
+import itertools
+import textwrap
+from dataclasses import MISSING, fields, is_dataclass
 from typing import Any, TypeVar
 
 from .errors import ConfigError
@@ -62,3 +66,27 @@ def check_field_types(obj: Any, section: str) -> None:
             object.__setattr__(obj, f.name, float(value))
         if base == "int" and abs(value) > 2**62:
             raise ConfigError(f"{section}.{f.name} is out of range: {value}")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a config dataclass (and of its dataclass bases), read from the source:
+    the one place a setting is described, shared by the command line's help and the docs."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):  # no source (e.g. a frozen build): help falls back to the bare flag
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for stmt, after in itertools.pairwise(body):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[stmt.target.id] = inspect.cleandoc(after.value.value)
+    return docs

@@ -10,11 +10,15 @@ RUN/eval.json, RUN/density.png, RUN/report.html   written by `sparsecode eval`
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, Interrupted
 from .io import read_json, write_json
 from .layout import CHECKPOINT_FILE, CONFIG_FILE, SAE_FILE
 from .sae import SAEConfig, SparseAutoencoder, load_sae, sae_config_from_dict
@@ -106,3 +110,39 @@ def load_run(run_dir: str | Path) -> Run:
     if sae.cfg.to_dict() != config.sae.to_dict():
         raise DataError(f"{run_dir / SAE_FILE}: its SAE config does not match {run_dir / CONFIG_FILE}")
     return Run(path=run_dir, config=config, sae=sae)
+
+
+@contextmanager
+def run_folder(out: Path, *, replace: bool) -> Iterator[None]:
+    """Guard a training run writing into ``out``: whatever happens, no half-run is left behind.
+
+    With ``replace`` (``--overwrite`` of an existing run) the old run is moved aside and deleted only once the
+    new one has finished; if the new one fails, the old run comes back untouched. A new run folder survives a
+    failure only if it can be continued (it has a checkpoint) and, when it replaces an old run, only if the
+    user stopped it on purpose (Ctrl-C).
+    """
+    replaced = _move_aside(out) if replace and out.exists() else None
+    existed = out.exists()
+    try:
+        yield
+    except BaseException as e:
+        resumable = (out / CHECKPOINT_FILE).exists() and (isinstance(e, Interrupted) or replaced is None)
+        if not existed and not resumable:
+            shutil.rmtree(out, ignore_errors=True)
+        if replaced is not None:
+            if out.exists():  # the new run stays, resumable: the replacement the user asked for
+                shutil.rmtree(replaced, ignore_errors=True)
+            else:
+                os.replace(replaced, out)
+        raise
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
+
+
+def _move_aside(out: Path) -> Path:
+    aside = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+    try:
+        os.replace(out, aside)
+    except OSError as e:
+        raise ConfigError(f"--overwrite: cannot move the old run {out} aside: {e.strerror or e}") from None
+    return aside

@@ -13,7 +13,7 @@ import math
 import signal
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -315,16 +315,32 @@ def _normalizing_scale(sample: torch.Tensor, what: str) -> float:
     return math.sqrt(sample.shape[1] / mean_sq_norm)
 
 
+def open_training_source(config: Any, cache_dir: str | Path | None = None, progress: bool = False) -> Source:
+    """The source for ``config``, checked up front where it can be, and for model sources wrapped in the
+    activation cache at ``cache_dir`` (None: no cache)."""
+    from ..activations import CachedSource
+    from ..sources import open_source
+
+    source = open_source(config)
+    if hasattr(source, "validate"):
+        source.validate()
+    if cache_dir is not None and config.kind == "model":
+        source = CachedSource(source, cache_dir, progress=progress)
+    return source
+
+
 def fit_worker(
     config: RunConfig,
     run_dir: str | Path,
     resume: bool = False,
     stop_at_step: int | None = None,
     progress: bool = False,
+    cache_dir: str | Path | None = None,
 ) -> None:
-    """One data-parallel process: open the source from the config and train (see ``distributed.launch``)."""
-    from ..sources import open_source
+    """One data-parallel process (``sparsecode train --nproc``, torchrun, ``distributed.launch``): open the source
+    from the config and train. Only rank 0 shows progress and uses the activation cache (one writer)."""
+    import torch.distributed as dist
 
-    Trainer(config, run_dir, open_source(config.source), progress=progress).fit(
-        resume=resume, stop_at_step=stop_at_step
-    )
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    source = open_training_source(config.source, cache_dir if rank == 0 else None, progress and rank == 0)
+    Trainer(config, run_dir, source, progress=progress and rank == 0).fit(resume=resume, stop_at_step=stop_at_step)

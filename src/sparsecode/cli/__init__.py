@@ -1,0 +1,89 @@
+"""The `sparsecode` command. Each subcommand is one module of this package (see ``COMMANDS``).
+
+A command module has a docstring (first line: the one-line help in ``sparsecode --help``; the rest: the
+command's description), an ``EXAMPLES`` string, ``add_arguments(parser)`` and ``run(args) -> int``.
+Adding a command is adding its module and its name to ``COMMANDS`` (docs/usage.md, "Adding a command").
+
+Every user mistake ends as one line on stderr (``error: ...``) and exit status 2, with nothing
+half-written left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from types import ModuleType
+
+from ..errors import Interrupted, SparsecodeError
+from .options import HelpFormatter, parse_count
+
+COMMANDS = ("train", "eval", "neurons", "compare", "features", "serve")
+"""Subcommands in the order ``sparsecode --help`` lists them; each is the module of the same name here."""
+
+
+def command_module(name: str) -> ModuleType:
+    return importlib.import_module(f".{name}", __name__)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``only``, just that command gets its options (the others cost nothing to build,
+    which keeps ``sparsecode serve`` from importing torch for the train flags)."""
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="sparsecode",
+        description="Find the sparse, linear features in neural activations: train sparse autoencoders and "
+        "transcoders, evaluate them, browse their features.",
+    )
+    parser.add_argument("--version", action="version", version=f"sparsecode {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = command_module(name)
+        summary, _, description = (module.__doc__ or name).partition("\n")
+        p = sub.add_parser(
+            name,
+            help=summary.strip(),
+            description=description.strip() or summary.strip(),
+            epilog=getattr(module, "EXAMPLES", None),
+            formatter_class=HelpFormatter,
+        )
+        if only in (None, name):
+            module.add_arguments(p)
+        p.set_defaults(handler=module.run)  # not "run": commands have a RUN argument
+    return parser
+
+
+def _command_in(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = _command_in(argv)
+    # only the command being run builds its options ("" for none: `sparsecode --help` lists the commands)
+    args = build_parser(only=command if command in COMMANDS else "").parse_args(argv)
+    try:
+        return args.handler(args)
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        return 130
+    except SparsecodeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, not a user mistake: still one line unless asked for more
+        if os.environ.get("SPARSECODE_DEBUG"):
+            raise
+        print(
+            f"error: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+            f"(set SPARSECODE_DEBUG=1 to see the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+__all__ = ["COMMANDS", "build_parser", "main", "parse_count"]
