@@ -7,6 +7,9 @@ carries the part of the map that is linear, so the latents model the rest.
     y_hat = f @ W_dec + b_dec  [+ x @ W_skip]          # (n, d_out)
 
 Trained without paired targets it reconstructs its input, like an SAE (d_out = d_in).
+
+Transcoders imported from other libraries may use a ReLU or JumpReLU activation instead of TopK (``activation``);
+those are for inference (eval, features, serve): training them is refused.
 """
 
 from __future__ import annotations
@@ -27,15 +30,23 @@ class TranscoderConfig(TopKConfig):
     """Width of the target activations; None means d_in."""
     skip: bool = False
     """Add a linear skip connection x @ W_skip (initialised to zero) to the prediction."""
+    activation: str = "topk"
+    """"topk" (keep the k largest pre-activations, ReLU'd), or, for imported transcoders only, "relu" or "jumprelu"
+    (pre · H(pre − θ) with a per-latent threshold θ); ``k`` is unused by the last two."""
 
     arch = "transcoder"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"sae.activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.d_out is None:
             self.d_out = self.d_in
         if self.d_out < 1:
             raise ConfigError(f"sae.d_out must be >= 1, got {self.d_out}")
+
+
+ACTIVATIONS = ("topk", "relu", "jumprelu")
 
 
 class Transcoder(TopKSAE):
@@ -55,6 +66,16 @@ class Transcoder(TopKSAE):
         self.b_dec = torch.nn.Parameter(torch.zeros(cfg.d_out))
         if cfg.skip:
             self.W_skip = torch.nn.Parameter(torch.zeros(cfg.d_in, cfg.d_out))
+        if cfg.activation == "jumprelu":
+            self.register_buffer("threshold", torch.zeros(cfg.n_latents))  # (n_latents,)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.activation == "topk":
+            return super().encode(x)
+        pre = self.pre_acts(x)  # (n, n_latents)
+        if self.cfg.activation == "relu":
+            return pre.relu()
+        return pre.relu() * (pre > self.threshold)
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.W_enc + self.b_enc
@@ -70,6 +91,10 @@ class Transcoder(TopKSAE):
     def training_output(
         self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float, target: torch.Tensor | None = None
     ) -> TrainOutput:
+        if self.cfg.activation != "topk":
+            raise ConfigError(
+                f"a transcoder with activation {self.cfg.activation!r} is for inference (imported); train with 'topk'"
+            )
         y = x if target is None else target  # (n, d_out)
         if y.shape[1] != self.cfg.d_out:
             raise ConfigError(f"the transcoder predicts width d_out={self.cfg.d_out}, the targets have {y.shape[1]}")
@@ -100,5 +125,7 @@ class Transcoder(TopKSAE):
         self.W_enc *= scale / ts
         self.b_enc /= ts
         self.b_dec /= ts
+        if self.cfg.activation == "jumprelu":
+            self.threshold /= ts
         if self.cfg.skip:
             self.W_skip *= scale / ts

@@ -1,0 +1,168 @@
+"""Imported dictionaries as ordinary run folders (so eval, features and serve work unchanged), and run folders
+exported in a peer's layout. Either way the output folder appears whole or not at all."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, DataError
+from ..io import write_json
+from ..layout import CONFIG_FILE, SAE_FILE
+from . import hooknames
+from .common import ImportedDictionary
+from .hooknames import HookPoint
+
+EMBEDDED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+"""The hub id of the embedded default model (a run's ``source.model`` of null)."""
+
+
+def write_atomically(out: Path, write: Callable[[Path], Any]) -> None:
+    """Call ``write(tmp)`` on a fresh folder beside ``out``, then rename it to ``out`` (which must not exist, or be
+    an empty folder). On any error nothing is left behind."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} already exists; choose another --out or remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        write(tmp)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def model_family(model: str | None) -> tuple[str | None, bool | None]:
+    """(family, loaded as a causal LM) from the model's config when it can be read (local folder or cached hub
+    model), else from its name; (None, None) when neither says."""
+    from ..sources.hf import is_causal_lm_config, resolve_model
+
+    try:
+        from transformers import AutoConfig
+
+        path = resolve_model(model)
+        offline = hooknames_offline()
+        config = AutoConfig.from_pretrained(path, local_files_only=offline)
+        family = config.model_type if config.model_type in hooknames.FAMILIES else None
+        return family or hooknames.family_from_name(model), is_causal_lm_config(config)
+    except Exception:  # noqa: BLE001 -- not available here: fall back to the name
+        family = hooknames.family_from_name(model or "all-MiniLM-L6-v2")
+        return family, None
+
+
+def hooknames_offline() -> bool:
+    from .hub import _offline
+
+    return _offline()
+
+
+def place(imported: ImportedDictionary, family: str | None, hook: str | None) -> tuple[HookPoint, HookPoint | None]:
+    """(input point, target point or None) in the model, from ``--hook`` or from what the peer recorded."""
+    transcoder = imported.sae.cfg.arch == "transcoder"
+    if hook:
+        point = hooknames.parse_hook(hook, family)
+        return point, _target(imported, family, point) if transcoder else None
+    if imported.hook is None:
+        raise ConfigError(f"{imported.path}: the files do not say where the dictionary reads activations; give --hook")
+    if imported.format == "sparsify":  # a module path relative to the base model
+        module = hooknames.base_relative_to_module(imported.hook, family)
+        if transcoder and imported.hook_out:
+            return HookPoint(module, "input"), HookPoint(module, "output")
+        return HookPoint(module, "output"), None
+    point = hooknames.tl_to_module(imported.hook, family)
+    return point, _target(imported, family, point) if transcoder else None
+
+
+def _target(imported: ImportedDictionary, family: str | None, point: HookPoint) -> HookPoint | None:
+    if not imported.hook_out:
+        return None
+    if imported.format == "sparsify":
+        return HookPoint(hooknames.base_relative_to_module(imported.hook_out, family), "output")
+    target = hooknames.tl_to_module(imported.hook_out, family)
+    return None if target == point else target
+
+
+def import_run(
+    source: str, out: str | Path, format: str = "auto", model: str | None = None, hook: str | None = None
+) -> dict[str, Any]:
+    """Read ``source`` (path or hub id) and write it as the run folder ``out``. Returns a summary."""
+    from ..run import RunConfig
+    from ..sources import ModelSourceConfig
+    from . import read_dictionary
+    from .hub import resolve
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} already exists; choose another --out or remove it")
+    path, hint = resolve(source)
+    imported = read_dictionary(path, format, hint)
+    model_id = model or hooknames.hub_model(imported.model)
+    if model_id is None:
+        named = f" (it names {imported.model!r}, which is not a hub id)" if imported.model else ""
+        raise ConfigError(f"{source}: the files do not name the model it was trained on{named}; give --model")
+    family, causal = model_family(model_id)
+    point, target = place(imported, family, hook)
+    if causal is False and family in hooknames.FAMILIES and hooknames.FAMILIES[family].causal:
+        fam = hooknames.FAMILIES[family]  # a bare base model (no LM head): its paths have no wrapper prefix
+        point = HookPoint(point.module.removeprefix(fam.base + "."), point.side)
+        target = target and HookPoint(target.module.removeprefix(fam.base + "."), target.side)
+    source_cfg = ModelSourceConfig(
+        model=model_id,
+        hook=point.module,
+        hook_side=point.side,
+        **({"target_hook": target.module, "target_hook_side": target.side} if target else {}),
+    )
+    config = RunConfig(source=source_cfg, sae=imported.sae.cfg)
+    record = {
+        "format": imported.format,
+        "source": hint or source,
+        "hook": imported.hook,
+        "hook_out": imported.hook_out,
+        "model": imported.model,
+        "notes": imported.notes,
+    }
+
+    def write(tmp: Path) -> None:
+        write_json(tmp / CONFIG_FILE, {**config.to_dict(), "imported_from": record})
+        imported.sae.save(tmp / SAE_FILE, extra_metadata={"imported_from": imported.format})
+
+    write_atomically(out, write)
+    return {
+        "out": str(out),
+        "format": imported.format,
+        "arch": imported.sae.cfg.arch,
+        "n_latents": imported.sae.cfg.n_latents,
+        "d_in": imported.sae.cfg.d_in,
+        "model": model_id,
+        "hook": f"{point.module} ({point.side})",
+        "target": f"{target.module} ({target.side})" if target else None,
+        "notes": imported.notes,
+    }
+
+
+def export_run(run_dir: str | Path, format: str, out: str | Path) -> dict[str, Any]:
+    """Write the run's SAE in ``format`` (saelens or sparsify) into the new folder ``out``."""
+    from ..run import load_run
+    from . import export_sae
+
+    run = load_run(run_dir)
+    src = run.config.source
+    if getattr(src, "kind", None) != "model":
+        model_name, hook_name, family = None, None, None
+        if format == "sparsify":
+            raise DataError(f"{run_dir}: sparsify names a coder by its model's module; this run has no model source")
+    else:
+        model_name = src.model or EMBEDDED_MODEL
+        family, _ = model_family(src.model)
+        point = HookPoint(src.hook, src.hook_side)
+        if format == "saelens":
+            hook_name = hooknames.module_to_tl(point, family) or src.hook
+        else:
+            hook_name = hooknames.module_to_base_relative(src.hook, family)
+    export_sae(run.sae.eval(), format, out, hook=hook_name, model=model_name)
+    return {"out": str(out), "format": format, "arch": run.sae.cfg.arch, "hook": hook_name, "model": model_name}
