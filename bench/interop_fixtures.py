@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
-
-import os
 
 import numpy as np
 import torch
@@ -336,13 +335,13 @@ def _dictionary_learning_modules(src: Path | None) -> tuple:
     trainers = types.ModuleType("dictionary_learning.trainers")
     trainers.__path__ = [str(src / "dictionary_learning" / "trainers")]
     sys.modules["dictionary_learning.trainers"] = trainers
-    names = ("dictionary", "trainers.standard", "trainers.top_k", "trainers.batch_top_k", "trainers.jumprelu")
+    names = ("trainers.standard", "trainers.top_k", "trainers.batch_top_k", "trainers.jumprelu")
     names += ("trainers.matryoshka_batch_top_k", "trainers.gdm")
     return tuple(importlib.import_module(f"dictionary_learning.{n}") for n in names)
 
 
 def _dictionary_learning_cases(src: Path | None) -> None:
-    dictionary, standard, top_k, batch_top_k, jumprelu, matryoshka, gdm = _dictionary_learning_modules(src)
+    standard, top_k, batch_top_k, jumprelu, matryoshka, gdm = _dictionary_learning_modules(src)
     lib = DICTIONARY_LEARNING.replace("==", " ") + " (released wheel's modules)"
     common = {"steps": 10_000, "activation_dim": D_IN, "dict_size": N_LATENTS, "layer": 0, "lm_name": "gpt2"}
     topk = {**common, "k": K}

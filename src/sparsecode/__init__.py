@@ -13,3 +13,11 @@ environment wins; once torch is loaded, changing it has no effect."""
 
 for _name, _value in OPENMP_DEFAULTS.items():
     os.environ.setdefault(_name, _value)
+
+
+def load(source, format: str = "auto"):
+    """An SAE object (encode / decode / forward) from a run folder, a sparsecode SAE file, a SAELens, sparsify,
+    dictionary_learning or Gemma Scope checkpoint, or a hub id ``org/repo[/subfolder]`` (see docs/interop.md)."""
+    from .interop import load as _load
+
+    return _load(source, format)

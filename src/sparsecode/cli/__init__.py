@@ -19,12 +19,13 @@ from types import ModuleType
 from ..errors import Interrupted, SparsecodeError
 from .options import HelpFormatter, parse_count
 
-COMMANDS = ("train", "eval", "neurons", "compare", "features", "serve")
+COMMANDS = ("train", "eval", "neurons", "compare", "features", "serve", "import", "export")
 """Subcommands in the order ``sparsecode --help`` lists them; each is the module of the same name here."""
 
 
 def command_module(name: str) -> ModuleType:
-    return importlib.import_module(f".{name}", __name__)
+    # "import" is a Python keyword: its module is import_
+    return importlib.import_module(f".{name}_" if name == "import" else f".{name}", __name__)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -7,7 +7,6 @@ first (``x @ W_enc + b_enc``) is brought to it exactly by folding: ``b_enc' = b_
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,10 +105,3 @@ def finite(tensors: dict[str, torch.Tensor], where: str) -> None:
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise DataError(f"{where}: tensor {name} holds NaN or infinite values")
-
-
-def is_close_to_one(t: torch.Tensor) -> bool:
-    return bool(torch.allclose(t, torch.ones_like(t)))
-
-
-LOG_TINY = math.log(torch.finfo(torch.float32).tiny)

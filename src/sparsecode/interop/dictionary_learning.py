@@ -16,7 +16,7 @@ import torch
 
 from ..errors import DataError
 from ..io import read_json
-from ..sae import BatchTopKConfig, GatedConfig, JumpReLUConfig, ReLUConfig, SparseAutoencoder, TopKConfig
+from ..sae import BatchTopKConfig, GatedConfig, JumpReLUConfig, ReLUConfig, TopKConfig
 from .common import (
     ImportedDictionary,
     as_float,
@@ -148,4 +148,3 @@ def _hook(trainer: dict) -> str | None:
     name = str(trainer.get("submodule_name") or "resid_post")
     kind = next((v for k, v in SUBMODULE_HOOKS.items() if k in name), None)
     return f"blocks.{layer}.{kind}" if kind else None
-

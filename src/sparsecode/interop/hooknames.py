@@ -107,7 +107,7 @@ NAME_HINTS = (
 
 
 @dataclass(frozen=True)
-class HookPoint:
+class Placement:
     """A point in a transformers model as sparsecode hooks it."""
 
     module: str
@@ -133,7 +133,7 @@ def _join(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
 
-def tl_to_module(name: str, family: str | None) -> HookPoint:
+def tl_to_module(name: str, family: str | None) -> Placement:
     """The module and side of TransformerLens hook ``name`` (``blocks.L.<hook>``) in ``family``."""
     m = TL_NAME.match(name)
     if not m:
@@ -145,10 +145,10 @@ def tl_to_module(name: str, family: str | None) -> HookPoint:
             "give --hook MODULE.PATH"
         )
     inner, side = fam.points[m.group(2)]
-    return HookPoint(_join(fam.base if fam.causal else "", fam.layers, m.group(1), inner), side)
+    return Placement(_join(fam.base if fam.causal else "", fam.layers, m.group(1), inner), side)
 
 
-def module_to_tl(point: HookPoint, family: str | None) -> str | None:
+def module_to_tl(point: Placement, family: str | None) -> str | None:
     """The TransformerLens name of ``point`` in ``family``, None when it has none (or the family is unknown)."""
     fam = FAMILIES.get(family or "")
     if fam is None:
@@ -180,14 +180,14 @@ def module_to_base_relative(module: str, family: str | None) -> str:
     return module.removeprefix(fam.base + ".")
 
 
-def parse_hook(text: str, family: str | None) -> HookPoint:
+def parse_hook(text: str, family: str | None) -> Placement:
     """``--hook``: a TransformerLens name, or a module path with an optional ``:input`` / ``:output`` side."""
     if TL_NAME.match(text) and "hook_" in text:
         return tl_to_module(text, family)
     module, _, side = text.partition(":")
     if side not in ("", "input", "output") or not module:
         raise ConfigError(f"--hook {text!r}: give MODULE.PATH, MODULE.PATH:input or a TransformerLens name")
-    return HookPoint(module, side or "output")
+    return Placement(module, side or "output")
 
 
 TL_MODELS = {"gpt2-small": "gpt2", "gpt2": "gpt2", "gpt2-medium": "gpt2-medium", "gpt2-large": "gpt2-large"}

@@ -3,15 +3,10 @@ online, read from the hub client's local cache when offline (HF_HUB_OFFLINE=1)."
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..errors import DataError
-
-
-def _offline() -> bool:
-    flags = (os.environ.get(v, "").lower() for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return any(f in ("1", "true", "yes", "on") for f in flags)
+from ..sources.hf import _offline
 
 
 def looks_like_hub_id(text: str) -> bool:

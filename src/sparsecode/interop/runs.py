@@ -14,7 +14,7 @@ from ..io import write_json
 from ..layout import CONFIG_FILE, SAE_FILE
 from . import hooknames
 from .common import ImportedDictionary
-from .hooknames import HookPoint
+from .hooknames import Placement
 
 EMBEDDED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 """The hub id of the embedded default model (a run's ``source.model`` of null)."""
@@ -40,28 +40,17 @@ def write_atomically(out: Path, write: Callable[[Path], Any]) -> None:
 def model_family(model: str | None) -> tuple[str | None, bool | None]:
     """(family, loaded as a causal LM) from the model's config when it can be read (local folder or cached hub
     model), else from its name; (None, None) when neither says."""
-    from ..sources.hf import is_causal_lm_config, resolve_model
+    from ..sources.hf import _load_config, is_causal_lm_config, resolve_model
 
     try:
-        from transformers import AutoConfig
-
-        path = resolve_model(model)
-        offline = hooknames_offline()
-        config = AutoConfig.from_pretrained(path, local_files_only=offline)
-        family = config.model_type if config.model_type in hooknames.FAMILIES else None
-        return family or hooknames.family_from_name(model), is_causal_lm_config(config)
-    except Exception:  # noqa: BLE001 -- not available here: fall back to the name
-        family = hooknames.family_from_name(model or "all-MiniLM-L6-v2")
-        return family, None
+        config = _load_config(resolve_model(model))  # offline-aware, quiet, one-line DataError
+    except DataError:  # not available here: the name is all there is
+        return hooknames.family_from_name(model or "all-MiniLM-L6-v2"), None
+    family = config.model_type if config.model_type in hooknames.FAMILIES else None
+    return family or hooknames.family_from_name(model), is_causal_lm_config(config)
 
 
-def hooknames_offline() -> bool:
-    from .hub import _offline
-
-    return _offline()
-
-
-def place(imported: ImportedDictionary, family: str | None, hook: str | None) -> tuple[HookPoint, HookPoint | None]:
+def place(imported: ImportedDictionary, family: str | None, hook: str | None) -> tuple[Placement, Placement | None]:
     """(input point, target point or None) in the model, from ``--hook`` or from what the peer recorded."""
     transcoder = imported.sae.cfg.arch == "transcoder"
     if hook:
@@ -72,25 +61,31 @@ def place(imported: ImportedDictionary, family: str | None, hook: str | None) ->
     if imported.format == "sparsify":  # a module path relative to the base model
         module = hooknames.base_relative_to_module(imported.hook, family)
         if transcoder and imported.hook_out:
-            return HookPoint(module, "input"), HookPoint(module, "output")
-        return HookPoint(module, "output"), None
+            return Placement(module, "input"), Placement(module, "output")
+        return Placement(module, "output"), None
     point = hooknames.tl_to_module(imported.hook, family)
     return point, _target(imported, family, point) if transcoder else None
 
 
-def _target(imported: ImportedDictionary, family: str | None, point: HookPoint) -> HookPoint | None:
+def _target(imported: ImportedDictionary, family: str | None, point: Placement) -> Placement | None:
     if not imported.hook_out:
         return None
     if imported.format == "sparsify":
-        return HookPoint(hooknames.base_relative_to_module(imported.hook_out, family), "output")
+        return Placement(hooknames.base_relative_to_module(imported.hook_out, family), "output")
     target = hooknames.tl_to_module(imported.hook_out, family)
     return None if target == point else target
 
 
 def import_run(
-    source: str, out: str | Path, format: str = "auto", model: str | None = None, hook: str | None = None
+    source: str,
+    out: str | Path,
+    format: str = "auto",
+    model: str | None = None,
+    hook: str | None = None,
+    corpus: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Read ``source`` (path or hub id) and write it as the run folder ``out``. Returns a summary."""
+    """Read ``source`` (path or hub id) and write it as the run folder ``out`` (``corpus``: the texts eval and
+    features will read, None for the embedded default). Returns a summary."""
     from ..run import RunConfig
     from ..sources import ModelSourceConfig
     from . import read_dictionary
@@ -109,12 +104,13 @@ def import_run(
     point, target = place(imported, family, hook)
     if causal is False and family in hooknames.FAMILIES and hooknames.FAMILIES[family].causal:
         fam = hooknames.FAMILIES[family]  # a bare base model (no LM head): its paths have no wrapper prefix
-        point = HookPoint(point.module.removeprefix(fam.base + "."), point.side)
-        target = target and HookPoint(target.module.removeprefix(fam.base + "."), target.side)
+        point = Placement(point.module.removeprefix(fam.base + "."), point.side)
+        target = target and Placement(target.module.removeprefix(fam.base + "."), target.side)
     source_cfg = ModelSourceConfig(
         model=model_id,
         hook=point.module,
         hook_side=point.side,
+        corpus=corpus,
         **({"target_hook": target.module, "target_hook_side": target.side} if target else {}),
     )
     config = RunConfig(source=source_cfg, sae=imported.sae.cfg)
@@ -159,7 +155,7 @@ def export_run(run_dir: str | Path, format: str, out: str | Path) -> dict[str, A
     else:
         model_name = src.model or EMBEDDED_MODEL
         family, _ = model_family(src.model)
-        point = HookPoint(src.hook, src.hook_side)
+        point = Placement(src.hook, src.hook_side)
         if format == "saelens":
             hook_name = hooknames.module_to_tl(point, family) or src.hook
         else:

@@ -22,7 +22,6 @@ import torch
 from ..errors import ConfigError, DataError
 from ..io import load_tensors, read_json, save_tensors, write_json
 from ..sae import (
-    BatchTopKConfig,
     GatedConfig,
     JumpReLUConfig,
     ReLUConfig,
