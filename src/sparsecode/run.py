@@ -18,11 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from .errors import ConfigError, DataError, Interrupted
 from .io import read_json, write_json
 from .layout import CHECKPOINT_FILE, CONFIG_FILE, SAE_FILE
 from .sae import SAEConfig, SparseAutoencoder, load_sae, sae_config_from_dict
-from .sources import source_config_from_dict
+from .sources import open_source, source_config_from_dict
 from .train.config import TrainConfig
 
 
@@ -83,12 +86,71 @@ class RunConfig:
 
 
 @dataclass
+class TokenLatents:
+    """One text, encoded: its tokens and the dictionary's latents on each (special tokens left out, as in
+    training)."""
+
+    token_ids: list[int]
+    """Token id of each kept token."""
+    tokens: list[str]
+    """Display text of each kept token (with the leading space a word-initial token stands for)."""
+    latents: torch.Tensor
+    """(n_tokens, n_latents) float32 latent activations, on the CPU."""
+
+
+@dataclass
 class Run:
-    """A finished run, loaded: its folder, config and SAE (on the CPU, acting on raw activations)."""
+    """A finished run, loaded: its folder, config and SAE (on the CPU, acting on raw activations, in eval mode and
+    without gradients). Runs on a text model also give that model (loaded on first use) and encode text."""
 
     path: Path
     config: RunConfig
     sae: SparseAutoencoder
+    _source: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def source(self) -> Any:
+        """The run's model source (:class:`sparsecode.sources.ModelSource`), opened once; DataError for runs on
+        other data."""
+        if self.config.source.kind != "model":
+            raise DataError(f"{self.path}: this run was trained on {self.config.source.kind} data, not on a text model")
+        if self._source is None:
+            self._source = open_source(self.config.source)
+        return self._source
+
+    @property
+    def model(self) -> nn.Module:
+        """The run's transformers model (eval mode, no gradients), loaded on first use."""
+        return self.source().model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.source().tokenizer
+
+    def encode_text(self, texts: str | list[str]) -> list[TokenLatents]:
+        """Per text: its tokens and their latents, read at the run's hook exactly as in training (each text is one
+        chunk, cut at ``source.max_length`` tokens; special tokens are added around it, then left out)."""
+        from .features.vocab import token_texts
+        from .sources.hf import special_affixes
+
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise DataError("encode_text needs one or more non-empty texts")
+        source = self.source()
+        prefix, suffix = special_affixes(source.tokenizer)
+        body = source.config.max_length - len(prefix) - len(suffix)
+        ids = source.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        enc = source.tokenize([prefix + list(i[:body]) + suffix for i in ids])
+        keep = source.keep_mask(enc["input_ids"], enc["attention_mask"]).cpu()  # (B, T)
+        sae = self.sae.to(source.device)
+        with torch.inference_mode():
+            x = source.activations(enc["input_ids"], enc["attention_mask"]).float()  # (B, T, d_in)
+            latents = sae.encode(x.flatten(0, 1)).reshape(*x.shape[:2], -1).cpu()  # (B, T, n_latents)
+        out = []
+        for b in range(len(texts)):
+            kept = enc["input_ids"][b].cpu()[keep[b]].tolist()
+            names = token_texts(source.tokenizer, kept)
+            out.append(TokenLatents(token_ids=kept, tokens=[names[t] for t in kept], latents=latents[b][keep[b]]))
+        return out
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -109,7 +171,8 @@ def load_run(run_dir: str | Path) -> Run:
     sae = load_sae(run_dir / SAE_FILE)
     if sae.cfg.to_dict() != config.sae.to_dict():
         raise DataError(f"{run_dir / SAE_FILE}: its SAE config does not match {run_dir / CONFIG_FILE}")
-    return Run(path=run_dir, config=config, sae=sae)
+    # for use, not training: eval mode and no gradients, so torch.inference_mode and plain forwards just work
+    return Run(path=run_dir, config=config, sae=sae.eval().requires_grad_(False))
 
 
 @contextmanager
