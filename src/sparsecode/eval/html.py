@@ -233,6 +233,26 @@ def _neurons(r: dict[str, Any], figures: dict[str, bytes]) -> str:
     )
 
 
+def _images(r: dict[str, Any], figures: dict[str, bytes]) -> str:
+    im = r.get("images")
+    if not im:
+        return ""
+    keys = [
+        ("live_atoms", "live atoms"),
+        ("gabor_like", "Gabor-like atoms"),
+        ("gabor_like_fraction", "Gabor-like share of live atoms"),
+        ("median_r2", "median Gabor fit R²"),
+        ("coefficient_kurtosis", "coefficient excess kurtosis"),
+        ("median_latent_kurtosis", "median per-latent excess kurtosis"),
+    ]
+    note = (
+        f"<p class=note>Each live atom is fitted with a 2-D Gabor (oriented plane wave under a Gaussian "
+        f"envelope); Gabor-like means fit R² ≥ {esc(im.get('gabor_r2_threshold'))}. Per-atom orientation, "
+        "frequency and envelope are in eval.json.</p>"
+    )
+    return "<h2>Image atoms</h2>" + note + _kv(im, keys) + img(figures.get("atoms"), "dictionary atoms")
+
+
 def render_report(result: dict[str, Any], figures: dict[str, bytes]) -> str:
     """The full report page for one :func:`evaluate_run` result and its PNG figures by name."""
     r = result
@@ -250,6 +270,7 @@ def render_report(result: dict[str, Any], figures: dict[str, bytes]) -> str:
         _core(r, figures),
         _fidelity(r),
         _ground_truth(r, figures),
+        _images(r, figures),
         _dark_matter(r),
         _probing(r, figures),
         _absorption(r, figures),

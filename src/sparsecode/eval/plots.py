@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -170,3 +171,30 @@ def save_png(data: bytes, path: str | Path) -> Path:
     path = Path(path)
     atomic_write(path, lambda p: Path(p).write_bytes(data))
     return path
+
+
+def atoms_figure(decoder: torch.Tensor, patch_shape: tuple[int, int], order: list[int], title: str) -> bytes:
+    """The dictionary's image atoms (decoder rows reshaped to ``patch_shape``) in a grid, in ``order``.
+
+    Each atom is scaled to its own largest absolute value (gray = 0), as dictionary figures usually are.
+    """
+    atoms = decoder.detach().to("cpu", torch.float64).numpy()[order]  # (n, H*W)
+    n = len(order)
+    cols = max(1, int(np.ceil(np.sqrt(n))))
+    rows = max(1, int(np.ceil(n / cols)))
+    h, w = patch_shape
+    grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1), np.nan)  # one-pixel NaN gutters between atoms
+    for i, atom in enumerate(atoms):
+        r, c = divmod(i, cols)
+        peak = np.abs(atom).max()
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = atom.reshape(h, w) / (
+            peak if peak > 0 else 1.0
+        )
+    side = min(10.0, max(3.0, 0.35 * cols * (w + 1) / 4))
+    fig = new_figure(side, side * grid.shape[0] / grid.shape[1] + 0.4)
+    ax = fig.add_subplot(1, 1, 1)
+    cmap = matplotlib.colormaps["gray"].with_extremes(bad="white")
+    ax.imshow(grid, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title)
+    return png_bytes(fig)

@@ -19,12 +19,14 @@ from ..layout import DENSITY_PLOT, EVAL_FILE, REPORT_FILE
 from .absorption import feature_absorption
 from .budgets import evaluate_budgets
 from .dark_matter import dark_matter
+from .gabor import image_atom_metrics
 from .ground_truth import FeatureF1, match_features, random_mmcs_baseline, recovery_fraction
 from .html import render_report
 from .metrics import evaluate_reconstruction
 from .neurons import neuron_sparsity
 from .plots import (
     absorption_figure,
+    atoms_figure,
     density_figure,
     l0_figure,
     max_cos_figure,
@@ -37,10 +39,23 @@ from .splice import spliced_fidelity
 from .transcoder_splice import transcoder_spliced_fidelity
 
 RECOVERY_THRESHOLD = 0.9
+IMAGE_COEFFICIENT_ROWS = 16384
+"""Eval rows whose latent activations feed the image section's kurtosis."""
+GRID_ATOMS = 256
+"""Atoms drawn in an image run's atom grid (the most often active first)."""
 
 
 def _is_model_source(source: Any) -> bool:
     return all(hasattr(source, a) for a in ("model", "module", "chunks", "tokenize", "keep_mask"))
+
+
+def _patch_shape(source_config: Any) -> tuple[int, int] | None:
+    """(H, W) of an image-patch run's rows, None for every other source."""
+    from ..sources import ImageSourceConfig
+
+    if isinstance(source_config, ImageSourceConfig):
+        return (source_config.patch, source_config.patch)
+    return None
 
 
 def _json_safe(obj: Any) -> Any:
@@ -119,6 +134,9 @@ def evaluate_run(
         f1 = FeatureF1(match)
     dm_rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     dm_count = [0]
+    patch_shape = _patch_shape(run.config.source)
+    coefficients: list[torch.Tensor] = []  # (rows, n_latents) blocks, image runs only
+    coef_count = [0]
 
     def on_batch(batch: Any, target: torch.Tensor, latents: torch.Tensor, x_hat: torch.Tensor) -> None:
         if f1 is not None and batch is not None and batch.codes is not None:
@@ -128,6 +146,10 @@ def evaluate_run(
             x = batch.acts if batch is not None else target
             dm_rows.append((x[:take].cpu(), target[:take].cpu(), x_hat[:take].detach().cpu()))
             dm_count[0] += take
+        if patch_shape is not None and coef_count[0] < IMAGE_COEFFICIENT_ROWS:
+            take = min(IMAGE_COEFFICIENT_ROWS - coef_count[0], latents.shape[0])
+            coefficients.append(latents[:take].detach().cpu())
+            coef_count[0] += take
 
     with timer("core"):
         recon, density = evaluate_reconstruction(
@@ -142,6 +164,11 @@ def evaluate_run(
     result.update(recon)
     figures["density"] = density_figure(density)
     figures["l0"] = l0_figure(recon["l0_histogram"])
+    if patch_shape is not None:
+        with timer("images"):
+            result["images"] = image_atom_metrics(learned.cpu(), patch_shape, density, torch.cat(coefficients))
+        order = torch.argsort(density, descending=True, stable=True)[:GRID_ATOMS].tolist()
+        figures["atoms"] = atoms_figure(learned, patch_shape, order, f"{len(order)} most active atoms")
     budgets = getattr(sae.cfg, "budgets", None)
     if budgets:  # a multi-budget SAE: the same metrics at each budget
         with timer("budgets"):
@@ -298,6 +325,13 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(
             f"  ground truth per feature: precision {_fmt(gt['precision'])}   recall {_fmt(gt['recall'])}   "
             f"F1 {_fmt(gt['f1'])}   (random-dictionary MMCS {_fmt(gt.get('random_mmcs_baseline'))})"
+        )
+    im = r.get("images") or {}
+    if "gabor_like_fraction" in im:
+        lines.append(
+            f"  image atoms: {_fmt(100 * im['gabor_like_fraction'], '.1f')}% of {im['live_atoms']} live atoms "
+            f"Gabor-like (fit R² ≥ {im['gabor_r2_threshold']:g}; median R² {_fmt(im['median_r2'], '.3f')}); "
+            f"coefficient excess kurtosis {_fmt(im['coefficient_kurtosis'], '.1f')}"
         )
     lines.extend(_deep_lines(r))
     files = r.get("files", {})

@@ -1,4 +1,4 @@
-"""Activation sources: a model over a text corpus, an array file, or synthetic superposition data.
+"""Activation sources: a model over a text corpus, an array file, synthetic superposition data or image patches.
 
 Every source implements the ``Source`` protocol (see ``base.py``) and is rebuilt from its config
 dict, so a run's config.json is enough to get the exact same stream back.
@@ -12,6 +12,7 @@ from ..errors import ConfigError
 from .arrays import ArraySource, ArraySourceConfig
 from .base import SPLITS, ActivationBatch, Source, SourceConfigBase, check_split
 from .hf import ModelSource, ModelSourceConfig, find_module, load_model
+from .images import ImageSource, ImageSourceConfig
 from .synthetic import SyntheticSource, SyntheticSourceConfig, parse_synthetic_spec
 from .text import load_documents, split_documents
 
@@ -19,10 +20,11 @@ SOURCE_KINDS: dict[str, tuple[type[SourceConfigBase], type]] = {
     ModelSourceConfig.kind: (ModelSourceConfig, ModelSource),
     ArraySourceConfig.kind: (ArraySourceConfig, ArraySource),
     SyntheticSourceConfig.kind: (SyntheticSourceConfig, SyntheticSource),
+    ImageSourceConfig.kind: (ImageSourceConfig, ImageSource),
 }
 """kind -> (config class, source class)."""
 
-SourceConfig = ModelSourceConfig | ArraySourceConfig | SyntheticSourceConfig
+SourceConfig = ModelSourceConfig | ArraySourceConfig | SyntheticSourceConfig | ImageSourceConfig
 
 
 def source_config_from_dict(d: dict[str, Any]) -> SourceConfig:
@@ -51,6 +53,8 @@ __all__ = [
     "ActivationBatch",
     "ArraySource",
     "ArraySourceConfig",
+    "ImageSource",
+    "ImageSourceConfig",
     "ModelSource",
     "ModelSourceConfig",
     "Source",

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from .base import ActivationBatch, SourceConfigBase, check_float, check_int, check_split
+from .base import ActivationBatch, SourceConfigBase, check_float, check_int, check_split, chunk_ranges
 
 ARRAY_SUFFIXES = (".npy", ".safetensors", ".parquet")
 """Supported array file types."""
@@ -291,11 +291,7 @@ class ArraySource:
     def iter_batches(self, split: str = "train", start_row: int = 0) -> Iterator[ActivationBatch]:
         """Rows ``start_row..`` of ``split``, ``chunk_rows`` at a time; non-finite values raise DataError."""
         lo, hi = self._range(split)
-        check_int("start_row", start_row, minimum=0)
-        if start_row > hi - lo:
-            raise ConfigError(f"start_row {start_row} is past the end of the {split} split ({hi - lo} rows)")
-        for a in range(lo + start_row, hi, self.config.chunk_rows):
-            b = min(a + self.config.chunk_rows, hi)
+        for a, b in chunk_ranges(lo, hi, start_row, self.config.chunk_rows, split):
             acts = self.reader.read(a, b).contiguous()  # (b - a, d_in)
             self._check_finite(acts, a)
             yield ActivationBatch(acts=acts)

@@ -103,6 +103,17 @@ def check_split(split: str) -> None:
         raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
 
 
+def chunk_ranges(lo: int, hi: int, start_row: int, chunk_rows: int, split: str) -> Iterator[tuple[int, int]]:
+    """(a, b) row ranges of at most ``chunk_rows`` rows covering ``lo + start_row .. hi`` of a bounded split.
+
+    ``start_row`` is checked first: past the split's end it raises a one-line ConfigError.
+    """
+    check_int("start_row", start_row, minimum=0)
+    if start_row > hi - lo:
+        raise ConfigError(f"start_row {start_row} is past the end of the {split} split ({hi - lo} rows)")
+    return ((a, min(a + chunk_rows, hi)) for a in range(lo + start_row, hi, chunk_rows))
+
+
 # Small validators for the config dataclasses' ``__post_init__``; each raises a one-line ConfigError
 # naming the field (``source.<name>``). Integers given where a float is expected are accepted.
 
