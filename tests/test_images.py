@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -156,3 +157,23 @@ def test_eval_of_an_image_run_has_atoms_and_gabor_fits(tmp_path):
     assert {"orientation", "frequency", "sigma_u", "sigma_v", "r2"} <= set(im["atoms"][0])
     html = (run / "report.html").read_text()
     assert "Image atoms" in html and "dictionary atoms" in html
+
+
+def test_train_and_eval_images_from_the_command_line(tmp_path, capsys):
+    from sparsecode.cli import main
+
+    _write_images(tmp_path)
+    out = tmp_path / "run"
+    base = ["train", "--images", str(tmp_path), "--n-patches", "3000", "--latents", "16", "--k", "3", "--quiet"]
+    assert main([*base, "--patch", "5", "--tokens", "4096", "--batch-size", "1024", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["source"]["kind"] == "images" and config["source"]["patch"] == 5
+    assert main(["eval", str(out), "--quick", "--quiet"]) == 0
+    assert "image atoms:" in capsys.readouterr().out
+    # bad input: one line, exit 2, no run folder left behind
+    assert main([*base, "--patch", "64", "--out", str(tmp_path / "big")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: patch 64 is larger than every image") and "\n" not in err
+    assert not (tmp_path / "big").exists()
+    assert main(["train", "--activations", "x.npy", "--patch", "8", "--out", str(tmp_path / "x")]) == 2
+    assert "--patch applies to an image source" in capsys.readouterr().err

@@ -1,7 +1,7 @@
-"""train an SAE on activations from a model, an array file or synthetic data
+"""train an SAE on activations from a model, an array file, synthetic data or image patches
 Train a sparse autoencoder. Pick one source: a transformers model at a hook (--hook, with --model and
---corpus defaulting to the embedded MiniLM and CPython docs), an array file (--activations) or synthetic data
-(--synthetic).
+--corpus defaulting to the embedded MiniLM and CPython docs), an array file (--activations), synthetic data
+(--synthetic) or patches of images (--images: a folder, "skimage" for scikit-image's photographs, or "noise").
 
 The dictionary and training options are the fields of the config dataclasses (sae/*.py, train/config.py),
 described by their docstrings; a dictionary option names the architectures that have it.
@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   sparsecode train --model PATH_OR_NAME --hook encoder.layer.3 --corpus texts/ --out runs/l3
   sparsecode train --activations recordings.npy --arch relu --l1 5 --latents 4096 --out runs/rec
   sparsecode train --synthetic features=512,dim=64,active=5 --arch topk --k 5 --latents 512 --out runs/toy
+  sparsecode train --images skimage --patch 12 --latents 256 --k 8 --out runs/v1     # whitened natural patches
   sparsecode train --hook encoder.layer.3 --arch batchtopk --k 32 --out runs/btk
   sparsecode train --hook encoder.layer.3 --arch jumprelu --target-l0 32 --out runs/jr
   sparsecode train --hook encoder.layer.3 --arch multibudget --budgets 16,32,64,128 --out runs/mb
@@ -38,13 +39,15 @@ SAE_SET_HERE = ("d_in", "n_latents", "d_out", "seed")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..sae import ARCHITECTURES
-    from ..sources import ArraySourceConfig, ModelSourceConfig
+    from ..sources import ArraySourceConfig, ImageSourceConfig, ModelSourceConfig
     from ..train import TrainConfig
 
     src = p.add_argument_group("source (choose one)")
     model_fields = ("model", "hook", "hook_side", "corpus", "max_length", "target_hook", "target_hook_side")
     flags = add_config_flags(src, [ModelSourceConfig], only=model_fields)
     flags += add_config_flags(src, [ArraySourceConfig], only=("path", "key"), rename={"path": "activations"})
+    image_fields = ("images", "patch", "n_patches", "whiten", "zca_epsilon")
+    flags += add_config_flags(src, [ImageSourceConfig], only=image_fields)
     src.add_argument(
         "--synthetic",
         metavar="SPEC",
@@ -95,9 +98,9 @@ def _flag_names(args: argparse.Namespace, flags: list[ConfigFlag]) -> list[str]:
 
 
 def _source_config(args: argparse.Namespace):
-    from ..sources import ArraySourceConfig, ModelSourceConfig, parse_synthetic_spec
+    from ..sources import ArraySourceConfig, ImageSourceConfig, ModelSourceConfig, parse_synthetic_spec
 
-    if args.target_hook and (args.activations or args.synthetic):
+    if args.target_hook and (args.activations or args.synthetic or args.images):
         raise ConfigError("--target-hook needs a model source (--hook)")
     chosen = [
         flag
@@ -105,14 +108,21 @@ def _source_config(args: argparse.Namespace):
             ("--hook", args.hook or args.model or args.corpus),
             ("--activations", args.activations),
             ("--synthetic", args.synthetic),
+            ("--images", args.images),
         )
         if on
     ]
     if len(chosen) != 1:
         raise ConfigError(
             "choose exactly one source: --hook (a model, with optional --model/--corpus), "
-            "--activations FILE, or --synthetic SPEC" + (f"; got {', '.join(chosen)}" if chosen else "")
+            "--activations FILE, --synthetic SPEC or --images FOLDER" + (f"; got {', '.join(chosen)}" if chosen else "")
         )
+    image_only = [f.flag for f in args.source_flags if f.owners == (ImageSourceConfig,) and f.field != "images"]
+    stray = [flag for flag in image_only if getattr(args, flag[2:].replace("-", "_")) is not None]
+    if stray and not args.images:
+        raise ConfigError(f"{', '.join(stray)} applies to an image source: add --images FOLDER (or skimage / noise)")
+    if args.images:
+        return ImageSourceConfig(**given(args, args.source_flags, ImageSourceConfig))
     if args.activations:
         return ArraySourceConfig(**given(args, args.source_flags, ArraySourceConfig))
     if args.synthetic:
