@@ -19,7 +19,19 @@ from types import ModuleType
 from ..errors import Interrupted, SparsecodeError
 from .options import HelpFormatter, parse_count
 
-COMMANDS = ("train", "eval", "neurons", "compare", "features", "serve", "import", "export")
+COMMANDS = (
+    "train",
+    "eval",
+    "neurons",
+    "compare",
+    "features",
+    "serve",
+    "steer",
+    "ablate",
+    "attribute",
+    "import",
+    "export",
+)
 """Subcommands in the order ``sparsecode --help`` lists them; each is the module of the same name here."""
 
 

@@ -10,11 +10,15 @@ from ..errors import ConfigError, DataError
 from ..sources.hf import special_affixes
 
 
+def check_prompt(prompt: str) -> None:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ConfigError("the prompt is empty; give some text, e.g. --prompt 'The weather today is'")
+
+
 def encode_prompt(source: Any, prompt: str) -> dict[str, torch.Tensor]:
     """``input_ids`` and ``attention_mask`` (1, T) of a prompt to continue: the tokenizer's leading special tokens
     (BOS / [CLS]) and the prompt's tokens, without trailing ones (the model continues the text)."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ConfigError("the prompt is empty; give some text, e.g. --prompt 'The weather today is'")
+    check_prompt(prompt)
     prefix, _ = special_affixes(source.tokenizer)
     ids = source.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     n_pos = getattr(source.model_config, "max_position_embeddings", None) or getattr(
