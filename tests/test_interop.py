@@ -359,3 +359,20 @@ def test_cli_export_writes_peer_layouts(tmp_path, tiny_gpt2_dir):
         with torch.no_grad():
             assert torch.allclose(read_dictionary(folder).encode(ref["x"]), ref["latents"], atol=TOL)
     _one_line_error(run_cli("export", str(run), "--format", "saelens", "--out", str(tmp_path / "sl")), "already exists")
+
+
+def test_embedded_models_are_named_by_hub_id_outside_and_embedded_inside(tmp_path):
+    """A dictionary for MiniLM's hub id uses the embedded copy (source.model null: works offline); exporting names
+    the hub id again. BERT names its layers encoder.layer.L and is not wrapped in an LM head."""
+    from sparsecode.interop.runs import export_run, import_run
+
+    sae = _copy("saelens/topk", tmp_path)
+    cfg = json.loads((sae / "cfg.json").read_text())
+    cfg["metadata"].update(model_name="sentence-transformers/all-MiniLM-L6-v2", hook_name="blocks.3.hook_resid_post")
+    (sae / "cfg.json").write_text(json.dumps(cfg))
+    r = import_run(str(sae), tmp_path / "run")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["source"]["model"] is None and config["source"]["hook"] == "encoder.layer.3"
+    assert r["hook"] == "encoder.layer.3 (output)"
+    out = export_run(tmp_path / "run", "saelens", tmp_path / "exported")
+    assert (out["model"], out["hook"]) == ("sentence-transformers/all-MiniLM-L6-v2", "blocks.3.hook_resid_post")

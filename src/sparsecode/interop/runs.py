@@ -16,8 +16,26 @@ from . import hooknames
 from .common import ImportedDictionary
 from .hooknames import Placement
 
-EMBEDDED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-"""The hub id of the embedded default model (a run's ``source.model`` of null)."""
+EMBEDDED_MODELS = {None: "sentence-transformers/all-MiniLM-L6-v2", "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+"""The embedded models (a run's ``source.model``: null for the default, "smollm2") and their hub ids: an export
+names the hub id, an import of a dictionary for one of them uses the embedded copy (works offline)."""
+
+
+def embedded_name(model: str) -> str | None:
+    """The run's ``source.model`` for ``model``: the embedded name when it is one of the embedded models' hub ids."""
+    for name, hub_id in EMBEDDED_MODELS.items():
+        if model.lower() == hub_id.lower():
+            return name
+    return model
+
+
+def hub_id(model: str | None) -> str:
+    """The hub id to write into a peer's files for a run's ``source.model``."""
+    from ..sources.embedded import is_smollm2
+
+    if model is None or is_smollm2(model):
+        return EMBEDDED_MODELS[None if model is None else "smollm2"]
+    return model
 
 
 def write_atomically(out: Path, write: Callable[[Path], Any]) -> None:
@@ -100,6 +118,7 @@ def import_run(
     if model_id is None:
         named = f" (it names {imported.model!r}, which is not a hub id)" if imported.model else ""
         raise ConfigError(f"{source}: the files do not name the model it was trained on{named}; give --model")
+    model_id = embedded_name(model_id)
     family, causal = model_family(model_id)
     point, target = place(imported, family, hook)
     if causal is False and family in hooknames.FAMILIES and hooknames.FAMILIES[family].causal:
@@ -134,7 +153,7 @@ def import_run(
         "arch": imported.sae.cfg.arch,
         "n_latents": imported.sae.cfg.n_latents,
         "d_in": imported.sae.cfg.d_in,
-        "model": model_id,
+        "model": model_id or f"{EMBEDDED_MODELS[None]} (embedded)",
         "hook": f"{point.module} ({point.side})",
         "target": f"{target.module} ({target.side})" if target else None,
         "notes": imported.notes,
@@ -153,7 +172,7 @@ def export_run(run_dir: str | Path, format: str, out: str | Path) -> dict[str, A
         if format == "sparsify":
             raise DataError(f"{run_dir}: sparsify names a coder by its model's module; this run has no model source")
     else:
-        model_name = src.model or EMBEDDED_MODEL
+        model_name = hub_id(src.model)
         family, _ = model_family(src.model)
         point = Placement(src.hook, src.hook_side)
         if format == "saelens":
