@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO_RUN ?= runs/demo
 DEMO_TOKENS ?= 2M
 
-.PHONY: setup demo test lint clean browser bench bench-setup
+.PHONY: setup demo demo-lm test lint clean browser bench bench-setup
 
 setup: $(STAMP)
 
@@ -25,6 +25,20 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/sparsecode eval $(DEMO_RUN)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/sparsecode features $(DEMO_RUN)
 	@echo "browse the features:  $(VENV)/bin/sparsecode serve $(DEMO_RUN)   (then open http://127.0.0.1:8000)"
+
+# The embedded causal LM (SmolLM2-135M-Instruct): an SAE at its middle layer, eval (CE loss recovered, KL),
+# features (with the tokens each promotes through the LM head); then how to steer, ablate, attribute, browse.
+DEMO_LM_RUN ?= runs/smollm2
+DEMO_LM_TOKENS ?= 150k
+demo-lm: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/sparsecode train --model smollm2 --hook model.layers.15 --arch topk --k 32 \
+	    --latents 4608 --tokens $(DEMO_LM_TOKENS) --out $(DEMO_LM_RUN) --overwrite
+	HF_HUB_OFFLINE=1 $(VENV)/bin/sparsecode eval $(DEMO_LM_RUN) --quick --splice-chunks 16
+	HF_HUB_OFFLINE=1 $(VENV)/bin/sparsecode features $(DEMO_LM_RUN) --split train --max-tokens 20k
+	@echo "steer a feature:   $(VENV)/bin/sparsecode steer $(DEMO_LM_RUN) --feature ID --strength 8 --prompt 'The weather today is'"
+	@echo "does it matter?    $(VENV)/bin/sparsecode ablate $(DEMO_LM_RUN) --features ID1,ID2"
+	@echo "what drove it?     $(VENV)/bin/sparsecode attribute $(DEMO_LM_RUN) --prompt 'The capital of France is' --target ' Paris'"
+	@echo "browse:            $(VENV)/bin/sparsecode serve $(DEMO_LM_RUN)   (then open http://127.0.0.1:8000)"
 
 test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

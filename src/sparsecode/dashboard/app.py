@@ -2,6 +2,8 @@
 
     /features            feature list: sort, filter dead/dense, search by id or token text   (+ /features.json)
     /features/{id}       one feature: stats, histogram, contexts, promoted/suppressed tokens  (+ /features/{id}.json)
+                         its ablation effect (RUN/ablation.json) and, with ?prompt=..&strength=.., a steering box
+                         result (loads the model)
     /fires?text=...      which features fire on each token of a text (loads the model)       (+ /fires.json)
     /meta.json           what the database was built from
 
@@ -12,6 +14,7 @@ package's own folder through Starlette's StaticFiles (which refuses paths leadin
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -73,6 +76,15 @@ def _positive(params: dict[str, str], name: str, default: int, maximum: int) -> 
     if not FEATURE_ID.fullmatch(raw) or not 1 <= int(raw) <= maximum:
         raise HTTPException(400, f"{name} must be a whole number from 1 to {maximum}, got {raw[:40]!r}")
     return int(raw)
+
+
+def _ablation(run_dir: Path, fid: int) -> dict[str, Any] | None:
+    """Feature ``fid``'s row of RUN/ablation.json (written by `sparsecode ablate`), or None."""
+    try:
+        result = json.loads((Path(run_dir) / "ablation.json").read_text())
+        return next((r for r in result["features"] if r.get("feature") == fid), None)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def create_app(run_dir: str | Path) -> FastAPI:
@@ -151,14 +163,39 @@ def create_app(run_dir: str | Path) -> FastAPI:
 
         return page("list.html", request, link=link, token_query=bool(q) and not FEATURE_ID.fullmatch(q), **listing)
 
+    def feature(request: Request, fid: str) -> dict[str, Any]:
+        """The feature's row, its ablation effect (from RUN/ablation.json, when measured) and, when the request
+        has a prompt, a steering result for it."""
+        out = db.feature(_parse_feature_id(fid, db)) or {}
+        out["ablation"] = _ablation(run_dir, out["id"])
+        params = request.query_params
+        prompt = params.get("prompt", "")
+        if len(prompt) > MAX_TEXT_CHARS:
+            raise HTTPException(400, f"prompt is {len(prompt)} characters long; give at most {MAX_TEXT_CHARS}")
+        if prompt.strip():
+            try:
+                strength = float(params.get("strength", "4"))
+            except ValueError:
+                raise HTTPException(400, "strength must be a number, e.g. 4") from None
+            if not math.isfinite(strength) or abs(strength) > 1000:
+                raise HTTPException(400, "strength must be a number between -1000 and 1000")
+            out["steering"] = fires_model.steer(out["id"], prompt, strength)
+        return out
+
     @app.get("/features/{fid}.json")
-    def feature_json(fid: str) -> dict[str, Any]:
-        return db.feature(_parse_feature_id(fid, db))  # type: ignore[return-value]
+    def feature_json(request: Request, fid: str) -> dict[str, Any]:
+        return feature(request, fid)
 
     @app.get("/features/{fid}", response_class=HTMLResponse)
     def feature_html(request: Request, fid: str) -> HTMLResponse:
-        feature = db.feature(_parse_feature_id(fid, db))
-        return page("feature.html", request, f=feature)
+        params = request.query_params
+        return page(
+            "feature.html",
+            request,
+            f=feature(request, fid),
+            prompt=params.get("prompt", ""),
+            strength=params.get("strength", "4"),
+        )
 
     def fires(request: Request) -> dict[str, Any]:
         text = request.query_params.get("text", "")
@@ -166,7 +203,11 @@ def create_app(run_dir: str | Path) -> FastAPI:
             raise HTTPException(400, f"text is {len(text)} characters long; paste at most {MAX_TEXT_CHARS}")
         if not text.strip():
             return {"text": text, "tokens": [], "top_features": [], "error": None}
-        return {"text": text, **fires_model.run(text)}
+        result = fires_model.run(text)
+        names = db.top_tokens([t["id"] for t in result.get("top_features", [])])
+        for t in result.get("top_features", []):  # each feature with the tokens it is known for, not a bare id
+            t["top_tokens"] = names.get(t["id"], [])
+        return {"text": text, **result}
 
     @app.get("/fires.json")
     def fires_json(request: Request) -> dict[str, Any]:

@@ -105,6 +105,14 @@ class FeatureDB:
         ).fetchall()
         return total, [{**dict(r), "top_tokens": json.loads(r["top_tokens"])} for r in rows]
 
+    def top_tokens(self, ids: list[int]) -> dict[int, list[str]]:
+        """The distinct tokens each of ``ids`` is centred on in its top contexts (as on the list page)."""
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self._con().execute(f"SELECT id, top_tokens FROM features WHERE id IN ({marks})", ids).fetchall()
+        return {r["id"]: json.loads(r["top_tokens"]) for r in rows}
+
     # -- one feature ---------------------------------------------------------------------------------
     def feature(self, fid: int) -> dict[str, Any] | None:
         """Everything about feature ``fid``, or None if there is no such feature."""

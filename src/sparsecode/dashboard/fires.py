@@ -9,6 +9,8 @@ from typing import Any
 
 TOP_PER_TOKEN = 6
 TOP_OVERALL = 24
+STEER_TOKENS = 24
+"""New tokens the feature page's steering box generates."""
 
 
 class FiresModel:
@@ -22,6 +24,7 @@ class FiresModel:
         self.run_dir = run_dir
         self._lock = threading.Lock()
         self._loaded: tuple[Any, Any] | None = None
+        self._run: Any = None  # the loaded run, sharing the source above (for steering)
         self._error: str | None = None
 
     def _load(self) -> tuple[Any, Any] | None:
@@ -38,6 +41,8 @@ class FiresModel:
                     source = open_source(run.config.source)
                     source.module  # noqa: B018 -- loads the weights now, so a broken model fails here
                     self._loaded = (source, run.sae.eval())
+                    run._source = source
+                    self._run = run
                 except ImportError as e:
                     self._error = f"the model is not available: {e.name or e} is not installed"
                 except Exception as e:  # noqa: BLE001 -- a missing or broken model: say so on the page, keep browsing
@@ -91,3 +96,19 @@ class FiresModel:
             if v > 0
         ]
         return {"tokens": tokens, "top_features": top, "error": None, "truncated": len(body) < len(all_ids)}
+
+    def steer(self, feature: int, prompt: str, strength: float, max_new_tokens: int = STEER_TOKENS) -> dict[str, Any]:
+        """Baseline vs steered continuation of ``prompt`` (encoders: the sentence embedding's shift), as
+        ``sparsecode steer`` gives it; ``{"error": message}`` for a missing model or bad input. Greedy, so the same
+        request always gets the same answer; concurrent requests each hook only their own forward passes."""
+        if self._load() is None:
+            return {"error": self._error}
+        from ..errors import SparsecodeError
+        from ..interventions.steer import steer_embedding, steer_text
+
+        try:
+            if self._loaded[0].is_causal_lm:
+                return steer_text(self._run, feature, strength, prompt, max_new_tokens=max_new_tokens)
+            return steer_embedding(self._run, feature, strength, prompt)
+        except SparsecodeError as e:
+            return {"error": str(e)}
