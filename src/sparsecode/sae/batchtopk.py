@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from ..errors import ConfigError
-from .base import TrainOutput
+from .base import TrainOutput, data_parallel
 from .common import add_auxk, fvu, l0
 from .topk import TopKConfig, TopKSAE
 
@@ -49,12 +50,26 @@ class BatchTopKSAE(TopKSAE):
         self.register_buffer("threshold", torch.tensor(-1.0))
 
     def batch_select(self, pre: torch.Tensor, row_norms: torch.Tensor | None = None) -> torch.Tensor:
-        """(n, n_latents) pre-activations -> dense latents keeping the k·n largest positive entries of the batch,
-        ranked after dividing by ``row_norms`` (n, 1) if given."""
-        flat = pre.relu().flatten()  # (n * n_latents,)
-        ranked = flat if row_norms is None else (pre.relu() / row_norms).flatten()
-        _, indices = ranked.detach().topk(min(self.cfg.k * pre.shape[0], flat.numel()), sorted=False)
-        return torch.zeros_like(flat).scatter(0, indices, flat[indices]).view_as(pre)  # (n, n_latents)
+        """(n, n_latents) pre-activations -> dense latents keeping the k·n largest positive entries of the batch
+        (of the global batch under data-parallel training), ranked after dividing by ``row_norms`` (n, 1) if
+        given."""
+        latents = pre.relu()
+        ranked = latents if row_norms is None else latents / row_norms  # (n, n_latents)
+        return latents * (ranked.detach() >= self._batch_cutoff(ranked.detach()))  # (n, n_latents)
+
+    def _batch_cutoff(self, ranked: torch.Tensor) -> torch.Tensor:
+        """The smallest ranked value the batch keeps: the (k · rows)-th largest entry of ``ranked`` (rows, width)
+        over the whole batch. Under data-parallel training each process holds a slice of the batch; the global
+        batch's largest k · rows entries are among the union of every slice's largest k · rows, so those are
+        gathered (the same cutoff in every process, as one process on the whole batch would find)."""
+        world = dist.get_world_size() if data_parallel() else 1
+        flat = ranked.flatten()
+        local = flat.topk(min(self.cfg.k * ranked.shape[0] * world, flat.numel()), sorted=False).values
+        if world > 1:
+            parts = [torch.empty_like(local) for _ in range(world)]
+            dist.all_gather(parts, local)
+            local = torch.cat(parts)
+        return local.topk(min(self.cfg.k * ranked.shape[0] * world, local.numel()), sorted=False).values.min()
 
     @torch.no_grad()
     def row_norms(self, x: torch.Tensor) -> torch.Tensor | None:
@@ -74,7 +89,7 @@ class BatchTopKSAE(TopKSAE):
         """TopK's sparse step with a batch-wide ranking. Each row's top ``CANDIDATES_PER_K · k`` pre-activations
         are its candidates; the batch's k·n largest among them are the batch's k·n largest overall unless a row
         keeps every candidate (its next one might also qualify) — then the batch takes the dense path."""
-        n, m = x.shape[0], self.cfg.n_latents
+        m = self.cfg.n_latents
         width = min(m, CANDIDATES_PER_K * self.cfg.k)
         if width == m:
             return self._dense_training_output(x, dead_mask)
@@ -83,11 +98,11 @@ class BatchTopKSAE(TopKSAE):
         norms = self.row_norms(x)  # (n, 1) or None
         with torch.no_grad():
             ranked = top_pre.relu() if norms is None else top_pre.relu() / norms  # (n, width)
-            chosen = ranked.flatten().topk(min(self.cfg.k * n, ranked.numel()), sorted=False).indices
-            keep = torch.zeros(ranked.numel(), dtype=torch.bool, device=x.device).index_fill_(0, chosen, True)
-            keep = keep.view(n, width)
-            overflow = bool((keep.all(1) & (ranked.amin(1) > 0)).any())
-        if overflow:
+            keep = ranked >= self._batch_cutoff(ranked)  # (n, width)
+            overflow = (keep.all(1) & (ranked.amin(1) > 0)).any().to(torch.uint8)
+            if data_parallel():  # every process takes the same path
+                dist.all_reduce(overflow, op=dist.ReduceOp.MAX)
+        if bool(overflow):
             return self._dense_training_output(x, dead_mask)
         with torch.autocast(x.device.type, enabled=False):
             out = self._sparse_loss(x, x, top_pre, indices, auxk, keep=keep)
@@ -98,9 +113,11 @@ class BatchTopKSAE(TopKSAE):
 
     @torch.no_grad()
     def _update_threshold(self, kept: torch.Tensor) -> None:
-        """EMA of the smallest kept (ranked) activation of the batch: the inference threshold."""
-        if kept.numel():
-            smallest = kept.min()
+        """EMA of the smallest kept (ranked) activation of the (global) batch: the inference threshold."""
+        smallest = kept.min() if kept.numel() else kept.new_tensor(torch.inf)
+        if data_parallel():
+            dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
+        if torch.isfinite(smallest):
             m = self.cfg.threshold_momentum
             self.threshold.copy_(smallest if self.threshold < 0 else m * self.threshold + (1 - m) * smallest)
 

@@ -16,8 +16,21 @@ from .sparse import SparsePattern, sparse_decode
 
 
 def fvu(x_hat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Fraction of variance unexplained of the batch: Σ‖y − ŷ‖² / Σ‖y − ȳ‖² (differentiable)."""
-    return (x_hat - target).pow(2).sum() / (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
+    """Fraction of variance unexplained of the batch, Σ‖y − ŷ‖² / Σ‖y − ȳ‖², differentiable in ``x_hat``; the
+    denominator is ``total_variance`` (the global batch's under data-parallel training)."""
+    return (x_hat - target).pow(2).sum() / total_variance(target).clamp_min(1e-12)
+
+
+def penalised_fvu(
+    x_hat: torch.Tensor, target: torch.Tensor, coefficient: torch.Tensor | float, penalty: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss (Σ‖y − ŷ‖² + coefficient · Σ penalty) / total_variance, and the FVU (detached): the papers' loss
+    ‖y − ŷ‖² + λ·penalty summed over the (n,) rows, divided by the batch's total variance. Dividing a loss by a
+    per-batch constant leaves Adam's steps unchanged, so the papers' coefficients carry over, and with
+    ``total_variance`` the data-parallel average of the processes' gradients is the global batch's gradient."""
+    variance = total_variance(target).clamp_min(1e-12)
+    sq_err = (x_hat - target).pow(2).sum()
+    return (sq_err + coefficient * penalty.sum()) / variance, (sq_err / variance).detach()
 
 
 def auxk_loss(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:

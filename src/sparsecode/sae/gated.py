@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import SparseAutoencoder, TrainOutput
-from .common import L0Controller, fvu, l0, steered
+from .common import L0Controller, fvu, l0, penalised_fvu, steered
 from .relu import ReLUConfig
 
 
@@ -57,17 +57,18 @@ class GatedSAE(SparseAutoencoder):
         latents = (gate > 0) * mag.relu()  # (n, n_latents); no gradient reaches the gate through here
         x_hat = self.decode(latents)  # (n, d_in)
         gate_acts = gate.relu()  # (n, n_latents)
-        sparsity = (gate_acts * self.W_dec.norm(dim=1)).sum(-1).mean()
+        sparsity = gate_acts @ self.W_dec.norm(dim=1)  # (n,)
         # The gate alone, through a frozen decoder, must reconstruct x: this trains W_enc and b_enc.
         x_hat_gate = gate_acts @ self.W_dec.detach() + self.b_dec.detach()  # (n, d_in)
-        aux = (x_hat_gate - x).pow(2).sum(-1).mean()
+        aux = fvu(x_hat_gate, x)
         batch_l0 = l0(latents)
         coefficient = steered(self, self.cfg.l1, self.cfg.l1_warmup, progress, batch_l0)
-        loss = (x_hat - x).pow(2).sum(-1).mean() + coefficient * sparsity + aux
+        loss, batch_fvu = penalised_fvu(x_hat, x, coefficient, sparsity)
+        loss = loss + aux
         metrics = {
-            "fvu": fvu(x_hat, x).detach(),
+            "fvu": batch_fvu,
             "l0": batch_l0,
-            "l1": sparsity.detach(),
+            "l1": sparsity.mean().detach(),
             "aux_loss": aux.detach(),
             "l1_coefficient": coefficient.detach(),
         }

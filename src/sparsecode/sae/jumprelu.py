@@ -12,7 +12,7 @@ import torch
 
 from ..errors import ConfigError
 from .base import SAEConfig, SparseAutoencoder, TrainOutput
-from .common import L0Controller, check_target_l0, fvu, steered
+from .common import L0Controller, check_target_l0, penalised_fvu, steered
 
 
 def _rectangle(u: torch.Tensor) -> torch.Tensor:
@@ -123,13 +123,12 @@ class JumpReLUSAE(SparseAutoencoder):
         latents = _JumpReLU.apply(z, theta, self.cfg.bandwidth)  # (n, n_latents)
         latents = latents if rms is None else latents * rms  # = pre · H(z − θ), with ∂/∂pre = H(z − θ)
         x_hat = self.decode(latents)  # (n, d_in)
-        sq_err = (x_hat - x).pow(2).sum(-1).mean()
-        l0 = _Step.apply(z, theta, self.cfg.bandwidth).sum(-1).mean()
-        coefficient = steered(self, self.cfg.l0_coefficient, self.cfg.l0_warmup, progress, l0.detach())
-        loss = sq_err + coefficient * l0
+        l0 = _Step.apply(z, theta, self.cfg.bandwidth).sum(-1)  # (n,)
+        coefficient = steered(self, self.cfg.l0_coefficient, self.cfg.l0_warmup, progress, l0.mean().detach())
+        loss, batch_fvu = penalised_fvu(x_hat, x, coefficient, l0)
         metrics = {
-            "fvu": fvu(x_hat, x).detach(),
-            "l0": l0.detach(),
+            "fvu": batch_fvu,
+            "l0": l0.mean().detach(),
             "mean_threshold": theta.mean().detach(),
             "l0_coefficient": coefficient.detach(),
         }

@@ -9,7 +9,7 @@ import torch
 
 from ..errors import ConfigError
 from .base import SAEConfig, SparseAutoencoder, TrainOutput
-from .common import L0Controller, check_target_l0, steered
+from .common import L0Controller, check_target_l0, penalised_fvu, steered
 
 
 @dataclass
@@ -50,11 +50,9 @@ class ReLUSAE(SparseAutoencoder):
     ) -> TrainOutput:
         latents = self.encode(x)  # (n, n_latents)
         x_hat = self.decode(latents)  # (n, d_in)
-        sq_err = (x_hat - x).pow(2).sum(-1).mean()
-        weighted_l1 = (latents * self.W_dec.norm(dim=1)).sum(-1).mean()
+        weighted_l1 = latents @ self.W_dec.norm(dim=1)  # (n,)
         l0 = (latents > 0).sum(-1).float().mean().detach()
         coefficient = steered(self, self.cfg.l1, self.cfg.l1_warmup, progress, l0)
-        loss = sq_err + coefficient * weighted_l1
-        fvu = (x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
-        metrics = {"fvu": fvu.detach(), "l1": weighted_l1.detach(), "l0": l0, "l1_coefficient": coefficient.detach()}
+        loss, fvu = penalised_fvu(x_hat, x, coefficient, weighted_l1)
+        metrics = {"fvu": fvu, "l1": weighted_l1.mean().detach(), "l0": l0, "l1_coefficient": coefficient.detach()}
         return TrainOutput(loss=loss, x_hat=x_hat, fired=(latents > 0).any(0), metrics=metrics)
