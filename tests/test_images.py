@@ -157,6 +157,7 @@ def test_eval_of_an_image_run_has_atoms_and_gabor_fits(tmp_path):
     assert {"orientation", "frequency", "sigma_u", "sigma_v", "r2"} <= set(im["atoms"][0])
     html = (run / "report.html").read_text()
     assert "Image atoms" in html and "dictionary atoms" in html
+    assert (run / "atoms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_train_and_eval_images_from_the_command_line(tmp_path, capsys):

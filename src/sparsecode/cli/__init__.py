@@ -31,6 +31,7 @@ COMMANDS = (
     "attribute",
     "import",
     "export",
+    "othello",
 )
 """Subcommands in the order ``sparsecode --help`` lists them; each is the module of the same name here."""
 

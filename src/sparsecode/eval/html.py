@@ -253,6 +253,33 @@ def _images(r: dict[str, Any], figures: dict[str, bytes]) -> str:
     return "<h2>Image atoms</h2>" + note + _kv(im, keys) + img(figures.get("atoms"), "dictionary atoms")
 
 
+def _board(r: dict[str, Any]) -> str:
+    b = r.get("board")
+    if not b:
+        return ""
+    if "skipped" in b:
+        return f"<h2>Board state (Othello)</h2><p class=note>skipped: {esc(b['skipped'])}</p>"
+    rows = [
+        [
+            name,
+            sec.get("reconstruction_f1"),
+            sec.get("reconstruction_threshold"),
+            sec.get("coverage"),
+            sec.get("coverage_threshold"),
+            sec.get("alive_features"),
+        ]
+        for name, sec in (("SAE latents", b.get("sae") or {}), ("MLP neurons", b.get("neurons") or {}))
+        if "coverage" in sec
+    ]
+    note = (
+        "<p class=note>Board reconstruction F1 and coverage as defined by Karvonen et al. (2024), over 192 board "
+        "state properties (each square empty / mine / theirs for the player to move); thresholds are fractions of "
+        f"each feature's maximum. Model legal-move top-1: {esc(fmt(b.get('model_legal_move_top1')))}.</p>"
+    )
+    head = ["features", "reconstruction F1", "at threshold", "coverage", "at threshold", "alive"]
+    return "<h2>Board state (Othello)</h2>" + note + table(head, rows)
+
+
 def render_report(result: dict[str, Any], figures: dict[str, bytes]) -> str:
     """The full report page for one :func:`evaluate_run` result and its PNG figures by name."""
     r = result
@@ -271,6 +298,7 @@ def render_report(result: dict[str, Any], figures: dict[str, bytes]) -> str:
         _fidelity(r),
         _ground_truth(r, figures),
         _images(r, figures),
+        _board(r),
         _dark_matter(r),
         _probing(r, figures),
         _absorption(r, figures),

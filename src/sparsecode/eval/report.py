@@ -17,6 +17,7 @@ from ..errors import DataError
 from ..io import atomic_write, write_json
 from ..layout import DENSITY_PLOT, EVAL_FILE, REPORT_FILE
 from .absorption import feature_absorption
+from .board import BOARD_ROWS, is_othello_source, othello_section
 from .budgets import evaluate_budgets
 from .dark_matter import dark_matter
 from .gabor import image_atom_metrics
@@ -41,6 +42,8 @@ from .transcoder_splice import transcoder_spliced_fidelity
 RECOVERY_THRESHOLD = 0.9
 IMAGE_COEFFICIENT_ROWS = 16384
 """Eval rows whose latent activations feed the image section's kurtosis."""
+ATOMS_PLOT = "atoms.png"
+"""An image run's atom grid, written beside report.html."""
 GRID_ATOMS = 256
 """Atoms drawn in an image run's atom grid (the most often active first)."""
 
@@ -137,6 +140,9 @@ def evaluate_run(
     patch_shape = _patch_shape(run.config.source)
     coefficients: list[torch.Tensor] = []  # (rows, n_latents) blocks, image runs only
     coef_count = [0]
+    othello = is_othello_source(source)
+    board_rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (latents, doc_ids, positions)
+    board_count = [0]
 
     def on_batch(batch: Any, target: torch.Tensor, latents: torch.Tensor, x_hat: torch.Tensor) -> None:
         if f1 is not None and batch is not None and batch.codes is not None:
@@ -150,6 +156,10 @@ def evaluate_run(
             take = min(IMAGE_COEFFICIENT_ROWS - coef_count[0], latents.shape[0])
             coefficients.append(latents[:take].detach().cpu())
             coef_count[0] += take
+        if othello and batch is not None and board_count[0] < BOARD_ROWS:
+            take = min(BOARD_ROWS - board_count[0], latents.shape[0])
+            board_rows.append((latents[:take].detach().cpu(), batch.doc_ids[:take], batch.positions[:take]))
+            board_count[0] += take
 
     with timer("core"):
         recon, density = evaluate_reconstruction(
@@ -169,6 +179,9 @@ def evaluate_run(
             result["images"] = image_atom_metrics(learned.cpu(), patch_shape, density, torch.cat(coefficients))
         order = torch.argsort(density, descending=True, stable=True)[:GRID_ATOMS].tolist()
         figures["atoms"] = atoms_figure(learned, patch_shape, order, f"{len(order)} most active atoms")
+    if othello and board_rows:
+        with timer("board"):
+            result["board"] = othello_section(source, *(torch.cat(t) for t in zip(*board_rows)))
     budgets = getattr(sae.cfg, "budgets", None)
     if budgets:  # a multi-budget SAE: the same metrics at each budget
         with timer("budgets"):
@@ -229,6 +242,9 @@ def evaluate_run(
     eval_path, plot_path, html_path = run_dir / EVAL_FILE, run_dir / DENSITY_PLOT, run_dir / REPORT_FILE
     result["files"] = {"eval_json": str(eval_path), "density_png": str(plot_path), "report_html": str(html_path)}
     save_png(figures["density"], plot_path)
+    if "atoms" in figures:  # image runs: the dictionary as a picture of its own, beside the report
+        result["files"]["atoms_png"] = str(run_dir / ATOMS_PLOT)
+        save_png(figures["atoms"], run_dir / ATOMS_PLOT)
     safe = _json_safe(result)
     write_json(eval_path, safe)
     atomic_write(html_path, lambda p: p.write_text(render_report(safe, figures), encoding="utf-8"))
@@ -333,11 +349,24 @@ def format_report(result: dict[str, Any]) -> str:
             f"Gabor-like (fit R² ≥ {im['gabor_r2_threshold']:g}; median R² {_fmt(im['median_r2'], '.3f')}); "
             f"coefficient excess kurtosis {_fmt(im['coefficient_kurtosis'], '.1f')}"
         )
+    lines.extend(_board_lines(r.get("board") or {}))
     lines.extend(_deep_lines(r))
     files = r.get("files", {})
     if files:
         lines.append("  wrote " + ", ".join(str(p) for p in files.values()))
     return "\n".join(lines)
+
+
+def _board_lines(board: dict[str, Any]) -> list[str]:
+    """Summary lines of an Othello run's board section."""
+    if "skipped" in board:
+        return [f"  board metrics skipped: {board['skipped']}"]
+    parts = [
+        f"{name} F1 {_fmt(board[key]['reconstruction_f1'], '.3f')} coverage {_fmt(board[key]['coverage'], '.3f')}"
+        for name, key in (("SAE", "sae"), ("MLP neurons", "neurons"))
+        if "reconstruction_f1" in (board.get(key) or {})
+    ]
+    return ["  board reconstruction (Karvonen et al.): " + "; ".join(parts)] if parts else []
 
 
 def _deep_lines(r: dict[str, Any]) -> list[str]:

@@ -1,0 +1,287 @@
+"""A small GPT-2 that reads Othello games move by move and predicts a legal next move, trained here on CPU.
+
+The model is a transformers ``GPT2LMHeadModel`` saved with a word-level tokenizer (one token per square, a
+``[BOS]`` before every game), so it is an ordinary causal-LM model directory: ``sparsecode train --model DIR
+--hook transformer.h.3 --corpus games.txt`` trains an SAE on it like on any model, with the games as the
+corpus. Training draws fresh seeded random games every step (``othello.random_games``), so the model never
+sees a game twice and the whole run is reproducible from its config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+from ..io import atomic_write, write_json
+from . import othello
+
+SPECIAL_TOKENS = ("[PAD]", "[BOS]", "[UNK]")
+VOCAB = {**{t: i for i, t in enumerate(SPECIAL_TOKENS)}, **{s: i + 3 for i, s in enumerate(othello.PLAYABLE)}}
+"""Token ids: the specials, then the 60 playable squares."""
+SQUARE_OF_TOKEN = np.full(len(VOCAB), -1, dtype=np.int64)
+for _name, _id in VOCAB.items():
+    if _name in othello.SQUARE_INDEX:
+        SQUARE_OF_TOKEN[_id] = othello.SQUARE_INDEX[_name]
+TOKEN_OF_SQUARE = np.full(64, VOCAB["[UNK]"], dtype=np.int64)
+TOKEN_OF_SQUARE[SQUARE_OF_TOKEN[SQUARE_OF_TOKEN >= 0]] = np.nonzero(SQUARE_OF_TOKEN >= 0)[0]
+SEQ_LEN = 61
+"""[BOS] + at most 60 moves."""
+INFO_FILE = "othello.json"
+"""Written beside the model: its training config, legal-move rate and the command that reproduces it."""
+
+
+@dataclass(kw_only=True)
+class OthelloGPTConfig:
+    """Size and training of the Othello model."""
+
+    n_layer: int = 4
+    """Transformer blocks."""
+    n_embd: int = 64
+    """Residual stream width."""
+    n_head: int = 4
+    """Attention heads per block."""
+    steps: int = 1500
+    """Optimizer steps; every step sees ``batch_games`` new random games. 0 saves the untrained model (the
+    random-init baseline)."""
+    batch_games: int = 32
+    """Games per step."""
+    lr: float = 2e-3
+    """AdamW peak learning rate (linear warm-up over 100 steps, cosine decay to 10% after)."""
+    seed: int = 0
+    """Seeds the weights and every training game."""
+    eval_games: int = 500
+    """Held-out games (their own seed stream) for the legal-move rate."""
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "n_embd", "n_head", "steps", "batch_games", "eval_games"):
+            v, least = getattr(self, name), 0 if name == "steps" else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise ConfigError(f"othello.{name} must be a whole number >= {least}, got {v!r}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"othello.n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
+            raise ConfigError(f"othello.lr must be in (0, 1), got {self.lr!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"othello.seed must be a whole number >= 0, got {self.seed!r}")
+
+
+def make_tokenizer() -> Any:
+    """The word-level tokenizer: whitespace-separated squares, ``[BOS]`` prepended to every game."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(vocab=VOCAB, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", VOCAB["[BOS]"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[BOS]", pad_token="[PAD]", unk_token="[UNK]")
+
+
+def new_model(cfg: OthelloGPTConfig) -> Any:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(cfg.seed)
+    config = GPT2Config(
+        vocab_size=len(VOCAB),
+        n_positions=128,  # >= the model source's default max_length, so `sparsecode train` needs no extra flag
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        bos_token_id=VOCAB["[BOS]"],
+        eos_token_id=VOCAB["[BOS]"],
+        pad_token_id=VOCAB["[PAD]"],
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def encode_games(games: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), each (n, SEQ_LEN): [BOS] then the moves, right-padded."""
+    padded = othello.pad_games(games)  # (n, 60)
+    ids = np.full((len(games), SEQ_LEN), VOCAB["[PAD]"], dtype=np.int64)
+    ids[:, 0] = VOCAB["[BOS]"]
+    ids[:, 1:] = np.where(padded >= 0, TOKEN_OF_SQUARE[np.clip(padded, 0, 63)], VOCAB["[PAD]"])
+    ids_t = torch.from_numpy(ids)
+    return ids_t, (ids_t != VOCAB["[PAD]"]).long()
+
+
+def legal_targets(games: list[list[int]]) -> np.ndarray:
+    """(n, SEQ_LEN, 64) bool: the legal moves after reading position p ([BOS]: the opening moves)."""
+    gt = othello.replay(othello.pad_games(games))
+    out = np.zeros((len(games), SEQ_LEN, 64), dtype=bool)
+    out[:, 0] = othello.np_masks(np.array([othello.Othello().legal()], dtype=np.uint64))[0]
+    out[:, 1:] = gt.legal
+    return out
+
+
+@torch.inference_mode()
+def legal_move_rate(model: Any, games: list[list[int]], batch: int = 256) -> float:
+    """Share of positions (that have a legal move) where the model's top-1 next token is a legal move."""
+    hits = total = 0
+    model.eval()
+    for s in range(0, len(games), batch):
+        part = games[s : s + batch]
+        ids, mask = encode_games(part)
+        logits = model(input_ids=ids, attention_mask=mask).logits  # (b, T, vocab)
+        square = SQUARE_OF_TOKEN[logits.argmax(-1).numpy()]  # (b, T), -1 for a special token
+        legal = legal_targets(part)  # (b, T, 64)
+        has_move = legal.any(-1)
+        ok = np.take_along_axis(legal, np.clip(square, 0, 63)[..., None], -1)[..., 0] & (square >= 0)
+        hits += int((ok & has_move).sum())
+        total += int(has_move.sum())
+    return hits / max(total, 1)
+
+
+def _lr_at(step: int, cfg: OthelloGPTConfig) -> float:
+    warm = min(100, cfg.steps)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, cfg.steps - warm)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_othello_gpt(cfg: OthelloGPTConfig, out: str | Path, progress: bool = True, log_every: int = 100) -> dict:
+    """Train the model and save it (safetensors), its tokenizer and ``othello.json`` into ``out``."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} is not empty; choose a new folder for the Othello model")
+    model = new_model(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    eval_games = othello.random_games(cfg.eval_games, seed=cfg.seed + 1_000_003)  # a stream no step draws from
+    history = []
+    start = time.perf_counter()
+    model.train()
+    for step in tqdm(range(cfg.steps), desc="othello", disable=not progress):
+        ids, mask = encode_games(othello.random_games(cfg.batch_games, seed=cfg.seed * 1_000_000 + step))
+        labels = ids.masked_fill(mask == 0, -100)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+            history.append({"step": step + 1, "loss": round(float(loss.detach()), 4)})
+    seconds = time.perf_counter() - start
+    rate = legal_move_rate(model, eval_games)
+    info = {
+        "config": asdict(cfg),
+        "legal_move_top1": rate,
+        "eval_games": cfg.eval_games,
+        "train_seconds": round(seconds, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "history": history,
+        "command": "sparsecode othello train "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items()),
+    }
+    # written to a sibling folder and renamed: an interrupted save leaves no half-written model behind
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the model folder is an ordinary one
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        make_tokenizer().save_pretrained(tmp)
+        write_json(tmp / INFO_FILE, info)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
+def load_info(model_dir: str | Path) -> dict:
+    path = Path(model_dir) / INFO_FILE
+    if not path.is_file():
+        raise DataError(f"{model_dir}: no {INFO_FILE}; not an Othello model made by `sparsecode world othello train`")
+    return json.loads(path.read_text())
+
+
+def write_corpus(path: str | Path, n_games: int, seed: int) -> Path:
+    """A .txt corpus of ``n_games`` random games, one per paragraph (the text corpus format), written atomically."""
+    text = "\n\n".join(othello.format_game(g) for g in othello.random_games(n_games, seed)) + "\n"
+    atomic_write(Path(path), lambda p: p.write_text(text, encoding="utf-8"))
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- linear probes
+
+
+@torch.inference_mode()
+def hidden_rows(model: Any, games: list[list[int]], batch: int = 256) -> tuple[list[torch.Tensor], np.ndarray]:
+    """Residual stream after every block (index 0: the embeddings) at every move, and the board after that move.
+
+    Returns ([(rows, d) per layer], boards (rows, 64) EMPTY / MINE / THEIRS relative to the player to move).
+    """
+    model.eval()
+    per_layer: list[list[torch.Tensor]] = []
+    boards = []
+    for s in range(0, len(games), batch):
+        part = games[s : s + batch]
+        ids, mask = encode_games(part)
+        states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        keep = mask.bool().clone()
+        keep[:, 0] = False  # [BOS]: no move read yet
+        if not per_layer:
+            per_layer = [[] for _ in states]
+        for i, h in enumerate(states):
+            per_layer[i].append(h[keep].float())  # (rows, d)
+        gt = othello.replay(othello.pad_games(part))
+        boards.append(gt.board[keep[:, 1:].numpy()])  # (rows, 64)
+    return [torch.cat(h) for h in per_layer], np.concatenate(boards)
+
+
+def linear_probe_accuracy(
+    fit_x: torch.Tensor, fit_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, steps: int = 300
+) -> float:
+    """Accuracy on held-out rows of a linear probe (one 3-way softmax per square) trained by full-batch Adam.
+
+    ``*_x`` (rows, d) activations, ``*_y`` (rows, 64) square states.
+    """
+    torch.manual_seed(0)
+    mean, std = fit_x.mean(0), fit_x.std(0).clamp_min(1e-6)
+    fx, tx = (fit_x - mean) / std, (test_x - mean) / std
+    probe = torch.nn.Linear(fx.shape[1], 64 * 3)
+    opt = torch.optim.Adam(probe.parameters(), lr=0.05)
+    for _ in range(steps):
+        logits = probe(fx).reshape(-1, 64, 3)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 3), fit_y.reshape(-1).long())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        pred = probe(tx).reshape(-1, 64, 3).argmax(-1)
+    return float((pred == test_y).float().mean())
+
+
+def probe_layers(model: Any, n_games: int = 1000, seed: int = 7) -> list[dict[str, float]]:
+    """Per layer (0 = embeddings), the held-out accuracy of a linear board probe (mine / theirs / empty), and the
+    accuracy of always guessing each square's most common state (the floor a probe must beat)."""
+    games = othello.random_games(n_games, seed)
+    fit_layers, fit_boards = hidden_rows(model, games[: n_games // 2])
+    test_layers, test_boards = hidden_rows(model, games[n_games // 2 :])  # held-out games, not just rows
+    fit_y, test_y = (torch.from_numpy(b.astype(np.int64)) for b in (fit_boards, test_boards))
+    majority = torch.mode(fit_y, dim=0).values  # (64,)
+    floor = float((test_y == majority).float().mean())
+    return [
+        {"layer": i, "accuracy": linear_probe_accuracy(f, fit_y, t, test_y), "majority": floor}
+        for i, (f, t) in enumerate(zip(fit_layers, test_layers))
+    ]

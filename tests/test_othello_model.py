@@ -1,0 +1,113 @@
+"""The Othello GPT end to end at toy size: tokenizer, training, legal-move rate, probes, an SAE on it through the
+ordinary model source, and eval's board section for the SAE latents and the MLP neurons."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sparsecode.cli import main
+from sparsecode.errors import ConfigError
+from sparsecode.worlds import othello
+from sparsecode.worlds.othello_gpt import (
+    SQUARE_OF_TOKEN,
+    VOCAB,
+    OthelloGPTConfig,
+    legal_move_rate,
+    make_tokenizer,
+    probe_layers,
+    train_othello_gpt,
+)
+
+
+def test_tokenizer_puts_bos_before_the_moves_and_maps_every_square():
+    ids = make_tokenizer()("d3 c3 c4")["input_ids"]
+    assert ids[0] == VOCAB["[BOS]"]
+    assert [othello.SQUARES[SQUARE_OF_TOKEN[i]] for i in ids[1:]] == ["d3", "c3", "c4"]
+    assert sorted(othello.SQUARES[s] for s in SQUARE_OF_TOKEN if s >= 0) == sorted(othello.PLAYABLE)
+
+
+class _Oracle(torch.nn.Module):
+    """Predicts, at every position, a legal move of the replayed game (or an illegal one, if ``wrong``)."""
+
+    def __init__(self, games, wrong=False):
+        super().__init__()
+        from sparsecode.worlds.othello_gpt import legal_targets
+
+        self.legal, self.wrong = legal_targets(games), wrong
+
+    def forward(self, input_ids, attention_mask):
+        b, t = input_ids.shape
+        logits = torch.zeros(b, t, len(VOCAB))
+        token_of = {int(s): i for i, s in enumerate(SQUARE_OF_TOKEN) if s >= 0}
+        for g in range(b):
+            for p in range(t):
+                squares = np.nonzero(~self.legal[g, p] if self.wrong else self.legal[g, p])[0]
+                squares = [s for s in squares if s in token_of]
+                if squares:
+                    logits[g, p, token_of[squares[0]]] = 1.0
+        return type("Out", (), {"logits": logits})()
+
+
+def test_legal_move_rate_is_one_for_an_oracle_and_zero_for_an_anti_oracle():
+    games = othello.random_games(6, seed=0)
+    assert legal_move_rate(_Oracle(games), games) == pytest.approx(1.0)
+    assert legal_move_rate(_Oracle(games, wrong=True), games) == pytest.approx(0.0)
+
+
+def test_config_is_validated():
+    with pytest.raises(ConfigError, match="multiple of n_head"):
+        OthelloGPTConfig(n_embd=30, n_head=4)
+    with pytest.raises(ConfigError, match="othello.steps"):
+        OthelloGPTConfig(steps=-1)
+
+
+@pytest.fixture(scope="module")
+def tiny_othello(tmp_path_factory):
+    out = tmp_path_factory.mktemp("othello") / "model"
+    cfg = OthelloGPTConfig(n_layer=2, n_embd=32, n_head=2, steps=30, batch_games=16, lr=3e-3, eval_games=20)
+    info = train_othello_gpt(cfg, out, progress=False, log_every=10)
+    return out, info
+
+
+def test_training_learns_something_and_is_reproducible_from_its_record(tiny_othello):
+    out, info = tiny_othello
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    saved = json.loads((out / "othello.json").read_text())
+    assert saved["config"]["seed"] == 0 and saved["command"].startswith("sparsecode othello train")
+    losses = [h["loss"] for h in info["history"]]
+    assert losses[-1] < losses[0]  # next-move cross-entropy falls from the uniform-ish start
+    assert 0.0 <= info["legal_move_top1"] <= 1.0
+    probes = probe_layers(__import__("sparsecode.sources.hf", fromlist=["load_model"]).load_model(str(out))[0], 40)
+    assert [p["layer"] for p in probes] == [0, 1, 2]
+    assert all(0.0 <= p["accuracy"] <= 1.0 for p in probes)
+
+
+def test_sae_on_the_othello_model_gets_a_board_section(tiny_othello, tmp_path, capsys):
+    out, _ = tiny_othello
+    corpus = tmp_path / "games.txt"
+    assert main(["othello", "games", "--games", "200", "--seed", "3", "--out", str(corpus)]) == 0
+    assert len(corpus.read_text().split("\n\n")) == 200
+    run = tmp_path / "run"
+    args = ["train", "--model", str(out), "--hook", "transformer.h.1", "--corpus", str(corpus), "--max-length", "61"]
+    args += ["--latents", "64", "--k", "4", "--tokens", "4096", "--batch-size", "512", "--quiet", "--no-cache"]
+    assert main([*args, "--out", str(run)]) == 0
+    assert main(["eval", str(run), "--quick", "--quiet", "--splice-chunks", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "board reconstruction (Karvonen et al.): SAE F1" in printed and "MLP neurons F1" in printed
+    board = json.loads((run / "eval.json").read_text())["board"]
+    for key in ("sae", "neurons"):
+        assert 0.0 <= board[key]["reconstruction_f1"] <= 1.0 and 0.0 <= board[key]["coverage"] <= 1.0
+    assert board["neurons"]["alive_features"] <= 4 * 32
+    assert "Board state (Othello)" in (run / "report.html").read_text()
+
+
+def test_board_command_shows_a_position_and_refuses_an_illegal_move(capsys):
+    assert main(["othello", "board", "d3 c3 c4"]) == 0
+    assert "white (o) to move; legal (*): e3 c5" in capsys.readouterr().out
+    assert main(["othello", "board", "d3 a1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: moves: move 2 'a1' is illegal here; legal moves: c3 e3 c5"
