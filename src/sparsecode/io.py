@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,18 +20,79 @@ from safetensors.torch import load_file, save_file
 
 from .errors import DataError
 
+# Temporary names carry the writer's process id (".NAME.pid123.RANDOM.tmp", ".split.partial-pid123-RANDOM"), so
+# that the leftovers of a writer killed mid-write (SIGKILL, power loss: no cleanup runs) can be told apart from
+# the live temporaries of a concurrent writer, and swept at the next write into the same folder.
+_TEMP_NAME = re.compile(r"^\..*[.-]pid(\d+)[.-][^/]*$")
+
+
+def temp_prefix(stem: str) -> str:
+    """The prefix of a temporary file or folder named after ``stem``, tagged with this process's id."""
+    return f".{stem}.pid{os.getpid()}."
+
+
+def sweep_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporaries in ``folder`` left by writers that no longer run; returns what was removed."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMP_NAME.match(entry.name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        try:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            removed.append(entry)
+        except OSError:
+            pass  # another sweeper got there first
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _read_umask() -> int:
+    # the only portable way to read the umask is to set it: done once, at import (os.umask is process-wide)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def new_file_mode(directory: bool = False) -> int:
+    """The permissions a newly created file (or folder) gets under this process's umask."""
+    return (0o777 if directory else 0o666) & ~_UMASK
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` then atomically move ``tmp_path`` onto ``path``."""
+    """Call ``write(tmp_path)`` then atomically move ``tmp_path`` onto ``path``.
+
+    The file gets the permissions of any newly created file (0666 less the umask), not mkstemp's 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    sweep_temporaries(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, new_file_mode())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, DataError, Interrupted
-from .io import read_json, write_json
+from .io import read_json, sweep_temporaries, write_json
 from .layout import CHECKPOINT_FILE, CONFIG_FILE, SAE_FILE
 from .sae import SAEConfig, SparseAutoencoder, load_sae, sae_config_from_dict
 from .sources import open_source, source_config_from_dict
@@ -160,6 +160,7 @@ def load_run(run_dir: str | Path) -> Run:
         raise DataError(f"run folder {run_dir} not found")
     if not (run_dir / CONFIG_FILE).is_file():
         raise DataError(f"{run_dir} is not a run folder: {CONFIG_FILE} is missing")
+    sweep_temporaries(run_dir)  # leftovers of writes cut short by a kill
     if not (run_dir / SAE_FILE).is_file():
         hint = (
             f" (training did not finish; continue it with `sparsecode train --resume --out {run_dir}`)"

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..io import load_tensors, save_tensors, write_json
+from ..io import load_tensors, new_file_mode, save_tensors, sweep_temporaries, temp_prefix, write_json
 from ..sources.base import ActivationBatch, Source
 
 CACHE_FORMAT = 1
@@ -102,7 +102,11 @@ class CachedSource:
 
     def _write_through(self, split: str) -> Iterator[ActivationBatch]:
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{split}.partial-", dir=self.root))
+        sweep_temporaries(self.root)  # passes cut short by a kill
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(f"{split}.partial"), dir=self.root))
+        os.chmod(
+            tmp, new_file_mode(directory=True)
+        )  # mkdtemp's 0700 would hide the shared cache from the folder's other users
         pending: list[ActivationBatch] = []
         shards: list[str] = []
         shard_rows: list[int] = []

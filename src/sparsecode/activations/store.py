@@ -23,6 +23,9 @@ import torch
 from ..errors import ConfigError, DataError
 from ..sources.base import ActivationBatch, Source
 
+MAX_BUFFER_BYTES = 1 << 30
+"""The shuffle buffer stays under 1 GiB unless one batch alone is larger (then it holds exactly one batch)."""
+
 
 class ActivationStore:
     """Iterator of shuffled ``(batch_size, d_in)`` batches over a source's split, looping over epochs.
@@ -56,14 +59,21 @@ class ActivationStore:
         self.source = source
         self.split = split
         self.batch_size = batch_size
-        # A fill holds a whole number of batches, so no batch straddles two fills.
-        self.buffer_rows = max(1, buffer_rows // batch_size) * batch_size
-        self.seed = seed
-        self.batches_emitted = batches_emitted
         self.d_target = int(getattr(source, "d_out", None) or 0)  # paired targets appended to each row (0: none)
         self.rows_per_epoch = source.num_rows(split)
         if self.rows_per_epoch == 0:
             raise DataError(f"the source's {split} split has no rows (empty corpus or array?)")
+        # Sized from the data: no more rows than one pass over the split holds (a fill of a 40-row array is 40
+        # rows, not 131,072 copies of them), wide rows fewer (at most MAX_BUFFER_BYTES, but always one batch), so
+        # a 50,000-wide array does not ask for 131,072 × 50,000 floats. A fill holds a whole number of batches,
+        # so no batch straddles two fills.
+        row_bytes = 4 * (source.d_in + self.d_target)
+        buffer_rows = min(buffer_rows, max(MAX_BUFFER_BYTES // row_bytes, batch_size))
+        if self.rows_per_epoch is not None:
+            buffer_rows = min(buffer_rows, -(-self.rows_per_epoch // batch_size) * batch_size)
+        self.buffer_rows = max(1, buffer_rows // batch_size) * batch_size
+        self.seed = seed
+        self.batches_emitted = batches_emitted
         self._buffer: torch.Tensor | None = None  # (buffer_rows, d_in)
         self._fill_index = -1
         self._order: torch.Tensor | None = None  # (batches_per_fill, owned rows per batch): buffer rows
@@ -110,7 +120,14 @@ class ActivationStore:
         first = fill * self.buffer_rows + self.own.start * self.shard_rows  # the owned shards are contiguous
         rows = len(self.own) * self.shard_rows
         if self._buffer is None:
-            self._buffer = torch.empty(rows, self.source.d_in + self.d_target)
+            width = self.source.d_in + self.d_target
+            try:
+                self._buffer = torch.empty(rows, width)
+            except RuntimeError:  # torch's out-of-memory error on the CPU
+                raise DataError(
+                    f"the shuffle buffer ({rows:,} rows × {width:,} floats, {rows * width * 4 / 2**30:.1f} GiB) does "
+                    f"not fit in memory; lower the batch size"
+                ) from None
         if self._stream_row != first:  # a jump (resume, or the other shards' rows): reopen the stream there
             self._stream = self._stream_from(first)
             self._leftover = None

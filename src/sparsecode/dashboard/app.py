@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -30,6 +31,7 @@ from starlette.exceptions import HTTPException
 from ..layout import FEATURES_FILE
 from .db import FEATURE_ID, FILTERS, SORTS, FeatureDB
 from .fires import FiresModel
+from .guard import Guard
 
 HERE = Path(__file__).parent
 MAX_PER_PAGE = 500
@@ -87,14 +89,16 @@ def _ablation(run_dir: Path, fid: int) -> dict[str, Any] | None:
         return None
 
 
-def create_app(run_dir: str | Path) -> FastAPI:
-    """The dashboard for the run in ``run_dir`` (its features.sqlite must exist)."""
+def create_app(run_dir: str | Path, allowed_hosts: Iterable[str] | None = None) -> FastAPI:
+    """The dashboard for the run in ``run_dir`` (its features.sqlite must exist). Requests whose Host header is not
+    one of ``allowed_hosts`` get 400 (None: any Host; the server passes its loopback names, see ``guard``)."""
     run_dir = Path(run_dir)
     db = FeatureDB(run_dir / FEATURES_FILE)
     env = _templates()
     fires_model = FiresModel(run_dir)
     counts = db.list_features(filter="dead", limit=1)[0], db.list_features(filter="dense", limit=1)[0]
     app = FastAPI(title="sparsecode dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(Guard, allowed_hosts=allowed_hosts)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.state.db = db
 

@@ -14,13 +14,14 @@ import uvicorn
 
 from ..errors import ConfigError
 from .app import create_app
+from .guard import loopback_hosts
 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the dashboard of ``run_dir`` until Ctrl-C."""
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be between 0 and 65535, got {port}")
-    app = create_app(run_dir)
+    app = create_app(run_dir, allowed_hosts=loopback_hosts(host))
     sock = _bind(host, port)
     print(f"serving {run_dir} at http://{_url_host(host)}:{sock.getsockname()[1]}/  (Ctrl-C to stop)", flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
@@ -30,7 +31,8 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000) -> Non
 def background_server(run_dir: str | Path, host: str = "127.0.0.1") -> Iterator[str]:
     """The dashboard of ``run_dir`` served from a thread on a free port; yields its base URL, stops on exit."""
     sock = _bind(host, 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(run_dir), log_level="warning"))
+    app = create_app(run_dir, allowed_hosts=loopback_hosts(host))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

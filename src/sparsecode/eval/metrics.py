@@ -38,7 +38,8 @@ class ReconstructionStats:
         self.m2: torch.Tensor | None = None  # (d,) float64 running Σ (x - mean)²
         self.sq_err = 0.0  # Σ ‖x − x̂‖²
         self.cos_sum = 0.0  # Σ cos(x, x̂)
-        self.l2_ratio_sum = 0.0  # Σ ‖x̂‖ / ‖x‖
+        self.l2_ratio_sum = 0.0  # Σ ‖x̂‖ / ‖x‖ over rows with ‖x‖ > 0
+        self.cos_rows = 0  # rows with ‖x‖ > 0 (on the others cosine and norm ratio are undefined)
         self.l0_sum = 0.0  # Σ (non-zero latents per row)
         self.fire_counts = torch.zeros(n_latents, dtype=torch.int64)  # (n_latents,)
         self.l0_counts = torch.zeros(n_latents + 1, dtype=torch.int64)  # (n_latents+1,) rows with exactly i active
@@ -77,8 +78,11 @@ class ReconstructionStats:
         self.sq_err += float((err**2).sum())
         x_norm = x.norm(dim=1)  # (n,)
         x_hat_norm = x_hat.norm(dim=1)  # (n,)
-        self.cos_sum += float(((x * x_hat).sum(dim=1) / (x_norm * x_hat_norm).clamp_min(EPS)).sum())
-        self.l2_ratio_sum += float((x_hat_norm / x_norm.clamp_min(EPS)).sum())
+        nonzero = x_norm > 0  # (n,) a zero row has no direction: a ratio to its norm would be x̂'s norm / EPS
+        cos = (x * x_hat).sum(dim=1) / (x_norm * x_hat_norm).clamp_min(EPS)  # (n,) 0 where x̂ = 0
+        self.cos_sum += float(cos[nonzero].sum())
+        self.l2_ratio_sum += float((x_hat_norm[nonzero] / x_norm[nonzero]).sum())
+        self.cos_rows += int(nonzero.sum())
 
         active = latents > 0  # (n, n_latents)
         self.l0_sum += float(active.sum())
@@ -95,10 +99,11 @@ class ReconstructionStats:
         With N rows of width d, x̄ the mean row over all N rows, and f the latent vector of a row:
 
         - ``fvu`` = Σ‖x − x̂‖² / Σ‖x − x̄‖²  (fraction of variance unexplained)
-        - ``explained_variance`` = 1 − fvu
+        - ``explained_variance`` = 1 − fvu (both None when the inputs have no variance)
         - ``mse`` = Σ‖x − x̂‖² / (N·d)
-        - ``cosine`` = (1/N) Σ x·x̂ / (‖x‖‖x̂‖)
-        - ``l2_ratio`` = (1/N) Σ ‖x̂‖ / ‖x‖
+        - ``cosine`` = (1/N') Σ x·x̂ / (‖x‖‖x̂‖) over the N' rows with ‖x‖ > 0 (a row with x̂ = 0 counts 0)
+        - ``l2_ratio`` = (1/N') Σ ‖x̂‖ / ‖x‖ over the same rows; both None when N' = 0
+        - ``zero_rows`` = N − N', the rows of norm 0 (every other metric counts them)
         - ``l0`` = (1/N) Σ #{j : f_j > 0}
         - ``l0_std``: standard deviation of #{j : f_j > 0} over rows; ``l0_histogram``: list whose
           entry i is the number of rows with exactly i active latents (trailing zeros cut)
@@ -110,7 +115,7 @@ class ReconstructionStats:
             raise DataError("no evaluation rows: the eval split is empty")
         n, d = self.n_rows, self.n_dims or 1
         total_var = float(self.m2.sum()) if self.m2 is not None else 0.0
-        fvu = self.sq_err / total_var if total_var > 0 else float("nan")
+        fvu = self.sq_err / total_var if total_var > 0 else None  # constant inputs: no variance to explain
         density = self.density()
         n_dead = int((self.fire_counts == 0).sum())
         n_dense = int((density > self.dense_threshold).sum())
@@ -122,10 +127,11 @@ class ReconstructionStats:
         return {
             "n_rows": n,
             "fvu": fvu,
-            "explained_variance": 1.0 - fvu,
+            "explained_variance": None if fvu is None else 1.0 - fvu,
             "mse": self.sq_err / (n * d),
-            "cosine": self.cos_sum / n,
-            "l2_ratio": self.l2_ratio_sum / n,
+            "cosine": self.cos_sum / self.cos_rows if self.cos_rows else None,
+            "l2_ratio": self.l2_ratio_sum / self.cos_rows if self.cos_rows else None,
+            "zero_rows": n - self.cos_rows,
             "l0": self.l0_sum / n,
             "l0_std": l0_var**0.5,
             "l0_histogram": histogram,

@@ -351,6 +351,9 @@ def format_report(result: dict[str, Any]) -> str:
         )
     lines.extend(_board_lines(r.get("board") or {}))
     lines.extend(_deep_lines(r))
+    if r.get("zero_rows"):
+        lines.append(f"  {r['zero_rows']} eval row(s) of norm 0: cosine and norm ratio count the other rows only")
+    lines.extend(f"  warning: {w}" for w in r.get("warnings") or [])
     files = r.get("files", {})
     if files:
         lines.append("  wrote " + ", ".join(str(p) for p in files.values()))

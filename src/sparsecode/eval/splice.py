@@ -87,8 +87,29 @@ def _next_token_kl(clean: Any, other: Any, attention_mask: torch.Tensor) -> tupl
     return total, int(valid.sum())
 
 
-def _ratio(num: float, den: float) -> float | None:
-    return num / den if den != 0 else None
+MIN_ABLATION_GAP = 0.01
+"""Loss recovered is undefined (None) when an ablation raises the CE by less than this fraction of the clean CE:
+the ratio would divide by a difference the size of its noise (a random model scored 1.019)."""
+
+
+def loss_recovered(
+    ce_ablated: float, ce_spliced: float, ce_clean: float, ablation: str
+) -> tuple[float | None, str | None]:
+    """(ce_ablated − ce_spliced) / (ce_ablated − ce_clean), or None with a warning when the ablation baseline is too
+    close to clean for the ratio to mean anything; a value outside [0, 1] comes with a warning too."""
+    gap = ce_ablated - ce_clean
+    if gap <= MIN_ABLATION_GAP * abs(ce_clean):
+        return None, (
+            f"loss recovered vs {ablation.replace('_', '-')} is undefined: the ablation raises the CE by only "
+            f"{gap:+.4g} nats over clean ({ce_clean:.4g}), too little for a ratio"
+        )
+    value = (ce_ablated - ce_spliced) / gap
+    if not 0.0 <= value <= 1.0:
+        side = "lower than the clean model's" if value > 1 else "higher than the ablation's"
+        return value, (
+            f"loss recovered vs {ablation.replace('_', '-')} is {value:.3f}, outside [0, 1]: the spliced CE is {side}"
+        )
+    return value, None
 
 
 @torch.inference_mode()
@@ -118,7 +139,8 @@ def spliced_fidelity(
     - ``kl_spliced`` = mean over the same positions of KL(p_clean ‖ p_spliced) of the next-token
       distributions, in nats; ``kl_zero_ablation`` and ``kl_mean_ablation`` likewise;
     - ``loss_recovered_zero_ablation`` = (ce_zero_ablation − ce_spliced) / (ce_zero_ablation − ce_clean),
-      and ``loss_recovered_mean_ablation`` likewise (None when the denominator is 0).
+      and ``loss_recovered_mean_ablation`` likewise: None, with a line in ``warnings``, when the ablation raises
+      the CE by at most ``MIN_ABLATION_GAP`` of the clean CE; a value outside [0, 1] gets a warning line too.
     """
     chunks = source.chunks(split)
     if max_chunks is not None:
@@ -170,8 +192,12 @@ def spliced_fidelity(
         result["ce_increase"] = ce["spliced"] - ce["clean"]
         for name, parts in kl.items():
             result["kl_spliced" if name == "spliced" else f"kl_{name}"] = _mean_ce(parts)
+        warnings = []
         for abl in ("zero_ablation", "mean_ablation"):
-            result[f"loss_recovered_{abl}"] = _ratio(ce[abl] - ce["spliced"], ce[abl] - ce["clean"])
+            result[f"loss_recovered_{abl}"], warning = loss_recovered(ce[abl], ce["spliced"], ce["clean"], abl)
+            warnings += [warning] if warning else []
+        if warnings:
+            result["warnings"] = warnings
     else:
         clean_emb = torch.cat(clean)  # (C, d)
         for name, embs in per_mode.items():

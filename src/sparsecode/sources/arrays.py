@@ -70,6 +70,10 @@ class _NpyReader:
             self.array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
             raise DataError(f"{path}: not a readable .npy array ({_first_line(e)})") from None
+        if np.issubdtype(self.array.dtype, np.complexfloating):
+            raise DataError(
+                f"{path}: dtype {self.array.dtype} is complex; save the real part (or |x|) as a float array"
+            )
         if not (np.issubdtype(self.array.dtype, np.number) or self.array.dtype == np.bool_):
             raise DataError(f"{path}: dtype {self.array.dtype} is not numeric; save a float array")
         self.shape = tuple(self.array.shape)
@@ -108,11 +112,15 @@ class _SafetensorsReader:
                     key = keys[0]
                 elif key not in keys:
                     raise ConfigError(f"source.key {key!r} not in {path}; tensors: {', '.join(keys)}")
-                self.shape = tuple(f.get_slice(key).get_shape())
+                tensor = f.get_slice(key)
+                self.shape = tuple(tensor.get_shape())
+                dtype = tensor.get_dtype()
         except ConfigError:
             raise
         except (SafetensorError, OSError, RuntimeError, ValueError) as e:
             raise DataError(f"{path}: truncated or corrupt safetensors file ({_first_line(e)})") from None
+        if dtype.upper().startswith("C"):  # C64 and kin: the imaginary part would be dropped silently
+            raise DataError(f"{path}: tensor {key!r} is complex ({dtype}); save the real part (or |x|) as floats")
         self.key = key
 
     def read(self, start: int, stop: int) -> torch.Tensor:

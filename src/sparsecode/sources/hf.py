@@ -379,6 +379,17 @@ class ModelSource:
         """Kept tokens in ``split`` (from tokenization alone; no forward pass)."""
         return sum(self._kept_counts(split))
 
+    def validate(self) -> None:
+        """Both splits have tokens: a corpus too small to hold a document out would train, then fail to evaluate."""
+        for split in ("train", "eval"):
+            if self.num_rows(split) == 0:
+                n_docs = len(set(self._docs or []))
+                raise DataError(
+                    f"the corpus has {n_docs} distinct document(s), {self.num_rows('train')} token(s) to train on and "
+                    f"none in the {split} split (every {self.config.eval_every}th document is held out for eval); "
+                    f"give a corpus of at least {self.config.eval_every} documents (paragraphs or .jsonl lines)"
+                )
+
     # -- forward ----------------------------------------------------------------
 
     def tokenize(self, chunks: list[list[int]]) -> dict[str, torch.Tensor]:

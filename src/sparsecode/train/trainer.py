@@ -12,6 +12,7 @@ import json
 import math
 import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -151,7 +152,8 @@ class Trainer:
             )
         if step < total:
             return sae
-        return self._finish(sae)
+        with _sigint_deferred():
+            return self._finish(sae)
 
     # -- setup ----------------------------------------------------------------------------------
     def _make_store(self, batches_emitted: int, *, all_shards: bool = False) -> ActivationStore:
@@ -240,8 +242,19 @@ class Trainer:
             raise DataError(f"{path}: not a sparsecode checkpoint")
         tensors = load_tensors(path, device=self.device)
         step = int(meta["step"])
-        if step >= self.config.train.total_steps and (self.run_dir / SAE_FILE).is_file():
-            raise SparsecodeError(f"{self.run_dir} already finished all {step} steps; nothing to resume")
+        total = self.config.train.total_steps
+        finished = all((self.run_dir / name).is_file() for name in (SAE_FILE, TRAINING_PLOT))
+        if step >= total and finished:
+            raise SparsecodeError(
+                f"{self.run_dir} already finished all {step} steps; to train it further, resume with a larger "
+                f"--tokens (now {self.config.train.tokens:,})"
+            )
+        if step < total and self.group.is_main:
+            # continuing (or extending a finished run to more tokens): the old outputs no longer describe the run,
+            # and config.json records the budget now aimed at
+            for name in (SAE_FILE, TRAINING_PLOT):
+                (self.run_dir / name).unlink(missing_ok=True)
+            self.config.save(self.run_dir)
         sae = build_sae(self.config.sae).to(self.device)
         restore_state(sae, {k[4:]: v for k, v in tensors.items() if k.startswith("sae.")}, str(path))
         optimizer = self._optimizer(sae)
@@ -305,6 +318,21 @@ class Trainer:
     def _restore_sigint_handler(self, previous) -> None:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def _sigint_deferred():
+    """Ctrl-C waits until the final save is over (a few seconds): an interrupt inside a library import there once
+    surfaced as "ImportError: initialization failed" and left the run without its plot."""
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    except ValueError:  # not the main thread: nothing to defer
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _normalizing_scale(sample: torch.Tensor, what: str) -> float:
