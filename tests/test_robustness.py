@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -17,7 +18,7 @@ import torch
 
 from sparsecode.cli import main
 from sparsecode.errors import DataError
-from sparsecode.io import atomic_write, sweep_temporaries, temp_prefix, write_json
+from sparsecode.io import atomic_write, write_json
 from sparsecode.run import RunConfig, load_run
 from sparsecode.sae import TopKConfig
 from sparsecode.sources import ArraySourceConfig, SyntheticSourceConfig, open_source
@@ -151,6 +152,8 @@ def _dead_pid() -> int:
 
 def test_temporaries_of_killed_writers_are_swept(tmp_path):
     """A writer killed mid-write (SIGKILL: no cleanup runs) left its temporary in the run folder for ever."""
+    from sparsecode.io import sweep_temporaries, temp_prefix
+
     code = (
         "import sys, time; from sparsecode.io import atomic_write\n"
         "def slow(p):\n    p.write_bytes(b'x' * 1000); print('writing', flush=True); time.sleep(60)\n"
@@ -271,3 +274,81 @@ def test_dashboard_refuses_foreign_host_headers(planted_features):
             assert status(good) == 200, good
         for bad in (f"evil.example:{port}", "evil.example", "127.0.0.1.evil.example", "", "[::2]:80"):
             assert status(bad) == 400, bad
+
+
+# -- the command line ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--tokens", "2Q"], "--tokens"),
+        (["--batch-size", "0"], "batch_size"),
+        (["--dtype", "float8"], "dtype"),
+        (["--latents", "-3"], "--latents"),
+        (["--nproc", "x"], "--nproc"),
+        (["--bogus"], "--bogus"),
+    ],
+)
+def test_command_line_mistakes_are_one_line(tmp_path, capsys, args, needle):
+    """argparse's own mistakes printed a 16-line usage block."""
+    out = tmp_path / "run"
+    assert main(["train", "--synthetic", "features=8,dim=4", "--out", str(out), *args]) == 2
+    one_error_line(capsys, needle)
+    assert not out.exists()
+
+
+def test_no_command_and_unknown_command_are_one_line(capsys):
+    assert main([]) == 2
+    one_error_line(capsys, "COMMAND", "--help")
+    assert main(["trian"]) == 2
+    one_error_line(capsys, "trian")
+    assert main(["eval"]) == 2
+    one_error_line(capsys, "RUN")
+
+
+def test_eval_of_a_missing_folder_fails_before_importing_torch(tmp_path):
+    """It took seconds: torch was imported before the argument was looked at."""
+    code = (
+        "import sys; from sparsecode.cli import main\n"
+        "rc = main(sys.argv[1:]); assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for command in ("eval", "features"):
+        r = subprocess.run(
+            [sys.executable, "-c", code, command, str(tmp_path / "nope")],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert r.returncode == 2 and r.stderr.strip() == f"error: run folder {tmp_path / 'nope'} not found", r.stderr
+
+
+def test_resume_extends_a_finished_run_to_more_tokens(tmp_path, capsys):
+    out = tmp_path / "toy"
+    assert main(toy_args(out)) == 0
+    before = same_file_contents(out / "sae.safetensors")
+    assert main(["train", "--resume", "--tokens", "4096", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "config.json").read_text())["train"]["tokens"] == 4096
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 16 and steps == sorted(set(steps))
+    assert same_file_contents(out / "sae.safetensors") != before and (out / "training.png").is_file()
+    capsys.readouterr()
+    assert main(["train", "--resume", "--tokens", "1024", "--out", str(out), "--quiet"]) == 2
+    one_error_line(capsys, "extended, not shortened")
+
+
+def test_a_run_killed_before_its_first_checkpoint_can_be_started_again(tmp_path, capsys):
+    """Only config.json was written: the same command refused ("already holds a run") and so did --resume
+    ("nothing to resume"). Both now start it again, to the same result as an uninterrupted run."""
+    reference = tmp_path / "reference"
+    assert main(toy_args(reference)) == 0
+    for again in (toy_args(tmp_path / "again"), ["train", "--resume", "--out", str(tmp_path / "again"), "--quiet"]):
+        out = tmp_path / "again"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        shutil.copy(reference / "config.json", out / "config.json")  # what a kill before the checkpoint leaves
+        assert main(again) == 0, capsys.readouterr().err
+        assert same_file_contents(out / "sae.safetensors") == same_file_contents(reference / "sae.safetensors")
+    capsys.readouterr()
+    assert main(toy_args(reference)) == 2  # a run with progress is still protected
+    one_error_line(capsys, "already holds a run")

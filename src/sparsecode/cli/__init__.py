@@ -17,7 +17,7 @@ import sys
 from types import ModuleType
 
 from ..errors import Interrupted, SparsecodeError
-from .options import HelpFormatter, parse_count
+from .options import ArgumentParser, HelpFormatter, parse_count
 
 COMMANDS = (
     "train",
@@ -46,7 +46,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     which keeps ``sparsecode serve`` from importing torch for the train flags)."""
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="sparsecode",
         description="Find the sparse, linear features in neural activations: train sparse autoencoders and "
         "transcoders, evaluate them, browse their features.",
@@ -77,7 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = _command_in(argv)
     # only the command being run builds its options ("" for none: `sparsecode --help` lists the commands)
-    args = build_parser(only=command if command in COMMANDS else "").parse_args(argv)
+    try:
+        args = build_parser(only=command if command in COMMANDS else "").parse_args(argv)
+    except SystemExit as e:  # a mistake, already reported in one line (options.ArgumentParser); --help exits
+        if e.code in (0, None):
+            raise
+        return 2
     try:
         return args.handler(args)
     except Interrupted as e:
@@ -89,15 +94,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # a bug, not a user mistake: still one line unless asked for more
-        if os.environ.get("SPARSECODE_DEBUG"):
-            raise
-        print(
-            f"error: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-            f"(set SPARSECODE_DEBUG=1 to see the traceback)",
-            file=sys.stderr,
-        )
-        return 1
+    except ImportError as e:  # Ctrl-C inside an extension module's import surfaces as "initialization failed"
+        if not isinstance(e.__context__, KeyboardInterrupt):
+            return _internal_error(e)
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 -- a bug: reported in one line by _internal_error
+        return _internal_error(e)
+
+
+def _internal_error(e: Exception) -> int:
+    """A bug, not a user mistake: still one line unless asked for more."""
+    if os.environ.get("SPARSECODE_DEBUG"):
+        raise e
+    print(
+        f"error: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+        f"(set SPARSECODE_DEBUG=1 to see the traceback)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 __all__ = ["COMMANDS", "build_parser", "main", "parse_count"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import parse_count, positive_int
+from .options import check_run_folder, parse_count, positive_int
 
 EXAMPLES = """examples:
   sparsecode eval runs/minilm-l3                  # every metric that applies; open runs/minilm-l3/report.html
@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_run_folder(args.run)
     from ..eval import evaluate_run, format_report
 
     result = evaluate_run(

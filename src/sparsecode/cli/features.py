@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_config_flags, given
+from .options import add_config_flags, check_run_folder, given
 
 EXAMPLES = """examples:
   sparsecode features runs/demo                       # held-out split of the run's corpus
@@ -28,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_run_folder(args.run)
     from ..features import FeaturesConfig, build_features
 
     r = build_features(args.run, FeaturesConfig(**given(args, args.config_flags)), progress=not args.quiet)

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import MISSING, dataclass, fields
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
 
@@ -59,6 +59,16 @@ def count_list(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"need whole numbers >= 1, e.g. 16,32,64; got {text!r}")
     return values
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a mistake on the command line is one line (``error: sparsecode train: argument --tokens: not a
+    count: '2Q' ...; see sparsecode train --help``) and exit status 2, like every other user error, instead of a
+    usage block. Subcommand parsers are of the same class (argparse makes them with ``type(parent)``)."""
+
+    def error(self, message: str) -> NoReturn:
+        message = " ".join(message.split())
+        self.exit(2, f"error: {self.prog}: {message}; see {self.prog} --help\n")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -194,3 +204,17 @@ def given(args: argparse.Namespace, flags: Iterable[ConfigFlag], owner: type | N
         for f in flags
         if getattr(args, f.dest) is not None and (owner is None or owner in f.owners)
     }
+
+
+def check_run_folder(run: str) -> None:
+    """The cheap checks of a RUN argument, done before the command imports torch (seconds) to find it missing."""
+    from pathlib import Path
+
+    from ..errors import DataError
+    from ..layout import CONFIG_FILE
+
+    path = Path(run)
+    if not path.is_dir():
+        raise DataError(f"run folder {run} not found")
+    if not (path / CONFIG_FILE).is_file():
+        raise DataError(f"{run} is not a run folder: {CONFIG_FILE} is missing")

@@ -176,11 +176,14 @@ def _resumed_config(args: argparse.Namespace, out: Path, train_overrides: dict):
     if clash:
         raise ConfigError(f"--resume continues the run as saved in {out / CONFIG_FILE}; drop {', '.join(clash)}")
     config = RunConfig.load(out)
-    bad = sorted(set(train_overrides) - {"device"})
+    bad = sorted(set(train_overrides) - {"device", "tokens"})
     if bad:
         raise ConfigError(
-            f"--resume keeps the saved training settings; only --device may change (drop --{bad[0].replace('_', '-')})"
+            f"--resume keeps the saved training settings; only --device and --tokens (to extend the run) may change "
+            f"(drop --{bad[0].replace('_', '-')})"
         )
+    if "tokens" in train_overrides:
+        config.train = _extended(config.train, train_overrides["tokens"], out)
     if "device" in train_overrides:
         config.train.device = train_overrides["device"]
         if hasattr(config.source, "device"):
@@ -188,17 +191,38 @@ def _resumed_config(args: argparse.Namespace, out: Path, train_overrides: dict):
     return config
 
 
+def _extended(train, tokens: int, out: Path):
+    """The saved training settings with a larger token budget (the learning-rate schedule is a function of the
+    budget: it is stretched to the new one from the step the run has reached)."""
+    from ..train import TrainConfig
+
+    if tokens < train.tokens:
+        raise ConfigError(
+            f"--resume --tokens {tokens:,} is below the run's budget of {train.tokens:,} tokens; a run can be "
+            f"extended, not shortened (to stop early, Ctrl-C and use the checkpoint in {out})"
+        )
+    return TrainConfig.from_dict({**train.to_dict(), "tokens": tokens})
+
+
 def _cli_only_given(args: argparse.Namespace, names=("synthetic", "arch", "latents", "config")) -> list[str]:
     """Source and dictionary flags given that are not config fields."""
     return ["--" + n for n in names if getattr(args, n) is not None]
 
 
+def _holds_progress(out: Path) -> bool:
+    """Whether ``out`` holds a run worth keeping: a checkpoint or a trained SAE. A run killed before its first
+    checkpoint (config.json alone) holds nothing to continue, so the same command starts it again."""
+    from ..layout import CHECKPOINT_FILE, SAE_FILE
+
+    return (out / CHECKPOINT_FILE).exists() or (out / SAE_FILE).exists()
+
+
 def _new_config(args: argparse.Namespace, out: Path, train_overrides: dict):
     from ..io import read_json
-    from ..run import CONFIG_FILE, RunConfig
+    from ..run import RunConfig
     from ..train import TrainConfig
 
-    if (out / CONFIG_FILE).exists() and not args.overwrite:
+    if _holds_progress(out) and not args.overwrite:
         raise ConfigError(
             f"{out} already holds a run; continue it with --resume, replace it with --overwrite, or choose another --out"
         )
@@ -237,6 +261,9 @@ def run(args: argparse.Namespace) -> int:
     train_overrides = given(args, args.train_flags)
     if args.resume:
         config, source = _resumed_config(args, out, train_overrides), None
+        if not _holds_progress(out):  # killed before its first checkpoint: start the saved run from the beginning
+            args.resume = False
+            config.input_scale = config.target_scale = None
     else:
         config, source = _new_config(args, out, train_overrides)
     worker_args = (config, out, args.resume, None, not args.quiet, _cache_dir(args))

@@ -40,7 +40,7 @@ ARCHITECTURES: dict[str, type[SparseAutoencoder]] = {
 def sae_config_from_dict(d: dict[str, Any]) -> SAEConfig:
     """Build the right config dataclass from a dict with an 'arch' key."""
     arch = d.get("arch")
-    if arch not in ARCHITECTURES:
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise ConfigError(f"sae.arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
     return ARCHITECTURES[arch].config_class.from_dict(d)
 

@@ -34,7 +34,7 @@ def source_config_from_dict(d: dict[str, Any]) -> SourceConfig:
     kind = d.get("kind")
     if kind is None:
         raise ConfigError(f"source: missing 'kind'; use one of {', '.join(SOURCE_KINDS)}")
-    if kind not in SOURCE_KINDS:
+    if not isinstance(kind, str) or kind not in SOURCE_KINDS:
         raise ConfigError(f"source: unknown kind {kind!r}; use one of {', '.join(SOURCE_KINDS)}")
     return SOURCE_KINDS[kind][0].from_dict(d)
 
