@@ -376,3 +376,41 @@ def test_embedded_models_are_named_by_hub_id_outside_and_embedded_inside(tmp_pat
     assert r["hook"] == "encoder.layer.3 (output)"
     out = export_run(tmp_path / "run", "saelens", tmp_path / "exported")
     assert (out["model"], out["hook"]) == ("sentence-transformers/all-MiniLM-L6-v2", "blocks.3.hook_resid_post")
+
+
+def test_run_configs_name_models_portably(tmp_path, monkeypatch, minilm_dir, tiny_gpt2_dir):
+    """config.json records the embedded model's folder as null and a hub-cache snapshot as its hub id (which the
+    cache resolves again); any other folder as given. A run written before transcoders had an 'activation' loads."""
+    from huggingface_hub import constants
+
+    from sparsecode.run import RunConfig
+    from sparsecode.sae import TranscoderConfig
+    from sparsecode.sources import ModelSourceConfig
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--someone--tiny-gpt2" / "snapshots" / ("ab" * 20)
+    shutil.copytree(tiny_gpt2_dir, snapshot)
+    (cache / "models--someone--tiny-gpt2" / "refs").mkdir()
+    (cache / "models--someone--tiny-gpt2" / "refs" / "main").write_text("ab" * 20)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    sae = TranscoderConfig(d_in=32, n_latents=64, k=4)
+    for given, recorded in ((str(snapshot), "someone/tiny-gpt2"), (str(minilm_dir), None), (str(tiny_gpt2_dir),) * 2):
+        d = RunConfig(source=ModelSourceConfig(model=given, hook="transformer.h.0"), sae=sae).to_dict()
+        assert d["source"]["model"] == recorded and d["version"] == 1
+    old = RunConfig(source=ModelSourceConfig(model=None, hook="encoder.layer.3"), sae=sae).to_dict()
+    del old["sae"]["activation"]  # as written before imported transcoders could be ReLU/JumpReLU
+    assert RunConfig.from_dict(old).sae.activation == "topk"
+
+
+def test_gemma_scope_paths_name_hook_and_model():
+    from sparsecode.interop.gemmascope import names_from
+
+    assert names_from("google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71") == (
+        "blocks.20.hook_resid_post",
+        "google/gemma-2-2b",
+    )
+    assert names_from("google/gemma-scope-9b-pt-mlp/layer_3/width_131k/average_l0_10")[0] == "blocks.3.hook_mlp_out"
+    assert names_from("/data/my_sae") == (None, None)
+    assert tl_to_module("blocks.20.hook_mlp_out", "gemma2") == Placement(
+        "model.layers.20.post_feedforward_layernorm", "output"
+    )

@@ -53,7 +53,7 @@ class RunConfig:
         return {
             "format": "sparsecode-run",
             "version": 1,
-            "source": self.source.to_dict(),
+            "source": _portable(self.source.to_dict()),
             "sae": self.sae.to_dict(),
             "train": self.train.to_dict(),
             "input_scale": self.input_scale,
@@ -96,6 +96,16 @@ class TokenLatents:
     """Display text of each kept token (with the leading space a word-initial token stands for)."""
     latents: torch.Tensor
     """(n_tokens, n_latents) float32 latent activations, on the CPU."""
+
+
+def _portable(source: dict[str, Any]) -> dict[str, Any]:
+    """The source as config.json records it: a model named by hub id or embedded name where it is one, not by the
+    folder it was loaded from on this machine (see ``sources.hf.portable_model_name``)."""
+    if source.get("kind") == "model":
+        from .sources.hf import portable_model_name
+
+        source = {**source, "model": portable_model_name(source.get("model"))}
+    return source
 
 
 @dataclass

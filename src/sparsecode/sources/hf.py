@@ -153,6 +153,26 @@ def resolve_model(name_or_path: str | None) -> str:
     return name_or_path
 
 
+def portable_model_name(model: str | None) -> str | None:
+    """What a run's config.json records for ``model``: the embedded default's own folder becomes null, and a
+    snapshot folder inside the hub client's cache (``.../models--org--name/snapshots/REV``) becomes its hub id
+    ``org/name``, which that cache resolves on any machine that has it; anything else is kept as given."""
+    if model is None or not os.path.isdir(os.path.expanduser(model)):
+        return model
+    path = os.path.realpath(os.path.expanduser(model))
+    try:
+        if path == os.path.realpath(default_model_path()):
+            return None
+    except DataError:  # the embedded package is not installed: then it is not that folder
+        pass
+    from huggingface_hub import constants
+
+    parts = os.path.relpath(path, os.path.realpath(constants.HF_HUB_CACHE)).split(os.sep)
+    if len(parts) == 3 and parts[0].startswith("models--") and parts[1] == "snapshots":
+        return parts[0].removeprefix("models--").replace("--", "/")
+    return model
+
+
 def _load_error(name: str, e: BaseException) -> DataError:
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
     if not os.path.isdir(name) and _offline():
