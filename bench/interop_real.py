@@ -1,6 +1,7 @@
 """A real-model interop check: a trained sparsecode run, exported to SAELens and sparsify, loaded by those libraries,
 and their encode compared with sparsecode's on held-out activations of the run's own model; then the exported folders
-imported back as runs (for `sparsecode eval / features / serve`).
+saved again by the peer library itself (SAELens save_model, sparsify save_to_disk) and those folders imported back
+as runs (for `sparsecode eval / features / serve`).
 
     make bench-setup
     .venv/bin/sparsecode train --hook encoder.layer.3 --arch topk --k 32 --latents 1536 --tokens 500k --out runs/ic
@@ -64,13 +65,15 @@ def main() -> int:
                 peer = SAE.load_from_disk(str(folder))
                 plat = peer.encode(x)
                 prec = peer.decode(plat)
-                hook_folder = folder
+                hook_folder = args.out / "saelens-saved"
+                peer.save_model(hook_folder)  # written by SAELens itself
             else:
-                hook_folder = folder / info["hook"]
-                peer = SparseCoder.load_from_disk(hook_folder)
+                peer = SparseCoder.load_from_disk(folder / info["hook"])
                 enc = peer.encode(x)
                 plat = torch.zeros_like(lat).scatter_(-1, enc.top_indices, enc.top_acts)
                 prec = peer.decode(enc.top_acts, enc.top_indices)
+                hook_folder = args.out / "sparsify-saved" / info["hook"]
+                peer.save_to_disk(hook_folder)  # written by sparsify itself
         same = ((plat != 0) == (lat != 0)).all(dim=1).float().mean().item()
         print(
             f"{fmt} ({type(peer).__name__}, hook {info['hook']}): {x.shape[0]} held-out rows, "
@@ -78,7 +81,7 @@ def main() -> int:
             f"max|drecon| {float((prec - rec).abs().max()):.2e}"
         )
         r = import_run(str(hook_folder), args.out / f"run-{fmt}", model=info["model"])
-        print(f"  imported back: {r['out']} ({r['arch']}, model {r['model']}, hook {r['hook']})")
+        print(f"  saved by {fmt} itself, imported back: {r['out']} ({r['arch']}, model {r['model']}, hook {r['hook']})")
     return 0
 
 
