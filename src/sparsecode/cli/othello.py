@@ -16,7 +16,7 @@ from pathlib import Path
 from .options import add_config_flags, given, parse_count
 
 EXAMPLES = """examples:
-  sparsecode othello train --out models/othello --seed 0                # ~1 h on 2 CPU cores at the defaults
+  sparsecode othello train --out models/othello --seed 0        # 500 steps: ~13 min on a busy 2-core CPU
   sparsecode othello games --games 20000 --seed 1 --out games.txt
   sparsecode train --model models/othello --hook transformer.h.3 --corpus games.txt --max-length 61 \\
       --k 16 --latents 1024 --out runs/othello-l3
@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.set_defaults(config_flags=add_config_flags(t, [OthelloGPTConfig]))
     pr = sub.add_parser("probe", help="linear board probes (mine / theirs / empty) on every layer of a model")
     pr.add_argument("model", metavar="DIR", help="model folder written by `sparsecode othello train`")
-    pr.add_argument("--games", type=parse_count, default=1000, metavar="N", help="games (half fit, half test)")
+    pr.add_argument("--games", type=parse_count, default=300, metavar="N", help="games (half fit, half test)")
     b = sub.add_parser("board", help="the position after a move string, with the legal moves")
     b.add_argument("moves", help='moves separated by spaces, e.g. "d3 c3 c4"')
 

@@ -51,12 +51,12 @@ class OthelloGPTConfig:
     """Residual stream width."""
     n_head: int = 4
     """Attention heads per block."""
-    steps: int = 1500
+    steps: int = 500
     """Optimizer steps; every step sees ``batch_games`` new random games. 0 saves the untrained model (the
     random-init baseline)."""
     batch_games: int = 32
     """Games per step."""
-    lr: float = 2e-3
+    lr: float = 3e-3
     """AdamW peak learning rate (linear warm-up over 100 steps, cosine decay to 10% after)."""
     seed: int = 0
     """Seeds the weights and every training game."""
@@ -250,7 +250,7 @@ def hidden_rows(model: Any, games: list[list[int]], batch: int = 256) -> tuple[l
 
 
 def linear_probe_accuracy(
-    fit_x: torch.Tensor, fit_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, steps: int = 300
+    fit_x: torch.Tensor, fit_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, steps: int = 100
 ) -> float:
     """Accuracy on held-out rows of a linear probe (one 3-way softmax per square) trained by full-batch Adam.
 
@@ -272,7 +272,7 @@ def linear_probe_accuracy(
     return float((pred == test_y).float().mean())
 
 
-def probe_layers(model: Any, n_games: int = 1000, seed: int = 7) -> list[dict[str, float]]:
+def probe_layers(model: Any, n_games: int = 300, seed: int = 7) -> list[dict[str, float]]:
     """Per layer (0 = embeddings), the held-out accuracy of a linear board probe (mine / theirs / empty), and the
     accuracy of always guessing each square's most common state (the floor a probe must beat)."""
     games = othello.random_games(n_games, seed)
