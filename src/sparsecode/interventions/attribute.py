@@ -126,9 +126,9 @@ class _Probe:
         return y_new
 
 
-def _scores(probe: _Probe, top: int) -> tuple[list[Node], float]:
+def _scores(probe: _Probe, top: int, mask: torch.Tensor | None) -> tuple[list[Node], float]:
     g = probe.z.grad  # (B, T, n_latents)
-    contrib = (probe.f * g).flatten(0, 1)  # (B*T, n_latents)
+    contrib = (_masked(probe.f, mask) * g).flatten(0, 1)  # (B*T, n_latents)
     per_latent = contrib.sum(0)  # (n_latents,)
     k = min(top, int((per_latent != 0).sum()))
     nodes = []
@@ -139,12 +139,17 @@ def _scores(probe: _Probe, top: int) -> tuple[list[Node], float]:
                 site=probe.site.name,
                 latent=latent,
                 attribution=float(per_latent[latent]),
-                activation=float(probe.f.flatten(0, 1)[:, latent].sum()),
+                activation=float(_masked(probe.f, mask).flatten(0, 1)[:, latent].sum()),
                 position=int(col.abs().argmax()) % probe.f.shape[1],
             )
         )
-    error = float((probe.error * probe.y_new.grad.float()).sum())
+    error = float((_masked(probe.error, mask) * probe.y_new.grad.float()).sum())
     return nodes, error
+
+
+def _masked(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, T, n) with the rows outside ``mask`` (B, T) zeroed."""
+    return t if mask is None else t * mask.to(t.device)[..., None]
 
 
 def attribute(
@@ -155,10 +160,12 @@ def attribute(
     ablate: bool = True,
     edges: bool = True,
     edge_top: int = 10,
+    positions: torch.Tensor | None = None,
 ) -> Attribution:
     """Attribute ``metric()`` to the latents of ``sites`` (several sites: also the edges between adjacent ones, in
     forward order). ``top`` latents per site are kept (and, with ``ablate``, each measured by ablation); edges
-    run from the ``edge_top`` upstream to the ``edge_top`` downstream latents with the largest attributions."""
+    run from the ``edge_top`` upstream to the ``edge_top`` downstream latents with the largest attributions.
+    ``positions`` (batch, seq) bool limits latents, edges and ablations to those positions (None: all)."""
     if not sites:
         raise DataError("attribution needs at least one dictionary")
     names = [s.name for s in sites]
@@ -182,22 +189,25 @@ def attribute(
         result = Attribution(metric=float(m.detach()), nodes=[], errors={}, sites=[p.site.name for p in probes])
         per_site: dict[str, list[Node]] = {}
         for p in probes:
-            nodes, result.errors[p.site.name] = _scores(p, top)
+            nodes, result.errors[p.site.name] = _scores(p, top, positions)
             per_site[p.site.name] = nodes
             result.nodes.extend(nodes)
         if edges:
             for up, down in itertools.pairwise(probes):
-                result.edges.extend(_edges(up, down, per_site[up.site.name], per_site[down.site.name], edge_top))
+                nodes_up, nodes_down = per_site[up.site.name], per_site[down.site.name]
+                result.edges.extend(_edges(up, down, nodes_up, nodes_down, edge_top, positions))
     if ablate:
         for node in result.nodes:
             site = next(s for s in sites if s.name == node.site)
-            with torch.no_grad(), intervene(site, [zero_latent(node.latent)]):
+            with torch.no_grad(), intervene(site, [zero_latent(node.latent)], positions=positions):
                 node.ablation = result.metric - float(metric())
     result.nodes.sort(key=lambda n: -abs(n.attribution))
     return result
 
 
-def _edges(up: _Probe, down: _Probe, up_nodes: list[Node], down_nodes: list[Node], k: int) -> list[Edge]:
+def _edges(
+    up: _Probe, down: _Probe, up_nodes: list[Node], down_nodes: list[Node], k: int, mask: torch.Tensor | None
+) -> list[Edge]:
     if down.site.sae.cfg.arch in NO_EDGE_ARCHS:
         raise DataError(
             f"{down.site.name}: edges into a {down.site.sae.cfg.arch} dictionary are not supported; "
@@ -209,12 +219,12 @@ def _edges(up: _Probe, down: _Probe, up_nodes: list[Node], down_nodes: list[Node
     out = []
     for node in down_nodes[:k]:
         j = node.latent
-        s = (down.z.grad[..., j] * down.f_diff[..., j]).sum()  # Σ_t (∂m/∂d_t) d_t, differentiable in the upstream
+        s = _masked(down.z.grad * down.f_diff, mask)[..., j].sum()  # Σ_t (∂m/∂d_t) d_t, differentiable upstream
         if not s.requires_grad:
             continue
         (g,) = torch.autograd.grad(s, up.z, retain_graph=True, allow_unused=True)
         if g is None:
             continue
-        weights = (g * up.f).flatten(0, 1).sum(0)  # (n_up,)
+        weights = (g * _masked(up.f, mask)).flatten(0, 1).sum(0)  # (n_up,)
         out.extend(Edge(up.site.name, i, down.site.name, j, float(weights[i])) for i in sources)
     return out

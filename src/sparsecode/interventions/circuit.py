@@ -60,7 +60,7 @@ def attribute_prompt(
             return torch.log_softmax(logits, -1)[t_id]
         return logits[t_id] - logits[b_id]
 
-    result = attribute(sites, metric, top=top, ablate=ablate, edges=len(sites) > 1)
+    result = attribute(sites, metric, top=top, ablate=ablate, edges=len(sites) > 1, positions=_positions(source, enc))
     tokens = [tok.decode([i]) for i in enc["input_ids"][0].tolist()]
     info = {
         "prompt": prompt,
@@ -71,6 +71,17 @@ def attribute_prompt(
         "runs": [str(r.path) for r in runs],
     }
     return result, info
+
+
+def _positions(source: Any, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The prompt's non-special tokens after the first. Many LMs park huge activations on the first token (an
+    "attention sink"; SmolLM2's residual norm there is ~100x the others'), where a dictionary's latents are
+    outliers whose linear estimates mean little; features of the text itself sit at the later positions."""
+    keep = source.keep_mask(enc["input_ids"], enc["attention_mask"])  # (1, T)
+    keep[:, 0] = False
+    if not keep.any():
+        raise ConfigError("the prompt is a single token; give at least two, e.g. 'The capital of France is'")
+    return keep
 
 
 def write_graph(result: Attribution, info: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:

@@ -44,7 +44,10 @@ def single_token(tokenizer: Any, text: str, what: str = "target") -> int:
 
 
 def chunk_batches(source: Any, split: str, max_tokens: int, batch_size: int) -> list[tuple[dict, torch.Tensor]]:
-    """The first chunks of ``split`` holding up to ``max_tokens`` kept tokens, as (encoding, keep mask) batches."""
+    """The first chunks of ``split`` holding up to ``max_tokens`` kept tokens, as (encoding, keep mask) batches.
+    The mask leaves out each chunk's first position too: many LMs park huge activations there (an "attention
+    sink"; SmolLM2's residual norm at the first token is ~100x the others' from layer 12 on), so edits and
+    statistics there say little about the text's features."""
     if max_tokens < 1 or batch_size < 1:
         raise ConfigError(f"max_tokens and batch_size must be >= 1, got {max_tokens} and {batch_size}")
     chunks = source.chunks(split)
@@ -60,7 +63,9 @@ def chunk_batches(source: Any, split: str, max_tokens: int, batch_size: int) -> 
     out = []
     for i in range(0, len(picked), batch_size):
         enc = source.tokenize(picked[i : i + batch_size])
-        out.append((enc, source.keep_mask(enc["input_ids"], enc["attention_mask"])))
+        keep = source.keep_mask(enc["input_ids"], enc["attention_mask"])  # (B, T)
+        keep[:, 0] = False
+        out.append((enc, keep))
     return out
 
 

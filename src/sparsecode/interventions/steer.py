@@ -64,8 +64,10 @@ def _steered_edit(latent: int, value: float, clamp: bool):
 
 
 def _prompt_positions(source: Any, enc: dict[str, torch.Tensor]):
-    """Positions to steer: the prompt's non-special tokens, then every new token (one per forward pass)."""
+    """Positions to steer: the prompt's non-special tokens after the first (see ``lm.chunk_batches`` on the first
+    position), then every new token (one per forward pass)."""
     prompt_mask = ~torch.isin(enc["input_ids"], source.special_ids.to(enc["input_ids"].device))  # (1, T)
+    prompt_mask[:, 0] = False
     width = enc["input_ids"].shape[1]
     return lambda h: prompt_mask if h.shape[1] == width else None
 
