@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO_RUN ?= runs/demo
 DEMO_TOKENS ?= 2M
 
-.PHONY: setup demo demo-lm test lint clean browser bench bench-setup fuzz faults
+.PHONY: setup demo demo-lm test test-kernels-nojit lint clean browser bench bench-setup fuzz faults
 
 setup: $(STAMP)
 
@@ -42,6 +42,12 @@ demo-lm: $(STAMP)
 
 test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	$(MAKE) test-kernels-nojit
+
+# The kernel tests again with numba's JIT off: the compiled kernels run as plain Python (slowly), as they do when
+# someone steps through one in a debugger (docs/kernels.md).
+test-kernels-nojit: $(STAMP)
+	NUMBA_DISABLE_JIT=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/test_kernels.py tests/test_kernels_screen.py
 
 # ruff: the lint rules and the formatter, over everything CI checks.
 lint: $(STAMP)

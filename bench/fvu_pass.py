@@ -18,20 +18,17 @@ import sparsecode  # noqa: F401  (before torch: its OpenMP defaults apply only t
 import torch
 from timing import interleaved_wall_and_cpu, step_shape_parser  # bench/timing.py, next to this file
 
-from sparsecode.sae import sparse
+from sparsecode import kernels
+from sparsecode.kernels import SparsePattern, sparse_fvu
+from sparsecode.kernels.fvu_pass import batch_variance
 from sparsecode.sae.base import total_variance
-from sparsecode.sae.cpu_backward import batch_variance
-from sparsecode.sae.sparse import SparsePattern, sparse_fvu
 
 
 def loss_step(values, pattern, W_dec, b_dec, target, compiled: bool):
     def step() -> None:
-        sparse.USE_COMPILED_FVU = compiled
-        try:
+        with kernels.use("compiled" if compiled else "torch"):
             fvu, _ = sparse_fvu(values, pattern, W_dec, b_dec, target)
             fvu.backward()
-        finally:
-            sparse.USE_COMPILED_FVU = True
         for t in (values, W_dec, b_dec):
             t.grad = None
 

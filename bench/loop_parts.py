@@ -4,7 +4,7 @@
 
 Trains as `bench/speed.py` does for sparsecode (TopK, 6144 latents, k=32, batch 4096, the MiniLM export
 bench/data/minilm-l3-train.npy by default) while timing the store's batches, the encoder GEMM, the compiled
-top-k (or, where the CPU has AMX, the bfloat16 product with its exact top-k, ``sparse.screen_applies``), the compiled pass that decodes and takes the FVU's gradients, the embedding-bag passes (both by-latent
+top-k (or, where the CPU has AMX, the bfloat16 product with its exact top-k, ``kernels.topk.screen_applies``), the compiled pass that decodes and takes the FVU's gradients, the embedding-bag passes (both by-latent
 weight gradients), the whole backward and Adam.
 Prints each per step against the loop's own time (the rate the trainer logs), then the same model's bare
 step (bench/train_step.py's) on random rows and on real rows, interleaved, so the gap between the bare step
@@ -33,9 +33,10 @@ from train_step import training_step  # bench/train_step.py
 
 from sparsecode.activations import store as store_module
 from sparsecode.cli import parse_count
+from sparsecode.kernels import sparse
+from sparsecode.kernels import topk as topk_module
 from sparsecode.run import RunConfig
-from sparsecode.sae import TopKConfig, build_sae, sparse
-from sparsecode.sae import topk as topk_module
+from sparsecode.sae import TopKConfig, build_sae
 from sparsecode.sources import ArraySourceConfig, open_source
 from sparsecode.train import TrainConfig, Trainer
 
@@ -67,9 +68,9 @@ class _Proxy(types.ModuleType):
 
 
 def instrument() -> None:
-    sparse.torch = _Proxy(torch, mm=timed(torch.mm, "encoder GEMM"))
+    topk_module.torch = _Proxy(torch, mm=timed(torch.mm, "encoder GEMM"))
     sparse.F = _Proxy(F, embedding_bag=timed(F.embedding_bag, "embedding-bag passes"))
-    sparse.topk_with_bias = timed(sparse.topk_with_bias, "top-k (compiled)")
+    topk_module.topk_with_bias = timed(topk_module.topk_with_bias, "top-k (compiled)")
     topk_module.screened_topk_rows = timed(topk_module.screened_topk_rows, "bfloat16 product + exact top-k")
     sparse.decode_and_fvu_grads = timed(sparse.decode_and_fvu_grads, "decode + FVU grads (compiled)")
     store_module.ActivationStore.__next__ = timed(store_module.ActivationStore.__next__, "store: next batch")

@@ -23,7 +23,7 @@ import sparsecode  # noqa: F401  (before torch: its OpenMP defaults apply only t
 import torch
 from timing import interleaved_times  # bench/timing.py, next to this file
 
-from sparsecode.sae.cpu_backward import project_out_rows_
+from sparsecode.kernels import project_out_rows_
 from sparsecode.train.optim import Adam
 
 

@@ -1,5 +1,5 @@
 """The TopK step's selection on the CPU: the float32 encoder product + compiled top-k, against the bfloat16
-product + exact screen (``sae/cpu_screen.py``), on real activations and a briefly trained SAE.
+product + exact screen (``kernels/screen.py``), on real activations and a briefly trained SAE.
 
     python bench/screen.py [PATH.npy] [--train-steps 40] [--rows 4096] [--latents 6144] [--k 32] [--repeats 11]
                            [--threads 2] [--against GIT_REVISION]
@@ -7,7 +7,7 @@ product + exact screen (``sae/cpu_screen.py``), on real activations and a briefl
 Trains a TopK SAE for a few steps on the MiniLM export (bench/data/minilm-l3-train.npy, written by `make bench`),
 then on the next rows times, interleaved: both GEMMs alone and both selections (GEMM included). Reports medians,
 the candidates the screen rescored per row, and whether both selections agree (same latents per row; values
-within float32 rounding). ``--against REV`` also times ``sae/cpu_screen.py`` as of git revision REV in the same
+within float32 rounding). ``--against REV`` also times ``kernels/screen.py`` as of git revision REV in the same
 rounds and reports the median of the per-round time ratios (an A/B of a change to the screen).
 """
 
@@ -27,9 +27,10 @@ import sparsecode  # noqa: F401  (before torch: its OpenMP defaults apply only t
 import torch
 from timing import interleaved_wall_and_cpu, step_shape_parser  # bench/timing.py, next to this file
 
+from sparsecode.kernels import topk as topk_module
+from sparsecode.kernels.screen import EncoderScreen
 from sparsecode.run import RunConfig
-from sparsecode.sae import TopKConfig, sparse
-from sparsecode.sae.cpu_screen import EncoderScreen
+from sparsecode.sae import TopKConfig
 from sparsecode.sources import ArraySourceConfig, open_source
 from sparsecode.train import TrainConfig, Trainer
 
@@ -37,10 +38,11 @@ DEFAULT = Path(__file__).parent / "data" / "minilm-l3-train.npy"
 
 
 def screen_at(revision: str, directory: Path):
-    """``sae/cpu_screen.py`` as of a git revision, loaded as a module beside the current one."""
+    """``kernels/screen.py`` as of a git revision, loaded as a module beside the current one (its imports resolve to
+    the current package: revisions before the kernels package, with ``sae/cpu_screen.py``, do not load)."""
     try:
         source = subprocess.run(
-            ["git", "show", f"{revision}:src/sparsecode/sae/cpu_screen.py"],
+            ["git", "show", f"{revision}:src/sparsecode/kernels/screen.py"],
             capture_output=True,
             text=True,
             check=True,
@@ -48,11 +50,11 @@ def screen_at(revision: str, directory: Path):
         ).stdout
     except subprocess.CalledProcessError as e:
         raise SystemExit(f"--against {revision}: {e.stderr.strip()}") from None
-    path = directory / "cpu_screen_at_revision.py"
+    path = directory / "screen_at_revision.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("sparsecode.sae.cpu_screen_at_revision", path)
+    spec = importlib.util.spec_from_file_location("sparsecode.kernels.screen_at_revision", path)
     module = importlib.util.module_from_spec(spec)
-    module.__package__ = "sparsecode.sae"  # its relative imports resolve to the current package
+    module.__package__ = "sparsecode.kernels"  # its relative imports resolve to the current package
     spec.loader.exec_module(module)
     return module
 
@@ -90,18 +92,20 @@ def main() -> None:
     functions = {
         "float32 GEMM alone": lambda: torch.mm(x, W_enc, out=block),
         "bfloat16 GEMM alone": lambda: torch.mm(x_bf16, w_bf16.T, out=q),
-        "float32 GEMM + compiled top-k": lambda: sparse.chunked_topk(x, W_enc, bias, a.k, buffer=block),
-        "bfloat16 GEMM + exact screen": lambda: sparse.screened_topk_rows(x, W_enc, b_enc, b_dec, a.k, screen, a.rows),
+        "float32 GEMM + compiled top-k": lambda: topk_module.chunked_topk(x, W_enc, bias, a.k, buffer=block),
+        "bfloat16 GEMM + exact screen": lambda: topk_module.screened_topk_rows(
+            x, W_enc, b_enc, b_dec, a.k, screen, a.rows
+        ),
     }
     baseline = f"exact screen at {a.against}"
     if a.against:
         earlier = screen_at(a.against, Path(tempfile.mkdtemp()))
         earlier_screen, xc = earlier.EncoderScreen(), (x - b_dec).contiguous()
-        size = sparse.block_size(a.latents, a.k)
+        size = topk_module.block_size(a.latents, a.k)
         functions[baseline] = lambda: earlier.screened_topk(xc, W_enc, b_enc, a.k, size, a.rows, earlier_screen)
     times = interleaved_wall_and_cpu(functions, a.repeats + 1)
-    plain = sparse.chunked_topk(x, W_enc, bias, a.k, buffer=block)
-    screened = sparse.screened_topk_rows(x, W_enc, b_enc, b_dec, a.k, screen, a.rows)
+    plain = topk_module.chunked_topk(x, W_enc, bias, a.k, buffer=block)
+    screened = topk_module.screened_topk_rows(x, W_enc, b_enc, b_dec, a.k, screen, a.rows)
     same = (plain[1].sort(1).values == screened[1].sort(1).values).all(1)
     gap = (plain[0].sort(1).values - screened[0].sort(1).values).abs().max().item()
     counts = screen.candidates.double()

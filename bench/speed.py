@@ -15,8 +15,8 @@ What it does, in one run:
    - sparsecode: the product's Trainer, as `sparsecode train --activations` runs it (with the OpenMP
      defaults the package sets when imported before torch, `sparsecode.OPENMP_DEFAULTS`); a short untimed
      run first compiles its numba kernels into their on-disk cache, as any first use after install does;
-     where the CPU has AMX its encoder product is bfloat16 with exact float32 rescoring (`sae/cpu_screen.py`);
-   - sparsecode-fp32: the same with the float32 encoder product (SPARSECODE_SCREEN=0);
+     where the CPU has AMX its encoder product is bfloat16 with exact float32 rescoring (`kernels/screen.py`);
+   - sparsecode-fp32: the same with the float32 encoder product (SPARSECODE_KERNELS=compiled);
    - sparsify 1.3.3: its SparseCoder with its trainer's step (default Signum + schedule-free, FVU loss),
      once as installed and once with jemalloc (decay off) preloaded;
    - SAELens 6.54: its SAETrainer with TopKTrainingSAE (its defaults otherwise);
@@ -178,10 +178,11 @@ def child_sparsecode(a) -> dict:
 
 
 def screen_in_use(a) -> bool:
-    from sparsecode.sae import TopKConfig, build_sae, sparse
+    from sparsecode.kernels.topk import screen_applies
+    from sparsecode.sae import TopKConfig, build_sae
 
     sae = build_sae(TopKConfig(d_in=a.d_in, n_latents=a.latents, k=a.k))
-    return sparse.screen_applies(torch.zeros(1, a.d_in), sae.W_enc, a.k)
+    return screen_applies(torch.zeros(1, a.d_in), sae.W_enc, a.k)
 
 
 def child_sparsify(a) -> dict:
@@ -296,7 +297,7 @@ def launch(name: str, a, train: Path) -> dict:
     if name.endswith("+jemalloc"):
         env.update(LD_PRELOAD=JEMALLOC, MALLOC_CONF="dirty_decay_ms:-1,muzzy_decay_ms:-1")
     if name == "sparsecode-fp32":
-        env["SPARSECODE_SCREEN"] = "0"
+        env["SPARSECODE_KERNELS"] = "compiled"
     cmd = [
         sys.executable,
         __file__,

@@ -1,5 +1,5 @@
 """Top-k selection on a TopK SAE's pre-activation block: torch.topk vs sparsecode's exact_topk (pure torch)
-vs its compiled kernel (cpu_topk, which also adds the encoder bias as it reads).
+vs its compiled kernel (kernels/topk_rows.py, which also adds the encoder bias as it reads).
 
     python bench/topk.py [--rows 4096] [--latents 6144] [--k 32] [--repeats 9] [--threads 2] [--steps 5]
 
@@ -19,8 +19,9 @@ import sparsecode  # noqa: F401  (before torch: its OpenMP defaults apply only t
 import torch
 from timing import interleaved_wall_and_cpu, step_shape_parser  # bench/timing.py, next to this file
 
-from sparsecode.sae import TopKConfig, build_sae, sparse
-from sparsecode.sae.cpu_topk import topk_with_bias
+from sparsecode.kernels import topk as topk_module
+from sparsecode.kernels.topk_rows import topk_with_bias
+from sparsecode.sae import TopKConfig, build_sae
 
 
 def median_ms(times: list[float]) -> float:
@@ -39,15 +40,17 @@ def main() -> None:
     bias = torch.randn(a.latents) * 0.1
     raw = (x @ sae.W_enc).detach().contiguous()  # (rows, latents) without the bias, as the compiled path sees it
     pre = raw + bias  # with it, as the torch paths see it
-    size = sparse.block_size(a.latents, a.k)
+    size = topk_module.block_size(a.latents, a.k)
     out = (torch.empty(a.rows, a.k), torch.empty(a.rows, a.k, dtype=torch.long))
     reference = pre.topk(a.k, dim=-1, sorted=False)[0].sort(-1).values
-    assert torch.equal(sparse.exact_topk(pre, a.k)[0].sort(-1).values, reference), "exact_topk differs from torch.topk"
+    assert torch.equal(topk_module.exact_topk(pre, a.k)[0].sort(-1).values, reference), (
+        "exact_topk differs from torch.topk"
+    )
     topk_with_bias(raw, bias, a.k, size, out)
     assert torch.equal(out[0].sort(-1).values, reference), "cpu_topk differs from torch.topk"
     selectors = {
         "torch.topk": lambda: pre.topk(a.k, dim=-1, sorted=False),
-        "exact_topk": lambda: sparse.exact_topk(pre, a.k),
+        "exact_topk": lambda: topk_module.exact_topk(pre, a.k),
         "cpu_topk": lambda: topk_with_bias(raw, bias, a.k, size, out),
     }
     calls = interleaved_wall_and_cpu(selectors, a.repeats)
@@ -74,23 +77,25 @@ def main() -> None:
         for _ in range(a.steps):
             step()
 
-    original = sparse.exact_topk
+    # the encoder's selection alone swapped (the rest of the step compiled as usual): internals replaced, a diagnostic
+    original, compiled_for = topk_module.exact_topk, topk_module.compiled_for
+    never = lambda *tensors: False
     step_impls = {
-        "torch.topk": (False, lambda p, k: p.topk(k, dim=-1, sorted=False)),
-        "exact_topk": (False, original),
-        "cpu_topk": (True, original),
+        "torch.topk": (never, lambda p, k: p.topk(k, dim=-1, sorted=False)),
+        "exact_topk": (never, original),
+        "cpu_topk": (compiled_for, original),
     }
     step_times: dict[str, list[float]] = {name: [] for name in step_impls}
     try:
         for r in range(a.repeats + 1):
             for name, (compiled, impl) in step_impls.items():
-                sparse.USE_COMPILED_TOPK, sparse.exact_topk = compiled, impl
+                topk_module.compiled_for, topk_module.exact_topk = compiled, impl
                 t = time.perf_counter()
                 steps()
                 if r:  # the first round warms up
                     step_times[name].append((time.perf_counter() - t) / a.steps)
     finally:
-        sparse.USE_COMPILED_TOPK, sparse.exact_topk = True, original
+        topk_module.compiled_for, topk_module.exact_topk = compiled_for, original
     base = median_ms(step_times["torch.topk"])
     print(f"training step (batch {a.rows}), median of {a.repeats} × {a.steps} steps:")
     for name in step_impls:

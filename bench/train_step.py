@@ -5,8 +5,9 @@
 
 Also times the encoder GEMM alone (interleaved with the steps), so the step's GEMM share, i.e. the % of the
 1-GEMM limit bench/speed.py reports (without data loading), comes from one run. Where the step selects from a
-bfloat16 product (``sparse.screen_applies``), the step with the float32 product is timed too; with dead latents
-(AuxK on), the step with AuxK computed the other way (dense or sparse, ``topk.DENSE_AUXK_RATIO``) as well.
+bfloat16 product (``kernels.topk.screen_applies``), the step with the float32 product is timed too; with dead
+latents (AuxK on), the step with AuxK computed the other way (dense or sparse, ``kernels.auxk.DENSE_AUXK_RATIO``)
+as well.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import sparsecode  # noqa: F401  (before torch: its OpenMP defaults apply only t
 # isort: split
 import torch
 
-from sparsecode.sae import TopKConfig, build_sae, sparse
-from sparsecode.sae import topk as topk_module
+from sparsecode import kernels
+from sparsecode.kernels import auxk as auxk_module
+from sparsecode.kernels.topk import screen_applies
+from sparsecode.sae import TopKConfig, build_sae
 from sparsecode.train.optim import Adam
 
 
@@ -69,25 +72,22 @@ def main() -> None:
     block = torch.empty(args.batch, args.latents)
 
     def float32_step() -> None:
-        sparse.USE_SCREEN = False
-        try:
+        with kernels.use("compiled"):
             step()
-        finally:
-            sparse.USE_SCREEN = None
 
     def other_auxk_step() -> None:
-        ratio = topk_module.DENSE_AUXK_RATIO
-        topk_module.DENSE_AUXK_RATIO = 0 if dense_auxk else 10**9
+        ratio = auxk_module.DENSE_AUXK_RATIO
+        auxk_module.DENSE_AUXK_RATIO = 0 if dense_auxk else 10**9
         try:
             step()
         finally:
-            topk_module.DENSE_AUXK_RATIO = ratio
+            auxk_module.DENSE_AUXK_RATIO = ratio
 
     variants = {"encoder GEMM alone": lambda: torch.mm(x, encoder, out=block), "step": step}
-    if sparse.screen_applies(x, sae.W_enc, args.k):
+    if screen_applies(x, sae.W_enc, args.k):
         variants["step, float32 product"] = float32_step
     n_dead, k_aux = int(dead.sum()), min(args.d_in // 2, int(dead.sum()))
-    dense_auxk = n_dead <= topk_module.DENSE_AUXK_RATIO * k_aux
+    dense_auxk = n_dead <= auxk_module.DENSE_AUXK_RATIO * k_aux
     if n_dead:
         variants[f"step, {'sparse' if dense_auxk else 'dense'} AuxK"] = other_auxk_step
     times: dict[str, list[float]] = {name: [] for name in variants}

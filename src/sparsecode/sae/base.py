@@ -23,7 +23,7 @@ from torch import nn
 from ..configs import check_field_types, dataclass_from_dict
 from ..errors import ConfigError
 from ..io import save_tensors
-from .cpu_backward import project_out_rows_
+from ..kernels import project_out_rows_
 
 FORMAT_VERSION = 1
 
@@ -163,16 +163,7 @@ class SparseAutoencoder(nn.Module):
     def remove_parallel_grad_(self) -> None:
         """Drop the part of each decoder row's gradient that would only change its norm."""
         if self.cfg.unit_norm_decoder and self.W_dec.grad is not None:
-            W, G = self.W_dec, self.W_dec.grad
-            if (
-                G.device.type == "cpu"
-                and G.dtype == W.dtype == torch.float32
-                and G.is_contiguous()
-                and W.is_contiguous()
-            ):
-                project_out_rows_(G, W)  # one compiled pass instead of two
-            else:
-                G.addcmul_(torch.linalg.vecdot(G, W)[:, None], W, value=-1)  # in place: no (n_latents, d) temporaries
+            project_out_rows_(self.W_dec.grad, self.W_dec)
 
     @torch.no_grad()
     def fold_input_scale_(self, scale: float, target_scale: float | None = None) -> None:

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..kernels import SparsePattern, sparse_decode
 from .base import TrainOutput, total_variance
-from .sparse import SparsePattern, sparse_decode
 
 
 def fvu(x_hat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from itertools import pairwise
 import torch
 
 from ..errors import ConfigError
-from .sparse import SparsePattern
+from ..kernels import SparsePattern
 from .topk import TopKConfig, TopKSAE
 
 

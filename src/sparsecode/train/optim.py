@@ -10,24 +10,18 @@ the same update.
 
 A unit-norm decoder needs two more passes over its weight around each step: removing each row's gradient
 component along the row before it, rescaling the rows after it. Given the decoder as ``unit_rows``, this class
-does both in the same compiled pass as the decoder's Adam update (float32 on the CPU), so the weight, its
-gradient and the two moment estimates are each read once per step.
+does both in the same compiled pass as the decoder's Adam update (``kernels.adam_unit_rows_``, float32 on the CPU),
+so the weight, its gradient and the two moment estimates are each read once per step.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
-import numba
-import numpy as np
 import torch
 
-from ..compiled import CHUNK_ROWS, FASTMATH, claim, compiled_threads
-
-MIN_NORM = 1e-8
-"""A row with a smaller norm is divided by this instead when rescaled (it stays near zero)."""
+from ..kernels import MIN_NORM, adam_unit_rows_, compiled_for
 
 
 def _stored_transposed(t: torch.Tensor) -> bool:
@@ -91,7 +85,7 @@ class Adam(torch.optim.Adam):
             or torch.is_tensor(group["lr"])
         )
         tensors = [p, p.grad] + [v for v in self.state.get(p, {}).values() if torch.is_tensor(v) and v.dim() == 2]
-        return plain and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+        return plain and compiled_for(*tensors) and all(t.is_contiguous() for t in tensors)
 
     def _unit_row_step(self, p: torch.Tensor) -> None:
         """Adam's update of ``p`` (with its gradient projected), then its rows rescaled, in one compiled pass."""
@@ -101,22 +95,15 @@ class Adam(torch.optim.Adam):
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["step"] += 1
-        step = float(state["step"])
-        beta1, beta2 = group["betas"]
-        bias_correction1, bias_correction2 = 1 - beta1**step, 1 - beta2**step
-        _adam_unit_rows(
-            p.detach().numpy(),
-            p.grad.numpy(),
-            state["exp_avg"].numpy(),
-            state["exp_avg_sq"].numpy(),
-            np.float32(1 - beta1),
-            np.float32(beta2),
-            np.float32(1 - beta2),
-            np.float32(group["lr"] / bias_correction1),
-            np.float32(math.sqrt(bias_correction2)),
-            np.float32(group["eps"]),
-            compiled_threads(),
-            np.zeros(1, np.int64),
+        adam_unit_rows_(
+            p,
+            p.grad,
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            lr=group["lr"],
+            betas=group["betas"],
+            eps=group["eps"],
+            step=float(state["step"]),
         )
 
     def _transpose(self, p: torch.nn.Parameter) -> None:
@@ -135,40 +122,3 @@ class Adam(torch.optim.Adam):
             for name, value in state.items():
                 if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
                     state[name] = torch.empty_like(param).copy_(value)
-
-
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def _adam_unit_rows(
-    W,
-    G,
-    exp_avg,
-    exp_avg_sq,
-    one_minus_beta1,
-    beta2,
-    one_minus_beta2,
-    step_size,
-    bias_correction2_sqrt,
-    eps,
-    n_parts,
-    counter,
-):  # pragma: no cover - compiled
-    m, d = W.shape
-    for _thread in numba.prange(n_parts):
-        start = claim(counter, CHUNK_ROWS)
-        while start < m:
-            for j in range(start, min(m, start + CHUNK_ROWS)):
-                w, g, mean, square = W[j], G[j], exp_avg[j], exp_avg_sq[j]
-                along = np.float32(0.0)
-                for c in range(d):
-                    along += g[c] * w[c]
-                norm_sq = np.float32(0.0)
-                for c in range(d):
-                    grad = g[c] - along * w[c]  # the gradient without its component along the (unit) row
-                    mean[c] += one_minus_beta1 * (grad - mean[c])
-                    square[c] = beta2 * square[c] + one_minus_beta2 * grad * grad
-                    w[c] -= step_size * mean[c] / (np.sqrt(square[c]) / bias_correction2_sqrt + eps)
-                    norm_sq += w[c] * w[c]
-                scale = np.float32(1.0) / max(np.sqrt(norm_sq), np.float32(MIN_NORM))
-                for c in range(d):
-                    w[c] *= scale
-            start = claim(counter, CHUNK_ROWS)

@@ -1,4 +1,4 @@
-"""The bfloat16 product's exact top-k (``sae/cpu_screen.py``) against float64 references."""
+"""The bfloat16 product's exact top-k (``kernels/screen.py``) against float64 references."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from sparsecode.compiled import CHUNK_ROWS
-from sparsecode.sae import TopKConfig, build_sae, sparse
-from sparsecode.sae import topk as topk_module
-from sparsecode.sae.cpu_screen import EncoderScreen, split_bfloat16
-from sparsecode.sae.sparse import block_size, screened_topk_rows
+from sparsecode.kernels import auxk as auxk_module
+from sparsecode.kernels.runtime import CHUNK_ROWS
+from sparsecode.kernels.screen import EncoderScreen, split_bfloat16
+from sparsecode.kernels.topk import block_size, screen_applies, screened_topk_rows
+from sparsecode.sae import TopKConfig, build_sae
 
 
 def screened(x, W_enc, b_enc, b_dec, k, rows=10_000):
@@ -152,16 +152,16 @@ def test_split_bfloat16_rounds_like_torch():
 @pytest.mark.parametrize("dense_auxk", [True, False], ids=["dense-auxk", "sparse-auxk"])
 def test_training_step_with_and_without_the_screen_agrees(monkeypatch, dense_auxk):
     """The TopK step's winners, loss and gradients are those of the float32 product, AuxK (either way) included."""
-    monkeypatch.setattr(topk_module, "DENSE_AUXK_RATIO", 10**6 if dense_auxk else 0)
+    monkeypatch.setattr(auxk_module, "DENSE_AUXK_RATIO", 10**6 if dense_auxk else 0)
     torch.manual_seed(4)
     x = torch.randn(256, 48) + 0.3
     dead = torch.rand(768) < 0.25
     results = {}
     for screen in (True, False):
-        monkeypatch.setattr(sparse, "USE_SCREEN", screen)
+        monkeypatch.setenv("SPARSECODE_KERNELS", "screen" if screen else "compiled")
         torch.manual_seed(0)
         sae = build_sae(TopKConfig(d_in=48, n_latents=768, k=12, k_aux=20))
-        assert sparse.screen_applies(x, sae.W_enc, 12) == screen
+        assert screen_applies(x, sae.W_enc, 12) == screen
         out = sae.training_output(x, dead_mask=dead, progress=0.5)
         out.loss.backward()
         results[screen] = out, {name: p.grad.clone() for name, p in sae.named_parameters()}
@@ -175,12 +175,12 @@ def test_training_step_with_and_without_the_screen_agrees(monkeypatch, dense_aux
 def test_screen_applies_only_where_it_can(monkeypatch):
     """Forced on, the screen serves float32 CPU steps whose k suits the strided blocks; not k too large for m,
     other dtypes, or a row-major encoder."""
-    monkeypatch.setattr(sparse, "USE_SCREEN", True)
+    monkeypatch.setenv("SPARSECODE_KERNELS", "screen")
     sae = build_sae(TopKConfig(d_in=16, n_latents=64, k=4))
     x = torch.randn(4, 16)
-    assert sparse.screen_applies(x, sae.W_enc, 4)
-    assert block_size(64, 40) is None and not sparse.screen_applies(x, sae.W_enc, 40)
-    assert not sparse.screen_applies(x.double(), sae.W_enc.double(), 4)
-    assert not sparse.screen_applies(x, sae.W_enc.contiguous(), 4)
-    monkeypatch.setattr(sparse, "USE_SCREEN", False)
-    assert not sparse.screen_applies(x, sae.W_enc, 4)
+    assert screen_applies(x, sae.W_enc, 4)
+    assert block_size(64, 40) is None and not screen_applies(x, sae.W_enc, 40)
+    assert not screen_applies(x.double(), sae.W_enc.double(), 4)
+    assert not screen_applies(x, sae.W_enc.contiguous(), 4)
+    monkeypatch.setenv("SPARSECODE_KERNELS", "compiled")
+    assert not screen_applies(x, sae.W_enc, 4)

@@ -1,43 +1,38 @@
-"""The sparse TopK training step against a plain dense implementation: same loss, same gradients."""
+"""The kernels (``sparsecode.kernels``) against their plain-torch references: the sparse TopK training step (every
+backend) against ``kernels.reference``'s dense losses, and each compiled kernel against torch. Also run with
+``NUMBA_DISABLE_JIT=1`` (``make test-kernels-nojit``), where the compiled kernels run as Python."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sparsecode.sae import ARCHITECTURES, TopKConfig, build_sae, sparse
-from sparsecode.sae import topk as topk_module
-from sparsecode.sae.cpu_backward import latent_order, project_out_rows_
-from sparsecode.sae.sparse import SparsePattern, block_size, exact_topk, gathered_pre_acts, sparse_decode, sparse_fvu
+from sparsecode import kernels
+from sparsecode.errors import ConfigError
+from sparsecode.kernels import auxk as auxk_module
+from sparsecode.kernels import reference
+from sparsecode.kernels import topk as topk_module
+from sparsecode.kernels.rows import latent_order, project_out_rows_
+from sparsecode.kernels.sparse import SparsePattern, gathered_pre_acts, sparse_decode, sparse_fvu
+from sparsecode.kernels.topk import block_size, exact_topk
+from sparsecode.sae import ARCHITECTURES, TopKConfig, build_sae
 
 
 def dense_reference(sae, x, dead_mask, target=None):
-    """TopK + AuxK written the obvious way: dense pre-activations, dense latents, dense matmuls. Matryoshka sums
-    the FVUs of its nested prefixes; multi-budget averages those of its budgets (the b largest winners)."""
-    target = x if target is None else target
+    """``kernels.reference.topk_loss`` for ``sae``'s weights and configuration (TopK, Matryoshka, multi-budget)."""
     cfg = sae.cfg
-    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc  # (n, m)
-    values, indices = pre.topk(cfg.k, dim=-1)  # largest first
-    variance = (target - target.mean(0)).pow(2).sum()
-    kept = {
-        "topk": [(values, indices)],
-        "matryoshka": [(values * (indices < size), indices) for size in getattr(cfg, "sizes", [])],
-        "multibudget": [(values[:, :b], indices[:, :b]) for b in getattr(cfg, "budgets", None) or []],
-    }[cfg.arch]
-    losses = []
-    for v, i in kept:
-        latents = torch.zeros_like(pre).scatter(-1, i, v.relu())  # (n, m)
-        x_hat = latents @ sae.W_dec + sae.b_dec
-        losses.append((x_hat - target).pow(2).sum() / variance)
-    loss = torch.stack(losses).mean() if cfg.arch == "multibudget" else torch.stack(losses).sum()
-    if dead_mask is not None and dead_mask.any():
-        k_aux = min(cfg.k_aux or x.shape[1] // 2, int(dead_mask.sum()))
-        aux_v, aux_i = pre.masked_fill(~dead_mask, -torch.inf).topk(k_aux, dim=-1)
-        aux_latents = torch.zeros_like(pre).scatter(-1, aux_i, aux_v.relu())
-        residual = (target - x_hat).detach()
-        auxk = (aux_latents @ sae.W_dec - residual).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum()
-        loss = loss + cfg.auxk_alpha * auxk
-    return loss, x_hat
+    weights = {name: getattr(sae, name) for name in ("W_enc", "b_enc", "b_dec", "W_dec")}
+    return reference.topk_loss(
+        x,
+        weights,
+        cfg.k,
+        target=target,
+        dead=dead_mask,
+        k_aux=cfg.k_aux,
+        auxk_alpha=cfg.auxk_alpha,
+        prefixes=getattr(cfg, "prefixes", None),
+        budgets=getattr(cfg, "budgets", None),
+    )
 
 
 def config_class(arch):
@@ -64,7 +59,7 @@ NESTED = {"topk": {}, "matryoshka": {"prefixes": [8, 40]}, "multibudget": {"budg
 def test_sparse_step_matches_dense_reference(monkeypatch, dead_fraction, dense_auxk, block_rows, with_target, arch):
     n, d, m, k = 50, 12, 96, 5
     monkeypatch.setattr(topk_module, "PRE_BLOCK_ELEMENTS", block_rows * m)
-    monkeypatch.setattr(topk_module, "DENSE_AUXK_RATIO", 10**6 if dense_auxk else 0)  # AuxK's two ways
+    monkeypatch.setattr(auxk_module, "DENSE_AUXK_RATIO", 10**6 if dense_auxk else 0)  # AuxK's two ways
     torch.manual_seed(0)
     sae = build_sae(config_class(arch)(d_in=d, n_latents=m, k=k, k_aux=7, **NESTED[arch])).double()
     with torch.no_grad():  # biases away from zero so their gradients are exercised
@@ -92,13 +87,14 @@ def test_sparse_step_matches_dense_reference(monkeypatch, dead_fraction, dense_a
 
 
 @pytest.mark.parametrize("dense_auxk", [True, False], ids=["dense-auxk", "sparse-auxk"])
-@pytest.mark.parametrize("screen", [True, False], ids=["bfloat16-screen", "float32-product"])
+@pytest.mark.parametrize("backend", ["screen", "compiled", "torch"])
 @pytest.mark.parametrize("arch", list(NESTED))
-def test_float32_step_matches_dense_reference(monkeypatch, arch, screen, dense_auxk):
-    """At the training dtype (float32, the compiled top-k, with the bfloat16 product's exact screen or the float32
-    product) and a realistic width the two agree to float tolerance, AuxK (either way) included."""
-    monkeypatch.setattr(sparse, "USE_SCREEN", screen)
-    monkeypatch.setattr(topk_module, "DENSE_AUXK_RATIO", 10**6 if dense_auxk else 0)
+def test_float32_step_matches_dense_reference(monkeypatch, arch, backend, dense_auxk):
+    """At the training dtype (float32) and a realistic width every backend (the compiled top-k with the bfloat16
+    product's exact screen or the float32 product; plain torch) agrees with the reference to float tolerance, AuxK
+    (either way) included."""
+    monkeypatch.setenv("SPARSECODE_KERNELS", backend)
+    monkeypatch.setattr(auxk_module, "DENSE_AUXK_RATIO", 10**6 if dense_auxk else 0)
     torch.manual_seed(1)
     nested = {"topk": {}, "matryoshka": {"prefixes": [64, 256]}, "multibudget": {"budgets": [4, 8, 16]}}[arch]
     sae = build_sae(config_class(arch)(d_in=64, n_latents=1024, k=16, **nested))
@@ -132,9 +128,9 @@ def test_compiled_fvu_matches_torch_path(monkeypatch, given_variance, offset):
     variance = (target - target.mean(0)).pow(2).sum().detach() if given_variance else None
     results = {}
     for compiled in (True, False):
-        monkeypatch.setattr(sparse, "USE_COMPILED_FVU", compiled)
-        fvu, x_hat = sparse_fvu(values, SparsePattern(indices, m), W_dec, b_dec, target, variance)
-        (3.0 * fvu).backward()
+        with kernels.use("compiled" if compiled else "torch"):
+            fvu, x_hat = sparse_fvu(values, SparsePattern(indices, m), W_dec, b_dec, target, variance)
+            (3.0 * fvu).backward()
         results[compiled] = [fvu.detach(), x_hat.detach()] + [t.grad.clone() for t in (values, W_dec, b_dec, target)]
         for t in (values, W_dec, b_dec, target):
             t.grad = None
@@ -147,7 +143,7 @@ def test_compiled_fvu_matches_torch_path(monkeypatch, given_variance, offset):
 @pytest.mark.parametrize("n", [1, 2, 63, 1000])
 def test_batch_variance_matches_float64_reference(n):
     """The compiled one-pass variance (shifted sums) equals the centred float64 one, also far from zero."""
-    from sparsecode.sae.cpu_backward import batch_variance, decode_and_fvu_grads
+    from sparsecode.kernels.fvu_pass import batch_variance, decode_and_fvu_grads
 
     torch.manual_seed(5)
     target = torch.randn(n, 24) * torch.linspace(0.1, 3, 24) + torch.linspace(-400, 400, 24)
@@ -244,7 +240,7 @@ def test_bfloat16_encoder_gemm_under_autocast():
     ref_grads = {n: g.clone() for n, g in grads(sae, ref.loss).items()}
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = sae.training_output(x, dead_mask=dead, progress=0.0)
-    assert sae.__dict__["_scratch"].dtype == torch.bfloat16 and out.loss.dtype == torch.float32
+    assert sae.__dict__["_scratch"].pre.dtype == torch.bfloat16 and out.loss.dtype == torch.float32
     ours = grads(sae, out.loss)
     torch.testing.assert_close(out.loss, ref.loss, rtol=0.05, atol=0)
     for name, g in ours.items():
@@ -304,8 +300,8 @@ def test_exact_topk_falls_back_where_blocks_do_not_pay(m, k):
 
 
 def test_compiled_topk_with_bias_matches_torch_topk():
-    """cpu_topk's kernel selects the top k of pre + bias exactly, without writing the sum."""
-    from sparsecode.sae.cpu_topk import topk_with_bias
+    """topk_rows' kernel selects the top k of pre + bias exactly, without writing the sum."""
+    from sparsecode.kernels.topk_rows import topk_with_bias
 
     g = torch.Generator().manual_seed(3)
     m, k = 768, 8
@@ -333,8 +329,8 @@ def test_compiled_topk_with_bias_matches_torch_topk():
 def test_compiled_topk_rows_do_not_depend_on_which_thread_took_them():
     """Threads claim 64-row chunks in whatever order they finish: each row's winners, in their order, must be
     those of its chunk alone (else the step's sums, and training, would vary from run to run)."""
-    from sparsecode.compiled import CHUNK_ROWS
-    from sparsecode.sae.cpu_topk import topk_with_bias
+    from sparsecode.kernels.runtime import CHUNK_ROWS
+    from sparsecode.kernels.topk_rows import topk_with_bias
 
     g = torch.Generator().manual_seed(7)
     m, k, n = 768, 8, 5 * CHUNK_ROWS + 3
@@ -401,3 +397,129 @@ def test_batchtopk_sparse_step_matches_its_dense_step(monkeypatch, rank_relative
     aligned[0] = sae.b_dec.detach() + 5 * u
     sae.training_output(aligned, dead_mask=None, progress=0.5)
     assert calls == [1]
+
+
+def test_reference_reconstructs_planted_codes_exactly():
+    """The reference itself, on known answers: rows made of at most k positive multiples of orthonormal dictionary
+    rows are reconstructed exactly by TopK (FVU 0), by every Matryoshka prefix that holds their latents and by
+    every budget that keeps them all; AuxK's dead latents fit a residual made of them exactly, and silent dead
+    latents fit a zero residual at no cost."""
+    torch.manual_seed(6)
+    d, m, k, n = 16, 16, 3, 40
+    basis = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))[0]  # (d, d) orthonormal rows
+    weights = {"W_enc": basis.T, "b_enc": torch.zeros(m), "b_dec": torch.zeros(d), "W_dec": basis}
+    weights = {name: w.to(torch.float64) for name, w in weights.items()}
+
+    def planted(latents):  # (n, m) codes with k positive entries among ``latents`` per row
+        codes = torch.zeros(n, m, dtype=torch.float64)
+        for row in codes:
+            row[latents[torch.randperm(len(latents))[:k]]] = torch.rand(k, dtype=torch.float64) + 0.5
+        return codes
+
+    codes = planted(torch.arange(4))
+    x = codes @ basis
+    for nested in ({}, {"prefixes": [4, 8]}, {"budgets": [3]}):
+        loss, x_hat = reference.topk_loss(x, weights, k, **nested)
+        torch.testing.assert_close(x_hat, x)
+        assert float(loss) < 1e-20, nested
+    loss, _ = reference.topk_loss(x, weights, k, prefixes=[2])  # the first 2 latents alone miss some: FVU > 0
+    assert float(loss) > 0.1
+    dead = torch.arange(m) >= 8
+    dead_codes = planted(torch.arange(8, 12))
+    assert float(reference.auxk(dead_codes + codes, dead, k, basis, dead_codes @ basis)) < 1e-20
+    assert float(reference.auxk(dead_codes + codes, dead, k, basis, codes @ basis)) > 0.5  # live latents' part
+    assert float(reference.auxk(codes, dead, k, basis, torch.zeros(n, d, dtype=torch.float64))) == 0  # dead: all 0
+
+
+def test_backend_setting(monkeypatch):
+    """One setting: ``SPARSECODE_KERNELS`` (checked when read, with a message naming the choices) or ``use``."""
+    monkeypatch.delenv("SPARSECODE_KERNELS", raising=False)
+    assert kernels.current() == "auto"
+    monkeypatch.setenv("SPARSECODE_KERNELS", "numba")
+    with pytest.raises(ConfigError, match="SPARSECODE_KERNELS must be one of auto, compiled, screen, torch"):
+        kernels.current()
+    with kernels.use("torch"):
+        assert kernels.current() == "torch"
+        with kernels.use("compiled"):
+            assert kernels.current() == "compiled"
+        assert kernels.current() == "torch"
+    with pytest.raises(ConfigError, match="got 'fast'"), kernels.use("fast"):
+        pass
+
+
+COMPILED_KERNELS = [
+    ("topk_rows", "_topk_rows"),
+    ("screen", "_screened_rows"),
+    ("fvu_pass", "_decode_and_fvu_grads"),
+    ("rows", "_counting_sort"),
+    ("rows", "_project_rows"),
+    ("adam", "_adam_unit_rows"),
+]
+
+
+@pytest.mark.parametrize("backend", ["torch", "compiled", "screen"])
+def test_each_backend_runs_its_kernels_and_only_those(monkeypatch, backend):
+    """A float32 TopK training step and its optimizer step: under ``torch`` no compiled kernel runs; under
+    ``compiled`` all but the screen do; under ``screen`` the screen replaces the float32 product's selection. The
+    step's loss is the reference's every time."""
+    import importlib
+
+    from sparsecode.train.optim import Adam
+
+    calls = []
+    for module_name, name in COMPILED_KERNELS:
+        module = importlib.import_module(f"sparsecode.kernels.{module_name}")
+        kernel = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
+    monkeypatch.setenv("SPARSECODE_KERNELS", backend)
+    torch.manual_seed(8)
+    sae = build_sae(TopKConfig(d_in=32, n_latents=256, k=8))
+    x = torch.randn(64, 32)
+    out = sae.training_output(x, dead_mask=None, progress=0.0)
+    torch.testing.assert_close(out.loss, dense_reference(sae, x, None)[0], rtol=1e-5, atol=1e-6)
+    opt = Adam(sae.parameters(), lr=1e-3, unit_rows=sae.unit_norm_rows())
+    out.loss.backward()
+    opt.step()
+    sae.remove_parallel_grad_()
+    expected = {
+        "torch": set(),
+        "compiled": {"_topk_rows", "_decode_and_fvu_grads", "_counting_sort", "_project_rows", "_adam_unit_rows"},
+        "screen": {"_screened_rows", "_decode_and_fvu_grads", "_counting_sort", "_project_rows", "_adam_unit_rows"},
+    }[backend]
+    assert set(calls) == expected
+
+
+@pytest.mark.parametrize("lr", [1e-3, 0.3])
+def test_unit_row_adam_is_the_same_compiled_or_in_torch(lr):
+    """The one-pass unit-row Adam (``kernels.adam_unit_rows_``) against torch's: gradient projected, Adam, rows
+    rescaled, over several steps (the torch backend takes that path)."""
+    from sparsecode.train.optim import Adam
+
+    torch.manual_seed(9)
+    W = torch.nn.functional.normalize(torch.randn(130, 24), dim=1)
+    results = {}
+    for backend in ("compiled", "torch"):
+        with kernels.use(backend):
+            weight = torch.nn.Parameter(W.clone())
+            opt = Adam([weight], unit_rows=[weight], lr=lr, betas=(0.9, 0.99))
+            for step in range(4):
+                weight.grad = torch.randn(130, 24, generator=torch.Generator().manual_seed(step))
+                opt.step()
+            results[backend] = weight.detach(), opt.state[weight]["exp_avg"], opt.state[weight]["exp_avg_sq"]
+    for ours, ref in zip(results["compiled"], results["torch"]):
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results["compiled"][0].norm(dim=1), torch.ones(130))
+
+
+def test_decoder_gradient_projection_is_the_same_compiled_or_in_torch():
+    torch.manual_seed(10)
+    W = torch.nn.functional.normalize(torch.randn(200, 40), dim=1)
+    grad = torch.randn(200, 40)
+    results = []
+    for backend in ("compiled", "torch"):
+        with kernels.use(backend):
+            g = grad.clone()
+            project_out_rows_(g, W)
+            results.append(g)
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+    assert (results[0] * W).sum(1).abs().max() < 1e-5

@@ -13,24 +13,26 @@ inputs carry 8 significant bits. This module turns it into an exact selection:
 3. Per row, one pass takes each strided block's largest ``z = q + b_enc``. As ``e`` is at most ``u·|z|`` plus the
    block's largest column terms, and ``z ∓ u·|z|`` grows with z, that gives each block a lower end for its
    largest exact value and an upper end for every element's. A bound T that the lower ends of k blocks reach
-   is ≤ the row's k-th largest exact value (as in ``cpu_topk``); in the blocks whose upper end reaches T, every
+   is ≤ the row's k-th largest exact value (as in ``topk_rows``); in the blocks whose upper end reaches T, every
    element whose own upper end ``q̂ + e`` reaches T is a candidate, and no other element can be in the top k
    (``bench/screen.py`` reports how many candidates a row has).
 4. Each candidate's float32 pre-activation is computed exactly (a dot product with its encoder row) and the
    top k of those are the result — the same selection and values a float32 product would give, up to
    float32 rounding (a different summation order).
 
-Compiled with numba, cached on disk; rows run in parallel as in ``cpu_topk``.
+Compiled with numba, cached on disk; rows run in parallel as in ``topk_rows``.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numba
 import numpy as np
 import torch
 
-from ..compiled import CHUNK_ROWS, FASTMATH, claim, compiled_threads
-from .cpu_topk import _bound_reached_by, _heap_top_k
+from .runtime import CHUNK_ROWS, FASTMATH, claim, compiled_threads
+from .select import bound_reached_by, heap_top_k
 
 UNIT_ROUNDOFF = 2.0**-8 * 1.01 + 2.0**-20
 """Bound on |q_out − q| / |q_out| for the bfloat16-rounded product q_out (2⁻⁸), with slack for the float32
@@ -90,28 +92,53 @@ def _split_rows(rows, bits, head, head_norm, tail_norm, n_parts, counter):  # pr
             start = claim(counter, CHUNK_ROWS)
 
 
+class ScreenColumns(NamedTuple):
+    """What the screen knows of the encoder's columns (numpy views, shared by all rows of a call)."""
+
+    b_enc: np.ndarray
+    """(m,) float32 encoder bias."""
+    columns: np.ndarray
+    """(n_blocks, size, 3) float32: per column, by block, its upper end's terms (b_enc + slack, the ‖Wl_j‖ and ‖w_j‖
+    bounds)."""
+    block_terms: np.ndarray
+    """(n_blocks, 3) float32: per block, the largest of u·|b_enc| + slack and of those two bounds."""
+    w_rows: np.ndarray
+    """(m, d) float32: the encoder's rows, for the exact rescoring."""
+    unit: np.float32
+    """``UNIT_ROUNDOFF``: the bfloat16 product's relative rounding, with slack."""
+
+
+class ScreenRows(NamedTuple):
+    """One block of rows of the input (numpy views)."""
+
+    q_bits: np.ndarray
+    """(n, m) uint16: the bfloat16 product's raw bits."""
+    x_head_norm: np.ndarray
+    """(n,) float32: bounds on the norms of the rows' bfloat16 heads."""
+    x_tail_norm: np.ndarray
+    """(n,) float32: ... and of their float32 tails (with slack)."""
+    xc: np.ndarray
+    """(n, d) float32: the centred rows, for the exact rescoring."""
+
+
+class RowsTopK(NamedTuple):
+    """Where the screen writes each row's result (numpy views)."""
+
+    values: np.ndarray
+    """(n, k) float32."""
+    indices: np.ndarray
+    """(n, k) int64."""
+    counts: np.ndarray
+    """(n,) int64: candidates rescored."""
+
+
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def _screened_rows(
-    q_bits,
-    b_enc,
-    columns,
-    block_terms,
-    x_head_norm,
-    x_tail_norm,
-    unit,
-    xc,
-    w_rows,
-    k,
-    size,
-    n_parts,
-    out_values,
-    out_indices,
-    out_counts,
-    counter,
-):  # pragma: no cover - compiled
-    """``columns`` (n_blocks, size, 3): per column, by block, its upper end's terms (b_enc + slack, the ‖Wl_j‖ and
-    ‖w_j‖ bounds); ``block_terms`` (n_blocks, 3): per block, the largest of u·|b_enc| + slack and of those two
-    bounds."""
+def _screened_rows(rows, cols, k, size, n_parts, out, counter):  # pragma: no cover - compiled
+    """The exact top ``k`` of each row of ``rows`` (``ScreenRows``) into ``out`` (``RowsTopK``), with the columns'
+    bounds ``cols`` (``ScreenColumns``) and ``size`` elements per strided block."""
+    q_bits, x_head_norm, x_tail_norm, xc = rows.q_bits, rows.x_head_norm, rows.x_tail_norm, rows.xc
+    b_enc, columns, block_terms, w_rows, unit = cols.b_enc, cols.columns, cols.block_terms, cols.w_rows, cols.unit
+    out_values, out_indices, out_counts = out.values, out.indices, out.counts
     n, m = q_bits.shape
     d = xc.shape[1]
     n_blocks = m // size
@@ -150,7 +177,7 @@ def _screened_rows(
                     block_low[b] = z_max[b] - unit * abs(z_max[b]) - block_error[b]
                 # 2. a bound that k to k + SLACK_BLOCKS of those lower ends reach: as they lie in distinct blocks,
                 # it is ≤ the row's k-th largest exact value
-                guess = _bound_reached_by(block_low, k, SLACK_BLOCKS, guess, scratch_low, scratch_high)
+                guess = bound_reached_by(block_low, k, SLACK_BLOCKS, guess, scratch_low, scratch_high)
                 # 3. candidates: in the blocks whose upper end reaches the bound, every element whose own upper end
                 # q̂ + e does (the columns' terms packed by block: a few cache lines per block, not one per element)
                 n_chosen = 0
@@ -208,7 +235,7 @@ def _screened_rows(
                             values[kept], indices[kept] = v, cand_indices[t]
                             kept += 1
                     continue
-                _heap_top_k(cand_values, cand_indices, count, k, values, indices)
+                heap_top_k(cand_values, cand_indices, count, k, values, indices)
             start = claim(counter, CHUNK_ROWS)
 
 
@@ -259,7 +286,7 @@ def screened_topk(
     no particular order; the same as float32's ``(xc @ W_enc + b_enc).topk(k)`` up to float32 rounding and ties.
 
     ``xc`` (n, d) float32 (the centred input, x − b_dec); ``W_enc`` (d, m) float32, latent-major (its transpose
-    contiguous); ``size``: elements per strided block (``sparse.block_size``); ``rows``: rows per bfloat16
+    contiguous); ``size``: elements per strided block (``topk.block_size``); ``rows``: rows per bfloat16
     product (bounds the scratch).
     """
     n, d = xc.shape
@@ -297,26 +324,17 @@ def screened_topk(
     indices = torch.empty(n, k, dtype=torch.long)
     screen.candidates = torch.empty(n, dtype=torch.int64)
     xc = xc.detach().contiguous()
+    cols = ScreenColumns(b_enc.numpy(), columns.numpy(), block_terms.numpy(), w_rows.numpy(), np.float32(UNIT_ROUNDOFF))
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         q = screen.buffer("product", (stop - start, m))
         torch.mm(x_head[start:stop], w_head.T, out=q)  # (rows, m) bfloat16, float32 accumulation
-        _screened_rows(
+        rows_in = ScreenRows(
             q.view(torch.int16).numpy().view(np.uint16),
-            b_enc.numpy(),
-            columns.numpy(),
-            block_terms.numpy(),
             x_head_norm[start:stop].numpy(),
             x_tail_norm[start:stop].numpy(),
-            np.float32(UNIT_ROUNDOFF),
             xc[start:stop].numpy(),
-            w_rows.numpy(),
-            k,
-            size,
-            compiled_threads(),
-            values[start:stop].numpy(),
-            indices[start:stop].numpy(),
-            screen.candidates[start:stop].numpy(),
-            np.zeros(1, np.int64),
         )
+        out = RowsTopK(values[start:stop].numpy(), indices[start:stop].numpy(), screen.candidates[start:stop].numpy())
+        _screened_rows(rows_in, cols, k, size, compiled_threads(), out, np.zeros(1, np.int64))
     return values, indices

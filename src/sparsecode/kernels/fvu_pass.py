@@ -1,6 +1,5 @@
-"""Compiled CPU pieces of the sparse training step (numba): the reconstruction's FVU with its gradients in one
-pass over the rows, the batch variance in one pass, the decoder-gradient projection in one pass, and the
-latent-major order of a sparse pattern by counting sort.
+"""The reconstruction's FVU with its gradients in one compiled pass over the rows (numba), and the batch variance
+(the FVU's denominator) in one pass.
 
 (A single compiled pass for all of the backward's gathers was tried and removed: on two threads it was no
 faster than torch's embedding-bag kernels, see issue 6's notes.)
@@ -9,63 +8,31 @@ faster than torch's embedding-bag kernels, see issue 6's notes.)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numba
 import numpy as np
 import torch
 
-from ..compiled import CHUNK_ROWS, FASTMATH, claim, compiled_threads
+from .runtime import CHUNK_ROWS, FASTMATH, claim, compiled_threads
+
+
+class RowsOut(NamedTuple):
+    """Where the FVU pass writes, per row (numpy views)."""
+
+    x_hat: np.ndarray
+    """(n, d) float32."""
+    error: np.ndarray
+    """(n, d) float32: x_hat − target."""
+    grad_values: np.ndarray
+    """(n, k) float32: error · W_dec[indices], unscaled."""
+    squared_errors: np.ndarray
+    """(n,) float64: ‖error‖²."""
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def _project_rows(grad, W, n_parts):  # pragma: no cover - compiled
-    m, d = W.shape
-    per_part = (m + n_parts - 1) // n_parts
-    for part in numba.prange(n_parts):
-        for j in range(part * per_part, min(m, (part + 1) * per_part)):
-            g, w = grad[j], W[j]
-            dot = np.float32(0.0)
-            for c in range(d):
-                dot += g[c] * w[c]
-            for c in range(d):
-                g[c] -= dot * w[c]
-
-
-def project_out_rows_(grad: torch.Tensor, W: torch.Tensor) -> None:
-    """In place, ``grad[j] -= (grad[j] · W[j]) W[j]`` for every row: one pass that keeps each row in cache
-    (torch needs a dot pass and an update pass). Contiguous float32 (m, d) tensors on the CPU."""
-    _project_rows(grad.numpy(), W.detach().numpy(), compiled_threads())
-
-
-@numba.njit(cache=True, nogil=True)
-def _counting_sort(flat, m, k, order, rows, offsets):  # pragma: no cover - compiled
-    offsets[:] = 0
-    for latent in flat:
-        offsets[latent + 1] += 1
-    for j in range(m):
-        offsets[j + 1] += offsets[j]
-    cursor = offsets[:-1].copy()
-    for slot in range(flat.shape[0]):
-        latent = flat[slot]
-        order[cursor[latent]] = slot
-        rows[cursor[latent]] = slot // k
-        cursor[latent] += 1
-
-
-def latent_order(flat: torch.Tensor, n_latents: int, k: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(order, rows, offsets) of a flat int64 pattern with ``k`` slots per row, on the CPU: ``flat[order]`` sorted
-    by latent, stably, ``rows = order // k`` (the row of each slot in that order), and latent j's slots at
-    ``order[offsets[j]:offsets[j+1]]``; a counting sort (two passes over the n·k slots)."""
-    order, rows = torch.empty_like(flat), torch.empty_like(flat)
-    offsets = torch.empty(n_latents + 1, dtype=torch.long)
-    _counting_sort(flat.numpy(), n_latents, k, order.numpy(), rows.numpy(), offsets.numpy())
-    return order, rows, offsets
-
-
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def _decode_and_fvu_grads(
-    values, indices, W, b_dec, target, n_parts, x_hat, error, grad_values, squared_errors, counter
-):  # pragma: no cover - compiled
+def _decode_and_fvu_grads(values, indices, W, b_dec, target, n_parts, out, counter):  # pragma: no cover - compiled
+    x_hat, error, grad_values, squared_errors = out.x_hat, out.error, out.grad_values, out.squared_errors
     n, k = indices.shape
     d = W.shape[1]
     for _thread in numba.prange(n_parts):
@@ -174,10 +141,7 @@ def decode_and_fvu_grads(
         b_dec.detach().numpy(),
         target.numpy(),
         compiled_threads(),
-        x_hat.numpy(),
-        error.numpy(),
-        grad_values.numpy(),
-        squared_errors,
+        RowsOut(x_hat.numpy(), error.numpy(), grad_values.numpy(), squared_errors),
         np.zeros(1, np.int64),
     )
     if variance is None:

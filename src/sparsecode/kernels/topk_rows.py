@@ -16,7 +16,7 @@ once, in four steps that leave the row in the core's cache after the first:
    ties), which leaves the top k exactly.
 
 Compiled on first use and cached on disk; rows run in parallel on as many threads as torch uses, each thread
-claiming chunks of rows as it finishes the last (``compiled.claim``).
+claiming chunks of rows as it finishes the last (``runtime.claim``).
 """
 
 from __future__ import annotations
@@ -25,83 +25,8 @@ import numba
 import numpy as np
 import torch
 
-from ..compiled import CHUNK_ROWS, FASTMATH, claim, compiled_threads
-
-
-@numba.njit(inline="always")
-def _sift_down(values, indices, k, pos):  # pragma: no cover - compiled
-    v, ix = values[pos], indices[pos]
-    while True:
-        child = 2 * pos + 1
-        if child >= k:
-            break
-        if child + 1 < k and values[child + 1] < values[child]:
-            child += 1
-        if values[child] >= v:
-            break
-        values[pos], indices[pos] = values[child], indices[child]
-        pos = child
-    values[pos], indices[pos] = v, ix
-
-
-@numba.njit(inline="always", fastmath=FASTMATH)
-def _count_at_least(values, bound):  # pragma: no cover - compiled
-    count = np.int32(0)
-    for b in range(values.shape[0]):
-        count += np.int32(1) if values[b] >= bound else np.int32(0)  # int32: vectorises
-    return count
-
-
-@numba.njit(inline="always", fastmath=FASTMATH)
-def _min_max(values, low, high):  # pragma: no cover - compiled
-    """(min, max) of ``values`` by pairwise halving in the scratch ``low``/``high`` (each as long as ``values``):
-    element-wise steps vectorise, a running min/max does not."""
-    n = values.shape[0]
-    for b in range(n):
-        low[b] = high[b] = values[b]
-    while n > 1:
-        half = n // 2
-        for b in range(half):
-            low[b], high[b] = min(low[b], low[b + half]), max(high[b], high[b + half])
-        if n % 2:
-            low[0], high[0] = min(low[0], low[n - 1]), max(high[0], high[n - 1])
-        n = half
-    return low[0], high[0]
-
-
-@numba.njit(inline="always", fastmath=FASTMATH)
-def _bound_reached_by(values, k, spare, guess, scratch_low, scratch_high):  # pragma: no cover - compiled
-    """A bound that between k and k + ``spare`` of ``values`` reach: ``guess`` (e.g. the previous row's) if it
-    qualifies, else found by bisection between their min and max (the largest bound tried that k reach)."""
-    above = _count_at_least(values, guess)
-    if k <= above <= k + spare:
-        return guess
-    low, high = _min_max(values, scratch_low, scratch_high)
-    guess = max(low, min(high, guess))
-    for _ in range(40):
-        above = _count_at_least(values, guess)
-        if above >= k:
-            low = guess
-            if above <= k + spare:
-                break
-        else:
-            high = guess
-        guess = 0.5 * (low + high)
-    return low
-
-
-@numba.njit(inline="always")
-def _heap_top_k(cand_values, cand_indices, count, k, values, indices):  # pragma: no cover - compiled
-    """The k largest of the ``count`` candidates into ``values``/``indices`` by a k-element min-heap."""
-    for j in range(k):
-        values[j], indices[j] = cand_values[j], cand_indices[j]
-    for pos in range(k // 2 - 1, -1, -1):
-        _sift_down(values, indices, k, pos)
-    for j in range(k, count):
-        if cand_values[j] > values[0]:
-            values[0], indices[0] = cand_values[j], cand_indices[j]
-            _sift_down(values, indices, k, 0)
-
+from .runtime import CHUNK_ROWS, FASTMATH, claim, compiled_threads
+from .select import bound_reached_by, heap_top_k
 
 DROP_LIMIT = 16
 """Up to this many surplus candidates are dropped one smallest at a time (a few short branch-free scans);
@@ -143,7 +68,7 @@ def _topk_rows(pre, bias, k, size, n_parts, out_values, out_indices, counter):  
                         block_max[b] = max(top, v)
                 # 2. a threshold that k to 1.25k block maxima reach: a lower bound on the k-th value. Rows of a batch
                 # are alike, so the previous row's threshold is tried first (it often qualifies); else bisect.
-                guess = _bound_reached_by(block_max, k, k // 4, guess, scratch_low, scratch_high)
+                guess = bound_reached_by(block_max, k, k // 4, guess, scratch_low, scratch_high)
                 # 3. every element >= the bound lies in a block whose maximum reaches it; where the block's second value
                 # does not (most blocks), its maximum is the only candidate, else gather the block
                 n_chosen = 0
@@ -176,7 +101,7 @@ def _topk_rows(pre, bias, k, size, n_parts, out_values, out_indices, counter):  
                     for j in range(k):
                         values[j], indices[j] = cand_values[j], cand_indices[j]
                     continue
-                _heap_top_k(cand_values, cand_indices, count, k, values, indices)
+                heap_top_k(cand_values, cand_indices, count, k, values, indices)
             start = claim(counter, CHUNK_ROWS)
 
 
@@ -187,7 +112,7 @@ def topk_with_bias(
     particular order, as ``(pre + bias).topk(k, sorted=False)`` up to ties.
 
     ``pre`` (n, m): contiguous float32 on the CPU, finite; ``bias`` (m,) float32; ``size``: elements per
-    strided block, a divisor of m with at least k blocks (see ``sparse.block_size``). ``out`` tensors are
+    strided block, a divisor of m with at least k blocks (see ``topk.block_size``). ``out`` tensors are
     contiguous.
     """
     _topk_rows(
