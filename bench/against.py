@@ -1,6 +1,6 @@
 """The training step now against the step at a git revision: an A/B in alternating fresh processes.
 
-    python bench/against.py REV [--rounds 7] [-- bench/train_step.py's options, e.g. --threads 2 --steps 3]
+    python bench/against.py REV [--rounds 7] [bench/train_step.py's options, e.g. --threads 2 --steps 3]
 
 Exports REV's ``src`` and ``bench`` into a temporary folder, then runs ``bench/train_step.py --repeats 1`` from
 this tree and from REV's in turn, ``--rounds`` times (after one untimed round each, which also fills numba's
@@ -27,7 +27,7 @@ def export(revision: str, directory: Path) -> Path:
     """REV's ``src`` and ``bench`` under ``directory``; returns that folder."""
     try:
         archive = subprocess.run(
-            ["git", "archive", revision, "src", "bench"], capture_output=True, check=True, cwd=HERE
+            ["git", "archive", revision, "src", "bench"], capture_output=True, check=True, cwd=HERE.parent
         ).stdout
     except subprocess.CalledProcessError as e:
         raise SystemExit(f"error: git archive {revision}: {e.stderr.decode().strip()}") from None
@@ -55,9 +55,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("revision")
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("options", nargs=argparse.REMAINDER, help="passed on to bench/train_step.py (after --)")
-    a = ap.parse_args()
-    options = [o for o in a.options if o != "--"]
+    a, options = ap.parse_known_args()  # the rest goes to bench/train_step.py
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"now": HERE.parent, a.revision: export(a.revision, Path(tmp))}
         times: dict[str, list[float]] = {name: [] for name in trees}

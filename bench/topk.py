@@ -47,11 +47,11 @@ def main() -> None:
         "exact_topk differs from torch.topk"
     )
     topk_with_bias(raw, bias, a.k, size, out)
-    assert torch.equal(out[0].sort(-1).values, reference), "cpu_topk differs from torch.topk"
+    assert torch.equal(out[0].sort(-1).values, reference), "topk_rows differs from torch.topk"
     selectors = {
         "torch.topk": lambda: pre.topk(a.k, dim=-1, sorted=False),
         "exact_topk": lambda: topk_module.exact_topk(pre, a.k),
-        "cpu_topk": lambda: topk_with_bias(raw, bias, a.k, size, out),
+        "topk_rows": lambda: topk_with_bias(raw, bias, a.k, size, out),
     }
     calls = interleaved_wall_and_cpu(selectors, a.repeats)
     times = {name: [wall for wall, _ in c] for name, c in calls.items()}
@@ -83,7 +83,7 @@ def main() -> None:
     step_impls = {
         "torch.topk": (never, lambda p, k: p.topk(k, dim=-1, sorted=False)),
         "exact_topk": (never, original),
-        "cpu_topk": (compiled_for, original),
+        "topk_rows": (compiled_for, original),
     }
     step_times: dict[str, list[float]] = {name: [] for name in step_impls}
     try:
