@@ -309,7 +309,9 @@ def test_learning_rate_schedule():
     assert factors[0] < factors[5] < factors[9] < 1.0
     assert factors[10:80] == [1.0] * 70
     assert (
-        factors[80] == 1.0 and factors[99] == pytest.approx(0.05) and all(a > b for a, b in itertools.pairwise(factors[80:]))
+        factors[80] == 1.0
+        and factors[99] == pytest.approx(0.05)
+        and all(a > b for a, b in itertools.pairwise(factors[80:]))
     )
 
 
