@@ -111,3 +111,17 @@ def test_board_command_shows_a_position_and_refuses_an_illegal_move(capsys):
     assert main(["othello", "board", "d3 a1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: moves: move 2 'a1' is illegal here; legal moves: c3 e3 c5"
+
+
+def test_linear_probe_reads_a_linearly_planted_board_and_not_noise():
+    from sparsecode.worlds.othello_gpt import linear_probe_accuracy
+
+    g = torch.Generator().manual_seed(0)
+    boards = torch.randint(0, 3, (2000, 64), generator=g)
+    onehot = torch.nn.functional.one_hot(boards, 3).reshape(2000, -1).float()  # (n, 192)
+    x = onehot @ torch.randn(192, 256, generator=g)  # the board, linearly embedded in 256 dims
+    acc = linear_probe_accuracy(x[:1000], boards[:1000], x[1000:], boards[1000:])
+    assert acc > 0.99
+    noise = torch.randn(2000, 256, generator=g)  # nothing about the board: chance is 1/3 per square
+    chance = linear_probe_accuracy(noise[:1000], boards[:1000], noise[1000:], boards[1000:])
+    assert 0.28 < chance < 0.39
