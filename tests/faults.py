@@ -89,6 +89,9 @@ class Pipeline:
     commands: list[list[str]]
     resume: dict[int, list[str]]
     snapshots: list[Path] = field(default_factory=list)
+    creates: dict[int, Path] = field(default_factory=dict)
+    """Commands that write one new folder (export, import) and refuse an existing one: once it exists (renamed
+    into place as a whole), the command has done its job and is not run again."""
 
     @property
     def root(self) -> Path:
@@ -204,8 +207,9 @@ class Trial:
 def finish(pipeline: Pipeline, start: int) -> None:
     """Run command ``start`` again (resuming where that applies), then the rest."""
     args = pipeline.next_command(start)
-    r = run(args)
-    assert r.returncode == 0, (args, r.stderr)
+    if start not in pipeline.creates or not pipeline.creates[start].exists():
+        r = run(args)
+        assert r.returncode == 0, (args, r.stderr)
     for args in pipeline.commands[start + 1 :]:
         r = run(args)
         assert r.returncode == 0, (args, r.stderr)
@@ -290,7 +294,8 @@ def write_corpus(path: Path) -> Path:
 
 def make_pipeline(root: Path, model: Path, corpus: Path) -> Pipeline:
     """Train a tiny model's SAE (checkpoints every 4 of 12 steps, activation cache in ROOT/cache), evaluate it,
-    build its feature database: every kind of write the project does."""
+    build its feature database, export it (SAELens layout) and import that back: every kind of write the project
+    does."""
     run_dir, cache = root / "run", root / "cache"
     train = ["train", "--model", str(model), "--hook", "encoder.layer.1", "--corpus", str(corpus)]
     train += ["--latents", "64", "--k", "4", "--tokens", "3072", "--batch-size", "256", "--checkpoint-every", "4"]
@@ -299,5 +304,12 @@ def make_pipeline(root: Path, model: Path, corpus: Path) -> Pipeline:
         train,
         ["eval", str(run_dir), "--quick", "--max-rows", "2048", "--splice-chunks", "4", "--quiet"],
         ["features", str(run_dir), "--max-tokens", "1000", "--top", "3", "--quiet"],
+        ["export", str(run_dir), "--format", "saelens", "--out", str(root / "exported")],
+        ["import", str(root / "exported"), "--out", str(root / "imported")],
     ]
-    return Pipeline(run_dir, commands, resume={0: ["train", "--resume", "--out", str(run_dir), "--quiet"]})
+    return Pipeline(
+        run_dir,
+        commands,
+        resume={0: ["train", "--resume", "--out", str(run_dir), "--quiet"]},
+        creates={3: root / "exported", 4: root / "imported"},
+    )

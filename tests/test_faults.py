@@ -40,7 +40,9 @@ def job(tmp_path_factory, tiny_bert_dir):
 def test_the_job_writes_every_kind_of_file(job):
     kinds = {line.split()[-1].split(".")[0] for _, line in job.calls if not line.startswith("fsync")}
     assert {"checkpoint", "sae", "training", "config", "eval", "features", "shard_00000", "manifest"} <= kinds, kinds
+    assert {"exported", "imported"} <= kinds, kinds  # the folders export and import rename into place
     assert "run/sae.safetensors" in job.reference and "run/features.sqlite" in job.reference
+    assert "imported/sae.safetensors" in job.reference
 
 
 @pytest.mark.parametrize("trial", range(1))

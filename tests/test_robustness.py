@@ -352,3 +352,17 @@ def test_a_run_killed_before_its_first_checkpoint_can_be_started_again(tmp_path,
     capsys.readouterr()
     assert main(toy_args(reference)) == 2  # a run with progress is still protected
     one_error_line(capsys, "already holds a run")
+
+
+def test_interop_folders_of_killed_writers_are_swept(tmp_path):
+    """export/import write a folder beside --out and rename it; a kill left `.OUT.RANDOM` there for ever."""
+    from sparsecode.interop.runs import write_atomically
+
+    stale = tmp_path / f".exported.pid{_dead_pid()}.abc"  # an export cut short
+    stale.mkdir()
+    (stale / "cfg.json").write_text("{")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    write_atomically(tmp_path / "exported", lambda tmp: (tmp / "a.txt").write_text("x"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported"]
+    assert stat.S_IMODE((tmp_path / "exported").stat().st_mode) == 0o777 & ~mask

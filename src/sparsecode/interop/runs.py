@@ -3,6 +3,7 @@ exported in a peer's layout. Either way the output folder appears whole or not a
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from ..io import write_json
+from ..io import new_file_mode, sweep_temporaries, temp_prefix, write_json
 from ..layout import CONFIG_FILE, SAE_FILE
 from . import hooknames
 from .common import ImportedDictionary
@@ -44,8 +45,10 @@ def write_atomically(out: Path, write: Callable[[Path], Any]) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} already exists; choose another --out or remove it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    sweep_temporaries(out.parent)  # folders of writes cut short by a kill
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), dir=out.parent))
     try:
+        os.chmod(tmp, new_file_mode(directory=True))  # mkdtemp's 0700 would outlive the rename
         write(tmp)
         if out.exists():
             out.rmdir()
