@@ -167,6 +167,45 @@ def test_parquet_list_columns(tmp_path, capsys, rows, cut):
     check_array_file(tmp_path, capsys, path, expected)
 
 
+@FUZZ
+@given(
+    columns=st.lists(
+        st.tuples(
+            st.sampled_from(["int64", "float32", "float64", "string", "bool"]),
+            st.lists(st.one_of(st.none(), st.floats(width=32), st.integers(-100, 100)), min_size=3, max_size=3),
+        ),
+        min_size=0,
+        max_size=3,
+    )
+)
+def test_parquet_scalar_columns(tmp_path, capsys, columns):
+    """Numeric columns become the row's values; other columns are ignored; nulls and NaN/inf are refused."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table, numeric = {}, []
+    for i, (kind, values) in enumerate(columns):
+        if kind == "string":
+            table[f"c{i}"] = pa.array([None if v is None else str(v) for v in values], type=pa.string())
+            continue
+        if kind == "bool":
+            table[f"c{i}"] = pa.array([None if v is None else bool(v) for v in values], type=pa.bool_())
+            continue
+        if kind == "int64":  # a non-finite float has no integer: a null instead
+            vals = [None if v is None or not np.isfinite(v) else int(v) for v in values]
+        else:
+            vals = [None if v is None else float(v) for v in values]
+        table[f"c{i}"] = pa.array(vals, type=getattr(pa, kind)())
+        numeric.append(table[f"c{i}"].to_pylist())
+    path = tmp_path / "s.parquet"
+    pq.write_table(pa.table(table) if table else pa.table({"s": pa.array([], type=pa.string())}), str(path))
+    expected = None
+    if numeric and all(v is not None for col in numeric for v in col):
+        f = np.array(numeric, dtype=np.float32).T  # (3, n_numeric)
+        expected = f if np.isfinite(f).all() else None
+    check_array_file(tmp_path, capsys, path, expected)
+
+
 # -- config JSON ------------------------------------------------------------------------------------------------
 VALID_CONFIG = {
     "source": {"kind": "synthetic", "n_features": 16, "dim": 8, "active": 2},
