@@ -366,3 +366,15 @@ def test_interop_folders_of_killed_writers_are_swept(tmp_path):
     write_atomically(tmp_path / "exported", lambda tmp: (tmp / "a.txt").write_text("x"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exported"]
     assert stat.S_IMODE((tmp_path / "exported").stat().st_mode) == 0o777 & ~mask
+
+
+def test_ctrl_c_while_the_command_line_is_parsed_is_an_interruption(monkeypatch, capsys):
+    """Building the parser imports torch (seconds on a busy machine); Ctrl-C there printed a traceback."""
+    from sparsecode import cli
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert main(["train", "--synthetic", "features=8,dim=4", "--out", "x"]) == 130
+    assert capsys.readouterr().err.strip() == "error: interrupted"

@@ -78,12 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     command = _command_in(argv)
     # only the command being run builds its options ("" for none: `sparsecode --help` lists the commands)
     try:
-        args = build_parser(only=command if command in COMMANDS else "").parse_args(argv)
-    except SystemExit as e:  # a mistake, already reported in one line (options.ArgumentParser); --help exits
-        if e.code in (0, None):
-            raise
-        return 2
-    try:
+        try:  # building the parser imports torch (seconds): a Ctrl-C there is an interruption like any other
+            args = build_parser(only=command if command in COMMANDS else "").parse_args(argv)
+        except SystemExit as e:  # a mistake, already reported in one line (options.ArgumentParser); --help exits
+            if e.code in (0, None):
+                raise
+            return 2
         return args.handler(args)
     except Interrupted as e:
         print(str(e), file=sys.stderr)
