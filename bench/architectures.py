@@ -10,7 +10,7 @@ another target: it is listed, not plotted.
     python bench/architectures.py --threads 1          # ≈ 40 min on one core
     python bench/architectures.py --quick              # a smoke run in a few minutes
 
-Writes OUT/architectures.md (markdown table), OUT/architectures.png (FVU vs L0) and OUT/architectures.json.
+Writes OUT/architectures-results.md (markdown tables), OUT/architectures.png (FVU vs L0) and OUT/architectures.json.
 Throughput (tokens/s) is training throughput over the whole run, on whatever else the machine is doing.
 """
 
@@ -178,7 +178,7 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="docs", help="folder for architectures.md/.png/.json (default docs)")
+    p.add_argument("--out", default="docs", help="folder for architectures-results.md, architectures.png/.json")
     p.add_argument("--runs", default="runs/bench-architectures", help="scratch folder for the run folders")
     p.add_argument("--synthetic-tokens", type=parse_count, default=parse_count("500k"))
     p.add_argument("--minilm-tokens", type=parse_count, default=parse_count("1M"))
@@ -358,8 +358,8 @@ def report(results: dict, out: Path) -> int:
         md += table(data["rows"], data["target_l0"], with_mmcs="mmcs" in data["rows"][0])
         md.append("")
     md += ["![FVU vs L0](architectures.png)", ""]
-    (out / "architectures.md").write_text("\n".join(md))
-    print(f"wrote {out / 'architectures.md'}, {out / 'architectures.png'}, {out / 'architectures.json'}")
+    (out / "architectures-results.md").write_text("\n".join(md))
+    print(f"wrote {out / 'architectures-results.md'}, {out / 'architectures.png'}, {out / 'architectures.json'}")
     return 0
 
 

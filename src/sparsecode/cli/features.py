@@ -29,13 +29,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_run_folder(args.run)
+    print(format_summary(build(args), args.run))
+    return 0
+
+
+def build(args: argparse.Namespace) -> dict:
+    """Build the run's feature database as the command line says; ``build_features``' summary."""
     from ..features import FeaturesConfig, build_features
 
-    r = build_features(args.run, FeaturesConfig(**given(args, args.config_flags)), progress=not args.quiet)
-    print(
+    return build_features(args.run, FeaturesConfig(**given(args, args.config_flags)), progress=not args.quiet)
+
+
+def format_summary(r: dict, run: str) -> str:
+    """What `features` prints, from ``build_features``' result."""
+    return (
         f"wrote {r['path']}: {r['n_latents']} latents over {r['n_tokens']:,} tokens of the {r['split']} split "
-        f"in {r['seconds']:.0f}s; {r['dead']} dead, {r['dense']} dense"
+        f"in {r['seconds']:.0f}s; {r['dead']} dead, {r['dense']} dense\n"
+        f"  promoted/suppressed tokens via: {r['logit_embedding']}\n"
+        f"  browse: sparsecode serve {run}"
     )
-    print(f"  promoted/suppressed tokens via: {r['logit_embedding']}")
-    print(f"  browse: sparsecode serve {args.run}")
-    return 0

@@ -297,10 +297,14 @@ def print_summary(out: Path) -> None:
     from ..layout import METRICS_FILE
 
     lines = [line for line in (out / METRICS_FILE).read_text().splitlines() if line.strip()]
-    last = json.loads(lines[-1]) if lines else {}
-    print(
+    print(format_summary(out, json.loads(lines[-1]) if lines else {}))
+
+
+def format_summary(out: Path | str, last: dict) -> str:
+    """What `train` prints at the end, from the last line of the run's metrics.jsonl."""
+    return (
         f"trained {out}: {last.get('tokens', 0):,} tokens, final batch FVU {last.get('fvu', float('nan')):.4f}, "
-        f"L0 {last.get('l0', float('nan')):.1f}"
+        f"L0 {last.get('l0', float('nan')):.1f}\n"
+        f"  wrote {out}/sae.safetensors, config.json, metrics.jsonl, training.png\n"
+        f"  next: sparsecode eval {out}"
     )
-    print(f"  wrote {out}/sae.safetensors, config.json, metrics.jsonl, training.png")
-    print(f"  next: sparsecode eval {out}")
