@@ -23,10 +23,10 @@ from pathlib import Path
 STEP = Path(__file__).parent / "train_step.py"
 
 
-def run(name: str, value: str, threads: int) -> tuple[float, float]:
+def run(name: str, value: str, threads: int, step_args: str = "") -> tuple[float, float]:
     env = {**os.environ, name: value}
     out = subprocess.run(
-        [sys.executable, str(STEP), "--threads", str(threads), "--steps", "3", "--repeats", "3"],
+        [sys.executable, str(STEP), "--threads", str(threads), "--steps", "3", "--repeats", "3", *step_args.split()],
         env=env,
         capture_output=True,
         text=True,
@@ -43,24 +43,25 @@ def main() -> None:
     ap.add_argument("values", help="comma-separated values to alternate, e.g. 0,1")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--step-args", default="", help="more arguments for bench/train_step.py, e.g. its shape")
     a = ap.parse_args()
     values = a.values.split(",")
     results: dict[str, list[tuple[float, float]]] = {v: [] for v in values}
     width = max(len(v) for v in values)
     for r in range(a.rounds):
         for value in values:
-            gemm, step = run(a.name, value, a.threads)
+            gemm, step = run(a.name, value, a.threads, a.step_args)
             results[value].append((gemm, step))
             print(
                 f"round {r + 1}: {a.name}={value:>{width}s}  GEMM {gemm:6.1f} ms  step {step:6.1f} ms  "
-                f"step/GEMM {step / gemm:.2f}",
+                f"step/GEMM {step / max(gemm, 1e-3):.2f}",
                 flush=True,
             )
     print(f"medians over {a.rounds} rounds, {a.threads} threads:")
     for value, rs in results.items():
         print(
             f"  {a.name}={value:>{width}s}  GEMM {statistics.median(g for g, _ in rs):6.1f} ms  "
-            f"step {statistics.median(s for _, s in rs):6.1f} ms  step/GEMM {statistics.median(s / g for g, s in rs):.2f}"
+            f"step {statistics.median(s for _, s in rs):6.1f} ms  step/GEMM {statistics.median(s / max(g, 1e-3) for g, s in rs):.2f}"
         )
 
 

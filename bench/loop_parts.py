@@ -78,10 +78,10 @@ def instrument() -> None:
     torch.optim.Adam.step = timed(torch.optim.Adam.step, "Adam step")
 
 
-def bare_steps(real: torch.Tensor, rounds: int = 5, steps: int = 3) -> dict[str, float]:
+def bare_steps(real: torch.Tensor, latents: int, k: int, rounds: int = 5, steps: int = 3) -> dict[str, float]:
     """Median ms of the bare step on random rows and on the file's rows (interleaved rounds)."""
-    sae = build_sae(TopKConfig(d_in=real.shape[1], n_latents=6144, k=32))
-    dead = torch.zeros(6144, dtype=torch.bool)
+    sae = build_sae(TopKConfig(d_in=real.shape[1], n_latents=latents, k=k))
+    dead = torch.zeros(latents, dtype=torch.bool)
     inputs = {"random rows": torch.randn_like(real), "real rows": real}
     step_fns = {name: training_step(sae, x, dead) for name, x in inputs.items()}
     times: dict[str, list[float]] = {name: [] for name in inputs}
@@ -100,27 +100,30 @@ def main() -> None:
     ap.add_argument("path", nargs="?", default=str(DEFAULT))
     ap.add_argument("--tokens", type=parse_count, default=500_000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--latents", type=int, default=6144)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=4096)
     a = ap.parse_args()
     if not Path(a.path).is_file():
         raise SystemExit(f"{a.path} not found: run `make bench` once (it exports it) or pass a .npy path")
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
 
-    real = torch.from_numpy(np.load(a.path, mmap_mode="r")[:4096].copy())
+    real = torch.from_numpy(np.load(a.path, mmap_mode="r")[: a.batch].copy())
     real *= (real.shape[1] / real.pow(2).sum(-1).mean()).sqrt()  # the trainer's input normalisation
-    bare = bare_steps(real)
+    bare = bare_steps(real, a.latents, a.k)
 
     instrument()
     with tempfile.TemporaryDirectory() as tmp:
         config = RunConfig(
             ArraySourceConfig(path=a.path),
-            TopKConfig(d_in=real.shape[1], n_latents=6144, k=32),
-            TrainConfig(tokens=a.tokens, batch_size=4096),
+            TopKConfig(d_in=real.shape[1], n_latents=a.latents, k=a.k),
+            TrainConfig(tokens=a.tokens, batch_size=a.batch),
         )
         Trainer(config, Path(tmp) / "run", open_source(config.source), progress=False).fit()
         loop, tokens = loop_seconds(Path(tmp) / "run" / "metrics.jsonl")  # as bench/speed.py counts it
-    steps = tokens // 4096
-    print(f"{torch.get_num_threads()} threads, {steps} steps of 4096 rows from {a.path}")
+    steps = tokens // a.batch
+    print(f"{torch.get_num_threads()} threads, {steps} steps of {a.batch} rows from {a.path}")
     print(
         f"  bare step (bench/train_step.py's): {bare['random rows']:.1f} ms on random rows, "
         f"{bare['real rows']:.1f} ms on real rows"

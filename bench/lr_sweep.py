@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from sparsecode.sae import TopKConfig
 from sparsecode.train import TrainConfig
 
@@ -31,9 +33,11 @@ def main() -> None:
     ap.add_argument("--latents", type=int, default=6144)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--data", type=Path, default=DATA, help="folder of bench/speed.py's exported activations")
     a = ap.parse_args()
 
-    base = a.base_lr or TrainConfig(tokens=a.tokens).learning_rate(a.latents, TopKConfig.base_lr)
+    base = a.base_lr or TrainConfig(tokens=a.tokens, batch_size=a.batch).learning_rate(a.latents, TopKConfig.base_lr)
     print("| lr | × default | held-out FVU | L0 |\n|---|---|---|---|")
     for factor in (float(f) for f in a.factors.split(",")):
         lr = base * factor
@@ -43,15 +47,19 @@ def main() -> None:
             "--child",
             "sparsecode",
             "--train",
-            str(DATA / "minilm-l3-train.npy"),
+            str(a.data / "minilm-l3-train.npy"),
             "--heldout",
-            str(DATA / "minilm-l3-heldout.npy"),
+            str(a.data / "minilm-l3-heldout.npy"),
             "--tokens",
             str(a.tokens),
             "--latents",
             str(a.latents),
             "--k",
             str(a.k),
+            "--batch",
+            str(a.batch),
+            "--d-in",
+            str(np.load(a.data / "minilm-l3-train.npy", mmap_mode="r").shape[1]),
             "--threads",
             str(a.threads),
             "--lr",

@@ -56,16 +56,33 @@ defaults to os.environ): the peers run as installed."""
 
 
 # -- data -------------------------------------------------------------------------------------------
-def export_activations(hook: str = "encoder.layer.3", heldout_rows: int = 32768) -> tuple[Path, Path]:
+PEER_PACKAGES = {"sparsify": "sparsify", "saelens": "sae_lens"}
+"""Trainer -> the package it needs, installed only in the bench venv (`make bench-setup`)."""
+
+
+def installed(name: str) -> bool:
+    """Whether trainer ``name``'s library is importable here; if not, say so and leave it out of the run."""
+    import importlib.util
+
+    package = PEER_PACKAGES.get(name.split("+")[0])
+    if package is None or importlib.util.find_spec(package) is not None:
+        return True
+    print(f"skipping {name}: {package} is not installed here (`make bench` uses .venv-bench)", file=sys.stderr)
+    return False
+
+
+def export_activations(
+    data: Path = DATA, hook: str = "encoder.layer.3", heldout_rows: int = 32768
+) -> tuple[Path, Path]:
     """One pass of the default corpus through MiniLM, saved as float32 .npy (train split, held-out split)."""
     from sparsecode.activations import CachedSource, default_cache_dir
     from sparsecode.io import atomic_write
     from sparsecode.sources import ModelSourceConfig, open_source
 
-    train, heldout = DATA / "minilm-l3-train.npy", DATA / "minilm-l3-heldout.npy"
+    train, heldout = data / "minilm-l3-train.npy", data / "minilm-l3-heldout.npy"
     if train.is_file() and heldout.is_file():
         return train, heldout
-    DATA.mkdir(parents=True, exist_ok=True)
+    data.mkdir(parents=True, exist_ok=True)
     source = CachedSource(open_source(ModelSourceConfig(hook=hook)), default_cache_dir(), progress=True)
     for split, path, limit in (("train", train, None), ("eval", heldout, heldout_rows)):
         parts, rows = [], 0
@@ -408,6 +425,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, help="sparsecode's learning rate (default: its own default)")
     ap.add_argument("--only", default=",".join(TRAINERS), help=f"comma-separated subset of {','.join(TRAINERS)}")
     ap.add_argument("--no-memory", action="store_true", help="skip the larger-corpus memory run")
+    ap.add_argument("--data", type=Path, default=DATA, help="folder of the exported activations (made if missing)")
+    ap.add_argument("--out", type=Path, help="write speed.md/.json/.png here (default bench/results, docs/speed.png)")
     ap.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     ap.add_argument("--train", help=argparse.SUPPRESS)
     ap.add_argument("--heldout", help=argparse.SUPPRESS)
@@ -420,9 +439,10 @@ def main() -> None:
     unknown = set(names) - set(TRAINERS)
     if unknown:
         sys.exit(f"unknown trainer(s) {sorted(unknown)}; choose from {TRAINERS}")
+    names = [n for n in names if installed(n)]
     if any(n.endswith("+jemalloc") for n in names) and not Path(JEMALLOC).is_file():
         sys.exit(f"{JEMALLOC} not found: apt-get install libjemalloc2 (make bench-setup does)")
-    train, heldout = export_activations()
+    train, heldout = export_activations(a.data)
     a.heldout = heldout
     a.d_in = int(np.load(train, mmap_mode="r").shape[1])
     torch.set_num_threads(a.threads)
@@ -487,9 +507,10 @@ def main() -> None:
     md = f"{header}\n\n`{command}`\n\n{table(summary, limit, memory)}\n" + (
         f"\nEncoder product — {notes}\n" if notes else ""
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "speed.md").write_text(md)
-    (RESULTS / "speed.json").write_text(
+    results = a.out or RESULTS
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "speed.md").write_text(md)
+    (results / "speed.json").write_text(
         json.dumps(
             {
                 "date": date,
@@ -509,7 +530,7 @@ def main() -> None:
             indent=1,
         )
     )
-    plot(summary, limit, ROOT / "docs" / "speed.png", header)
+    plot(summary, limit, (a.out / "speed.png") if a.out else ROOT / "docs" / "speed.png", header)
     print(md)
 
 

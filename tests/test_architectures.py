@@ -162,6 +162,7 @@ def test_jumprelu_l0_falls_as_its_penalty_rises(tmp_path):
 
 # FVU bounds: ~0.75 seen for ReLU (its L1 shrinks every activation at this sparsity), ~0.27 Gated, ~0.22 JumpReLU;
 # a collapsed SAE has FVU ~1 and MMCS ~0.4
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "arch,start,max_fvu", [("relu", {"l1": 0.5}, 0.85), ("gated", {"l1": 0.5}, 0.4), ("jumprelu", {}, 0.35)]
 )
@@ -393,6 +394,7 @@ RECOVERY = {  # arch -> (extra config, training tokens, minimum fraction found a
 LR = {"jumprelu": 1.2e-2, "gated": 1.2e-2}  # the rest: 4e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", list(RECOVERY))
 def test_each_architecture_recovers_planted_features_at_8x_superposition(tmp_path, arch):
     extra, tokens, minimum = RECOVERY[arch]

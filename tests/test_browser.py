@@ -27,7 +27,10 @@ def server(planted_features):
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        pytest.skip("headless Chromium is not installed: run `make browser` (apt-get install chromium chromium-driver)")
+        pytest.skip(
+            "headless Chromium is not installed: `make browser` installs it (apt-get install chromium chromium-driver; "
+            "needs root, as in CI)"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

@@ -1,0 +1,87 @@
+"""Every bench/ script runs end to end on tiny arguments, so none silently rots (the numbers are not checked:
+timings belong to the scripts, not to tests). Peer libraries (sparsify, SAELens) are not installed here, so
+this also checks that their parts skip cleanly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+SHAPE = ["--latents", "128", "--d-in", "16", "--k", "4", "--repeats", "1", "--threads", "1"]
+HELPERS = {"timing.py"}  # imported by the scripts, not run
+
+
+def _smoke_args(script: str, data: Path, run: Path, features: Path, tmp: Path) -> list[str]:
+    """Tiny arguments for each script (a new script needs a line here: the test below fails without one)."""
+    acts = str(data / "minilm-l3-train.npy")
+    return {
+        "architectures.py": ["--quick", "--skip-minilm", "--out", str(tmp), "--runs", str(tmp / "runs")],
+        "env_defaults.py": [
+            "THP_MEM_ALLOC_ENABLE",
+            "0",
+            "--rounds",
+            "1",
+            "--threads",
+            "1",
+            "--step-args",
+            "--d-in 16 --latents 128 --k 4 --batch 64",
+        ],
+        "eval_known_answers.py": [],
+        "eval_report.py": [str(run), "--repeats", "1", "--quick", "--threads", "1"],
+        "fvu_pass.py": ["--rows", "64", *SHAPE],
+        "loop_parts.py": [acts, "--tokens", "512", "--threads", "1", "--latents", "128", "--k", "4", "--batch", "64"],
+        "lr_sweep.py": [
+            *("--data", str(data), "--tokens", "512", "--factors", "1", "--latents", "128", "--k", "4", "--batch", "64")
+        ],
+        "optimizer.py": ["--latents", "128", "--d-in", "16", "--repeats", "1", "--threads", "1"],
+        "recovery.py": ["topk", '{"k": 3}', "--tokens", "2048"],
+        "screen.py": [acts, "--rows", "64", "--train-steps", "1", *SHAPE],
+        "serve_latency.py": ["--run", str(features), "--requests", "4", "--concurrency", "2", "--warmup", "1"],
+        "speed.py": [
+            *("--data", str(data), "--out", str(tmp), "--tokens", "1024", "--repeats", "1", "--batch", "64"),
+            *("--latents", "128", "--k", "4", "--threads", "1", "--no-memory"),
+        ],
+        "store_fill.py": [acts, "--fills", "1", "--chunk-rows", "64", "--buffer-rows", "256", "--batch", "64"],
+        "topk.py": ["--rows", "64", *SHAPE, "--steps", "1"],
+        "train_step.py": ["--d-in", "16", "--latents", "128", "--k", "4", "--batch", "64", "--steps", "1"],
+    }.get(script)
+
+
+SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if p.name not in HELPERS)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Stand-ins for the MiniLM activations `make bench` exports (same file names, 16 dims)."""
+    folder = tmp_path_factory.mktemp("bench-data")
+    rng = np.random.default_rng(0)
+    for name, rows in (("minilm-l3-train.npy", 4096), ("minilm-l3-heldout.npy", 512)):
+        np.save(folder / name, rng.standard_normal((rows, 16)).astype(np.float32))
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bench_script_runs_on_tiny_arguments(script, data, planted_run, planted_features, tmp_path):
+    args = _smoke_args(script, data, planted_run, planted_features, tmp_path)
+    assert args is not None, f"bench/{script} has no smoke arguments in tests/test_bench.py"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(BENCH)])}
+    r = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert r.returncode == 0, f"bench/{script} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+    if script == "speed.py":  # its results went to --out, not over the committed ones
+        assert (tmp_path / "speed.md").is_file() and "sparsify" not in (tmp_path / "speed.md").read_text()
