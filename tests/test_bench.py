@@ -18,7 +18,7 @@ SHAPE = ["--latents", "128", "--d-in", "16", "--k", "4", "--repeats", "1", "--th
 HELPERS = {"timing.py"}  # imported by the scripts, not run
 
 
-def _smoke_args(script: str, data: Path, run: Path, features: Path, tmp: Path) -> list[str]:
+def _smoke_args(script: str, data: Path, run: Path, features: Path, lm_run: Path, tmp: Path) -> list[str]:
     """Tiny arguments for each script (a new script needs a line here: the test below fails without one)."""
     acts = str(data / "minilm-l3-train.npy")
     return {
@@ -34,6 +34,7 @@ def _smoke_args(script: str, data: Path, run: Path, features: Path, tmp: Path) -
             "--d-in 16 --latents 128 --k 4 --batch 64",
         ],
         "eval_known_answers.py": [],
+        "interop_fixtures.py": ["--check"],  # the peers are not installed here: it must say so and stop
         "eval_report.py": [str(run), "--repeats", "1", "--quick", "--threads", "1"],
         "fvu_pass.py": ["--rows", "64", *SHAPE],
         "loop_parts.py": [acts, "--tokens", "512", "--threads", "1", "--latents", "128", "--k", "4", "--batch", "64"],
@@ -48,6 +49,7 @@ def _smoke_args(script: str, data: Path, run: Path, features: Path, tmp: Path) -
             *("--data", str(data), "--out", str(tmp), "--tokens", "1024", "--repeats", "1", "--batch", "64"),
             *("--latents", "128", "--k", "4", "--threads", "1", "--no-memory"),
         ],
+        "steer.py": [str(lm_run), "--tokens", "2", "--repeats", "1", "--threads", "1"],
         "store_fill.py": [acts, "--fills", "1", "--chunk-rows", "64", "--buffer-rows", "256", "--batch", "64"],
         "topk.py": ["--rows", "64", *SHAPE, "--steps", "1"],
         "train_step.py": ["--d-in", "16", "--latents", "128", "--k", "4", "--batch", "64", "--steps", "1"],
@@ -67,10 +69,25 @@ def data(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory, tiny_gpt2_dir) -> Path:
+    """A tiny TopK run on the tests' tiny GPT-2 (a causal LM, as bench/steer.py needs)."""
+    from sparsecode.cli import main
+
+    root = tmp_path_factory.mktemp("bench-lm")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n\n".join(f"The weather today is mild, day {i}, and the sky is clear." for i in range(200)))
+    args = ["train", "--model", str(tiny_gpt2_dir), "--hook", "transformer.h.0", "--corpus", str(corpus)]
+    args += ["--k", "4", "--latents", "64", "--tokens", "2k", "--batch-size", "256", "--no-cache", "--quiet"]
+    assert main([*args, "--out", str(root / "run")]) == 0
+    return root / "run"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_bench_script_runs_on_tiny_arguments(script, data, planted_run, planted_features, tmp_path):
-    args = _smoke_args(script, data, planted_run, planted_features, tmp_path)
+def test_bench_script_runs_on_tiny_arguments(script, data, planted_run, planted_features, request, tmp_path):
+    lm_run = request.getfixturevalue("lm_run") if script == "steer.py" else None
+    args = _smoke_args(script, data, planted_run, planted_features, lm_run, tmp_path)
     assert args is not None, f"bench/{script} has no smoke arguments in tests/test_bench.py"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(BENCH)])}
     r = subprocess.run(
