@@ -44,6 +44,12 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True, help="folder for the exports and the imported runs (new)")
     p.add_argument("--rows", type=int, default=4096)
     args = p.parse_args()
+    import importlib.util
+
+    missing = [name for name in ("sae_lens", "sparsify") if importlib.util.find_spec(name) is None]
+    if missing:  # the product's venv never has the peers
+        print(f"skipping: {', '.join(missing)} not installed here (run in .venv-bench: make bench-setup)")
+        return 0
 
     from sae_lens import SAE
     from sparsify import SparseCoder

@@ -126,15 +126,20 @@ def rewrite(page: Path, check: bool) -> list[str]:
 
 
 # -- command lines shown ------------------------------------------------------------------------------
+SYNOPSIS = re.compile(r"\[-|\w\|\w")
+"""A usage synopsis, not a command: optional parts in brackets (``[--format auto]``) or alternatives (``a|b``)."""
+
+
 def shown_commands(text: str) -> list[str]:
-    """Every `sparsecode ...` command line inside the page's code blocks (continuation lines joined)."""
+    """Every `sparsecode ...` command line inside the page's code blocks (continuation lines joined), synopses
+    aside."""
     commands = []
     for lang, block in re.findall(r"```([a-z]*)\n(.*?)```", text, re.DOTALL):
         if lang not in ("", "bash", "sh"):
             continue  # e.g. python, whose strings may show commands that do not exist yet
         for line in block.replace("\\\n", " ").splitlines():
             line = line.strip().removeprefix("$ ")
-            if line.startswith("sparsecode "):
+            if line.startswith("sparsecode ") and not SYNOPSIS.search(line):
                 commands.append(line.split("  #")[0].split(" # ")[0].strip())
     return commands
 

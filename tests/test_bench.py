@@ -35,6 +35,7 @@ def _smoke_args(script: str, data: Path, run: Path, features: Path, lm_run: Path
         ],
         "eval_known_answers.py": [],
         "interop_fixtures.py": ["--check"],  # the peers are not installed here: it must say so and stop
+        "interop_real.py": [str(run), "--out", str(tmp / "interop")],  # likewise
         "eval_report.py": [str(run), "--repeats", "1", "--quick", "--threads", "1"],
         "fvu_pass.py": ["--rows", "64", *SHAPE],
         "loop_parts.py": [acts, "--tokens", "512", "--threads", "1", "--latents", "128", "--k", "4", "--batch", "64"],
@@ -44,6 +45,7 @@ def _smoke_args(script: str, data: Path, run: Path, features: Path, lm_run: Path
         "optimizer.py": ["--latents", "128", "--d-in", "16", "--repeats", "1", "--threads", "1"],
         "recovery.py": ["topk", '{"k": 3}', "--tokens", "2048"],
         "screen.py": [acts, "--rows", "64", "--train-steps", "1", *SHAPE],
+        "serve_load.py": ["--run", str(features), "--requests", "8", "--concurrency", "2", "--warmup", "1"],
         "serve_latency.py": ["--run", str(features), "--requests", "4", "--concurrency", "2", "--warmup", "1"],
         "speed.py": [
             *("--data", str(data), "--out", str(tmp), "--tokens", "1024", "--repeats", "1", "--batch", "64"),
