@@ -37,6 +37,7 @@ def _smoke_args(script: str, data: Path, run: Path, features: Path, lm_run: Path
         "interop_fixtures.py": ["--check"],  # the peers are not installed here: it must say so and stop
         "interop_real.py": [str(run), "--out", str(tmp / "interop")],  # likewise
         "eval_report.py": [str(run), "--repeats", "1", "--quick", "--threads", "1"],
+        "fault_injection.py": ["--trials", "1", "--workdir", str(tmp / "faults")],
         "fvu_pass.py": ["--rows", "64", *SHAPE],
         "loop_parts.py": [acts, "--tokens", "512", "--threads", "1", "--latents", "128", "--k", "4", "--batch", "64"],
         "lr_sweep.py": [
