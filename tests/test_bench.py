@@ -22,6 +22,7 @@ def _smoke_args(script: str, data: Path, run: Path, features: Path, lm_run: Path
     """Tiny arguments for each script (a new script needs a line here: the test below fails without one)."""
     acts = str(data / "minilm-l3-train.npy")
     return {
+        "attention_sink.py": [],  # on the embedded SmolLM2 (the smollm2_models fixture converts it once)
         "architectures.py": ["--quick", "--skip-minilm", "--out", str(tmp), "--runs", str(tmp / "runs")],
         "env_defaults.py": [
             "THP_MEM_ALLOC_ENABLE",
@@ -90,6 +91,8 @@ def lm_run(tmp_path_factory, tiny_gpt2_dir) -> Path:
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_bench_script_runs_on_tiny_arguments(script, data, planted_run, planted_features, request, tmp_path):
     lm_run = request.getfixturevalue("lm_run") if script == "steer.py" else None
+    if script == "attention_sink.py":
+        request.getfixturevalue("smollm2_models")  # sets $SPARSECODE_MODELS, which the script inherits
     args = _smoke_args(script, data, planted_run, planted_features, lm_run, tmp_path)
     assert args is not None, f"bench/{script} has no smoke arguments in tests/test_bench.py"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(BENCH)])}
