@@ -23,6 +23,7 @@ def _smoke_args(script: str, data: Path, run: Path, features: Path, lm_run: Path
     acts = str(data / "minilm-l3-train.npy")
     return {
         "attention_sink.py": [],  # on the embedded SmolLM2 (the smollm2_models fixture converts it once)
+        "against.py": ["HEAD", "--rounds", "1", "--d-in", "64", "--latents", "1024", "--k", "8", "--batch", "512"],
         "architectures.py": ["--quick", "--skip-minilm", "--out", str(tmp), "--runs", str(tmp / "runs")],
         "env_defaults.py": [
             "THP_MEM_ALLOC_ENABLE",
