@@ -3,7 +3,7 @@ evaluate it, build its feature database) killed again and again, each time check
 
 Trials, seeded: SIGKILL at a random write (just before or just after its rename; the writes are counted in an
 uninterrupted run), SIGKILL at a random moment of a random command, and Ctrl-C (SIGINT) at a random moment of
-training. After each: every file left loads, the next command (`train --resume`, or the same command again)
+a random command. After each: every file left loads, the next command (`train --resume`, or the same command again)
 finishes the job, no temporary is left, and everything equals the uninterrupted run bit for bit (tensors, JSON and
 metrics except wall-clock fields, database rows). Stops at --trials or --minutes, whichever comes first.
 
@@ -76,7 +76,9 @@ def main() -> None:
                 delay = rng.uniform(0.5, durations[command])
                 trial = stop_at_time(pipeline, command, delay, signal.SIGKILL, reference)
             else:
-                trial = stop_at_time(pipeline, 0, rng.uniform(2.0, durations[0]), signal.SIGINT, reference)
+                command = rng.randrange(len(pipeline.commands))
+                delay = rng.uniform(0.5, durations[command])
+                trial = stop_at_time(pipeline, command, delay, signal.SIGINT, reference)
             print(f"  ok   {trial.description}: {trial.files_checked} files loaded, job finished identical", flush=True)
         except AssertionError as e:
             failures.append(str(e)[:500])

@@ -378,3 +378,19 @@ def test_ctrl_c_while_the_command_line_is_parsed_is_an_interruption(monkeypatch,
     monkeypatch.setattr(cli, "build_parser", interrupted)
     assert main(["train", "--synthetic", "features=8,dim=4", "--out", "x"]) == 130
     assert capsys.readouterr().err.strip() == "error: interrupted"
+
+
+def test_ctrl_c_while_modules_load_waits_for_them(monkeypatch, capsys):
+    """Ctrl-C inside torch's or numpy's import left them half-loaded: "internal error: ImportError: cannot load module
+    more than once per process". Now it is noted while the parser (and torch) load, then acted on."""
+    from sparsecode import cli
+
+    real = cli.build_parser
+
+    def ctrl_c_while_building(*a, **kw):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(cli, "build_parser", ctrl_c_while_building)
+    assert main(["eval", "nowhere"]) == 130  # the command itself never ran (it would say "not found", exit 2)
+    assert capsys.readouterr().err.strip() == "error: interrupted"

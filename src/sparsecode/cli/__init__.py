@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
 from ..errors import Interrupted, SparsecodeError
@@ -78,12 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     command = _command_in(argv)
     # only the command being run builds its options ("" for none: `sparsecode --help` lists the commands)
     try:
-        try:  # building the parser imports torch (seconds): a Ctrl-C there is an interruption like any other
-            args = build_parser(only=command if command in COMMANDS else "").parse_args(argv)
-        except SystemExit as e:  # a mistake, already reported in one line (options.ArgumentParser); --help exits
-            if e.code in (0, None):
-                raise
-            return 2
+        with _sigint_deferred() as interrupted:  # the parser imports torch (seconds): see _sigint_deferred
+            try:
+                args = build_parser(only=command if command in COMMANDS else "").parse_args(argv)
+            except SystemExit as e:  # a mistake, already reported in one line (options.ArgumentParser); --help exits
+                if e.code in (0, None):
+                    raise
+                return 2
+        if interrupted:
+            raise KeyboardInterrupt
         return args.handler(args)
     except Interrupted as e:
         print(str(e), file=sys.stderr)
@@ -95,12 +101,37 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except ImportError as e:  # Ctrl-C inside an extension module's import surfaces as "initialization failed"
-        if not isinstance(e.__context__, KeyboardInterrupt):
+        if not _caused_by_interrupt(e):
             return _internal_error(e)
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 -- a bug: reported in one line by _internal_error
         return _internal_error(e)
+
+
+@contextmanager
+def _sigint_deferred() -> Iterator[list[int]]:
+    """Ctrl-C while the modules load is noted, and acted on once they have loaded: a KeyboardInterrupt inside an
+    extension module's import leaves it half-initialised, and the next import of it fails ("ImportError: cannot
+    load module more than once per process"). Yields a list that is non-empty if Ctrl-C came meanwhile."""
+    seen: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    except ValueError:  # not the main thread: nothing to defer
+        yield seen
+        return
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _caused_by_interrupt(e: BaseException) -> bool:
+    while e is not None:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _internal_error(e: Exception) -> int:
