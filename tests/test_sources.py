@@ -431,3 +431,29 @@ def test_repeated_documents_never_straddle_the_split():
     train_docs, eval_docs = split_documents(docs, "train"), split_documents(docs, "eval")
     assert not set(train_docs) & set(eval_docs)
     assert sorted(train_docs + eval_docs) == sorted(set(docs))
+
+
+def test_capabilities_are_declared_and_kept(tmp_path, tiny_bert_dir, text_corpus):
+    """Every source says what it can do (is_text_model / has_true_features / d_out / fingerprint), and what it
+    says holds: the text source runs its model at the hook, the synthetic one generates its rows from its true
+    features, the array one is a plain stream; the activation cache passes the declarations on."""
+    from sparsecode.activations import CachedSource
+
+    np.save(tmp_path / "a.npy", np.ones((10, 3), dtype=np.float32))
+    arrays = open_source(ArraySourceConfig(path=str(tmp_path / "a.npy")))
+    synthetic = open_source(SyntheticSourceConfig(n_features=8, dim=4, active=1.0, noise=0.0))
+    text = open_source(ModelSourceConfig(model=str(tiny_bert_dir), hook="encoder.layer.0", corpus=[str(text_corpus)]))
+    got = {s.config.kind: (s.is_text_model, s.has_true_features, s.d_out) for s in (arrays, synthetic, text)}
+    assert got == {"arrays": (False, False, None), "synthetic": (False, True, None), "model": (True, False, None)}
+    assert arrays.fingerprint() is None and synthetic.fingerprint() is None and "documents_sha256" in text.fingerprint()
+    assert (arrays.config.has_device, synthetic.config.has_device, text.config.has_device) == (False, False, True)
+    assert synthetic.config.known_d_in() == 4 and arrays.config.known_d_in() is None
+
+    batch = next(synthetic.iter_batches())
+    assert torch.allclose(batch.acts, batch.codes @ synthetic.true_features, atol=1e-6)  # (rows, 4)
+    enc = text.tokenize(text.chunks("eval")[:2])
+    hidden = text.model(**enc, output_hidden_states=True).hidden_states[1]  # (2, T, 32)
+    assert torch.equal(text.activations(enc["input_ids"], enc["attention_mask"]), hidden)
+
+    cached = CachedSource(text, tmp_path / "cache")
+    assert (cached.is_text_model, cached.d_out, cached.fingerprint()) == (False, None, text.fingerprint())

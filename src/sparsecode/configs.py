@@ -1,10 +1,12 @@
-"""Building config dataclasses from JSON dicts, with one-line errors naming the section and field."""
+"""Building and validating config dataclasses: from JSON dicts, field types from annotations, ranges and choices;
+every error is one line naming the field (``section.name``)."""
 
 from __future__ import annotations
 
 import ast
 import inspect
 import itertools
+import math
 import textwrap
 from dataclasses import MISSING, fields, is_dataclass
 from typing import Any, TypeVar
@@ -90,3 +92,47 @@ def field_docs(cls: type) -> dict[str, str]:
             ):
                 docs[stmt.target.id] = inspect.cleandoc(after.value.value)
     return docs
+
+
+# Range and choice checks for the config dataclasses' ``__post_init__``. ``name`` is the field as the user writes
+# it, section included (``source.max_length``, ``train.tokens``). Integers given where a float is expected are
+# accepted.
+
+
+def check_int(name: str, value: Any, minimum: int | None = None) -> int:
+    """``value`` if it is an integer (not a bool) of at least ``minimum``; else a ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_float(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """``value`` as a float if it is finite and inside the interval (open or closed at each end); else a
+    ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    value = float(value)
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        rng = f"{'(' if low_open else '['}{lo}, {hi}{')' if high_open else ']'}"
+        raise ConfigError(f"{name} must be in {rng}, got {value:g}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``; else a ConfigError listing them."""
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value

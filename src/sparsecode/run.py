@@ -45,7 +45,7 @@ class RunConfig:
     """Likewise for paired targets (transcoders: E‖scale·y‖² = d_out); None when the source has no targets."""
 
     def __post_init__(self) -> None:
-        d_src = getattr(self.source, "dim", None)  # synthetic sources know their width up front
+        d_src = self.source.known_d_in()  # synthetic sources know their width up front
         if d_src is not None and d_src != self.sae.d_in:
             raise ConfigError(f"sae.d_in ({self.sae.d_in}) does not match the synthetic source's dim ({d_src})")
 

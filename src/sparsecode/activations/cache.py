@@ -16,12 +16,13 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from ..io import load_tensors, new_file_mode, save_tensors, sweep_temporaries, temp_prefix, write_json
-from ..sources.base import ActivationBatch, Source
+from ..sources.base import ActivationBatch, Source, SourceBase
 
 CACHE_FORMAT = 1
 
@@ -40,13 +41,14 @@ def cache_key(source: Source) -> str:
     replaced model never reads stale activations)."""
     cfg = dict(source.config.to_dict())
     cfg.pop("device", None)
-    fingerprint = source.fingerprint() if hasattr(source, "fingerprint") else None
+    fingerprint = source.fingerprint()
     blob = json.dumps({"format": CACHE_FORMAT, "source": cfg, "fingerprint": fingerprint}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-class CachedSource:
-    """Wraps a source; same protocol; serves complete passes from disk."""
+class CachedSource(SourceBase):
+    """Wraps a source; same protocol; serves complete passes from disk. It declares no model or ground truth of
+    its own (callers that need those use the wrapped ``inner`` source)."""
 
     def __init__(self, source: Source, cache_dir: str | Path, shard_rows: int = 65536, progress: bool = False) -> None:
         self.inner = source
@@ -62,7 +64,13 @@ class CachedSource:
     @property
     def d_out(self) -> int | None:
         """Width of the paired targets, if the wrapped source yields them (transcoders)."""
-        return getattr(self.inner, "d_out", None)
+        return self.inner.d_out
+
+    def fingerprint(self) -> dict[str, Any] | None:
+        return self.inner.fingerprint()
+
+    def validate(self) -> None:
+        self.inner.validate()
 
     def num_rows(self, split: str = "train") -> int | None:
         manifest = self._manifest(split)

@@ -59,7 +59,7 @@ class ActivationStore:
         self.source = source
         self.split = split
         self.batch_size = batch_size
-        self.d_target = int(getattr(source, "d_out", None) or 0)  # paired targets appended to each row (0: none)
+        self.d_target = int(source.d_out or 0)  # paired targets appended to each row (0: none)
         self.rows_per_epoch = source.num_rows(split)
         if self.rows_per_epoch == 0:
             raise DataError(f"the source's {split} split has no rows (empty corpus or array?)")

@@ -186,7 +186,7 @@ def _resumed_config(args: argparse.Namespace, out: Path, train_overrides: dict):
         config.train = _extended(config.train, train_overrides["tokens"], out)
     if "device" in train_overrides:
         config.train.device = train_overrides["device"]
-        if hasattr(config.source, "device"):
+        if config.source.has_device:
             config.source.device = train_overrides["device"]
     return config
 
@@ -243,8 +243,7 @@ def _new_config(args: argparse.Namespace, out: Path, train_overrides: dict):
         return config, None
     source_config = _source_config(args)
     source = _open(source_config, args)
-    d_out = getattr(source, "d_out", None)
-    sae = _sae_config(args, source.d_in, d_out)
+    sae = _sae_config(args, source.d_in, source.d_out)
     return RunConfig(source=source_config, sae=sae, train=TrainConfig(**train_overrides)), source
 
 

@@ -156,7 +156,7 @@ def _take_rows(batches: Iterable[Any], max_rows: int | None) -> Iterator[tuple[t
             x, target, batch = batch, batch, None
         else:
             x = batch.acts
-            target = batch.targets if getattr(batch, "targets", None) is not None else x
+            target = batch.targets if batch.targets is not None else x
         seen += x.shape[0]
         yield x, target, batch
 

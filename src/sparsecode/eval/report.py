@@ -48,10 +48,6 @@ GRID_ATOMS = 256
 """Atoms drawn in an image run's atom grid (the most often active first)."""
 
 
-def _is_model_source(source: Any) -> bool:
-    return all(hasattr(source, a) for a in ("model", "module", "chunks", "tokenize", "keep_mask"))
-
-
 def _patch_shape(source_config: Any) -> tuple[int, int] | None:
     """(H, W) of an image-patch run's rows, None for every other source."""
     from ..sources import ImageSourceConfig
@@ -103,7 +99,7 @@ def evaluate_run(
     run_dir = Path(run_dir)
     check_device(device)
     run = load_run(run_dir)  # one-line DataError naming any missing or broken file
-    if hasattr(run.config.source, "device"):  # evaluate where asked, whatever device the run trained on
+    if run.config.source.has_device:  # evaluate where asked, whatever device the run trained on
         run.config.source.device = device
     sae = run.sae.to(device).eval()
     try:
@@ -129,7 +125,7 @@ def evaluate_run(
     figures: dict[str, bytes] = {}
     timer = _Timer(result["timings"])
 
-    true = getattr(source, "true_features", None)
+    true = source.true_features if source.has_true_features else None  # (n_features, d_in)
     learned = sae.W_dec.detach()  # (n_latents, d_in)
     f1 = None
     if true is not None:
@@ -204,13 +200,13 @@ def evaluate_run(
         result["ground_truth"] = gt
         figures["max_cos"] = max_cos_figure(best_cos.numpy(), RECOVERY_THRESHOLD)
 
-    model_source = _is_model_source(source)
+    model_source = source.is_text_model
     if splice_chunks and model_source:
 
         def reconstruct(acts: torch.Tensor) -> torch.Tensor:
             return sae(acts.to(device, torch.float32)).to(acts.device)  # (n, d_out)
 
-        splice = transcoder_spliced_fidelity if getattr(source.config, "target_hook", None) else spliced_fidelity
+        splice = transcoder_spliced_fidelity if source.config.target_hook is not None else spliced_fidelity
         with timer("splice"):
             result.update(splice(source, reconstruct, split="eval", max_chunks=splice_chunks, progress=progress))
 

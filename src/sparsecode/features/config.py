@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..configs import check_field_types
+from ..configs import check_choice, check_field_types, check_float, check_int
 from ..errors import ConfigError
 
 
@@ -40,23 +40,19 @@ class FeaturesConfig:
 
     def __post_init__(self) -> None:
         check_field_types(self, "features")
-        if self.split not in ("eval", "train"):
-            raise ConfigError(f"features.split must be 'eval' or 'train', got {self.split!r}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise ConfigError(f"features.max_tokens must be >= 1, got {self.max_tokens}")
+        check_choice("features.split", self.split, ("eval", "train"))
+        if self.max_tokens is not None:
+            check_int("features.max_tokens", self.max_tokens, minimum=1)
         for name in ("top_n", "n_samples", "batch_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"features.{name} must be >= 1, got {getattr(self, name)}")
+            check_int(f"features.{name}", getattr(self, name), minimum=1)
         for name in ("quantile_examples", "context_left", "context_right", "n_logit_tokens"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"features.{name} must be >= 0, got {getattr(self, name)}")
+            check_int(f"features.{name}", getattr(self, name), minimum=0)
         if self.quantile_examples * len(QUANTILE_BANDS) > self.n_samples:
             raise ConfigError(
                 f"features.n_samples ({self.n_samples}) must be at least quantile_examples × "
                 f"{len(QUANTILE_BANDS)} bands ({self.quantile_examples * len(QUANTILE_BANDS)})"
             )
-        if not 0 < self.dense_threshold <= 1:
-            raise ConfigError(f"features.dense_threshold must be in (0, 1], got {self.dense_threshold}")
+        check_float("features.dense_threshold", self.dense_threshold, 0, 1, low_open=True)
 
     @property
     def window(self) -> int:

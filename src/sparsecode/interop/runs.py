@@ -170,7 +170,7 @@ def export_run(run_dir: str | Path, format: str, out: str | Path) -> dict[str, A
 
     run = load_run(run_dir)
     src = run.config.source
-    if getattr(src, "kind", None) != "model":
+    if src.kind != "model":
         model_name, hook_name, family = None, None, None
         if format == "sparsify":
             raise DataError(f"{run_dir}: sparsify names a coder by its model's module; this run has no model source")

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..configs import check_field_types, dataclass_from_dict
+from ..configs import check_choice, check_field_types, check_int, dataclass_from_dict
 from ..errors import ConfigError
 from ..io import save_tensors
 from ..kernels import project_out_rows_
@@ -50,12 +50,9 @@ class SAEConfig:
 
     def __post_init__(self) -> None:
         check_field_types(self, "sae")
-        if self.d_in < 1:
-            raise ConfigError(f"sae.d_in must be >= 1, got {self.d_in}")
-        if self.n_latents < 1:
-            raise ConfigError(f"sae.n_latents must be >= 1, got {self.n_latents}")
-        if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
-            raise ConfigError(f"sae.b_dec_init must be 'geometric_median', 'mean' or 'zeros', got {self.b_dec_init!r}")
+        check_int("sae.d_in", self.d_in, minimum=1)
+        check_int("sae.n_latents", self.n_latents, minimum=1)
+        check_choice("sae.b_dec_init", self.b_dec_init, ("geometric_median", "mean", "zeros"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"arch": self.arch, **asdict(self)}

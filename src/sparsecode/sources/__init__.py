@@ -10,7 +10,16 @@ from typing import Any
 
 from ..errors import ConfigError
 from .arrays import ArraySource, ArraySourceConfig
-from .base import SPLITS, ActivationBatch, Source, SourceConfigBase, check_split
+from .base import (
+    SPLITS,
+    ActivationBatch,
+    GroundTruthSource,
+    Source,
+    SourceBase,
+    SourceConfigBase,
+    TextModelSource,
+    check_split,
+)
 from .hf import ModelSource, ModelSourceConfig, find_module, load_model
 from .images import ImageSource, ImageSourceConfig
 from .synthetic import SyntheticSource, SyntheticSourceConfig, parse_synthetic_spec
@@ -53,15 +62,18 @@ __all__ = [
     "ActivationBatch",
     "ArraySource",
     "ArraySourceConfig",
+    "GroundTruthSource",
     "ImageSource",
     "ImageSourceConfig",
     "ModelSource",
     "ModelSourceConfig",
     "Source",
+    "SourceBase",
     "SourceConfig",
     "SourceConfigBase",
     "SyntheticSource",
     "SyntheticSourceConfig",
+    "TextModelSource",
     "check_split",
     "find_module",
     "load_documents",

@@ -18,8 +18,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ..configs import check_float, check_int
 from ..errors import ConfigError, DataError
-from .base import ActivationBatch, SourceConfigBase, check_float, check_int, check_split, chunk_ranges
+from .base import ActivationBatch, SourceBase, SourceConfigBase, check_split, chunk_ranges
 
 ARRAY_SUFFIXES = (".npy", ".safetensors", ".parquet")
 """Supported array file types."""
@@ -50,8 +51,8 @@ class ArraySourceConfig(SourceConfigBase):
             raise ConfigError(f"source.path must be the path of a {'/'.join(ARRAY_SUFFIXES)} file, got {self.path!r}")
         if self.key is not None and (not isinstance(self.key, str) or not self.key):
             raise ConfigError(f"source.key must be a tensor or column name (or null), got {self.key!r}")
-        check_float("eval_fraction", self.eval_fraction, 0.0, 1.0, high_open=True)
-        check_int("chunk_rows", self.chunk_rows, minimum=1)
+        check_float("source.eval_fraction", self.eval_fraction, 0.0, 1.0, high_open=True)
+        check_int("source.chunk_rows", self.chunk_rows, minimum=1)
 
 
 # --------------------------------------------------------------------------- readers
@@ -250,7 +251,7 @@ def _describe_bad(chunk: torch.Tensor) -> tuple[int, int, str] | None:
     return r, c, "NaN" if math.isnan(v) else ("inf" if v > 0 else "-inf")
 
 
-class ArraySource:
+class ArraySource(SourceBase):
     """Rows of a 2-D array file, streamed ``chunk_rows`` at a time."""
 
     def __init__(self, config: ArraySourceConfig):

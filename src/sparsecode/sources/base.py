@@ -7,14 +7,13 @@ asking for the stream again from a row offset (``iter_batches(split, start_row=.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from ..configs import dataclass_from_dict
+from ..configs import check_int, dataclass_from_dict
 from ..errors import ConfigError
 
 SPLITS = ("train", "eval")
@@ -59,14 +58,27 @@ class ActivationBatch:
 
 @runtime_checkable
 class Source(Protocol):
-    """A deterministic, restartable stream of activation rows."""
+    """A deterministic, restartable stream of activation rows, and the capabilities it declares.
+
+    Callers ask a source what it can do through ``is_text_model`` / ``has_true_features`` (class attributes,
+    see :class:`SourceBase`) instead of probing for attributes; the narrower protocols
+    :class:`TextModelSource` and :class:`GroundTruthSource` list what each flag promises."""
 
     config: Any
     """The source's config dataclass (saved in the run's config.json, rebuilds the source)."""
+    is_text_model: bool
+    """A :class:`TextModelSource`: a transformers model run over text chunks (model-based evaluations apply)."""
+    has_true_features: bool
+    """A :class:`GroundTruthSource`: knows the directions its rows were generated from."""
 
     @property
     def d_in(self) -> int:
         """Width of each activation row."""
+        ...
+
+    @property
+    def d_out(self) -> int | None:
+        """Width of the paired targets each row carries (transcoders), or None without targets."""
         ...
 
     def num_rows(self, split: str = "train") -> int | None:
@@ -80,11 +92,97 @@ class Source(Protocol):
         """
         ...
 
+    def fingerprint(self) -> dict[str, Any] | None:
+        """What the rows depend on beyond the config (text, model files, versions): keys the activation cache.
+        None when the config says it all."""
+        ...
+
+    def validate(self) -> None:
+        """Check up front what would otherwise fail late (e.g. scan a file for NaN); raises DataError."""
+        ...
+
+
+class SourceBase:
+    """The defaults every source class starts from: a plain stream of rows without targets, described fully by
+    its config, with nothing to check up front. Subclasses override what they declare."""
+
+    is_text_model: ClassVar[bool] = False
+    has_true_features: ClassVar[bool] = False
+
+    @property
+    def d_out(self) -> int | None:
+        return None
+
+    def fingerprint(self) -> dict[str, Any] | None:
+        return None
+
+    def validate(self) -> None:
+        return None
+
+
+class TextModelSource(Source, Protocol):
+    """A source with ``is_text_model``: activations of a transformers model at a hooked module, over text."""
+
+    tokenizer: Any
+    """The model's tokenizer (transformers)."""
+    model_config: Any
+    """The model's transformers config."""
+    is_causal_lm: bool
+    """Decoder-only language model (next-token logits) rather than an encoder."""
+    special_ids: torch.Tensor
+    """(n_special,) int64 ids of the special tokens that never become rows."""
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The model, in eval mode without gradients (loaded on first use)."""
+        ...
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The hooked module (``config.hook``; its side is ``config.hook_side``)."""
+        ...
+
+    @property
+    def target_module(self) -> torch.nn.Module | None:
+        """The module of the paired targets (``config.target_hook``), or None."""
+        ...
+
+    def chunks(self, split: str = "train") -> list[list[int]]:
+        """Token ids of every text chunk of ``split``."""
+        ...
+
+    def tokenize(self, chunks: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Padded ``input_ids`` and ``attention_mask`` (batch, seq) on the model's device."""
+        ...
+
+    def keep_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(batch, seq) bool: the positions that become rows."""
+        ...
+
+    def activations(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(batch, seq, d_in) activations at the hook."""
+        ...
+
+
+class GroundTruthSource(Source, Protocol):
+    """A source with ``has_true_features``: synthetic rows generated from known directions."""
+
+    @property
+    def true_features(self) -> torch.Tensor:
+        """(n_features, d_in) unit-norm ground-truth directions."""
+        ...
+
 
 class SourceConfigBase:
-    """Shared helpers for the per-kind source config dataclasses."""
+    """Shared helpers and declared capabilities of the per-kind source config dataclasses."""
 
     kind: ClassVar[str]
+    has_device: ClassVar[bool] = False
+    """The config has a ``device`` field (the source runs a model there); it may change without changing the rows."""
+
+    def known_d_in(self) -> int | None:
+        """The row width if the config alone fixes it (synthetic ``dim``); None when only the data tells."""
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind}
@@ -112,42 +210,3 @@ def chunk_ranges(lo: int, hi: int, start_row: int, chunk_rows: int, split: str) 
     if start_row > hi - lo:
         raise ConfigError(f"start_row {start_row} is past the end of the {split} split ({hi - lo} rows)")
     return ((a, min(a + chunk_rows, hi)) for a in range(lo + start_row, hi, chunk_rows))
-
-
-# Small validators for the config dataclasses' ``__post_init__``; each raises a one-line ConfigError
-# naming the field (``source.<name>``). Integers given where a float is expected are accepted.
-
-
-def check_int(name: str, value: Any, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"source.{name} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"source.{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def check_float(
-    name: str,
-    value: Any,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"source.{name} must be a finite number, got {value!r}")
-    value = float(value)
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
-        lo = "-inf" if low is None else f"{low:g}"
-        hi = "inf" if high is None else f"{high:g}"
-        rng = f"{'(' if low_open else '['}{lo}, {hi}{')' if high_open else ']'}"
-        raise ConfigError(f"source.{name} must be in {rng}, got {value:g}")
-    return value
-
-
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"source.{name} must be one of {', '.join(choices)}; got {value!r}")
-    return value

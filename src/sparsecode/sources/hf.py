@@ -20,10 +20,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..configs import check_choice, check_int
 from ..device import check_device
 from ..errors import ConfigError, DataError
 from ..hooks import HookPoint, find_module, run_and_capture
-from .base import ActivationBatch, SourceConfigBase, check_choice, check_int, check_split
+from .base import ActivationBatch, SourceBase, SourceConfigBase, check_split
 from .embedded import default_model_path, is_smollm2, smollm2_path
 from .text import load_documents, split_documents
 
@@ -38,6 +39,7 @@ class ModelSourceConfig(SourceConfigBase):
     """Activations of a transformers model at a hook point, over a text corpus."""
 
     kind: ClassVar[str] = "model"
+    has_device: ClassVar[bool] = True
 
     model: str | None = None
     """Local model directory, hub name, or "smollm2" (the embedded SmolLM2-135M-Instruct causal LM, converted once
@@ -79,10 +81,10 @@ class ModelSourceConfig(SourceConfigBase):
             )
         if not isinstance(self.hook, str) or not self.hook.strip():
             raise ConfigError("source.hook is required: a dotted module path such as 'encoder.layer.3'")
-        check_choice("hook_side", self.hook_side, ("output", "input"))
+        check_choice("source.hook_side", self.hook_side, ("output", "input"))
         if self.target_hook is not None and (not isinstance(self.target_hook, str) or not self.target_hook.strip()):
             raise ConfigError(f"source.target_hook must be a dotted module path or null, got {self.target_hook!r}")
-        check_choice("target_hook_side", self.target_hook_side, ("output", "input"))
+        check_choice("source.target_hook_side", self.target_hook_side, ("output", "input"))
         if (self.target_hook, self.target_hook_side) == (self.hook, self.hook_side):
             raise ConfigError("source.target_hook is the same point as source.hook; a transcoder needs two points")
         if self.corpus is not None:
@@ -92,19 +94,19 @@ class ModelSourceConfig(SourceConfigBase):
                     "source.corpus must be a non-empty list of paths (or null for the default corpus), "
                     f"got {self.corpus!r}"
                 )
-        check_int("max_length", self.max_length, minimum=2)
-        check_int("batch_size", self.batch_size, minimum=1)
+        check_int("source.max_length", self.max_length, minimum=2)
+        check_int("source.batch_size", self.batch_size, minimum=1)
         if not isinstance(self.exclude_special_tokens, bool):
             raise ConfigError(
                 f"source.exclude_special_tokens must be true or false, got {self.exclude_special_tokens!r}"
             )
-        check_int("eval_every", self.eval_every, minimum=2)
+        check_int("source.eval_every", self.eval_every, minimum=2)
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError):
             msg = f"source.device {self.device!r} is not a torch device; use e.g. 'cpu' or 'cuda:0'"
             raise ConfigError(msg) from None
-        check_choice("dtype", self.dtype, tuple(DTYPES))
+        check_choice("source.dtype", self.dtype, tuple(DTYPES))
 
 
 # --------------------------------------------------------------------------- loading
@@ -233,7 +235,7 @@ def _load_weights(path: str, config: Any, device: str, dtype: str) -> nn.Module:
 
 def load_model(name_or_path: str | None, device: str = "cpu", dtype: str = "float32") -> tuple[nn.Module, Any]:
     """(model, tokenizer) in eval mode without gradients; any failure raises a one-line DataError."""
-    check_choice("dtype", dtype, tuple(DTYPES))
+    check_choice("source.dtype", dtype, tuple(DTYPES))
     path = resolve_model(name_or_path)
     config = _load_config(path)
     return _load_weights(path, config, device, dtype), _load_tokenizer(path)
@@ -276,11 +278,13 @@ def chunk_documents(tokenizer: Any, docs: list[str], max_length: int) -> list[li
 # --------------------------------------------------------------------------- the source
 
 
-class ModelSource:
+class ModelSource(SourceBase):
     """Rows = activations at ``config.hook`` for every kept token of the corpus split.
 
     The tokenizer and model config are loaded on construction (cheap); the weights on first use.
     """
+
+    is_text_model: ClassVar[bool] = True
 
     def __init__(self, config: ModelSourceConfig):
         self.config = config

@@ -25,8 +25,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ..configs import check_choice, check_float, check_int
 from ..errors import ConfigError, DataError
-from .base import ActivationBatch, SourceConfigBase, check_choice, check_float, check_int, check_split, chunk_ranges
+from .base import ActivationBatch, SourceBase, SourceConfigBase, check_split, chunk_ranges
 
 WHITENING = ("none", "zca")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".pgm", ".ppm")
@@ -64,13 +65,15 @@ class ImageSourceConfig(SourceConfigBase):
             self.images = os.fspath(self.images)
         if not isinstance(self.images, str) or not self.images:
             raise ConfigError(f"source.images must be a folder, 'skimage' or 'noise', got {self.images!r}")
-        check_int("patch", self.patch, minimum=2)
-        check_int("n_patches", self.n_patches, minimum=2)
-        check_choice("whiten", self.whiten, WHITENING)
-        self.zca_epsilon = check_float("zca_epsilon", self.zca_epsilon, 0.0, low_open=True)
-        self.eval_fraction = check_float("eval_fraction", self.eval_fraction, 0.0, 1.0, low_open=True, high_open=True)
-        check_int("seed", self.seed, minimum=0)
-        check_int("chunk_rows", self.chunk_rows, minimum=1)
+        check_int("source.patch", self.patch, minimum=2)
+        check_int("source.n_patches", self.n_patches, minimum=2)
+        check_choice("source.whiten", self.whiten, WHITENING)
+        self.zca_epsilon = check_float("source.zca_epsilon", self.zca_epsilon, 0.0, low_open=True)
+        self.eval_fraction = check_float(
+            "source.eval_fraction", self.eval_fraction, 0.0, 1.0, low_open=True, high_open=True
+        )
+        check_int("source.seed", self.seed, minimum=0)
+        check_int("source.chunk_rows", self.chunk_rows, minimum=1)
 
 
 # --------------------------------------------------------------------------- images
@@ -168,7 +171,7 @@ def zca_matrix(x: np.ndarray, epsilon: float) -> np.ndarray:
 # --------------------------------------------------------------------------- the source
 
 
-class ImageSource:
+class ImageSource(SourceBase):
     """Image patches as activation rows (``d_in = patch * patch``); ``positions`` says where each came from."""
 
     def __init__(self, config: ImageSourceConfig):

@@ -28,8 +28,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ..configs import check_choice, check_float, check_int
 from ..errors import ConfigError
-from .base import ActivationBatch, SourceConfigBase, check_choice, check_float, check_int, check_split
+from .base import ActivationBatch, SourceBase, SourceConfigBase, check_split
 
 MAGNITUDES = ("uniform", "exponential", "constant")
 
@@ -62,18 +63,21 @@ class SyntheticSourceConfig(SourceConfigBase):
     chunk_rows: int = 16384
     """Rows per independently seeded chunk."""
 
+    def known_d_in(self) -> int | None:
+        return self.dim
+
     def __post_init__(self) -> None:
-        check_int("n_features", self.n_features, minimum=1)
-        check_int("dim", self.dim, minimum=1)
-        self.active = check_float("active", self.active, 0.0, low_open=True)
+        check_int("source.n_features", self.n_features, minimum=1)
+        check_int("source.dim", self.dim, minimum=1)
+        self.active = check_float("source.active", self.active, 0.0, low_open=True)
         if self.active > self.n_features:
             raise ConfigError(f"source.active {self.active:g} exceeds source.n_features {self.n_features}; lower it")
-        check_choice("magnitude", self.magnitude, MAGNITUDES)
-        self.correlation = check_float("correlation", self.correlation, 0.0, 1.0)
-        check_int("group_size", self.group_size, minimum=1)
-        self.noise = check_float("noise", self.noise, 0.0)
-        check_int("seed", self.seed, minimum=0)
-        check_int("chunk_rows", self.chunk_rows, minimum=1)
+        check_choice("source.magnitude", self.magnitude, MAGNITUDES)
+        self.correlation = check_float("source.correlation", self.correlation, 0.0, 1.0)
+        check_int("source.group_size", self.group_size, minimum=1)
+        self.noise = check_float("source.noise", self.noise, 0.0)
+        check_int("source.seed", self.seed, minimum=0)
+        check_int("source.chunk_rows", self.chunk_rows, minimum=1)
 
 
 _SPLIT_CODES = {"train": 0, "eval": 1}
@@ -85,8 +89,10 @@ def _generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 31 ^ int(state[1]))
 
 
-class SyntheticSource:
+class SyntheticSource(SourceBase):
     """Unbounded deterministic stream of synthetic rows; batches carry the true ``codes``."""
+
+    has_true_features: ClassVar[bool] = True
 
     def __init__(self, config: SyntheticSourceConfig):
         self.config = config

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..configs import check_field_types, dataclass_from_dict
+from ..configs import check_choice, check_field_types, check_float, check_int, dataclass_from_dict
 from ..errors import ConfigError
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -68,8 +68,7 @@ class TrainConfig:
             "init_rows",
             "dead_tokens",
         ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+            check_int(f"train.{name}", getattr(self, name), minimum=1)
         if self.batch_size > self.tokens:
             raise ConfigError(f"train.batch_size ({self.batch_size}) is larger than train.tokens ({self.tokens})")
         if self.buffer_rows < self.batch_size:
@@ -78,20 +77,17 @@ class TrainConfig:
             raise ConfigError(
                 f"train.data_shards ({self.data_shards}) must be >= 1 and divide train.batch_size ({self.batch_size})"
             )
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"train.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.lr is not None and not (0 < self.lr < 1):
-            raise ConfigError(f"train.lr must be in (0, 1), got {self.lr}")
-        if not 0 <= self.decay_fraction <= 1:
-            raise ConfigError(f"train.decay_fraction must be in [0, 1], got {self.decay_fraction}")
+        check_choice("train.dtype", self.dtype, DTYPES)
+        if self.lr is not None:
+            check_float("train.lr", self.lr, 0, 1, low_open=True, high_open=True)
+        check_float("train.decay_fraction", self.decay_fraction, 0, 1)
         if self.warmup_steps is not None and not 0 <= self.warmup_steps < self.total_steps:
             raise ConfigError(
                 f"train.warmup_steps ({self.warmup_steps}) must be >= 0 and below the total steps "
                 f"({self.total_steps} = tokens / batch_size); lower it or raise the token budget"
             )
         for b in ("beta1", "beta2"):
-            if not 0 <= getattr(self, b) < 1:
-                raise ConfigError(f"train.{b} must be in [0, 1), got {getattr(self, b)}")
+            check_float(f"train.{b}", getattr(self, b), 0, 1, high_open=True)
 
     @property
     def total_steps(self) -> int:

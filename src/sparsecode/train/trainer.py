@@ -41,7 +41,7 @@ class Trainer:
     def __init__(self, config: RunConfig, run_dir: str | Path, source: Source, progress: bool = True) -> None:
         if source.d_in != config.sae.d_in:
             raise DataError(f"the source yields rows of width {source.d_in} but sae.d_in is {config.sae.d_in}")
-        d_target = getattr(source, "d_out", None)
+        d_target = source.d_out
         if d_target is not None and getattr(config.sae, "d_out", None) != d_target:
             raise DataError(
                 f"the source yields paired targets of width {d_target}: train a transcoder "
@@ -350,8 +350,7 @@ def open_training_source(config: Any, cache_dir: str | Path | None = None, progr
     from ..sources import open_source
 
     source = open_source(config)
-    if hasattr(source, "validate"):
-        source.validate()
+    source.validate()
     if cache_dir is not None and config.kind == "model":
         source = CachedSource(source, cache_dir, progress=progress)
     return source
