@@ -46,7 +46,7 @@ def synthetic_runs(k: int) -> list[tuple[str, str, dict]]:
         ("batchtopk", "batchtopk", {"k": k}),
         ("batchtopk raw-rank", "batchtopk", {"k": k, "rank_relative": False}),
         ("jumprelu", "jumprelu", {"target_l0": float(k)}),
-        ("jumprelu relative", "jumprelu", {"target_l0": float(k), "relative_threshold": True}),
+        ("jumprelu absolute", "jumprelu", {"target_l0": float(k), "relative_threshold": False}),
         ("gated", "gated", {"target_l0": float(k)}),
         ("relu", "relu", {"target_l0": float(k), "l1": 0.5}),  # from the default 5 it is dead within the ramp
         ("matryoshka", "matryoshka", {"k": k, "prefixes": [64, 256]}),
@@ -61,9 +61,8 @@ def minilm_runs(k: int) -> list[tuple[str, str, dict]]:
         ("topk", "topk", {"k": k}),
         ("batchtopk", "batchtopk", {"k": k}),
         ("batchtopk raw-rank", "batchtopk", {"k": k, "rank_relative": False}),
-        # the controller only raises the coefficient gently: start at (or below) what L0 32 needs
-        ("jumprelu", "jumprelu", {"target_l0": float(k), "l0_coefficient": 5.0}),
-        ("jumprelu relative", "jumprelu", {"target_l0": float(k), "l0_coefficient": 5.0, "relative_threshold": True}),
+        ("jumprelu", "jumprelu", {"target_l0": float(k)}),
+        ("jumprelu absolute", "jumprelu", {"target_l0": float(k), "relative_threshold": False}),
         ("gated", "gated", {"target_l0": float(k)}),
         ("relu", "relu", {"target_l0": float(k), "l1": 1.0}),
         ("matryoshka", "matryoshka", {"k": k}),

@@ -4,8 +4,8 @@ best decoder row has cosine >= 0.9).
 
     python bench/recovery.py batchtopk '{"k": 5}' --tokens 300000
     python bench/recovery.py batchtopk '{"k": 5, "rank_relative": false}'        # the paper's raw ranking
-    python bench/recovery.py jumprelu '{"target_l0": 5.0, "relative_threshold": true}' --lr 1.2e-2 --seeds 0 1
-    python bench/recovery.py gated '{"target_l0": 5.0}' --lr default --tokens 1000000
+    python bench/recovery.py jumprelu '{"target_l0": 5.0}' --seeds 0 1
+    python bench/recovery.py gated '{"target_l0": 5.0}' --tokens 1000000
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def recovery(
     seed: int,
     n_features: int = 512,
     magnitude: str = "uniform",
-    lr: float | None = 4e-3,
+    lr: float | None = None,
 ) -> tuple[float, dict]:
     src = SyntheticSourceConfig(n_features=n_features, dim=64, active=5, magnitude=magnitude, seed=seed)
     sae_cfg = ARCHITECTURES[arch].config_class(d_in=64, n_latents=n_features, **sae_kw)
@@ -55,8 +55,8 @@ def main() -> None:
     parser.add_argument(
         "--lr",
         type=lambda s: None if s == "default" else float(s),
-        default=4e-3,
-        help="peak learning rate (default 4e-3, as in the test); 'default' = the architecture's",
+        default=None,
+        help="peak learning rate (default: the architecture's, as the CLI and the test use)",
     )
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -228,7 +228,9 @@ def test_an_sae_saved_before_the_controller_had_its_trend_buffers_still_loads(tm
 
 
 def test_jumprelu_threshold_gradient_comes_from_the_kernel_window_only():
-    sae = build_sae(JumpReLUConfig(d_in=8, n_latents=16, bandwidth=0.1, l0_coefficient=1.0, l0_warmup=0.0))
+    sae = build_sae(
+        JumpReLUConfig(d_in=8, n_latents=16, bandwidth=0.1, l0_coefficient=1.0, l0_warmup=0.0, relative_threshold=False)
+    )
     x = torch.randn(512, 8)
     pre = sae.pre_acts(x).relu().detach()
     out = sae.training_output(x, dead_mask=None, progress=1.0)
@@ -375,23 +377,22 @@ def test_transcoder_without_targets_is_an_sae():
 
 
 # -- planted features ------------------------------------------------------------------------------
-# 8x superposition: 512 features in 64 dims, ~5 active per row (Poisson), magnitudes U(0, 1). TopK k=5 recovers
-# 0.83 of them at cos >= 0.9 in 300k tokens. Interference between features in superposition grows with a row's
-# norm, which threshold encoders must allow for: BatchTopK ranks activations relative to the row norm (its
-# default; raw ranking recovers 0.32) and JumpReLU here thresholds relative to it (``relative_threshold``;
-# absolute thresholds: 0.15 at lr 4e-3). The penalty-trained JumpReLU and Gated learn ~3x slower than TopK
-# at lr 4e-3 (Gated: 0.01 at 300k tokens), so they train here at 1.2e-2. Measured, seed 0, with `python bench/recovery.py ARCH 'EXTRA' --lr LR`:
-# batchtopk 0.80, jumprelu 0.83, gated 0.58, matryoshka 0.73, multibudget 0.83, transcoder 0.86, mp 0.96.
-RECOVERY = {  # arch -> (extra config, training tokens, minimum fraction found at cos >= 0.9)
+# 8x superposition: 512 features in 64 dims, ~5 active per row (Poisson), magnitudes U(0, 1), at the learning rate
+# and settings the CLI gives (only the sparsity given; a small batch for the test's budget). Interference between
+# features in superposition grows with a row's norm, which threshold encoders must allow for: BatchTopK ranks
+# activations relative to the row norm and JumpReLU thresholds relative to it (both their defaults). Measured,
+# seed 0, with `python bench/recovery.py ARCH 'EXTRA' --lr default`: batchtopk 0.76, jumprelu 0.88, gated 0.66,
+# matryoshka 0.79, multibudget 0.98, transcoder 0.94, mp 0.93 (of the issue's 0.8 goal, Gated, BatchTopK and
+# Matryoshka still fall short).
+RECOVERY = {  # arch -> (sparsity setting, training tokens, minimum fraction found at cos >= 0.9)
     "batchtopk": ({"k": 5}, 300_000, 0.7),
-    "jumprelu": ({"target_l0": 5.0, "relative_threshold": True}, 300_000, 0.7),
-    "gated": ({"target_l0": 5.0}, 300_000, 0.5),
-    "matryoshka": ({"k": 5, "prefixes": [64, 256]}, 300_000, 0.6),
-    "multibudget": ({"budgets": [3, 5, 8]}, 300_000, 0.7),
-    "transcoder": ({"k": 5}, 300_000, 0.7),
-    "mp": ({"mp_steps": 5}, 300_000, 0.9),
+    "jumprelu": ({"target_l0": 5.0}, 300_000, 0.8),
+    "gated": ({"target_l0": 5.0}, 300_000, 0.6),
+    "matryoshka": ({"k": 5, "prefixes": [64, 256]}, 300_000, 0.7),
+    "multibudget": ({"budgets": [3, 5, 8]}, 300_000, 0.9),
+    "transcoder": ({"k": 5}, 300_000, 0.85),
+    "mp": ({"mp_steps": 5}, 300_000, 0.85),
 }
-LR = {"jumprelu": 1.2e-2, "gated": 1.2e-2}  # the rest: 4e-3
 
 
 @pytest.mark.slow
@@ -406,7 +407,6 @@ def test_each_architecture_recovers_planted_features_at_8x_superposition(tmp_pat
         ARCHITECTURES[arch].config_class(d_in=64, n_latents=512, **extra),
         tokens=tokens,
         batch_size=256,
-        lr=LR.get(arch, 4e-3),
         dead_tokens=50_000,
         buffer_rows=65536,
     )
@@ -457,6 +457,19 @@ def test_cli_trains_and_evaluates_every_architecture(tmp_path, capsys, arch, fla
     assert result["arch"] == arch and result["l0"] > 0
     if arch == "multibudget":
         assert [b["k"] for b in result["budgets"]] == [1, 2, 4] and "at k=4: FVU" in report
+
+
+def test_cli_says_when_training_missed_the_target_l0(tmp_path, capsys):
+    """20k tokens are far too few for ReLU's controller to bring the L0 to 2 from the default coefficient: the
+    run finishes, and says that its L0 is not the target."""
+    out = tmp_path / "r"
+    args = ["train", "--synthetic", "features=64,dim=16,active=3", "--arch", "relu", "--target-l0", "2"]
+    args += ["--latents", "64", "--tokens", "20k", "--batch-size", "256", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "warning: the training L0 ended at" in err and "not the target 2" in err, err
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert abs(rows[-1]["l0"] - 2) > 0.2
 
 
 def test_cli_passes_an_explicit_zero_through(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -297,6 +298,11 @@ def print_summary(out: Path) -> None:
 
     lines = [line for line in (out / METRICS_FILE).read_text().splitlines() if line.strip()]
     print(format_summary(out, json.loads(lines[-1]) if lines else {}))
+    from ..train.trainer import missed_l0_target
+
+    missed = missed_l0_target(out)
+    if missed:
+        print(f"warning: {missed}", file=sys.stderr)
 
 
 def format_summary(out: Path | str, last: dict) -> str:

@@ -1,7 +1,15 @@
 """JumpReLU SAE (Rajamanoharan et al. 2024, "Jumping ahead"): f = z · H(z − θ) with a learned threshold θ per
 latent. The step function has no useful gradient, so θ learns through straight-through estimators with a
 rectangle kernel of width ``bandwidth``; sparsity comes from an L0 penalty, whose weight can adapt to reach a
-target L0."""
+target L0.
+
+The recipe at the defaults: the encoder starts as the decoder's transpose scaled by d_in / n_latents (Conerly et
+al. 2025), with a target L0 the thresholds start where the initial encoder keeps that many latents per row,
+thresholds are relative to each row's RMS, and the learning rate is about TopK's (the thresholds move by about the
+learning rate per step). On 512 planted features in 64 dims (the recovery test) it finds 0.88 of them at cos >= 0.9
+at the default settings (0.04 before this recipe); on 256 in 48 dims with the CLI's 4096-row batches and 500k tokens
+(122 steps) MMCS 0.80 with the L0 still above its target at the end (0.40 before).
+"""
 
 from __future__ import annotations
 
@@ -66,12 +74,17 @@ class JumpReLUConfig(SAEConfig):
     """Initial threshold of every latent."""
     l0_warmup: float = 0.05
     """Fraction of training over which λ ramps linearly from 0 to its full value."""
-    relative_threshold: bool = False
+    relative_threshold: bool = True
     """Compare each pre-activation divided by its row's RMS ‖x − b_dec‖ / √d_in (about 1 on normalised inputs)
     with θ, instead of the pre-activation itself: interference between features in superposition grows with a
-    row's norm, and a threshold relative to it keeps false activations of large rows out."""
+    row's norm, and a threshold relative to it keeps false activations of large rows out (docs/architectures.md:
+    MMCS 0.936 against 0.761 on planted features, the same FVU on MiniLM)."""
 
     arch = "jumprelu"
+    # 1e-2 at 512 latents (the default's cap), 4.9e-3 at 3072: the thresholds move by about the learning rate
+    # per step, and at 6e-4 (3.4e-3 at 512 latents) they could not follow the encoder in 122 steps (L0 27 for a
+    # target of 4 on 256 planted features in 48 dims, 500k tokens at the CLI's batch of 4096; L0 9 at 1e-2)
+    base_lr = 2.1e-3
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -93,8 +106,31 @@ class JumpReLUSAE(SparseAutoencoder):
     def __init__(self, cfg: JumpReLUConfig) -> None:
         super().__init__(cfg)
         self.log_threshold = torch.nn.Parameter(torch.full((cfg.n_latents,), math.log(cfg.threshold_init)))
+        with torch.no_grad():
+            # The encoder starts as the decoder's transpose scaled by d_in / n_latents (Conerly et al., Anthropic's
+            # January 2025 update): small initial activations reconstruct little, so the first steps align the
+            # dictionary with the data instead of pushing every pre-activation below its threshold to undo a
+            # reconstruction of dozens of random directions (on 512 planted features in 64 dims, absolute thresholds
+            # at lr 3.4e-3: 0.04 -> 0.56 of them found at cos >= 0.9).
+            self.W_enc.mul_(cfg.d_in / cfg.n_latents)
         if cfg.target_l0 is not None:
             self.l0_controller = L0Controller(cfg.target_l0)
+
+    @torch.no_grad()
+    def initialize_from_data(self, sample: torch.Tensor, target: torch.Tensor | None = None) -> None:
+        """``b_dec`` as every dictionary; with a ``target_l0``, every threshold starts at the value that keeps
+        ``target_l0`` latents per row of ``sample`` on average (BatchTopK's threshold of the initial encoder)
+        instead of ``threshold_init``, which has no relation to the initial activations' scale."""
+        super().initialize_from_data(sample, target)
+        if self.cfg.target_l0 is None:
+            return
+        sample = sample.to(self.b_dec.device, torch.float32)
+        pre = self.pre_acts(sample).relu()  # (n, n_latents)
+        rms = self.row_rms(sample)
+        z = (pre if rms is None else pre / rms).flatten()
+        kth = z.topk(min(z.numel(), max(1, round(self.cfg.target_l0 * sample.shape[0])))).values.min()
+        if kth > 0:
+            self.log_threshold.fill_(math.log(float(kth)))
 
     @property
     def threshold(self) -> torch.Tensor:

@@ -23,7 +23,7 @@ from ..activations import ActivationStore, split_targets
 from ..device import check_device
 from ..errors import DataError, Interrupted, SparsecodeError
 from ..io import atomic_write, load_tensors, read_metadata, save_tensors
-from ..layout import CHECKPOINT_FILE, METRICS_FILE, SAE_FILE, TRAINING_PLOT
+from ..layout import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, SAE_FILE, TRAINING_PLOT
 from ..sae import SparseAutoencoder, build_sae, restore_state
 from ..sources.base import Source
 from .distributed import DataParallel
@@ -333,6 +333,35 @@ def _sigint_deferred():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+L0_TOLERANCE = 0.1
+"""How far (relative) the end-of-training L0 may sit from a target L0 before ``missed_l0_target`` reports it."""
+
+
+def missed_l0_target(run_dir: str | Path, tail: float = 0.05) -> str | None:
+    """A one-line explanation when a run trained with a target L0 ended outside ±``L0_TOLERANCE`` of it (the
+    mean logged L0 over the last ``tail`` of training), None when it reached it or had no target. The controller
+    only moves the sparsity coefficient; when the thresholds or encoder stop responding, or the budget is too
+    short, the L0 misses and the user should know."""
+    run_dir = Path(run_dir)
+    target = json.loads((run_dir / CONFIG_FILE).read_text()).get("sae", {}).get("target_l0")
+    lines = [line for line in (run_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
+    if target is None or not lines:
+        return None
+    rows = [json.loads(line) for line in lines]
+    last = rows[-1]["step"]
+    tail_rows = [r for r in rows if r["step"] >= (1 - tail) * last and "l0" in r] or rows[-1:]
+    l0 = sum(r["l0"] for r in tail_rows) / len(tail_rows)
+    if abs(l0 - target) <= L0_TOLERANCE * target:
+        return None
+    coefficient = next((k for k in ("l0_coefficient", "l1_coefficient") if k in rows[-1]), None)
+    trend = "still falling" if len(rows) > 1 and rows[-1]["l0"] < rows[max(0, len(rows) - 10)]["l0"] else "settled"
+    return (
+        f"the training L0 ended at {l0:.1f}, not the target {target:g} (±{L0_TOLERANCE:.0%}; {trend}"
+        + (f", final {coefficient} {rows[-1][coefficient]:.3g}" if coefficient else "")
+        + "): train longer (--tokens) or start the coefficient nearer what the target needs"
+    )
 
 
 def _normalizing_scale(sample: torch.Tensor, what: str) -> float:
