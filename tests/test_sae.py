@@ -81,8 +81,11 @@ def test_relu_loss_weights_l1_by_decoder_norms():
     x = torch.randn(20, 16)
     out = sae.training_output(x, dead_mask=None, progress=1.0)
     f = sae.encode(x)
-    expected = (sae.decode(f) - x).pow(2).sum(-1).mean() + 2.0 * (f * sae.W_dec.norm(dim=1)).sum(-1).mean()
-    assert torch.allclose(out.loss, expected, atol=1e-5)
+    # the April-2024 loss, sum over rows of squared error + l1 * decoder-norm-weighted activations, divided by the
+    # batch's total variance (one FVU for every architecture)
+    penalised = (sae.decode(f) - x).pow(2).sum() + 2.0 * (f * sae.W_dec.norm(dim=1)).sum()
+    expected = penalised / (x - x.mean(0)).pow(2).sum()
+    torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.arch)
