@@ -17,6 +17,7 @@ from sparsecode.eval import (
     recovery_fraction,
     spliced_fidelity,
 )
+from sparsecode.eval.splice import MIN_ABLATION_GAP
 
 # -- reconstruction metrics ------------------------------------------------------------------------
 
@@ -200,12 +201,23 @@ def test_splice_identity_causal_lm(tiny_gpt2_dir, text_corpus):
     r = spliced_fidelity(src, lambda a: a, max_chunks=8, batch_size=3, progress=False)
     assert r["ce_increase"] == 0.0
     assert r["ce_spliced"] == r["ce_clean"]
-    assert r["loss_recovered_zero_ablation"] == 1.0 and r["loss_recovered_mean_ablation"] == 1.0
     assert r["ce_zero_ablation"] != r["ce_clean"]
+    for ablation in ("zero_ablation", "mean_ablation"):
+        _assert_loss_recovered(r, ablation, 1.0)
     bad = spliced_fidelity(src, torch.zeros_like, max_chunks=8, batch_size=3, progress=False)
     assert bad["ce_increase"] != 0.0
     assert bad["ce_spliced"] == pytest.approx(bad["ce_zero_ablation"], rel=1e-12)
-    assert bad["loss_recovered_zero_ablation"] == pytest.approx(0.0, abs=1e-9)
+    _assert_loss_recovered(bad, "zero_ablation", 0.0)
+
+
+def _assert_loss_recovered(r: dict, ablation: str, expected: float) -> None:
+    """The ratio is ``expected`` where the ablation moves the CE by more than MIN_ABLATION_GAP of clean, and
+    undefined (None, with a warning) where it barely moves it, as a tiny random model's layer 0 may."""
+    if r[f"ce_{ablation}"] - r["ce_clean"] > MIN_ABLATION_GAP * abs(r["ce_clean"]):
+        assert r[f"loss_recovered_{ablation}"] == pytest.approx(expected, abs=1e-9)
+    else:
+        assert r[f"loss_recovered_{ablation}"] is None
+        assert any("undefined" in w for w in r["warnings"])
 
 
 # -- plots -----------------------------------------------------------------------------------------
