@@ -243,7 +243,11 @@ def stop_at_time(pipeline: Pipeline, command: int, delay: float, sig: int, refer
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=600)
     if sig == signal.SIGINT:  # Ctrl-C: a clean stop (130) or, if it came too late to matter, a finished command
-        assert proc.returncode in (0, 130) and "Traceback" not in err and "internal error" not in err, err
+        # -SIGINT with nothing printed: the signal came while the interpreter was already shutting down (it puts the
+        # default handler back then), after the command's work; the finish-and-compare below still checks the files
+        silent_exit = proc.returncode == -signal.SIGINT and not err.strip()
+        ok = proc.returncode in (0, 130) or silent_exit
+        assert ok and "Traceback" not in err and "internal error" not in err, (proc.returncode, err)
     checked = check_loadable(pipeline.root)
     if proc.returncode != 0:
         finish(pipeline, command)
