@@ -248,8 +248,10 @@ def stop_at_time(pipeline: Pipeline, command: int, delay: float, sig: int, refer
         silent_exit = proc.returncode == -signal.SIGINT and not err.strip()
         ok = proc.returncode in (0, 130) or silent_exit
         assert ok and "Traceback" not in err and "internal error" not in err, (proc.returncode, err)
+    else:
+        silent_exit = False
     checked = check_loadable(pipeline.root)
-    if proc.returncode != 0:
+    if proc.returncode != 0 and not silent_exit:
         finish(pipeline, command)
     else:
         for args in pipeline.commands[command + 1 :]:
