@@ -95,7 +95,7 @@ def read(path: Path) -> ImportedDictionary:
         state["b_enc"] = centred_bias(state["W_enc"], state["b_enc"], state["b_dec"])
         state["log_threshold"] = log_threshold(raw["threshold"])
         notes.append("folded b_dec @ W_enc into b_enc (JumpReluAutoEncoder does not subtract b_dec from its input)")
-        sae = assemble(JumpReLUConfig(**base), state, where)
+        sae = assemble(JumpReLUConfig(**base, relative_threshold=False), state, where)
     else:
         k = positive_int(raw.get("k", trainer.get("k")), "k", where)
         if cls == "AutoEncoderTopK":

@@ -68,7 +68,11 @@ def read(path: Path, hint: str | None = None) -> ImportedDictionary:
     state = {"W_enc": t["W_enc"], "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
     state["b_enc"] = centred_bias(t["W_enc"], t["b_enc"], t["b_dec"])
     state["log_threshold"] = log_threshold(t["threshold"])
-    sae = assemble(JumpReLUConfig(d_in=d_in, n_latents=n, unit_norm_decoder=unit_rows(t["W_dec"])), state, where)
+    sae = assemble(
+        JumpReLUConfig(d_in=d_in, n_latents=n, unit_norm_decoder=unit_rows(t["W_dec"]), relative_threshold=False),
+        state,
+        where,
+    )
     hook, model = names_from(f"{hint or ''}/{file.parent.as_posix()}")
     return ImportedDictionary(
         sae=sae,

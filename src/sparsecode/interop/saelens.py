@@ -176,7 +176,7 @@ def _jumprelu(base: dict, t: dict[str, torch.Tensor], d_sae: int, where: str) ->
     require(t, ["threshold"], where)
     check_shape(t["threshold"], (d_sae,), "threshold", where, "cfg.json")
     t["log_threshold"] = log_threshold(t.pop("threshold"))
-    return assemble(JumpReLUConfig(**base), t, where)
+    return assemble(JumpReLUConfig(**base, relative_threshold=False), t, where)
 
 
 def _transcoder(arch: str, t: dict[str, torch.Tensor], d_in: int, d_sae: int, d_out: int, where: str):
