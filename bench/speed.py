@@ -304,6 +304,10 @@ def launch(name: str, a, train: Path) -> dict:
         "MKL_NUM_THREADS": str(a.threads),
         "TOKENIZERS_PARALLELISM": "false",
         "WANDB_MODE": "disabled",
+        # sparsify decodes with a Triton kernel whenever triton imports, and Triton has no CPU driver: without
+        # this it fails on a CPU-only machine that happens to have triton installed. Its eager decoder is the
+        # one it uses on CPU when triton is absent.
+        **({} if torch.cuda.is_available() else {"SPARSIFY_DISABLE_TRITON": "1"}),
     }
     if (
         child == "sparsecode"

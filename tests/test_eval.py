@@ -105,6 +105,9 @@ class _IdentityDict(nn.Module):
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         return f @ self.W_dec  # (n, d)
 
+    def reconstruct(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        return self.decode(f)
+
 
 def test_evaluate_reconstruction_stand_in_and_max_rows():
     g = torch.Generator().manual_seed(2)

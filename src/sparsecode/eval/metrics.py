@@ -161,13 +161,6 @@ def _take_rows(batches: Iterable[Any], max_rows: int | None) -> Iterator[tuple[t
         yield x, target, batch
 
 
-def _n_latents(sae: nn.Module) -> int:
-    cfg = getattr(sae, "cfg", None)
-    if cfg is not None and hasattr(cfg, "n_latents"):
-        return int(cfg.n_latents)
-    return int(sae.W_dec.shape[0])
-
-
 @torch.inference_mode()
 def evaluate_reconstruction(
     sae: nn.Module,
@@ -189,15 +182,13 @@ def evaluate_reconstruction(
     sae = sae.to(device)
     was_training = sae.training
     sae.eval()
-    stats = ReconstructionStats(_n_latents(sae), dense_threshold=dense_threshold)
+    stats = ReconstructionStats(sae.W_dec.shape[0], dense_threshold=dense_threshold)
     bar = tqdm(total=max_rows, desc="eval", unit="row", disable=not progress, leave=False)
     try:
         for x, target, batch in _take_rows(batches, max_rows):
             x_dev = x.to(device, torch.float32)  # (n, d_in)
             latents = sae.encode(x_dev)  # (n, n_latents)
-            x_hat = (
-                sae.reconstruct(x_dev, latents) if hasattr(sae, "reconstruct") else sae.decode(latents)
-            )  # (n, d_out)
+            x_hat = sae.reconstruct(x_dev, latents)  # (n, d_out)
             stats.update(target, latents, x_hat)
             if on_batch is not None:
                 on_batch(batch, target, latents, x_hat)

@@ -178,7 +178,7 @@ def evaluate_run(
     if othello and board_rows:
         with timer("board"):
             result["board"] = othello_section(source, *(torch.cat(t) for t in zip(*board_rows)))
-    budgets = getattr(sae.cfg, "budgets", None)
+    budgets = sae.budgets
     if budgets:  # a multi-budget SAE: the same metrics at each budget
         with timer("budgets"):
             result["budgets"] = evaluate_budgets(

@@ -95,6 +95,8 @@ class SparseAutoencoder(nn.Module):
         self.W_enc = nn.Parameter(W_dec.clone().T)
         self.b_enc = nn.Parameter(torch.zeros(cfg.n_latents))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        # Dictionaries trained toward a target L0 replace this with their L0Controller (a submodule).
+        self.l0_controller: nn.Module | None = None
 
     # -- the interface -------------------------------------------------------------------------
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,6 +120,12 @@ class SparseAutoencoder(nn.Module):
         return self.decode(self.encode(x))
 
     transform = encode  # scikit-learn spelling
+
+    @property
+    def budgets(self) -> list[int]:
+        """The sparsity budgets ``encode_at`` was trained for; empty for a single-budget dictionary (eval reports
+        the metrics at each budget when there are any)."""
+        return []
 
     def reconstruct(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """(n, d_in) inputs and their (n, n_latents) latents -> (n, d_out) output; the decoder alone, except for

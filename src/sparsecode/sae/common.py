@@ -181,7 +181,7 @@ def steered(sae: nn.Module, base: float, warmup: float, progress: float, batch_l
     the controller then moves toward the target from this step's ``batch_l0``, once the ramp is over (during it
     the L0 says little about the coefficient)."""
     ramp = 1.0 if warmup == 0 else min(1.0, progress / warmup)
-    controller = getattr(sae, "l0_controller", None)
+    controller = sae.l0_controller
     if controller is None:
         return torch.as_tensor(base * ramp)
     coefficient = controller.coefficient(base) * ramp

@@ -40,6 +40,10 @@ class MultiBudgetSAE(TopKSAE):
     config_class = MultiBudgetConfig
     cfg: MultiBudgetConfig
 
+    @property
+    def budgets(self) -> list[int]:
+        return list(self.cfg.budgets)
+
     def select_at(self, pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The top ``k`` of (n, n_latents) pre-activations, ReLU'd: values, indices (n, k), largest first."""
         values, indices = pre.topk(k, dim=-1, sorted=True)
