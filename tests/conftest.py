@@ -10,6 +10,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # model activations cached by tests go to a throwaway folder, never the user's ~/.cache
 os.environ["SPARSECODE_CACHE"] = __import__("tempfile").mkdtemp(prefix="sparsecode-test-cache-")
+os.environ["SPARSECODE_TOKENS"] = __import__("tempfile").mkdtemp(prefix="sparsecode-test-tokens-")
 
 from pathlib import Path
 

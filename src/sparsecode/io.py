@@ -99,6 +99,13 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def user_cache_dir(env_var: str, name: str) -> Path:
+    """``$env_var`` if set, else ``$XDG_CACHE_HOME/sparsecode/<name>``, else ``~/.cache/sparsecode/<name>``."""
+    if os.environ.get(env_var):
+        return Path(os.environ[env_var])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sparsecode" / name
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON."""
     text = json.dumps(obj, indent=2, sort_keys=False) + "\n"

@@ -21,7 +21,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..io import load_tensors, new_file_mode, save_tensors, sweep_temporaries, temp_prefix, write_json
+from ..io import (
+    load_tensors,
+    new_file_mode,
+    save_tensors,
+    sweep_temporaries,
+    temp_prefix,
+    user_cache_dir,
+    write_json,
+)
 from ..sources.base import ActivationBatch, Source, SourceBase
 
 CACHE_FORMAT = 1
@@ -29,10 +37,7 @@ CACHE_FORMAT = 1
 
 def default_cache_dir() -> Path:
     """``$SPARSECODE_CACHE``, else ``$XDG_CACHE_HOME/sparsecode/activations``, else ``~/.cache/...``."""
-    if os.environ.get("SPARSECODE_CACHE"):
-        return Path(os.environ["SPARSECODE_CACHE"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "sparsecode" / "activations"
+    return user_cache_dir("SPARSECODE_CACHE", "activations")
 
 
 def cache_key(source: Source) -> str:

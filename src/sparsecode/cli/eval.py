@@ -33,6 +33,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--probe-tokens", type=parse_count, default=8192, metavar="N", help="tokens for sparse probing and absorption"
     )
     p.add_argument(
+        "--corpus",
+        nargs="+",
+        metavar="CORPUS",
+        help="evaluate on another corpus's eval split instead of the run's own (files, a hub dataset or "
+        "wikipedia/shakespeare/pydoc, as for train); writes eval-NAME.json, density-NAME.png, report-NAME.html",
+    )
+    p.add_argument("--text-column", metavar="NAME", help="the text column of --corpus records (default text)")
+    p.add_argument(
         "--neuron-chunks",
         type=positive_int,
         default=64,
@@ -54,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         quick=args.quick,
         probe_tokens=args.probe_tokens,
         neuron_chunks=args.neuron_chunks,
+        corpus=args.corpus,
+        text_column=args.text_column,
     )
     print(format_report(result))
     return 0

@@ -44,7 +44,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..train import TrainConfig
 
     src = p.add_argument_group("source (choose one)")
-    model_fields = ("model", "hook", "hook_side", "corpus", "max_length", "target_hook", "target_hook_side")
+    model_fields = (
+        "model",
+        "hook",
+        "hook_side",
+        "corpus",
+        "text_column",
+        "max_length",
+        "target_hook",
+        "target_hook_side",
+    )
     flags = add_config_flags(src, [ModelSourceConfig], only=model_fields)
     flags += add_config_flags(src, [ArraySourceConfig], only=("path", "key"), rename={"path": "activations"})
     image_fields = ("images", "patch", "n_patches", "whiten", "zca_epsilon")

@@ -3,7 +3,9 @@ density.png and a self-contained report.html, and summarise them for the CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +15,7 @@ from typing import Any
 import torch
 
 from ..device import check_device
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..io import atomic_write, write_json
 from ..layout import DENSITY_PLOT, EVAL_FILE, REPORT_FILE
 from .absorption import feature_absorption
@@ -79,6 +81,8 @@ def evaluate_run(
     probe_tokens: int = 8192,
     neuron_chunks: int = 64,
     dark_matter_rows: int = 16384,
+    corpus: list[str] | None = None,
+    text_column: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate the SAE in ``run_dir`` on its source's eval split; write eval.json, density.png and report.html.
 
@@ -91,6 +95,9 @@ def evaluate_run(
     ``absorption`` over ``probe_tokens`` tokens (eval chunks first, train chunks if the eval split is
     shorter) and the ``neurons`` profile over ``neuron_chunks`` eval chunks. ``timings`` holds seconds
     per part.
+    With ``corpus`` (a model run only) the eval split of that corpus replaces the run's own (``text_column``
+    names its text column): how the dictionary does on text it was not trained on. The files are then named after
+    the corpus (``eval-pydoc.json``, ...) beside the run's own.
     Nothing is written until every input has been loaded and checked.
     """
     from ..run import load_run
@@ -102,6 +109,7 @@ def evaluate_run(
     if run.config.source.has_device:  # evaluate where asked, whatever device the run trained on
         run.config.source.device = device
     sae = run.sae.to(device).eval()
+    run.config.source, names = _other_corpus(run.config.source, corpus, text_column)
     try:
         source = open_source(run.config.source)
     except (OSError, ValueError) as e:
@@ -116,6 +124,7 @@ def evaluate_run(
 
     result: dict[str, Any] = {
         "run": str(run_dir),
+        **({"corpus": corpus} if corpus else {}),
         "arch": sae.cfg.arch,
         "n_latents": n_latents,
         "d_in": d_in,
@@ -235,7 +244,7 @@ def evaluate_run(
         if result["neurons"].get("layers"):
             figures["neurons"] = neurons_figure(result["neurons"])
 
-    eval_path, plot_path, html_path = run_dir / EVAL_FILE, run_dir / DENSITY_PLOT, run_dir / REPORT_FILE
+    eval_path, plot_path, html_path = (run_dir / names(f) for f in (EVAL_FILE, DENSITY_PLOT, REPORT_FILE))
     result["files"] = {"eval_json": str(eval_path), "density_png": str(plot_path), "report_html": str(html_path)}
     save_png(figures["density"], plot_path)
     if "atoms" in figures:  # image runs: the dictionary as a picture of its own, beside the report
@@ -245,6 +254,25 @@ def evaluate_run(
     write_json(eval_path, safe)
     atomic_write(html_path, lambda p: p.write_text(render_report(safe, figures), encoding="utf-8"))
     return result
+
+
+def _other_corpus(source_config: Any, corpus: list[str] | None, text_column: str | None):
+    """A model run's source config pointed at ``corpus``, and the file namer for the results (both unchanged
+    without ``corpus``)."""
+    from ..sources import ModelSourceConfig
+
+    if not corpus:
+        if text_column is not None:
+            raise ConfigError("--text-column applies with --corpus (another corpus to evaluate on)")
+        return source_config, lambda name: name
+    if not isinstance(source_config, ModelSourceConfig):
+        raise ConfigError("--corpus applies to runs trained on a model over text (--hook)")
+    source_config = dataclasses.replace(
+        source_config, corpus=list(corpus), text_column=text_column or source_config.text_column
+    )
+    stems = "+".join(Path(c).stem if Path(c).suffix else Path(c).name or c for c in corpus)
+    tag = re.sub(r"[^A-Za-z0-9]+", "-", stems).strip("-")[:60] or "corpus"
+    return source_config, lambda name: f"{Path(name).stem}-{tag}{Path(name).suffix}"
 
 
 def _dark_matter_section(
@@ -296,6 +324,7 @@ def format_report(result: dict[str, Any]) -> str:
         (
             f"run {r.get('run', '?')}: {r.get('arch', '?')} SAE, d_in={r.get('d_in', '?')}, "
             f"n_latents={r.get('n_latents', '?')}, {r.get('n_rows', '?')} eval rows"
+            + (f" of corpus {' '.join(r['corpus'])}" if r.get("corpus") else "")
         ),
         (
             f"  FVU {_fmt(r.get('fvu'))}   explained variance {_fmt(r.get('explained_variance'))}   "

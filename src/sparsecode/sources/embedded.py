@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import DataError
+from ..io import user_cache_dir
 
 SMOLLM2_NAMES = ("smollm2", "smollm2-135m", "smollm2-135m-instruct")
 """Spellings of ``--model`` that mean the embedded SmolLM2-135M-Instruct (case-insensitive)."""
@@ -41,10 +42,7 @@ def default_model_path() -> str:
 
 def models_dir() -> Path:
     """Where converted embedded models live: ``$SPARSECODE_MODELS``, else the user cache."""
-    if os.environ.get("SPARSECODE_MODELS"):
-        return Path(os.environ["SPARSECODE_MODELS"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "sparsecode" / "models"
+    return user_cache_dir("SPARSECODE_MODELS", "models")
 
 
 def is_smollm2(name: str) -> bool:

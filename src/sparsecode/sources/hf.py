@@ -9,14 +9,13 @@ non-padding token (and, by default, non-special token) becomes one activation ro
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,7 +25,8 @@ from ..errors import ConfigError, DataError
 from ..hooks import HookPoint, find_module, run_and_capture
 from .base import ActivationBatch, SourceBase, SourceConfigBase, check_split
 from .embedded import default_model_path, is_smollm2, smollm2_path
-from .text import load_documents, split_documents
+from .text import DEFAULT_TEXT_COLUMN, corpus_identity, iter_documents, load_documents, split_documents
+from .tokens import Chunks, TokenizedCorpus, open_tokenized
 
 WINDOW_BATCHES = 16
 """Forward batches per length-sorting window (see ``ModelSource.iter_batches``)."""
@@ -49,7 +49,11 @@ class ModelSourceConfig(SourceConfigBase):
     hook_side: str = "output"
     """"output": the module's output (first element of a tuple); "input": its first positional input."""
     corpus: list[str] | None = None
-    """.txt/.jsonl files or directories of them; None means the embedded default corpus (pydoc topics)."""
+    """Corpus files (.txt, .jsonl, .json, .parquet, .arrow, .csv) or directories of them, Hugging Face hub dataset
+    names ("org/name" or "org/name:config", streamed; needs the hub online), or an embedded corpus ("pydoc",
+    "wikipedia", "shakespeare"); None means the embedded default (Wikipedia summaries and Shakespeare)."""
+    text_column: str = DEFAULT_TEXT_COLUMN
+    """The column (field) holding each record's text in .jsonl/.json/.parquet/.arrow/.csv files and hub datasets."""
     max_length: int = 128
     """Tokens per chunk, special tokens included; longer documents are cut into several chunks."""
     batch_size: int = 32
@@ -94,6 +98,8 @@ class ModelSourceConfig(SourceConfigBase):
                     "source.corpus must be a non-empty list of paths (or null for the default corpus), "
                     f"got {self.corpus!r}"
                 )
+        if not isinstance(self.text_column, str) or not self.text_column:
+            raise ConfigError(f"source.text_column must be a column name, got {self.text_column!r}")
         check_int("source.max_length", self.max_length, minimum=2)
         check_int("source.batch_size", self.batch_size, minimum=1)
         if not isinstance(self.exclude_special_tokens, bool):
@@ -107,6 +113,12 @@ class ModelSourceConfig(SourceConfigBase):
             msg = f"source.device {self.device!r} is not a torch device; use e.g. 'cpu' or 'cuda:0'"
             raise ConfigError(msg) from None
         check_choice("source.dtype", self.dtype, tuple(DTYPES))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if out["text_column"] == DEFAULT_TEXT_COLUMN:  # left out at its default: earlier runs keep their cache keys
+            del out["text_column"]
+        return out
 
 
 # --------------------------------------------------------------------------- loading
@@ -255,9 +267,10 @@ def special_affixes(tokenizer: Any) -> tuple[list[int], list[int]]:
     return [], []
 
 
-def chunk_documents(tokenizer: Any, docs: list[str], max_length: int) -> list[list[int]]:
+def chunk_documents(tokenizer: Any, docs: list[str], max_length: int, per_document: bool = False) -> list:
     """Token ids of each chunk: every document is cut into pieces of at most ``max_length`` tokens
-    (special tokens included), in document order. Documents without tokens give no chunk."""
+    (special tokens included), in document order. Documents without tokens give no chunk. With
+    ``per_document`` the chunks come grouped: one list of chunks per document."""
     prefix, suffix = special_affixes(tokenizer)
     body = max_length - len(prefix) - len(suffix)
     if body < 1:
@@ -268,11 +281,8 @@ def chunk_documents(tokenizer: Any, docs: list[str], max_length: int) -> list[li
     if not docs:
         return []
     ids_per_doc = tokenizer(docs, add_special_tokens=False, verbose=False)["input_ids"]
-    chunks: list[list[int]] = []
-    for ids in ids_per_doc:
-        for s in range(0, len(ids), body):
-            chunks.append(prefix + list(ids[s : s + body]) + suffix)
-    return chunks
+    grouped = [[prefix + list(ids[s : s + body]) + suffix for s in range(0, len(ids), body)] for ids in ids_per_doc]
+    return grouped if per_document else [c for chunks in grouped for c in chunks]
 
 
 # --------------------------------------------------------------------------- the source
@@ -302,9 +312,9 @@ class ModelSource(SourceBase):
         self.special_ids = torch.tensor(sorted(special), dtype=torch.long)
         pad = self.tokenizer.pad_token_id
         self.pad_id: int = int(pad) if pad is not None else 0
-        self._docs: list[str] | None = None
-        self._chunks: dict[str, list[list[int]]] = {}
-        self._counts: dict[str, list[int]] = {}
+        self._tokens: TokenizedCorpus | None = None
+        self._chunks: dict[str, Chunks] = {}
+        self._counts: dict[str, np.ndarray] = {}
         self._model: nn.Module | None = None
         self._module: nn.Module | None = None
         self._widths: tuple[int, int | None] | None = None
@@ -354,13 +364,12 @@ class ModelSource(SourceBase):
     def fingerprint(self) -> dict[str, Any]:
         """What the activations depend on beyond the config strings: the documents' text, the model's
         files (name, size, mtime) and the library versions. Keys the on-disk activation cache."""
+        return {"documents_sha256": self.tokenized.documents_sha256, **self._model_identity()}
+
+    def _model_identity(self) -> dict[str, Any]:
+        """The model folder, its files (name, size, mtime) and the library versions."""
         import transformers
 
-        text = hashlib.sha256()
-        for split in ("train", "eval"):
-            for doc in self.documents(split):
-                text.update(doc.encode("utf-8") + b"\0")
-            text.update(b"\1")
         where = resolve_model(self.config.model)
         files = []
         if os.path.isdir(where):
@@ -370,7 +379,6 @@ class ModelSource(SourceBase):
                     st = entry.stat()
                     files.append([entry.name, st.st_size, st.st_mtime_ns])
         return {
-            "documents_sha256": text.hexdigest(),
             "model": where,
             "model_files": files,
             "transformers": transformers.__version__,
@@ -380,34 +388,55 @@ class ModelSource(SourceBase):
     # -- corpus -----------------------------------------------------------------
 
     def documents(self, split: str = "train") -> list[str]:
-        """The documents of ``split`` (every ``eval_every``-th one is "eval")."""
+        """The documents of ``split`` (every ``eval_every``-th one is "eval"), all in memory: for small corpora."""
         check_split(split)
-        if self._docs is None:
-            self._docs = load_documents(self.config.corpus)
-        return split_documents(self._docs, split, self.config.eval_every)
+        docs = load_documents(self.config.corpus, self.config.text_column)
+        return split_documents(docs, split, self.config.eval_every)
 
-    def chunks(self, split: str = "train") -> list[list[int]]:
-        """Token ids of every chunk of ``split``, special tokens included (cached)."""
+    @property
+    def tokenized(self) -> TokenizedCorpus:
+        """The corpus tokenized into chunks on disk (built by one streaming pass on first use, then reused)."""
+        if self._tokens is None:
+            c = self.config
+            identity = {
+                "corpus": corpus_identity(c.corpus),
+                "text_column": c.text_column,
+                "max_length": c.max_length,
+                "eval_every": c.eval_every,
+                "tokenizer": self._model_identity(),
+            }
+            self._tokens = open_tokenized(
+                identity,
+                iter_documents(c.corpus, c.text_column),
+                lambda docs: chunk_documents(self.tokenizer, docs, c.max_length, per_document=True),
+                set(self.special_ids.tolist()),
+                c.eval_every,
+            )
+        return self._tokens
+
+    def chunks(self, split: str = "train") -> Chunks:
+        """Token ids of every chunk of ``split``, special tokens included, read from disk on access."""
         check_split(split)
         if split not in self._chunks:
-            self._chunks[split] = chunk_documents(self.tokenizer, self.documents(split), self.config.max_length)
+            self._chunks[split] = self.tokenized.chunks(split)
         return self._chunks[split]
 
-    def _kept_counts(self, split: str) -> list[int]:
+    def _kept_counts(self, split: str) -> np.ndarray:
+        """(n_chunks,) rows each chunk of ``split`` gives."""
         if split not in self._counts:
-            special = set(self.special_ids.tolist()) if self.config.exclude_special_tokens else set()
-            self._counts[split] = [sum(1 for t in c if t not in special) for c in self.chunks(split)]
+            exclude = self.config.exclude_special_tokens
+            self._counts[split] = self.tokenized.kept_counts(split) if exclude else self.chunks(split).lengths
         return self._counts[split]
 
     def num_rows(self, split: str = "train") -> int:
         """Kept tokens in ``split`` (from tokenization alone; no forward pass)."""
-        return sum(self._kept_counts(split))
+        return int(self._kept_counts(split).sum())
 
     def validate(self) -> None:
         """Both splits have tokens: a corpus too small to hold a document out would train, then fail to evaluate."""
         for split in ("train", "eval"):
             if self.num_rows(split) == 0:
-                n_docs = len(set(self._docs or []))
+                n_docs = self.tokenized.n_documents
                 raise DataError(
                     f"the corpus has {n_docs} distinct document(s), {self.num_rows('train')} token(s) to train on and "
                     f"none in the {split} split (every {self.config.eval_every}th document is held out for eval); "
@@ -509,19 +538,20 @@ class ModelSource(SourceBase):
         check_split(split)
         check_int("start_row", start_row, minimum=0)
         chunks, counts = self.chunks(split), self._kept_counts(split)
-        total = sum(counts)
+        total = int(counts.sum())
         if start_row > total:
             raise ConfigError(f"start_row {start_row} is past the end of the {split} split ({total} rows)")
         if start_row == total:
             return
         bs = self.config.batch_size
         window = bs * WINDOW_BATCHES
-        ends = list(itertools.accumulate(counts))  # rows up to and including each chunk
-        first = next(i for i, e in enumerate(ends) if e > start_row)  # chunk holding start_row
-        skip = start_row - (ends[first - 1] if first > 0 else 0)  # its rows before start_row
+        ends = np.cumsum(counts, dtype=np.int64)  # (n_chunks,) rows up to and including each chunk
+        first = int(np.searchsorted(ends, start_row, side="right"))  # chunk holding start_row
+        skip = start_row - (int(ends[first - 1]) if first > 0 else 0)  # its rows before start_row
+        lengths = chunks.lengths
         for w in range((first // window) * window, len(chunks), window):
             members = range(w, min(w + window, len(chunks)))
-            by_length = sorted(members, key=lambda i: len(chunks[i]))  # stable: ties keep chunk order
+            by_length = sorted(members, key=lambda i: int(lengths[i]))  # stable: ties keep chunk order
             rows: dict[int, ActivationBatch] = {}
             for k in range(0, len(by_length), bs):
                 group = by_length[k : k + bs]

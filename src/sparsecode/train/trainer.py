@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,6 +73,8 @@ class Trainer:
             sae, optimizer, tokens_since_fired, step, store = self._load_checkpoint()
         else:
             sae, optimizer, tokens_since_fired, step, store = self._start_fresh()
+        if note := (self.group.is_main and epochs_note(store.rows_per_epoch, tc.tokens)):
+            print(note, file=sys.stderr)
         scale = float(self.config.input_scale or 1.0)
         target_scale = float(self.config.target_scale or 1.0)
         total = tc.total_steps
@@ -337,6 +340,25 @@ def _sigint_deferred():
 
 L0_TOLERANCE = 0.1
 """How far (relative) the end-of-training L0 may sit from a target L0 before ``missed_l0_target`` reports it."""
+
+
+REPEAT_WARNING_EPOCHS = 4.0
+"""Training on the same rows more often than this draws a warning: the dictionary starts to learn the corpus."""
+
+
+def epochs_note(rows_per_epoch: int | None, tokens: int) -> str | None:
+    """What training tells about its budget against the source: the epochs it runs over the train split, and a
+    warning when that repeats the split more than ``REPEAT_WARNING_EPOCHS`` times; None for unbounded sources."""
+    if not rows_per_epoch:
+        return None
+    epochs = tokens / rows_per_epoch
+    note = f"training on {tokens:,} tokens: {epochs:.2f} epochs of the train split ({rows_per_epoch:,} tokens)"
+    if epochs > REPEAT_WARNING_EPOCHS:
+        note += (
+            f"\nwarning: the budget repeats the training data {epochs:.1f} times; the dictionary may learn this "
+            "corpus rather than the layer: give a larger corpus (--corpus) or fewer --tokens"
+        )
+    return note
 
 
 def missed_l0_target(run_dir: str | Path, tail: float = 0.05) -> str | None:
