@@ -86,15 +86,22 @@ def test_training_learns_something_and_is_reproducible_from_its_record(tiny_othe
     assert all(0.0 <= p["accuracy"] <= 1.0 for p in probes)
 
 
-def test_sae_on_the_othello_model_gets_a_board_section(tiny_othello, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def othello_sae(tiny_othello, tmp_path_factory):
     out, _ = tiny_othello
-    corpus = tmp_path / "games.txt"
+    tmp = tmp_path_factory.mktemp("othello-sae")
+    corpus = tmp / "games.txt"
     assert main(["othello", "games", "--games", "200", "--seed", "3", "--out", str(corpus)]) == 0
     assert len(corpus.read_text().split("\n\n")) == 200
-    run = tmp_path / "run"
+    run = tmp / "run"
     args = ["train", "--model", str(out), "--hook", "transformer.h.1", "--corpus", str(corpus), "--max-length", "61"]
     args += ["--latents", "64", "--k", "4", "--tokens", "4096", "--batch-size", "512", "--quiet", "--no-cache"]
     assert main([*args, "--out", str(run)]) == 0
+    return run
+
+
+def test_sae_on_the_othello_model_gets_a_board_section(othello_sae, capsys):
+    run = othello_sae
     assert main(["eval", str(run), "--quick", "--quiet", "--splice-chunks", "2"]) == 0
     printed = capsys.readouterr().out
     assert "board reconstruction (Karvonen et al.): SAE F1" in printed and "MLP neurons F1" in printed
@@ -103,6 +110,53 @@ def test_sae_on_the_othello_model_gets_a_board_section(tiny_othello, tmp_path, c
         assert 0.0 <= board[key]["reconstruction_f1"] <= 1.0 and 0.0 <= board[key]["coverage"] <= 1.0
     assert board["neurons"]["alive_features"] <= 4 * 32
     assert "Board state (Othello)" in (run / "report.html").read_text()
+
+
+def test_dashboard_shows_othello_contexts_as_the_boards_of_their_games(othello_sae):
+    from fastapi.testclient import TestClient
+
+    from sparsecode.dashboard import create_app
+    from sparsecode.run import load_run
+    from sparsecode.sources import open_source
+
+    run = othello_sae
+    assert main(["features", str(run), "--quiet", "--max-tokens", "1500", "--top", "3"]) == 0
+    chunks = open_source(load_run(run).config.source).chunks("eval")
+    with TestClient(create_app(run)) as client:
+        fid = next(f["id"] for f in client.get("/features.json?filter=alive").json()["features"])
+        feature = client.get(f"/features/{fid}.json").json()
+        page = client.get(f"/features/{fid}").text
+    corr = np.array(feature["board_correlation"])  # (64, 3): the latent against each square's state
+    assert corr.shape == (64, 3) and np.abs(corr).max() <= 1 and np.abs(corr).max() > 0
+    shown = feature["contexts"]["top"]
+    assert shown and all(c["board"] is not None for c in shown)
+    for c in shown:  # the board is the replayed game at the token where the feature fired
+        game = [int(SQUARE_OF_TOKEN[t]) for t in chunks[c["chunk"]][: c["position"] + 1] if SQUARE_OF_TOKEN[t] >= 0]
+        truth = othello.replay(othello.pad_games([game]))
+        assert c["board"]["moves"] == len(game) >= 1
+        assert c["board"]["squares"] == truth.board[0, len(game) - 1].tolist()
+        assert c["board"]["last"] == game[-1]
+    assert page.count('class="board"') == len(shown) + len(feature["contexts"]["quantile"])
+    assert 'id="board-legend"' in page
+
+
+def test_board_correlation_is_pearsons_r_per_square_state():
+    from sparsecode.features.boards import BoardCorrelation
+
+    rng = np.random.default_rng(0)
+    boards = rng.integers(0, 3, size=(4, 50, 64))
+    latents = torch.from_numpy(rng.random((4, 50, 5)))
+    latents[..., 0] = torch.from_numpy((boards[..., 10] == othello.MINE).astype(float))  # "d2 is mine"
+    keep = torch.from_numpy(rng.random((4, 50)) < 0.8)
+    acc = BoardCorrelation(5)
+    acc.update(latents[:2], keep[:2], boards[:2])  # two batches == one
+    acc.update(latents[2:], keep[2:], boards[2:])
+    corr = acc.correlation().numpy()  # (5, 64, 3)
+    a, b = latents.numpy()[keep.numpy()], boards[keep.numpy()]
+    for f, sq, state in [(0, 10, othello.MINE), (0, 10, othello.EMPTY), (3, 40, othello.THEIRS)]:
+        expected = np.corrcoef(a[:, f], b[:, sq] == state)[0, 1]
+        assert corr[f, sq, state] == pytest.approx(expected, abs=1e-5)
+    assert corr[0, 10, othello.MINE] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_board_command_shows_a_position_and_refuses_an_illegal_move(capsys):
@@ -125,3 +179,22 @@ def test_linear_probe_reads_a_linearly_planted_board_and_not_noise():
     noise = torch.randn(2000, 256, generator=g)  # nothing about the board: chance is 1/3 per square
     chance = linear_probe_accuracy(noise[:1000], boards[:1000], noise[1000:], boards[1000:])
     assert 0.28 < chance < 0.39
+
+
+def test_legal_loss_is_the_mean_next_move_loss_over_the_legal_moves():
+    from sparsecode.worlds.othello_gpt import _loss, encode_games, legal_targets, new_model
+
+    games = othello.random_games(3, seed=5)
+    model = new_model(OthelloGPTConfig(n_layer=1, n_embd=16, n_head=2))
+    ids, mask = encode_games(games)
+    logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits, -1)  # (3, T, vocab)
+    token_of = {int(s): i for i, s in enumerate(SQUARE_OF_TOKEN) if s >= 0}
+    legal = legal_targets(games)
+    per_position = [
+        -np.mean([float(logp[g, p, token_of[sq]]) for sq in np.nonzero(legal[g, p])[0]])
+        for g in range(3)
+        for p in range(legal.shape[1])
+        if legal[g, p].any()
+    ]
+    assert float(_loss(model, games, "legal")) == pytest.approx(np.mean(per_position), rel=1e-5)
+    assert len(per_position) == sum(len(g) for g in games)  # [BOS] and every move but the last, which ends the game

@@ -16,7 +16,7 @@ from pathlib import Path
 from .options import add_config_flags, given, parse_count
 
 EXAMPLES = """examples:
-  sparsecode othello train --out models/othello --seed 0        # 500 steps: ~13 min on a busy 2-core CPU
+  sparsecode othello train --out models/othello --seed 0        # the shipped model: 3000 steps x 32 games
   sparsecode othello games --games 20000 --seed 1 --out games.txt
   sparsecode train --model models/othello --hook transformer.h.3 --corpus games.txt --max-length 61 \\
       --k 16 --latents 1024 --out runs/othello-l3

@@ -145,4 +145,18 @@ class FeatureDB:
                     ],
                 }
             )
+        if self.meta.get("world") == "othello":
+            self._add_boards(out)
         return out
+
+    def _add_boards(self, out: dict[str, Any]) -> None:
+        """An Othello run: each context's position as a board, and the feature's board correlation (64, 3)
+        with its per-square shading, when the build stored it."""
+        from .boards import context_board, square_shading
+
+        for kind in out["contexts"].values():
+            for c in kind:
+                c["board"] = context_board(c)
+        row = self._con().execute("SELECT correlation FROM feature_boards WHERE feature = ?", (out["id"],)).fetchone()
+        out["board_correlation"] = json.loads(row["correlation"]) if row else None
+        out["board_shading"] = square_shading(out["board_correlation"]) if row else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -15,6 +16,8 @@ from tqdm.auto import tqdm
 from ..device import check_device
 from ..errors import DataError
 from ..layout import FEATURES_FILE
+from ..worlds.othello_gpt import SEQ_LEN, boards_of_ids
+from .boards import BoardCorrelation
 from .collect import ExampleLists, FeatureAccumulator, hist_edges
 from .config import QUANTILE_BANDS, QUANTILE_LEVELS, FeaturesConfig
 from .database import write_database
@@ -85,6 +88,9 @@ def build_features(run_dir: str | Path, config: FeaturesConfig | None = None, pr
     if not picked or sum(counts[i] for i in picked) == 0:
         raise DataError(f"{run_dir}: the {config.split} split of the corpus has no tokens; try --split train")
     order = sorted(picked, key=lambda i: len(chunks[i]))  # similar lengths together: little padding
+    boards = _board_correlation(source, m)
+    if boards is not None:  # an Othello game: keep whole games before the token, so the dashboard can replay them
+        config = dataclasses.replace(config, context_left=max(config.context_left, SEQ_LEN - 1))
 
     acc = FeatureAccumulator(
         m, config.top_n, config.n_samples, config.context_left, config.context_right, seed=config.seed
@@ -104,6 +110,8 @@ def build_features(run_dir: str | Path, config: FeaturesConfig | None = None, pr
             B, T, d = x.shape
             latents = sae.encode(x.reshape(B * T, d)).reshape(B, T, m)  # (B, T, n_latents)
             acc.update(latents, keep.cpu(), torch.tensor(group))
+            if boards is not None:
+                boards.update(latents, keep.cpu(), boards_of_ids(enc["input_ids"].cpu().numpy()))
             bar.update(int(keep.sum()))
     bar.close()
 
@@ -121,6 +129,7 @@ def build_features(run_dir: str | Path, config: FeaturesConfig | None = None, pr
         "settings": config.to_dict(),
         "quantile_levels": list(QUANTILE_LEVELS),
         "quantile_bands": [f"{round(100 * lo)}-{round(100 * hi)}%" for lo, hi in QUANTILE_BANDS],
+        "world": "othello" if boards is not None else None,
     }
 
     promoted = _promoted(sae, source, config, meta)
@@ -136,6 +145,7 @@ def build_features(run_dir: str | Path, config: FeaturesConfig | None = None, pr
         rows["contexts"],
         texts,
         ((t, f, a) for (t, f), a in rows["feature_tokens"].items()),
+        None if boards is None else _board_rows(boards),
     )
     fired = acc.fire_count
     density = fired.double() / max(acc.n_tokens, 1)
@@ -149,6 +159,19 @@ def build_features(run_dir: str | Path, config: FeaturesConfig | None = None, pr
         "seconds": time.perf_counter() - started,
         "logit_embedding": meta["logit_embedding"],
     }
+
+
+def _board_correlation(source: Any, n_latents: int) -> BoardCorrelation | None:
+    """An accumulator for the latents' board correlations when ``source`` runs an Othello model, else None."""
+    from ..eval.board import is_othello_source
+
+    return BoardCorrelation(n_latents) if is_othello_source(source) else None
+
+
+def _board_rows(boards: BoardCorrelation) -> list[tuple[int, str]]:
+    """(feature, JSON (64, 3) correlations to 3 decimals) rows of the ``feature_boards`` table."""
+    corr = boards.correlation().double().round(decimals=3).tolist()  # (n_latents, 64, 3)
+    return [(f, json.dumps(c)) for f, c in enumerate(corr)]
 
 
 def _promoted(sae, source, config: FeaturesConfig, meta: dict[str, Any]) -> tuple[torch.Tensor, ...] | None:

@@ -7,6 +7,8 @@ file that is renamed into place, so an interrupted build leaves the previous dat
     contexts(feature, kind, ...)  token windows: kind 'top' (by max activation) or 'quantile' (sampled)
     tokens(id, text, key)         display text of every token id used above; key = trimmed, lower-case text
     feature_tokens(token, feature, activation)   tokens a feature fires on inside its top contexts
+    feature_boards(feature, correlation)         Othello runs only: JSON (64, 3) correlation of the latent with
+                                  each square being empty / mine / theirs (``features/boards.py``)
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ CREATE TABLE feature_tokens (
     PRIMARY KEY (token, feature)
 ) WITHOUT ROWID;
 """
+BOARDS_SCHEMA = "CREATE TABLE feature_boards (feature INTEGER PRIMARY KEY, correlation TEXT NOT NULL)"
 
 
 def write_database(
@@ -71,8 +74,10 @@ def write_database(
     contexts: Iterable[tuple],
     tokens: dict[int, str],
     feature_tokens: Iterable[tuple],
+    feature_boards: Iterable[tuple] | None = None,
 ) -> None:
-    """Write a complete database to ``path`` atomically. Row tuples follow the column order of ``SCHEMA``."""
+    """Write a complete database to ``path`` atomically. Row tuples follow the column order of ``SCHEMA``
+    (``feature_boards``: (feature, JSON correlation) rows of the optional board table)."""
 
     def write(tmp: Path) -> None:
         con = sqlite3.connect(tmp, isolation_level=None)
@@ -89,6 +94,9 @@ def write_database(
                 "INSERT INTO tokens VALUES (?, ?, ?)", [(i, t, t.strip().lower()) for i, t in sorted(tokens.items())]
             )
             con.executemany("INSERT INTO feature_tokens VALUES (?, ?, ?)", feature_tokens)
+            if feature_boards is not None:
+                con.execute(BOARDS_SCHEMA)
+                con.executemany("INSERT INTO feature_boards VALUES (?, ?)", feature_boards)
             con.execute(
                 "INSERT INTO meta VALUES ('format', ?), ('version', ?)", (json.dumps(FORMAT), json.dumps(VERSION))
             )

@@ -47,25 +47,32 @@ class OthelloGPTConfig:
 
     n_layer: int = 4
     """Transformer blocks."""
-    n_embd: int = 64
+    n_embd: int = 128
     """Residual stream width."""
     n_head: int = 4
     """Attention heads per block."""
-    steps: int = 500
+    steps: int = 3000
     """Optimizer steps; every step sees ``batch_games`` new random games. 0 saves the untrained model (the
     random-init baseline)."""
     batch_games: int = 32
     """Games per step."""
     lr: float = 3e-3
-    """AdamW peak learning rate (linear warm-up over 100 steps, cosine decay to 10% after)."""
+    """AdamW peak learning rate (linear warm-up over ``warmup`` steps, cosine decay to 10% after)."""
+    warmup: int = 200
+    """Learning-rate warm-up steps."""
+    targets: str = "legal"
+    """What each position is scored against. ``legal``: cross-entropy against the uniform distribution over the
+    legal moves, which is the expected next-move loss of a uniformly random game, seen without the sampling noise
+    of the one move the game happened to play (the same objective, many times less noisy). ``next``: the move the
+    game played (plain language-model loss)."""
     seed: int = 0
     """Seeds the weights and every training game."""
     eval_games: int = 500
     """Held-out games (their own seed stream) for the legal-move rate."""
 
     def __post_init__(self) -> None:
-        for name in ("n_layer", "n_embd", "n_head", "steps", "batch_games", "eval_games"):
-            v, least = getattr(self, name), 0 if name == "steps" else 1
+        for name in ("n_layer", "n_embd", "n_head", "steps", "batch_games", "eval_games", "warmup"):
+            v, least = getattr(self, name), 0 if name in ("steps", "warmup") else 1
             if isinstance(v, bool) or not isinstance(v, int) or v < least:
                 raise ConfigError(f"othello.{name} must be a whole number >= {least}, got {v!r}")
         if self.n_embd % self.n_head:
@@ -74,6 +81,8 @@ class OthelloGPTConfig:
             raise ConfigError(f"othello.lr must be in (0, 1), got {self.lr!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"othello.seed must be a whole number >= 0, got {self.seed!r}")
+        if self.targets not in ("legal", "next"):
+            raise ConfigError(f"othello.targets must be 'legal' or 'next', got {self.targets!r}")
 
 
 def make_tokenizer() -> Any:
@@ -126,6 +135,22 @@ def legal_targets(games: list[list[int]]) -> np.ndarray:
     return out
 
 
+def boards_of_ids(ids: np.ndarray) -> np.ndarray:
+    """(B, T, 64) int8 board after each token of token-id rows ``ids`` (B, T), relative to the player to move.
+
+    A token that is not a move ([BOS], padding) keeps the board before it (the start position before the first
+    move). Each row's moves must be a legal game from the start (DataError otherwise).
+    """
+    squares = SQUARE_OF_TOKEN[ids]  # (B, T), -1 for specials
+    is_move = squares >= 0
+    games = [row[row >= 0].tolist() for row in squares]
+    truth = othello.replay(othello.pad_games(games, steps=max(60, ids.shape[1])))  # (B, steps, 64)
+    start = othello.Othello().board()  # (64,)
+    played = np.cumsum(is_move, axis=1) - 1  # (B, T) index of the last move read; -1 before the first
+    out = np.take_along_axis(truth.board, np.clip(played, 0, None)[..., None], axis=1)  # (B, T, 64)
+    return np.where((played < 0)[..., None], start, out).astype(np.int8)
+
+
 @torch.inference_mode()
 def legal_move_rate(model: Any, games: list[list[int]], batch: int = 256) -> float:
     """Share of positions (that have a legal move) where the model's top-1 next token is a legal move."""
@@ -145,11 +170,27 @@ def legal_move_rate(model: Any, games: list[list[int]], batch: int = 256) -> flo
 
 
 def _lr_at(step: int, cfg: OthelloGPTConfig) -> float:
-    warm = min(100, cfg.steps)
-    if step < warm:
+    warm = min(cfg.warmup, cfg.steps)
+    if step < warm:  # warm > 0 here
         return cfg.lr * (step + 1) / warm
     progress = (step - warm) / max(1, cfg.steps - warm)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _loss(model: Any, games: list[list[int]], targets: str) -> torch.Tensor:
+    """Mean cross-entropy over the positions of ``games`` that have a next move (see ``OthelloGPTConfig.targets``)."""
+    ids, mask = encode_games(games)
+    if targets == "next":
+        return model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+    legal = torch.from_numpy(legal_targets(games)).float()  # (b, T, 64)
+    want = torch.zeros(*legal.shape[:2], len(VOCAB))  # (b, T, vocab): uniform over the legal moves' tokens
+    tokens = np.nonzero(SQUARE_OF_TOKEN >= 0)[0]
+    want[..., torch.from_numpy(tokens)] = legal[..., torch.from_numpy(SQUARE_OF_TOKEN[tokens])]
+    n_legal = want.sum(-1)  # (b, T); 0 once the game is over
+    logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)  # (b, T, vocab)
+    per_pos = -(want * logp).sum(-1) / n_legal.clamp_min(1)
+    has_move = n_legal > 0
+    return per_pos[has_move].mean()
 
 
 def train_othello_gpt(cfg: OthelloGPTConfig, out: str | Path, progress: bool = True, log_every: int = 100) -> dict:
@@ -165,10 +206,10 @@ def train_othello_gpt(cfg: OthelloGPTConfig, out: str | Path, progress: bool = T
     history = []
     start = time.perf_counter()
     model.train()
-    for step in tqdm(range(cfg.steps), desc="othello", disable=not progress):
-        ids, mask = encode_games(othello.random_games(cfg.batch_games, seed=cfg.seed * 1_000_000 + step))
-        labels = ids.masked_fill(mask == 0, -100)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    bar = tqdm(range(cfg.steps), desc="othello", disable=not progress)
+    for step in bar:
+        games = othello.random_games(cfg.batch_games, seed=cfg.seed * 1_000_000 + step)
+        loss = _loss(model, games, cfg.targets)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg)
         opt.zero_grad(set_to_none=True)
@@ -176,7 +217,10 @@ def train_othello_gpt(cfg: OthelloGPTConfig, out: str | Path, progress: bool = T
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
-            history.append({"step": step + 1, "loss": round(float(loss.detach()), 4)})
+            rate = legal_move_rate(model, eval_games[:100])  # a quick look; the final rate uses all eval games
+            model.train()
+            history.append({"step": step + 1, "loss": round(float(loss.detach()), 4), "legal_top1": round(rate, 4)})
+            bar.set_postfix(history[-1])
     seconds = time.perf_counter() - start
     rate = legal_move_rate(model, eval_games)
     info = {
