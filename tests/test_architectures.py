@@ -381,13 +381,12 @@ def test_transcoder_without_targets_is_an_sae():
 # and settings the CLI gives (only the sparsity given; a small batch for the test's budget). Interference between
 # features in superposition grows with a row's norm, which threshold encoders must allow for: BatchTopK ranks
 # activations relative to the row norm and JumpReLU thresholds relative to it (both their defaults). Measured,
-# seed 0, with `python bench/recovery.py ARCH 'EXTRA' --lr default`: batchtopk 0.76, jumprelu 0.88, gated 0.66,
-# matryoshka 0.79, multibudget 0.98, transcoder 0.94, mp 0.93 (of the 0.8 goal, Gated, BatchTopK and
-# Matryoshka still fall short).
+# seed 0, with `python bench/recovery.py ARCH 'EXTRA'`: batchtopk 0.76, jumprelu 0.86, gated 0.87, matryoshka 0.79,
+# multibudget 0.98, transcoder 0.94, mp 0.93 (of the 0.8 goal, BatchTopK and Matryoshka still fall short).
 RECOVERY = {  # arch -> (sparsity setting, training tokens, minimum fraction found at cos >= 0.9)
     "batchtopk": ({"k": 5}, 300_000, 0.7),
     "jumprelu": ({"target_l0": 5.0}, 300_000, 0.8),
-    "gated": ({"target_l0": 5.0}, 300_000, 0.6),
+    "gated": ({"target_l0": 5.0}, 300_000, 0.8),
     "matryoshka": ({"k": 5, "prefixes": [64, 256]}, 300_000, 0.7),
     "multibudget": ({"budgets": [3, 5, 8]}, 300_000, 0.9),
     "transcoder": ({"k": 5}, 300_000, 0.85),

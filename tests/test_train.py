@@ -107,6 +107,23 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, sae_config):
     assert strip(full_lines) == strip(split_lines)
 
 
+def test_jumprelu_thresholds_train_at_their_own_learning_rate(tmp_path):
+    """One Adam step moves every weight with a gradient by its group's learning rate: the log-thresholds by
+    ``threshold_lr_scale`` times the encoder's."""
+    cfg = JumpReLUConfig(
+        d_in=16, n_latents=64, threshold_lr_scale=3.0, bandwidth=100.0, threshold_init=0.01, l0_warmup=0.0
+    )
+    src = SyntheticSourceConfig(n_features=64, dim=16, active=3, seed=2)
+    kw = {"tokens": 64, "batch_size": 64, "buffer_rows": 64, "lr": 1e-2, "warmup_steps": 0, "decay_fraction": 0.0}
+    trained, _ = train(tmp_path, "jr", src, cfg, **kw)
+    start = build_sae(cfg)
+    threshold_steps = (trained.log_threshold - start.log_threshold).abs()
+    encoder_steps = (trained.W_enc - start.W_enc).abs()
+    assert threshold_steps.min().item() == pytest.approx(3e-2, rel=1e-2)  # every threshold sees the penalty
+    assert threshold_steps.max().item() == pytest.approx(3e-2, rel=1e-2)
+    assert encoder_steps.max().item() == pytest.approx(1e-2, rel=1e-2)
+
+
 def test_optimizer_keeps_the_weights_layout_and_matches_torch_adam():
     """The latent-major encoder steps through its contiguous transpose: the same update as torch's Adam on a
     row-major copy; state loaded from a file (row-major) comes back latent-major."""

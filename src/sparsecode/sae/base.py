@@ -152,6 +152,12 @@ class SparseAutoencoder(nn.Module):
         elif self.cfg.b_dec_init == "mean":
             self.b_dec.copy_(sample.mean(0))
 
+    def lr_multipliers(self) -> dict[str, float]:
+        """Parameters (by name) that train at a multiple of the peak learning rate; the rest train at 1x.
+        The trainer puts them in their own optimizer group, after the others (so checkpoints of dictionaries whose
+        such parameters were registered last keep their optimizer-state order)."""
+        return {}
+
     def unit_norm_rows(self) -> list[nn.Parameter]:
         """The weights whose rows training keeps at unit norm: the decoder, unless ``cfg.unit_norm_decoder`` is
         off. The trainer's optimizer projects their gradients and rescales their rows in its step (the same

@@ -105,7 +105,7 @@ class Trainer:
                 targets = {} if target is None else {"target": target * target_scale}  # (batch / procs, d_out)
                 dead_mask = tokens_since_fired >= tc.dead_tokens  # (n_latents,)
                 for param_group in optimizer.param_groups:
-                    param_group["lr"] = peak_lr * tc.lr_factor(step)
+                    param_group["lr"] = peak_lr * param_group["lr_multiplier"] * tc.lr_factor(step)
                 with autocast:
                     out = sae.training_output(x, dead_mask=dead_mask, progress=step / total, **targets)
                 optimizer.zero_grad(set_to_none=True)
@@ -186,7 +186,15 @@ class Trainer:
         tc = self.config.train
         # fused: one kernel over all parameters instead of a dozen elementwise passes
         lr = tc.learning_rate(self.config.sae.n_latents, self.config.sae.base_lr)
-        return Adam(sae.parameters(), lr=lr, betas=(tc.beta1, tc.beta2), fused=True, unit_rows=sae.unit_norm_rows())
+        multipliers = sae.lr_multipliers()
+        named = list(sae.named_parameters())
+        groups = [{"params": [p for n, p in named if n not in multipliers], "lr_multiplier": 1.0}]
+        groups += [
+            {"params": [p], "lr": lr * multipliers[n], "lr_multiplier": multipliers[n]}
+            for n, p in named
+            if n in multipliers
+        ]
+        return Adam(groups, lr=lr, betas=(tc.beta1, tc.beta2), fused=True, unit_rows=sae.unit_norm_rows())
 
     def _start_fresh(self):
         tc = self.config.train
