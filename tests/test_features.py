@@ -260,3 +260,21 @@ def test_command_line(planted_run, tmp_path, capsys):
     assert main(["features", str(tmp_path / "missing"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "not found" in err and len(err.splitlines()) == 1
+
+
+def test_random_contexts_list_exactly_the_latents_firing_in_them(planted_features):
+    """The negatives of `sparsecode explain`: each random window's token ids and firing latents match a brute-force
+    pass (a latent missing from a window's list fires on none of its tokens)."""
+    ref = _reference(planted_features)
+    rows = _db(planted_features).execute("SELECT * FROM random_contexts ORDER BY rank").fetchall()
+    assert len(rows) > 10 and len({(r["chunk"], r["position"]) for r in rows}) == len(rows)
+    for r in rows:
+        chunk, keep, lat = ref[r["chunk"]]
+        shown = [
+            i
+            for i in range(r["position"] - SETTINGS["context_left"], r["position"] + SETTINGS["context_right"] + 1)
+            if 0 <= i < len(keep) and keep[i]
+        ]
+        assert keep[r["position"]] and shown[r["center"]] == r["position"]
+        assert json.loads(r["token_ids"]) == [chunk[i] for i in shown]
+        assert json.loads(r["active"]) == (lat[shown] > 0).any(0).nonzero()[:, 0].tolist()

@@ -28,6 +28,7 @@ COMMANDS = (
     "neurons",
     "compare",
     "features",
+    "explain",
     "serve",
     "steer",
     "ablate",

@@ -22,6 +22,7 @@ from .collect import ExampleLists, FeatureAccumulator, hist_edges
 from .config import QUANTILE_BANDS, QUANTILE_LEVELS, FeaturesConfig
 from .database import write_database
 from .vocab import excluded_token_ids, logit_embedding, promoted_tokens, token_texts
+from .windows import RandomWindows
 
 MAX_HISTOGRAM_BARS = 40
 
@@ -95,6 +96,9 @@ def build_features(run_dir: str | Path, config: FeaturesConfig | None = None, pr
     acc = FeatureAccumulator(
         m, config.top_n, config.n_samples, config.context_left, config.context_right, seed=config.seed
     )
+    windows = RandomWindows(
+        counts, picked, config.random_contexts, config.context_left, config.context_right, config.seed
+    )
     bar = tqdm(
         total=sum(counts[i] for i in picked),
         unit="tok",
@@ -112,6 +116,7 @@ def build_features(run_dir: str | Path, config: FeaturesConfig | None = None, pr
             acc.update(latents, keep.cpu(), torch.tensor(group))
             if boards is not None:
                 boards.update(latents, keep.cpu(), boards_of_ids(enc["input_ids"].cpu().numpy()))
+            windows.update(latents, keep.cpu(), group, chunks)
             bar.update(int(keep.sum()))
     bar.close()
 
@@ -134,6 +139,9 @@ def build_features(run_dir: str | Path, config: FeaturesConfig | None = None, pr
 
     promoted = _promoted(sae, source, config, meta)
     rows = _feature_rows(acc, config, chunks, promoted)
+    random_rows = windows.sorted_rows()
+    for row in random_rows:
+        rows["token_ids"].update(json.loads(row[4]))
     texts = token_texts(source.tokenizer, sorted(rows["token_ids"]))
     for feature in rows["features"]:  # the list page shows the distinct words a feature is centred on
         feature[8] = json.dumps(list(dict.fromkeys(texts[t] for t in feature[8]))[:5])
@@ -146,6 +154,7 @@ def build_features(run_dir: str | Path, config: FeaturesConfig | None = None, pr
         texts,
         ((t, f, a) for (t, f), a in rows["feature_tokens"].items()),
         None if boards is None else _board_rows(boards),
+        random_contexts=random_rows,
     )
     fired = acc.fire_count
     density = fired.double() / max(acc.n_tokens, 1)

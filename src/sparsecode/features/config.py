@@ -29,6 +29,9 @@ class FeaturesConfig:
     """Tokens shown after it."""
     n_logit_tokens: int = 12
     """Tokens the decoder direction promotes (and suppresses) most, through the model's token embeddings."""
+    random_contexts: int = 200
+    """Token windows at random positions, stored with every latent that fires anywhere in them: the contexts
+    `sparsecode explain` knows a latent does not fire on (0: none)."""
     dense_threshold: float = 0.1
     """A latent firing on more than this fraction of tokens counts as dense."""
     batch_tokens: int = 4096
@@ -45,7 +48,7 @@ class FeaturesConfig:
             check_int("features.max_tokens", self.max_tokens, minimum=1)
         for name in ("top_n", "n_samples", "batch_tokens"):
             check_int(f"features.{name}", getattr(self, name), minimum=1)
-        for name in ("quantile_examples", "context_left", "context_right", "n_logit_tokens"):
+        for name in ("quantile_examples", "context_left", "context_right", "n_logit_tokens", "random_contexts"):
             check_int(f"features.{name}", getattr(self, name), minimum=0)
         if self.quantile_examples * len(QUANTILE_BANDS) > self.n_samples:
             raise ConfigError(

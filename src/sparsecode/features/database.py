@@ -9,6 +9,9 @@ file that is renamed into place, so an interrupted build leaves the previous dat
     feature_tokens(token, feature, activation)   tokens a feature fires on inside its top contexts
     feature_boards(feature, correlation)         Othello runs only: JSON (64, 3) correlation of the latent with
                                   each square being empty / mine / theirs (``features/boards.py``)
+    random_contexts(rank, ...)    token windows at random positions with every latent firing in them (JSON)
+
+`sparsecode explain` adds its own tables (explanations, explanation_scores) to the same file later.
 """
 
 from __future__ import annotations
@@ -63,6 +66,14 @@ CREATE TABLE feature_tokens (
     activation REAL NOT NULL,
     PRIMARY KEY (token, feature)
 ) WITHOUT ROWID;
+CREATE TABLE random_contexts (
+    rank INTEGER PRIMARY KEY,
+    chunk INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    center INTEGER NOT NULL,
+    token_ids TEXT NOT NULL,
+    active TEXT NOT NULL
+);
 """
 BOARDS_SCHEMA = "CREATE TABLE feature_boards (feature INTEGER PRIMARY KEY, correlation TEXT NOT NULL)"
 
@@ -75,6 +86,7 @@ def write_database(
     tokens: dict[int, str],
     feature_tokens: Iterable[tuple],
     feature_boards: Iterable[tuple] | None = None,
+    random_contexts: Iterable[tuple] = (),
 ) -> None:
     """Write a complete database to ``path`` atomically. Row tuples follow the column order of ``SCHEMA``
     (``feature_boards``: (feature, JSON correlation) rows of the optional board table)."""
@@ -97,6 +109,7 @@ def write_database(
             if feature_boards is not None:
                 con.execute(BOARDS_SCHEMA)
                 con.executemany("INSERT INTO feature_boards VALUES (?, ?)", feature_boards)
+            con.executemany("INSERT INTO random_contexts VALUES (?, ?, ?, ?, ?, ?)", random_contexts)
             con.execute(
                 "INSERT INTO meta VALUES ('format', ?), ('version', ?)", (json.dumps(FORMAT), json.dumps(VERSION))
             )

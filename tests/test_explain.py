@@ -1,0 +1,97 @@
+"""`sparsecode explain`: the scorer's arithmetic on features with exact firing rules, resuming, and bad input."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from explain_world import CAPS, DIGITS, RuleModel, write_world
+
+from sparsecode.explain import ExplainConfig, explain_run
+from sparsecode.explain.llm import Usage
+from sparsecode.explain.prompts import parse_explanation, parse_yes_no, render
+from sparsecode.explain.scoring import Item, score
+
+
+@pytest.fixture
+def world(tmp_path):
+    return write_world(tmp_path / "run")
+
+
+def _scores(run, baseline=0):
+    con = sqlite3.connect(run / "features.sqlite")
+    con.row_factory = sqlite3.Row
+    rows = con.execute("SELECT * FROM explanation_scores WHERE baseline = ?", (baseline,)).fetchall()
+    return {(r["feature"], r["scorer"]): dict(r) for r in rows}
+
+
+def _explanations(run):
+    con = sqlite3.connect(run / "features.sqlite")
+    return {f: (t, m, v) for f, t, m, v in con.execute("SELECT * FROM explanations")}
+
+
+def test_correct_explanations_score_one_and_shuffled_ones_chance(world):
+    usage = Usage()
+    result = explain_run(
+        world, RuleModel(usage), usage, ExplainConfig(test_examples=8), features=[0, 1, 2], progress=False
+    )
+    assert result["chosen"] == 2 and result["explained"] == 2  # the dead latent has nothing to explain
+    assert _explanations(world) == {DIGITS: ("numbers", "rules", 1), CAPS: ("capitalised words", "rules", 1)}
+    real = _scores(world)
+    for f in (DIGITS, CAPS):
+        for scorer in ("detection", "fuzzing"):
+            s = real[(f, scorer)]
+            assert (s["tp"], s["fp"], s["tn"], s["fn"], s["unparsed"]) == (8, 0, 8, 0, 0), (f, scorer)
+            assert s["accuracy"] == s["balanced_accuracy"] == s["f1"] == 1.0
+    shuffled = _scores(world, baseline=1)
+    assert shuffled[(DIGITS, "detection")]["explanation_of"] == CAPS
+    assert shuffled[(CAPS, "detection")]["explanation_of"] == DIGITS
+    # the other rule: every context it fires in is a positive, and the negatives sometimes hold the other rule's token
+    for f in (DIGITS, CAPS):
+        s = shuffled[(f, "detection")]
+        assert s["tp"] + s["fn"] == s["tn"] + s["fp"] == 8
+        assert s["balanced_accuracy"] < 0.9
+    summary = result["scores"]["detection"]
+    assert summary["real"]["balanced_accuracy"] == 1.0 and summary["shuffled"]["n"] == 2
+
+
+def test_a_wrong_explanation_scores_chance(world):
+    usage = Usage()
+    explain_run(
+        world,
+        RuleModel(usage, wrong="words about the weather"),
+        usage,
+        ExplainConfig(test_examples=8, baseline=False),
+        features=[DIGITS],
+        progress=False,
+    )
+    s = _scores(world)[(DIGITS, "detection")]
+    assert (s["tp"], s["fp"], s["tn"], s["fn"]) == (0, 0, 8, 8)
+    assert s["accuracy"] == s["balanced_accuracy"] == 0.5 and s["f1"] == 0.0
+
+
+def test_interrupted_by_the_request_budget_resumes_to_the_same_result(tmp_path):
+    whole, parts = write_world(tmp_path / "whole"), write_world(tmp_path / "parts")
+    usage = Usage()
+    explain_run(whole, RuleModel(usage), usage, features=[DIGITS, CAPS], progress=False)
+    budget = Usage(max_requests=usage.requests // 3)
+    first = explain_run(parts, RuleModel(budget), budget, features=[DIGITS, CAPS], progress=False)
+    assert first["stopped"] == "max-requests" and first["explained"] < 2
+    second = Usage()
+    explain_run(parts, RuleModel(second), second, features=[DIGITS, CAPS], progress=False)
+    assert _scores(parts) == _scores(whole) and _scores(parts, 1) == _scores(whole, 1)
+    assert _explanations(parts) == _explanations(whole)
+    assert budget.requests + second.requests < usage.requests + usage.requests // 3 + 50  # finished work not redone
+    third = Usage()
+    explain_run(parts, RuleModel(third), third, features=[DIGITS, CAPS], progress=False)
+    assert third.requests == 0  # everything done: nothing asked again
+
+
+def test_score_arithmetic_and_parsers():
+    items = [Item("a", True), Item("b", True), Item("c", False), Item("d", False), Item("e", False)]
+    s = score(items, [True, None, True, False, False])
+    assert (s.tp, s.fn, s.fp, s.tn, s.unparsed) == (1, 0, 1, 2, 1)
+    assert s.accuracy == 0.75 and s.balanced_accuracy == pytest.approx((1 + 2 / 3) / 2) and s.f1 == pytest.approx(2 / 3)
+    assert parse_yes_no("Yes, it is.") is True and parse_yes_no("no") is False and parse_yes_no("maybe") is None
+    assert parse_explanation('Label: "numbers"  # [x]') == "numbers" and parse_explanation(" \n* \n") is None
+    assert render([" the", " 12", " cats"], {1}) == "the <<12>> cats"
