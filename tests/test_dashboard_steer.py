@@ -103,3 +103,34 @@ def test_encoder_feature_page_steers_the_embedding(planted_features):
     with TestClient(create_app(planted_features)) as client:
         s = client.get("/features/1.json", params={"prompt": "there were apples", "strength": "5"}).json()["steering"]
     assert s["cosine"] < 1.0 and s["shift_towards"]
+
+
+def test_attribution_page_shows_the_graph_attribute_wrote(tmp_path, tiny_gpt2_dir):
+    from fastapi.testclient import TestClient
+
+    from sparsecode.dashboard import create_app
+    from sparsecode.features import FeaturesConfig, build_features
+    from sparsecode.interventions.circuit import attribute_prompt, write_graph
+
+    up = write_run(tmp_path / "h0", tiny_gpt2_dir, hook="transformer.h.0")
+    down = write_run(tmp_path / "h1", tiny_gpt2_dir, hook="transformer.h.1", seed=1)
+    build_features(up, FeaturesConfig(top_n=2, n_samples=6), progress=False)
+    with TestClient(create_app(up)) as client:
+        empty = client.get("/attribution.json").json()
+        assert empty["graph"] is None and "sparsecode attribute" in empty["how"]
+        assert "No attribution graph" in client.get("/attribution").text
+        assert client.get("/attribution.png").status_code == 404
+
+        result, info = attribute_prompt([load_run(up), load_run(down)], "the cat sat on", " the", top=4)
+        _, png_path = write_graph(result, info, up / "attribution")
+        got = client.get("/attribution.json").json()["graph"]
+        assert got["metric"] == result.metric and got["sites"] == ["transformer.h.0", "transformer.h.1"]
+        written = {(n.site, n.latent, n.attribution) for n in result.nodes}
+        assert {(n["site"], n["latent"], n["attribution"]) for n in got["nodes"]} == written
+        assert all(n["here"] == (n["site"] == "transformer.h.0") for n in got["nodes"])
+        assert len(got["edges"]) == len(result.edges) > 0  # strongest first
+        assert [abs(e["weight"]) for e in got["edges"]] == sorted((abs(e.weight) for e in result.edges), reverse=True)
+        assert client.get("/attribution.png").content == png_path.read_bytes()
+        html = client.get("/attribution").text
+        here = next(n for n in result.nodes if n.site == "transformer.h.0")
+        assert 'src="/attribution.png"' in html and f'href="/features/{here.latent}"' in html

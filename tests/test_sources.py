@@ -158,6 +158,34 @@ def test_causal_lm_source(tiny_gpt2_dir, text_corpus):
     assert torch.equal(collect(src.iter_batches(start_row=100))["acts"], full["acts"][100:])
 
 
+def test_causal_lm_rows_leave_out_each_chunks_first_positions(tiny_gpt2_dir, tmp_path):
+    # special tokens kept, so the chunks' [CLS] at position 0 only goes by the first-positions rule
+    (tmp_path / "long.txt").write_text(" ".join(f"word{i}" for i in range(200)) + "\n\n" + "a short one")
+    kw = {"hook": "transformer.h.1", "max_length": 16, "exclude_special_tokens": False}
+    rows = {}
+    for first in (None, 0, 3):
+        src = ModelSource(_model_cfg(tiny_gpt2_dir, tmp_path / "long.txt", exclude_first_positions=first, **kw))
+        rows[first] = got = collect(src.iter_batches())
+        chunks = src.chunks()
+        skip = 1 if first is None else first  # None: one position, as for every causal LM
+        assert src.first_positions == skip
+        assert got["positions"].min() == skip and src.num_rows() == sum(len(c) - skip for c in chunks)
+        assert torch.equal(got["token_ids"], torch.tensor([t for c in chunks for t in c[skip:]]))
+        assert src.row_counts().tolist() == [len(c) - skip for c in chunks]
+        assert torch.equal(collect(src.iter_batches(start_row=5))["acts"], got["acts"][5:])
+    # the same activations, only fewer rows: each chunk's first position is dropped, nothing else moves
+    every = rows[0]
+    assert torch.equal(rows[None]["acts"], every["acts"][every["positions"] >= 1])
+    assert torch.equal(rows[3]["acts"], every["acts"][every["positions"] >= 3])
+    with pytest.raises(ConfigError, match="exclude_first_positions 16 leaves no row"):
+        _model_cfg(tiny_gpt2_dir, tmp_path / "long.txt", exclude_first_positions=16, max_length=16)
+
+
+def test_encoder_rows_keep_the_first_positions_by_default(tiny_bert_dir, text_corpus):
+    src = ModelSource(_model_cfg(tiny_bert_dir, text_corpus, exclude_special_tokens=False))
+    assert src.first_positions == 0 and collect(src.iter_batches())["positions"].min() == 0
+
+
 def test_forward_stops_at_the_hook(tiny_bert_dir, text_corpus):
     src = ModelSource(_model_cfg(tiny_bert_dir, text_corpus, hook="encoder.layer.0"))
 

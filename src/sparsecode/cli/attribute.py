@@ -32,13 +32,15 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..interventions.circuit import attribute_prompt, format_attribution, write_graph
+    from ..layout import ATTRIBUTION_DIR
     from ..run import load_run
 
     runs = [load_run(r) for r in args.runs]
     result, info = attribute_prompt(
         runs, args.prompt, args.target, args.baseline, top=args.top, ablate=not args.no_ablation
     )
-    json_path, png_path = write_graph(result, info, Path(args.out) if args.out else Path(args.runs[0]) / "attribution")
+    out = Path(args.out) if args.out else Path(args.runs[0]) / ATTRIBUTION_DIR
+    json_path, png_path = write_graph(result, info, out)
     print(format_attribution(result, info))
     print(f"wrote {json_path} and {png_path}")
     return 0

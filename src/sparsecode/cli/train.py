@@ -51,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "corpus",
         "text_column",
         "max_length",
+        "exclude_first_positions",
         "target_hook",
         "target_hook_side",
     )

@@ -5,6 +5,7 @@
                          its ablation effect (RUN/ablation.json) and, with ?prompt=..&strength=.., a steering box
                          result (loads the model)
     /fires?text=...      which features fire on each token of a text (loads the model)       (+ /fires.json)
+    /attribution         the attribution graph `sparsecode attribute` wrote to RUN/attribution (+ .json, .png)
     /meta.json           what the database was built from
 
 Browsing needs only sqlite3, FastAPI and Jinja2; torch is imported by /fires alone, on first use. Requests
@@ -23,12 +24,12 @@ from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.exceptions import HTTPException
 
-from ..layout import FEATURES_FILE
+from ..layout import ATTRIBUTION_DIR, CONFIG_FILE, FEATURES_FILE
 from .db import FEATURE_ID, FILTERS, SORTS, FeatureDB
 from .fires import FiresModel
 from .guard import Guard
@@ -89,6 +90,36 @@ def _ablation(run_dir: Path, fid: int) -> dict[str, Any] | None:
         return None
 
 
+def _site_name(run_dir: Path) -> str | None:
+    """The run's site in an attribution graph: its hook (a transcoder's: its target hook), from RUN/config.json."""
+    try:
+        source = json.loads((run_dir / CONFIG_FILE).read_text())["source"]
+        return source.get("target_hook") or source.get("hook")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _attribution(run_dir: Path, site: str | None) -> dict[str, Any]:
+    """The graph in RUN/attribution/attribution.json (``graph`` None when there is none), its nodes marked with
+    whether they are features of this run (the graph may span several runs: nodes belong to sites)."""
+    path = Path(run_dir) / ATTRIBUTION_DIR / "attribution.json"
+    try:
+        graph = json.loads(path.read_text())
+        nodes, edges = graph["nodes"], graph["edges"]
+    except FileNotFoundError:
+        graph = None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise HTTPException(500, f"{path.name} is unreadable ({type(e).__name__}); write it again with attribute")
+    if graph is not None:
+        for item in nodes:
+            item["here"] = item.get("site") == site
+        for item in edges:
+            item["source_here"], item["target_here"] = item.get("source_site") == site, item.get("target_site") == site
+        graph["edges"] = sorted(edges, key=lambda e: -abs(e.get("weight", 0.0)))
+    how = f"sparsecode attribute {run_dir} [MORE_RUNS ...] --prompt 'The capital of France is' --target ' Paris'"
+    return {"graph": graph, "has_picture": (path.parent / "attribution.png").is_file(), "how": how}
+
+
 def create_app(run_dir: str | Path, allowed_hosts: Iterable[str] | None = None) -> FastAPI:
     """The dashboard for the run in ``run_dir`` (its features.sqlite must exist). Requests whose Host header is not
     one of ``allowed_hosts`` get 400 (None: any Host; the server passes its loopback names, see ``guard``)."""
@@ -96,6 +127,7 @@ def create_app(run_dir: str | Path, allowed_hosts: Iterable[str] | None = None) 
     db = FeatureDB(run_dir / FEATURES_FILE)
     env = _templates()
     fires_model = FiresModel(run_dir)
+    site = _site_name(run_dir)
     counts = db.list_features(filter="dead", limit=1)[0], db.list_features(filter="dense", limit=1)[0]
     app = FastAPI(title="sparsecode dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(Guard, allowed_hosts=allowed_hosts)
@@ -224,6 +256,21 @@ def create_app(run_dir: str | Path, allowed_hosts: Iterable[str] | None = None) 
     def fires_html(request: Request) -> HTMLResponse:
         result = fires(request)
         return page("fires.html", request, status=503 if result.get("error") else 200, **result)
+
+    @app.get("/attribution.json")
+    def attribution_json() -> dict[str, Any]:
+        return _attribution(run_dir, site)
+
+    @app.get("/attribution", response_class=HTMLResponse)
+    def attribution_html(request: Request) -> HTMLResponse:
+        return page("attribution.html", request, **_attribution(run_dir, site))
+
+    @app.get("/attribution.png")
+    def attribution_png() -> FileResponse:
+        path = run_dir / ATTRIBUTION_DIR / "attribution.png"
+        if not path.is_file():
+            raise HTTPException(404, "no attribution picture in this run; write one with sparsecode attribute")
+        return FileResponse(path, media_type="image/png")
 
     @app.get("/meta.json")
     def meta_json() -> dict[str, Any]:

@@ -83,8 +83,7 @@ def build_features(run_dir: str | Path, config: FeaturesConfig | None = None, pr
         raise DataError(f"{run_dir}: the model yields rows of width {source.d_in} but the SAE expects {sae.cfg.d_in}")
 
     chunks = source.chunks(config.split)
-    special = set(source.special_ids.tolist()) if source.config.exclude_special_tokens else set()
-    counts = [sum(1 for t in c if t not in special) for c in chunks]
+    counts = source.row_counts(config.split).tolist()
     picked = _pick_chunks(counts, config.max_tokens)
     if not picked or sum(counts[i] for i in picked) == 0:
         raise DataError(f"{run_dir}: the {config.split} split of the corpus has no tokens; try --split train")

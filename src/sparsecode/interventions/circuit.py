@@ -74,11 +74,10 @@ def attribute_prompt(
 
 
 def _positions(source: Any, enc: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The prompt's non-special tokens after the first. Many LMs park huge activations on the first token (an
-    "attention sink"; SmolLM2's residual norm there is ~100x the others'), where a dictionary's latents are
-    outliers whose linear estimates mean little; features of the text itself sit at the later positions."""
+    """The prompt's positions the dictionaries were trained on: for causal LMs not the first (the attention sink,
+    see ``ModelSourceConfig.exclude_first_positions``), where latents are outliers whose linear estimates mean
+    little; features of the text itself sit at the later positions."""
     keep = source.keep_mask(enc["input_ids"], enc["attention_mask"])  # (1, T)
-    keep[:, 0] = False
     if not keep.any():
         raise ConfigError("the prompt is a single token; give at least two, e.g. 'The capital of France is'")
     return keep

@@ -45,27 +45,23 @@ def single_token(tokenizer: Any, text: str, what: str = "target") -> int:
 
 def chunk_batches(source: Any, split: str, max_tokens: int, batch_size: int) -> list[tuple[dict, torch.Tensor]]:
     """The first chunks of ``split`` holding up to ``max_tokens`` kept tokens, as (encoding, keep mask) batches.
-    The mask leaves out each chunk's first position too: many LMs park huge activations there (an "attention
-    sink"; SmolLM2's residual norm at the first token is ~100x the others' from layer 12 on), so edits and
-    statistics there say little about the text's features."""
+    The mask is the source's: for causal LMs it leaves out each chunk's first position (the attention sink, see
+    ``ModelSourceConfig.exclude_first_positions``), where the dictionary was not trained."""
     if max_tokens < 1 or batch_size < 1:
         raise ConfigError(f"max_tokens and batch_size must be >= 1, got {max_tokens} and {batch_size}")
     chunks = source.chunks(split)
-    special = set(source.special_ids.tolist()) if source.config.exclude_special_tokens else set()
     picked, total = [], 0
-    for c in chunks:
+    for c, n in zip(chunks, source.row_counts(split).tolist(), strict=True):
         if total >= max_tokens:
             break
         picked.append(c)
-        total += sum(1 for t in c if t not in special)
+        total += n
     if total == 0:
         raise DataError(f"the {split} split of the corpus has no tokens; give another corpus or split")
     out = []
     for i in range(0, len(picked), batch_size):
         enc = source.tokenize(picked[i : i + batch_size])
-        keep = source.keep_mask(enc["input_ids"], enc["attention_mask"])  # (B, T)
-        keep[:, 0] = False
-        out.append((enc, keep))
+        out.append((enc, source.keep_mask(enc["input_ids"], enc["attention_mask"])))  # mask (B, T)
     return out
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..device import torch_threads
 from ..errors import ConfigError
 from .edit import add_latent, intervene, set_latent
 from .lm import check_prompt, chunk_batches, encode_prompt
@@ -55,6 +56,13 @@ def typical_activation(run: Any, latent: int, max_tokens: int = 8192) -> float:
     return total / count
 
 
+DECODE_THREADS = 1
+"""Torch intra-op threads while generating. A decoding step handles one new token: ~200 small matrix products
+(SmolLM2), each a parallel region ending in a barrier, so on a shared machine a descheduled second thread stalls
+every one of them (bench/steer.py: 32 tokens took 4.7x longer with 2 threads than with 1 at load ~10), while a
+step's time is mostly reading the weights from memory, which a second core speeds up little."""
+
+
 def _never_fired(latent: int, where: str) -> str:
     return f"feature {latent} never fired {where}, so it has no typical activation; pick a live feature"
 
@@ -64,10 +72,9 @@ def _steered_edit(latent: int, value: float, clamp: bool):
 
 
 def _prompt_positions(source: Any, enc: dict[str, torch.Tensor]):
-    """Positions to steer: the prompt's non-special tokens after the first (see ``lm.chunk_batches`` on the first
-    position), then every new token (one per forward pass)."""
-    prompt_mask = ~torch.isin(enc["input_ids"], source.special_ids.to(enc["input_ids"].device))  # (1, T)
-    prompt_mask[:, 0] = False
+    """Positions to steer: the prompt's positions the dictionary was trained on (for causal LMs not the first,
+    the attention sink), then every new token (one per forward pass)."""
+    prompt_mask = source.keep_mask(enc["input_ids"], enc["attention_mask"])  # (1, T)
     width = enc["input_ids"].shape[1]
     return lambda h: prompt_mask if h.shape[1] == width else None
 
@@ -84,8 +91,10 @@ def steer_text(
     temperature: float = 1.0,
     clamp: bool = False,
     typical: float | None = None,
+    threads: int | None = DECODE_THREADS,
 ) -> dict[str, Any]:
-    """Baseline and steered continuations of ``prompt`` (causal LMs)."""
+    """Baseline and steered continuations of ``prompt`` (causal LMs), generated with ``threads`` torch threads
+    (None: torch's setting)."""
     source = run.source()
     if not source.is_causal_lm:
         raise ConfigError(
@@ -107,7 +116,7 @@ def steer_text(
         if sample:
             torch.manual_seed(seed)
         started = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(threads):
             out = run.model.generate(**enc, **kwargs)
         return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True), time.perf_counter() - started
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from ..configs import check_int, dataclass_from_dict
@@ -157,6 +158,10 @@ class TextModelSource(Source, Protocol):
 
     def keep_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(batch, seq) bool: the positions that become rows."""
+        ...
+
+    def row_counts(self, split: str = "train") -> np.ndarray:
+        """(n_chunks,) rows each chunk of ``split`` gives (the positions ``keep_mask`` keeps)."""
         ...
 
     def activations(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

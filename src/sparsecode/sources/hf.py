@@ -4,7 +4,8 @@ Documents are tokenized once and cut into chunks of at most ``max_length`` token
 such as [CLS]/[SEP] or BOS are re-added around every chunk). Chunks are run through the model in
 fixed forward batches of ``batch_size`` chunks; a forward hook grabs the hooked module's output
 (or first input) and aborts the forward pass right there, so later layers cost nothing. Every
-non-padding token (and, by default, non-special token) becomes one activation row.
+non-padding token (and, by default, non-special token) becomes one activation row, except, by default
+for causal LMs, each chunk's first position: the *attention sink* (see ``exclude_first_positions``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ class ModelSourceConfig(SourceConfigBase):
     """Chunks per forward pass."""
     exclude_special_tokens: bool = True
     """Drop rows of special tokens ([CLS], [SEP], BOS, ...; not [UNK]). Padding is always dropped."""
+    exclude_first_positions: int | None = None
+    """Leading positions of every chunk that are not rows; None means 1 for causal LMs and 0 for other models. A
+    causal LM's first position is an *attention sink* (SmolLM2's residual norm there is ~100x the others' from
+    layer 12 on; BOS plays that part where a tokenizer adds one): rows there would set an SAE's input scale and
+    waste latents on one outlier. Evaluation, features and interventions leave these positions alone too."""
     eval_every: int = 20
     """Every ``eval_every``-th document is held out for the "eval" split."""
     target_hook: str | None = None
@@ -106,6 +112,13 @@ class ModelSourceConfig(SourceConfigBase):
             raise ConfigError(
                 f"source.exclude_special_tokens must be true or false, got {self.exclude_special_tokens!r}"
             )
+        if self.exclude_first_positions is not None:
+            check_int("source.exclude_first_positions", self.exclude_first_positions, minimum=0)
+            if self.exclude_first_positions >= self.max_length:
+                raise ConfigError(
+                    f"source.exclude_first_positions {self.exclude_first_positions} leaves no row in a chunk of "
+                    f"max_length {self.max_length}; lower it"
+                )
         check_int("source.eval_every", self.eval_every, minimum=2)
         try:
             torch.device(self.device)
@@ -303,6 +316,9 @@ class ModelSource(SourceBase):
         self.model_config = _load_config(self.model_path)
         self.tokenizer = _load_tokenizer(self.model_path)
         self.is_causal_lm: bool = is_causal_lm_config(self.model_config)
+        first = config.exclude_first_positions
+        self.first_positions: int = (1 if self.is_causal_lm else 0) if first is None else first
+        """Leading positions of every chunk that are never rows (``exclude_first_positions`` resolved)."""
         mc = self.model_config
         n_pos = getattr(mc, "max_position_embeddings", None) or getattr(mc, "n_positions", None)
         if isinstance(n_pos, int) and config.max_length > n_pos:
@@ -421,16 +437,25 @@ class ModelSource(SourceBase):
             self._chunks[split] = self.tokenized.chunks(split)
         return self._chunks[split]
 
-    def _kept_counts(self, split: str) -> np.ndarray:
-        """(n_chunks,) rows each chunk of ``split`` gives."""
+    def row_counts(self, split: str = "train") -> np.ndarray:
+        """(n_chunks,) rows each chunk of ``split`` gives (the positions ``keep_mask`` keeps), from the stored
+        tokenization alone: its non-special (or all) tokens, less those among its first ``first_positions``."""
         if split not in self._counts:
+            chunks = self.chunks(split)
             exclude = self.config.exclude_special_tokens
-            self._counts[split] = self.tokenized.kept_counts(split) if exclude else self.chunks(split).lengths
+            counts = self.tokenized.kept_counts(split) if exclude else chunks.lengths
+            if self.first_positions:
+                heads = chunks.heads(self.first_positions)  # (n_chunks, first_positions), -1 past a chunk's end
+                leading = heads >= 0
+                if exclude:
+                    leading &= ~np.isin(heads, self.special_ids.numpy())
+                counts = counts - leading.sum(axis=1)
+            self._counts[split] = counts
         return self._counts[split]
 
     def num_rows(self, split: str = "train") -> int:
         """Kept tokens in ``split`` (from tokenization alone; no forward pass)."""
-        return int(self._kept_counts(split).sum())
+        return int(self.row_counts(split).sum())
 
     def validate(self) -> None:
         """Both splits have tokens: a corpus too small to hold a document out would train, then fail to evaluate."""
@@ -456,10 +481,12 @@ class ModelSource(SourceBase):
         return {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
 
     def keep_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) bool: the positions that become rows (not padding; not special if excluded)."""
+        """(B, T) bool: the positions that become rows (not padding; not special if excluded; not among each
+        chunk's first ``first_positions``). Chunks are right-padded, so a chunk's first position is column 0."""
         keep = attention_mask.bool()
         if self.config.exclude_special_tokens:
             keep &= ~torch.isin(input_ids, self.special_ids.to(input_ids.device))
+        keep[:, : self.first_positions] = False
         return keep
 
     def activations(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -537,7 +564,7 @@ class ModelSource(SourceBase):
         """
         check_split(split)
         check_int("start_row", start_row, minimum=0)
-        chunks, counts = self.chunks(split), self._kept_counts(split)
+        chunks, counts = self.chunks(split), self.row_counts(split)
         total = int(counts.sum())
         if start_row > total:
             raise ConfigError(f"start_row {start_row} is past the end of the {split} split ({total} rows)")

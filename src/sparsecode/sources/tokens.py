@@ -73,6 +73,19 @@ class Chunks(Sequence[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         return (self[i] for i in range(len(self)))
 
+    def heads(self, n: int) -> np.ndarray:
+        """(len(self), n) int64: each chunk's first ``n`` token ids, -1 past its end (one read of the file)."""
+        idx = np.asarray(self._indices, dtype=np.int64)  # (n_chunks,)
+        out = np.full((len(idx), n), -1, dtype=np.int64)
+        if len(idx) == 0 or self._starts[-1] == 0:
+            return out
+        tokens = np.memmap(self._path, dtype=np.int32, mode="r")  # (total tokens,)
+        offsets = np.arange(n)  # (n,)
+        inside = offsets[None, :] < self.lengths[idx][:, None]  # (n_chunks, n)
+        where = self._starts[idx][:, None] + offsets[None, :]  # (n_chunks, n)
+        out[inside] = tokens[where[inside]]
+        return out
+
 
 class TokenizedCorpus:
     """A complete token folder (see the module docstring)."""
