@@ -131,6 +131,8 @@ class ModelSourceConfig(SourceConfigBase):
         out = super().to_dict()
         if out["text_column"] == DEFAULT_TEXT_COLUMN:  # left out at its default: earlier runs keep their cache keys
             del out["text_column"]
+        if out["exclude_first_positions"] is None:  # likewise; the source's fingerprint holds the resolved value
+            del out["exclude_first_positions"]
         return out
 
 
@@ -380,7 +382,10 @@ class ModelSource(SourceBase):
     def fingerprint(self) -> dict[str, Any]:
         """What the activations depend on beyond the config strings: the documents' text, the model's
         files (name, size, mtime) and the library versions. Keys the on-disk activation cache."""
-        return {"documents_sha256": self.tokenized.documents_sha256, **self._model_identity()}
+        out = {"documents_sha256": self.tokenized.documents_sha256, **self._model_identity()}
+        if self.first_positions:  # rows without each chunk's first positions (causal LMs' default) are other rows
+            out["first_positions"] = self.first_positions
+        return out
 
     def _model_identity(self) -> dict[str, Any]:
         """The model folder, its files (name, size, mtime) and the library versions."""
