@@ -185,9 +185,10 @@ def _check_shape(new: Any, shape: torch.Size, what: str) -> None:
 
 
 @contextmanager
-def capture(points: Mapping[K, HookPoint], stop: bool = False) -> Iterator[dict[K, torch.Tensor]]:
+def capture(points: Mapping[K, HookPoint], stop: bool = False, clone: bool = False) -> Iterator[dict[K, torch.Tensor]]:
     """Within the block, the yielded dict fills with the hooked tensor of each point (the first time each module
-    runs in this thread), keyed as ``points``. The tensors are the model's own, not copies.
+    runs in this thread), keyed as ``points``. The tensors are the model's own, not copies, unless ``clone``
+    (then a later module that edits its input in place cannot change what an earlier point captured).
 
     With ``stop``, the forward pass is abandoned as soon as every point has been captured, so later layers cost
     nothing; the block is then left right after the forward call (put that call last in the block).
@@ -197,7 +198,8 @@ def capture(points: Mapping[K, HookPoint], stop: bool = False) -> Iterator[dict[
 
     def grab(key: K) -> Act:
         def fn(h: torch.Tensor) -> None:
-            got.setdefault(key, h)
+            if key not in got:
+                got[key] = h.clone() if clone else h
             if stop and len(got) == len(points):
                 raise StopForward(token)
 
@@ -214,11 +216,11 @@ def capture(points: Mapping[K, HookPoint], stop: bool = False) -> Iterator[dict[
 
 
 def run_and_capture(
-    model: nn.Module, points: Mapping[K, HookPoint], *args: Any, **kwargs: Any
+    model: nn.Module, points: Mapping[K, HookPoint], *args: Any, clone: bool = False, **kwargs: Any
 ) -> dict[K, torch.Tensor]:
     """Run ``model(*args, **kwargs)`` only as far as needed to capture every point; DataError names any point the
-    forward pass never reached."""
-    with capture(points, stop=True) as got:
+    forward pass never reached. ``clone``: as in :func:`capture` (for several points of one forward)."""
+    with capture(points, stop=True, clone=clone) as got:
         model(*args, **kwargs)
     missing = [k for k in points if k not in got]
     if missing:

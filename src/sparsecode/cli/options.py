@@ -160,11 +160,13 @@ def add_config_flags(
     only: Iterable[str] | None = None,
     rename: dict[str, str] | None = None,
     owner_name=lambda cls: cls.__name__,
+    many: Iterable[str] | bool = (),
 ) -> list[ConfigFlag]:
     """Add a flag for every field of ``classes`` (in order of first appearance) not in ``skip`` (and in ``only``).
 
     A field several classes share is one flag; when only some of ``classes`` have it, its help names them
     (``owner_name``) and the defaults they differ in. Flags default to None, so a run can tell what was given.
+    The fields in ``many`` (all with True; yes/no fields excepted) take one or more values, given as a list.
     """
     from ..configs import field_docs
 
@@ -187,11 +189,12 @@ def add_config_flags(
         if notes:
             help += f" [{'; '.join(notes)}]"
         base = str(f.type).replace(" ", "").removesuffix("|None")
+        several = many is True or (many is not True and name in many)  # yes/no flags stay single
         if base == "bool":
             group.add_argument(flag.flag, dest=flag.dest, action=argparse.BooleanOptionalAction, help=help)
         else:
             kind, metavar = _TYPES[base]
-            nargs = "+" if base.startswith("list[str]") else None
+            nargs = "+" if base.startswith("list[str]") or several else None
             group.add_argument(flag.flag, dest=flag.dest, type=kind, metavar=metavar, nargs=nargs, help=help)
         flags.append(flag)
     return flags

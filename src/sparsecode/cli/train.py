@@ -26,6 +26,8 @@ EXAMPLES = """examples:
   sparsecode train --hook encoder.layer.3 --arch batchtopk --k 32 --out runs/btk
   sparsecode train --hook encoder.layer.3 --arch jumprelu --target-l0 32 --out runs/jr
   sparsecode train --hook encoder.layer.3 --arch multibudget --budgets 16,32,64,128 --out runs/mb
+  sparsecode train --hook encoder.layer.2 encoder.layer.4 --k 16 32 --out runs/sweep   # 4 runs, one model pass
+  sparsecode train --sweep sweep.json --out runs/sweep        # the runs listed in a file, one model pass
   sparsecode train --hook encoder.layer.3.intermediate --hook-side input --target-hook encoder.layer.3.output.dense \\
       --arch transcoder --k 32 --skip --out runs/tc3     (MLP input -> MLP output of block 3)
   sparsecode train --resume --out runs/minilm-l3
@@ -55,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "target_hook",
         "target_hook_side",
     )
-    flags = add_config_flags(src, [ModelSourceConfig], only=model_fields)
+    flags = add_config_flags(src, [ModelSourceConfig], only=model_fields, many=("hook",))
     flags += add_config_flags(src, [ArraySourceConfig], only=("path", "key"), rename={"path": "activations"})
     image_fields = ("images", "patch", "n_patches", "whiten", "zca_epsilon")
     flags += add_config_flags(src, [ImageSourceConfig], only=image_fields)
@@ -69,9 +71,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     d = p.add_argument_group("dictionary (an option's [arch, ...] lists the architectures that have it)")
     d.add_argument("--arch", help=f"architecture: {', '.join(ARCHITECTURES)} (default {DEFAULT_ARCH})")
-    d.add_argument("--latents", type=parse_count, metavar="N", help="dictionary size (default 16 × input width)")
+    d.add_argument(
+        "--latents", type=parse_count, nargs="+", metavar="N", help="dictionary size (default 16 × input width)"
+    )
     archs = [cls.config_class for cls in ARCHITECTURES.values()]
-    sae_flags = add_config_flags(d, archs, skip=SAE_SET_HERE, owner_name=lambda c: c.arch)
+    sae_flags = add_config_flags(d, archs, skip=SAE_SET_HERE, owner_name=lambda c: c.arch, many=True)
+    d.add_argument(
+        "--sweep",
+        metavar="FILE",
+        help='several runs from one pass, listed in a JSON file: {"runs": [{"hook": "model.layers.4", "k": 32, '
+        '"out": "l4-k32"}, ...]}, each naming its hook and dictionary options; see docs/sweeps.md',
+    )
     p.set_defaults(sae_flags=sae_flags)
 
     tr = p.add_argument_group("training")
@@ -150,6 +160,9 @@ def _source_config(args: argparse.Namespace):
 
 def _sae_config(args: argparse.Namespace, d_in: int, d_out: int | None = None):
     from ..sae import ARCHITECTURES
+    from .train_many import unwrap
+
+    unwrap(args)  # options that take several values, given one each
 
     arch = args.arch or DEFAULT_ARCH
     if arch not in ARCHITECTURES:
@@ -215,7 +228,7 @@ def _extended(train, tokens: int, out: Path):
     return TrainConfig.from_dict({**train.to_dict(), "tokens": tokens})
 
 
-def _cli_only_given(args: argparse.Namespace, names=("synthetic", "arch", "latents", "config")) -> list[str]:
+def _cli_only_given(args: argparse.Namespace, names=("synthetic", "arch", "latents", "config", "sweep")) -> list[str]:
     """Source and dictionary flags given that are not config fields."""
     return ["--" + n for n in names if getattr(args, n) is not None]
 
@@ -269,6 +282,9 @@ def run(args: argparse.Namespace) -> int:
     torchrun = init_from_environment(args.device or "cpu")  # launched by torchrun: one rank of its group
     out = Path(args.out)
     train_overrides = given(args, args.train_flags)
+    several = _several_runs(args, out, train_overrides, torchrun)
+    if several is not None:
+        return several
     if args.resume:
         config, source = _resumed_config(args, out, train_overrides), None
         if not _holds_progress(out):  # killed before its first checkpoint: start the saved run from the beginning
@@ -299,6 +315,33 @@ def run(args: argparse.Namespace) -> int:
             launch(args.nproc, config.train.device, fit_worker, *worker_args)
     print_summary(out)
     return 0
+
+
+def _several_runs(args: argparse.Namespace, out: Path, overrides: dict, torchrun: bool) -> int | None:
+    """Train (or resume) the runs when the command line asks for several; None when it asks for one (then
+    ``args`` holds one value per option)."""
+    from . import train_many
+
+    if args.resume:
+        dirs = train_many.resumable_runs(out)
+        if not dirs:
+            train_many.unwrap(args)
+            return None
+        runs = None
+    else:
+        if args.sweep:
+            train_many.unwrap(args)
+        runs = train_many.sweep_entries(args) if args.sweep else train_many.expand(args)
+        if len(runs) == 1 and not args.sweep:
+            vars(args).update(vars(runs[0][1]))
+            return None
+    if torchrun:
+        raise ConfigError("under torchrun, train one run at a time")
+    return (
+        train_many.resume_many(args, dirs, overrides)
+        if runs is None
+        else train_many.train_many(args, out, runs, overrides)
+    )
 
 
 def print_summary(out: Path) -> None:

@@ -11,7 +11,7 @@ for causal LMs, each chunk's first position: the *attention sink* (see ``exclude
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -303,6 +303,25 @@ def chunk_documents(tokenizer: Any, docs: list[str], max_length: int, per_docume
 # --------------------------------------------------------------------------- the source
 
 
+@dataclass(frozen=True)
+class Tap:
+    """Where one dictionary's rows come from in a forward pass: a hook point and, for transcoders, a target point."""
+
+    hook: str
+    hook_side: str = "output"
+    target_hook: str | None = None
+    target_hook_side: str = "output"
+
+    @classmethod
+    def of(cls, config: ModelSourceConfig) -> Tap:
+        return cls(config.hook, config.hook_side, config.target_hook, config.target_hook_side)
+
+    def points(self) -> list[tuple[str, str]]:
+        """(module path, side) of the input point, then of the target point if any."""
+        own = [(self.hook, self.hook_side)]
+        return own if self.target_hook is None else [*own, (self.target_hook, self.target_hook_side)]
+
+
 class ModelSource(SourceBase):
     """Rows = activations at ``config.hook`` for every kept token of the corpus split.
 
@@ -311,8 +330,11 @@ class ModelSource(SourceBase):
 
     is_text_model: ClassVar[bool] = True
 
-    def __init__(self, config: ModelSourceConfig):
+    def __init__(self, config: ModelSourceConfig, taps: Sequence[Tap] | None = None):
         self.config = config
+        self.taps = list(taps) if taps else [Tap.of(config)]
+        """The hook points whose activations make a row; several taps give wide rows, their activations side by side
+        (one forward feeding several dictionaries, see ``activations.shared``); by default the config's own."""
         check_device(config.device)
         self.model_path = resolve_model(config.model)
         self.model_config = _load_config(self.model_path)
@@ -335,7 +357,8 @@ class ModelSource(SourceBase):
         self._counts: dict[str, np.ndarray] = {}
         self._model: nn.Module | None = None
         self._module: nn.Module | None = None
-        self._widths: tuple[int, int | None] | None = None
+        self._tap_modules: dict[str, nn.Module] = {}
+        self._widths: list[tuple[int, int | None]] | None = None
 
     # -- lazily loaded model ----------------------------------------------------
 
@@ -361,23 +384,27 @@ class ModelSource(SourceBase):
         """The module at ``config.target_hook`` (transcoder targets), or None."""
         return None if self.config.target_hook is None else find_module(self.model, self.config.target_hook)
 
-    def _probe_widths(self) -> tuple[int, int | None]:
+    def tap_widths(self) -> list[tuple[int, int | None]]:
+        """(d_in, d_out or None) of each tap, from a one-token forward pass."""
         if self._widths is None:
             prefix, suffix = special_affixes(self.tokenizer)
             probe = prefix + self.tokenizer("hello", add_special_tokens=False)["input_ids"] + suffix
             enc = self.tokenize([probe])
-            acts, targets = self.activations_and_targets(enc["input_ids"], enc["attention_mask"])
-            self._widths = (int(acts.shape[-1]), None if targets is None else int(targets.shape[-1]))
+            self._widths = [
+                (int(acts.shape[-1]), None if targets is None else int(targets.shape[-1]))
+                for acts, targets in self.tap_activations(enc["input_ids"], enc["attention_mask"])
+            ]
         return self._widths
 
     @property
     def d_in(self) -> int:
-        return self._probe_widths()[0]
+        return sum(d for d, _ in self.tap_widths())
 
     @property
     def d_out(self) -> int | None:
         """Width of the paired targets at ``config.target_hook``; None without a target hook."""
-        return None if self.config.target_hook is None else self._probe_widths()[1]
+        widths = [d for _, d in self.tap_widths() if d is not None]
+        return sum(widths) if widths else None
 
     def fingerprint(self) -> dict[str, Any]:
         """What the activations depend on beyond the config strings: the documents' text, the model's
@@ -502,25 +529,48 @@ class ModelSource(SourceBase):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, T, d_in) activations at the hook and (B, T, d_out) at the target hook (None without one), from
-        one forward pass that stops as soon as both are captured."""
-        c = self.config
-        points = {f"{c.hook!r} ({c.hook_side})": HookPoint(self.module, c.hook_side)}
-        if c.target_hook is not None:
-            points[f"{c.target_hook!r} ({c.target_hook_side})"] = HookPoint(self.target_module, c.target_hook_side)
+        one forward pass that stops as soon as both are captured. With several taps, theirs side by side."""
+        per_tap = self.tap_activations(input_ids, attention_mask)
+        acts = [a for a, _ in per_tap]
+        targets = [t for _, t in per_tap if t is not None]
+        return (
+            acts[0] if len(acts) == 1 else torch.cat(acts, dim=-1),
+            None if not targets else targets[0] if len(targets) == 1 else torch.cat(targets, dim=-1),
+        )
+
+    def tap_activations(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Each tap's (B, T, d_in) activations and (B, T, d_out) targets (None without a target hook), from one
+        forward pass that stops once the last of their points has run."""
+        points: dict[str, HookPoint] = {}
+        for tap in self.taps:
+            for path, side in tap.points():
+                points.setdefault(f"{path!r} ({side})", HookPoint(self._find(path), side))
         extra = {"use_cache": False} if self.is_causal_lm else {}
-        with torch.inference_mode():
-            captured = run_and_capture(self.model, points, input_ids=input_ids, attention_mask=attention_mask, **extra)
-        out = []
-        for name in points:
-            x, hook = captured[name], f"hook {name}"
+        with torch.inference_mode():  # copies when several points: a later layer may edit its input in place
+            captured = run_and_capture(
+                self.model, points, input_ids=input_ids, attention_mask=attention_mask, clone=len(points) > 1, **extra
+            )
+        for name, x in captured.items():
             if not isinstance(x, torch.Tensor) or x.dim() != 3 or tuple(x.shape[:2]) != tuple(input_ids.shape):
                 shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
                 raise DataError(
-                    f"{hook} gave {shape}, expected a (batch, seq, d) tensor with (batch, seq) = "
+                    f"hook {name} gave {shape}, expected a (batch, seq, d) tensor with (batch, seq) = "
                     f"{tuple(input_ids.shape)}; hook another module"
                 )
-            out.append(x)
-        return out[0], (out[1] if len(out) > 1 else None)
+        out = []
+        for tap in self.taps:
+            got = [captured[f"{path!r} ({side})"] for path, side in tap.points()]
+            out.append((got[0], got[1] if len(got) > 1 else None))
+        return out
+
+    def _find(self, path: str) -> nn.Module:
+        if path == self.config.hook:
+            return self.module
+        if path not in self._tap_modules:
+            self._tap_modules[path] = find_module(self.model, path)
+        return self._tap_modules[path]
 
     def _forward_chunks(self, split: str, chunks: list[list[int]], indices: list[int]) -> list[ActivationBatch]:
         """One forward pass over ``chunks[i] for i in indices``; the kept rows of each, as batches."""

@@ -13,6 +13,7 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Generator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.source = source
         self.progress = progress
+        self.label = "train"
+        """The progress bar's name (each run's folder name when several train together)."""
         self.device = check_device(config.train.device)
         self._stop_requested = False
         self.group = DataParallel()  # this process's place among data-parallel processes (alone: rank 0 of 1)
@@ -67,6 +70,19 @@ class Trainer:
         (as a crash would), the training-space SAE is returned and ``fit(resume=True)`` continues from the
         last periodic checkpoint, if one was written.
         """
+        steps = self.steps(resume, stop_at_step)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def steps(
+        self, resume: bool = False, stop_at_step: int | None = None, handle_sigint: bool = True
+    ) -> Generator[int, None, SparseAutoencoder]:
+        """``fit`` one optimizer step at a time: yields the tokens trained on so far after every step and returns
+        what ``fit`` returns. Several trainers fed by one shared pass advance together this way
+        (``train.together``, which then handles Ctrl-C for all of them: ``handle_sigint=False``)."""
         tc = self.config.train
         keep_freed_memory()
         if resume:
@@ -89,12 +105,12 @@ class Trainer:
             initial=step * tc.batch_size,
             unit="tok",
             unit_scale=True,
-            desc="train",
+            desc=self.label,
             disable=not self.progress,
             dynamic_ncols=True,
             smoothing=0.1,
         )
-        previous_handler = self._install_sigint_handler()
+        previous_handler = self._install_sigint_handler() if handle_sigint else None
         t_last, tokens_last = time.perf_counter(), step * tc.batch_size
         try:
             while step < end and not self._stop_requested:
@@ -141,6 +157,7 @@ class Trainer:
                     bar.set_postfix(l0=f"{row['l0']:.1f}", fvu=f"{row['fvu']:.3f}", refresh=False)
                 if (step % tc.checkpoint_every == 0 or step == total) and group.is_main:
                     self._save_checkpoint(sae, optimizer, tokens_since_fired, step, store)
+                yield step * tc.batch_size
         finally:
             bar.close()
             self._restore_sigint_handler(previous_handler)
