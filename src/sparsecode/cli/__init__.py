@@ -29,6 +29,7 @@ COMMANDS = (
     "compare",
     "features",
     "explain",
+    "llm",
     "serve",
     "steer",
     "ablate",

@@ -229,9 +229,16 @@ class LocalChat:
         return bool(yes > no)
 
     def chat(self, messages: Messages, max_tokens: int) -> str:
+        self.usage.take()
+        text, prompt_tokens, completion_tokens = self.complete(messages, max_tokens)
+        self.usage.add(prompt_tokens, completion_tokens)
+        return text
+
+    def complete(self, messages: Messages, max_tokens: int) -> tuple[str, int, int]:
+        """The reply to ``messages`` (greedy, at most ``max_tokens`` new tokens), with the prompt's and the reply's
+        token counts. Not counted against a budget (the LLM server calls this)."""
         import torch
 
-        self.usage.take()
         with self.lock, torch.inference_mode():
             ids = self._prompt(messages)
             out = self.model.generate(
@@ -243,5 +250,4 @@ class LocalChat:
                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
             )  # (1, T + new)
         new = out[0, ids.shape[1] :]
-        self.usage.add(int(ids.shape[1]), int(new.shape[0]))
-        return self.tokenizer.decode(new, skip_special_tokens=True)
+        return self.tokenizer.decode(new, skip_special_tokens=True), int(ids.shape[1]), int(new.shape[0])
