@@ -16,10 +16,27 @@ FORMAT, VERSION = "sparsecode-features", 1  # what sparsecode.features.database 
 FEATURE_ID = re.compile(r"[0-9]{1,12}")
 """A feature id as written in URLs and searches: ASCII digits only (str.isdigit() also accepts "²" and "٣")."""
 
-SORTS = {"id": "id", "density": "density", "max_act": "max_act", "mean_act": "mean_act", "match": "match_act"}
-"""List sort keys (query value -> column); "match" (activation on the searched token) needs a token query."""
+SORTS = {
+    "id": "id",
+    "density": "density",
+    "max_act": "max_act",
+    "mean_act": "mean_act",
+    "detection": "detection",
+    "match": "match_act",
+}
+"""List sort keys (query value -> column); "match" (activation on the searched token) needs a token query;
+"detection" is the balanced accuracy of the feature's explanation (`sparsecode explain`), unexplained last."""
+EXPLAINED = (
+    "LEFT JOIN explanations e ON e.feature = features.id LEFT JOIN explanation_scores s ON s.feature = features.id "
+    "AND s.scorer = 'detection' AND s.baseline = 0"
+)
+"""The explanation and its detection score of each feature, when `sparsecode explain` has stored them."""
 FILTERS = ("all", "alive", "dead", "dense")
 """List filters."""
+
+
+def _like_escape(word: str) -> str:
+    return word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 class FeatureDB:
@@ -70,10 +87,19 @@ class FeatureDB:
         limit: int = 100,
     ) -> tuple[int, list[dict[str, Any]]]:
         """(total matching, one page of summary rows). ``query``: a feature id, or a token's text (exact,
-        case-insensitive, ignoring surrounding spaces) that the feature fires on in its top contexts; rows then
-        carry ``match_act``, the feature's largest activation on that token."""
-        where, params = [], []
-        join, match = "", ", NULL AS match_act"
+        case-insensitive, ignoring surrounding spaces) that the feature fires on in its top contexts, or words that
+        all occur in the feature's explanation (either matches); rows carry ``match_act``, the feature's largest
+        activation on that token (None for a match by explanation), and ``explanation`` / ``detection`` (its
+        detection balanced accuracy) when explained."""
+        where, params, join_params = [], [], []
+        explained = self.has_explanations()
+        join = EXPLAINED if explained else ""
+        columns = (
+            "e.text AS explanation, s.balanced_accuracy AS detection"
+            if explained
+            else ("NULL AS explanation, NULL AS detection")
+        )
+        match = "NULL AS match_act"
         if filter == "alive":
             where.append("fire_count > 0")
         elif filter == "dead":
@@ -86,24 +112,56 @@ class FeatureDB:
             where.append("id = ?")
             params.append(int(query))
         elif query:
-            join = (
-                "JOIN (SELECT ft.feature, MAX(ft.activation) AS match_act FROM feature_tokens ft "
-                "JOIN tokens t ON t.id = ft.token WHERE t.key = ? GROUP BY ft.feature) m ON m.feature = features.id"
+            join += (
+                " LEFT JOIN (SELECT ft.feature, MAX(ft.activation) AS match_act FROM feature_tokens ft JOIN tokens t "
+                "ON t.id = ft.token WHERE t.key = ? GROUP BY ft.feature) m ON m.feature = features.id"
             )
-            params.insert(0, query.lower())
-            match = ", match_act"
+            join_params.append(query.lower())
+            match = "match_act"
+            found = ["m.feature IS NOT NULL"]
+            words = query.lower().split()
+            if explained and words:  # every word of the query in the explanation, case-insensitive
+                found.append("(" + " AND ".join(["LOWER(e.text) LIKE ? ESCAPE '\\'"] * len(words)) + ")")
+                params[:0] = [f"%{_like_escape(w)}%" for w in words]
+            where.insert(0, f"({' OR '.join(found)})")
         elif sort == "match":
             raise ValueError("sort 'match' needs a token query")
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         direction = "ASC" if order == "asc" else "DESC"
+        nulls = " NULLS LAST" if sort in ("detection", "match") else ""
         con = self._con()
-        total = con.execute(f"SELECT COUNT(*) FROM features {join} {clause}", params).fetchone()[0]
+        total = con.execute(f"SELECT COUNT(*) FROM features {join} {clause}", [*join_params, *params]).fetchone()[0]
         rows = con.execute(
-            f"SELECT id, fire_count, density, mean_act, max_act, top_tokens{match} FROM features {join} {clause} "
-            f"ORDER BY {SORTS[sort]} {direction}, id ASC LIMIT ? OFFSET ?",
-            [*params, limit, offset],
+            f"SELECT id, fire_count, density, mean_act, max_act, top_tokens, {columns}, {match} FROM features {join} "
+            f"{clause} ORDER BY {SORTS[sort]} {direction}{nulls}, id ASC LIMIT ? OFFSET ?",
+            [*join_params, *params, limit, offset],
         ).fetchall()
         return total, [{**dict(r), "top_tokens": json.loads(r["top_tokens"])} for r in rows]
+
+    def has_explanations(self) -> bool:
+        """Whether `sparsecode explain` has stored explanations (it may do so while the dashboard runs)."""
+        row = (
+            self._con()
+            .execute(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('explanations', 'explanation_scores')"
+            )
+            .fetchone()
+        )
+        return row[0] == 2
+
+    def explanation(self, fid: int) -> dict[str, Any] | None:
+        """Feature ``fid``'s explanation, who wrote it, and its scores {scorer: {"real"/"shuffled": {...}}}."""
+        if not self.has_explanations():
+            return None
+        con = self._con()
+        r = con.execute("SELECT text, explainer, prompt_version FROM explanations WHERE feature = ?", (fid,)).fetchone()
+        if r is None:
+            return None
+        scores: dict[str, dict[str, Any]] = {}
+        for s in con.execute("SELECT * FROM explanation_scores WHERE feature = ? ORDER BY scorer, baseline", (fid,)):
+            row = {k: v for k, v in dict(s).items() if k not in ("feature", "scorer", "baseline")}
+            scores.setdefault(s["scorer"], {})["shuffled" if s["baseline"] else "real"] = row
+        return {**dict(r), "scores": scores}
 
     def top_tokens(self, ids: list[int]) -> dict[int, list[str]]:
         """The distinct tokens each of ``ids`` is centred on in its top contexts (as on the list page)."""
@@ -145,6 +203,7 @@ class FeatureDB:
                     ],
                 }
             )
+        out["explanation"] = self.explanation(fid)
         if self.meta.get("world") == "othello":
             self._add_boards(out)
         return out
