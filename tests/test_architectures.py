@@ -9,6 +9,7 @@ from itertools import pairwise
 
 import pytest
 import torch
+from cli_toy import toy_train
 
 from sparsecode.cli import main
 from sparsecode.eval import evaluate_reconstruction, evaluate_run, mmcs, recovery_fraction
@@ -427,28 +428,7 @@ def test_each_architecture_recovers_planted_features_at_8x_superposition(tmp_pat
 )
 def test_cli_trains_and_evaluates_every_architecture(tmp_path, capsys, arch, flags):
     out = tmp_path / arch
-    assert (
-        main(
-            [
-                "train",
-                "--synthetic",
-                "features=64,dim=16,active=3",
-                "--arch",
-                arch,
-                *flags,
-                "--latents",
-                "64",
-                "--tokens",
-                "20k",
-                "--batch-size",
-                "256",
-                "--out",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert main(toy_train(out, "--arch", arch, *flags)) == 0
     assert main(["eval", str(out), "--max-rows", "2000", "--quiet"]) == 0
     report = capsys.readouterr().out
     assert f"{arch} SAE" in report and "MMCS" in report
@@ -462,9 +442,7 @@ def test_cli_says_when_training_missed_the_target_l0(tmp_path, capsys):
     """20k tokens are far too few for ReLU's controller to bring the L0 to 2 from the default coefficient: the
     run finishes, and says that its L0 is not the target."""
     out = tmp_path / "r"
-    args = ["train", "--synthetic", "features=64,dim=16,active=3", "--arch", "relu", "--target-l0", "2"]
-    args += ["--latents", "64", "--tokens", "20k", "--batch-size", "256", "--out", str(out), "--quiet"]
-    assert main(args) == 0
+    assert main(toy_train(out, "--arch", "relu", "--target-l0", "2")) == 0
     err = capsys.readouterr().err
     assert "warning: the training L0 ended at" in err and "not the target 2" in err, err
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

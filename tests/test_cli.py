@@ -9,24 +9,9 @@ import sys
 
 import numpy as np
 import pytest
+from cli_toy import assert_one_line_error, run_cli, toy_train
 
 from sparsecode.cli import main, parse_count
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "sparsecode", *args], capture_output=True, text=True, env=env, timeout=600, check=False
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("train:")]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ") and "Traceback" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 def test_train_then_eval_on_a_tiny_model(tmp_path, tiny_bert_dir, text_corpus):
@@ -76,29 +61,7 @@ def test_train_then_eval_on_a_tiny_model(tmp_path, tiny_bert_dir, text_corpus):
 
 def test_synthetic_source_from_the_command_line(tmp_path):
     out = tmp_path / "toy"
-    assert (
-        main(
-            [
-                "train",
-                "--synthetic",
-                "features=64,dim=16,active=3",
-                "--arch",
-                "relu",
-                "--l1",
-                "1",
-                "--latents",
-                "64",
-                "--tokens",
-                "20k",
-                "--batch-size",
-                "256",
-                "--out",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert main(toy_train(out, "--arch", "relu", "--l1", "1")) == 0
     assert main(["eval", str(out), "--quiet", "--max-rows", "4096"]) == 0
     result = json.loads((out / "eval.json").read_text())
     assert 0 <= result["mmcs"] <= 1 and "recovery_fraction_0.9" in result
@@ -106,22 +69,7 @@ def test_synthetic_source_from_the_command_line(tmp_path):
 
 def test_resume_from_the_command_line(tmp_path):
     out = tmp_path / "toy"
-    args = [
-        "train",
-        "--synthetic",
-        "features=64,dim=16,active=3",
-        "--k",
-        "3",
-        "--latents",
-        "64",
-        "--tokens",
-        "20k",
-        "--batch-size",
-        "256",
-        "--out",
-        str(out),
-        "--quiet",
-    ]
+    args = toy_train(out)
     assert main(args) == 0
     assert main(["train", "--resume", "--out", str(out), "--quiet"]) == 2  # already finished: says so
 
@@ -199,28 +147,7 @@ def test_dead_tokens_flag_sets_when_latents_count_as_dead(tmp_path):
     dead = {}
     for name, extra in (("default", []), ("short", ["--dead-tokens", "256"])):
         out = tmp_path / name
-        assert (
-            main(
-                [
-                    "train",
-                    "--synthetic",
-                    "features=64,dim=16,active=3",
-                    "--k",
-                    "3",
-                    "--latents",
-                    "256",
-                    "--tokens",
-                    "20k",
-                    "--batch-size",
-                    "256",
-                    "--out",
-                    str(out),
-                    "--quiet",
-                    *extra,
-                ]
-            )
-            == 0
-        )
+        assert main([*toy_train(out, latents=256), *extra]) == 0
         config = json.loads((out / "config.json").read_text())
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         dead[name] = (config["train"]["dead_tokens"], max(r["dead_fraction"] for r in rows))
@@ -230,27 +157,7 @@ def test_dead_tokens_flag_sets_when_latents_count_as_dead(tmp_path):
 
 def test_truncated_checkpoint(tmp_path):
     out = tmp_path / "toy"
-    assert (
-        main(
-            [
-                "train",
-                "--synthetic",
-                "features=64,dim=16,active=3",
-                "--k",
-                "3",
-                "--latents",
-                "64",
-                "--tokens",
-                "20k",
-                "--batch-size",
-                "256",
-                "--out",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert main(toy_train(out)) == 0
     sae_file = out / "sae.safetensors"
     sae_file.write_bytes(sae_file.read_bytes()[:1000])
     r = run_cli("eval", str(out))
@@ -265,22 +172,7 @@ def test_truncated_checkpoint(tmp_path):
 
 def test_existing_run_is_not_overwritten_by_accident(tmp_path):
     out = tmp_path / "toy"
-    args = [
-        "train",
-        "--synthetic",
-        "features=64,dim=16,active=3",
-        "--k",
-        "3",
-        "--latents",
-        "64",
-        "--tokens",
-        "20k",
-        "--batch-size",
-        "256",
-        "--out",
-        str(out),
-        "--quiet",
-    ]
+    args = toy_train(out)
     assert main(args) == 0
     before = (out / "sae.safetensors").read_bytes()
     r = run_cli(*args)
@@ -407,22 +299,7 @@ def test_train_then_eval_on_a_tiny_causal_lm(tmp_path, tiny_gpt2_dir, text_corpu
 
 def test_failed_overwrite_restores_the_old_run(tmp_path):
     out = tmp_path / "run"
-    args = [
-        "train",
-        "--synthetic",
-        "features=64,dim=16,active=3",
-        "--k",
-        "3",
-        "--latents",
-        "64",
-        "--tokens",
-        "20k",
-        "--batch-size",
-        "256",
-        "--out",
-        str(out),
-        "--quiet",
-    ]
+    args = toy_train(out)
     assert main(args) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     np.save(tmp_path / "zeros.npy", np.zeros((5000, 16), dtype=np.float32))

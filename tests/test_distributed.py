@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import torch
+from cli_toy import toy_train
 
 from sparsecode.io import load_tensors, read_metadata
 from sparsecode.run import RunConfig
@@ -112,22 +113,7 @@ def test_two_processes_equal_one_for_every_architecture(tmp_path):
 def test_cli_nproc(tmp_path, capsys):
     from sparsecode.cli import main
 
-    args = [
-        "train",
-        "--synthetic",
-        "features=64,dim=16,active=3",
-        "--k",
-        "3",
-        "--latents",
-        "64",
-        "--tokens",
-        "8k",
-        "--batch-size",
-        "255",
-        "--nproc",
-        "2",
-        "--quiet",
-    ]
+    args = [*toy_train(None, tokens="8k", batch=255), "--nproc", "2"]
     assert main(args + ["--out", str(tmp_path / "odd")]) == 2
     assert "--nproc 2 must divide the batch size (255)" in capsys.readouterr().err
     assert not (tmp_path / "odd").exists()

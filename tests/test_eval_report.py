@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from test_cli import assert_one_line_error, run_cli
+from cli_toy import assert_one_line_error, run_cli, toy_train
 
 from sparsecode.cli import main
 from sparsecode.eval import evaluate_run, format_report
@@ -105,27 +105,7 @@ def test_full_report_on_a_tiny_model(tmp_path, tiny_bert_dir, text_corpus):
 
 
 def _train_toy(out, k: int) -> None:
-    assert (
-        main(
-            [
-                "train",
-                "--synthetic",
-                "features=64,dim=16,active=3",
-                "--k",
-                str(k),
-                "--latents",
-                "64",
-                "--tokens",
-                "20k",
-                "--batch-size",
-                "256",
-                "--out",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert main(toy_train(out, "--k", str(k))) == 0
 
 
 def test_quick_eval_and_compare_three_runs(tmp_path, capsys):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_toy import run_cli
 from safetensors.torch import load_file
 
 from sparsecode.errors import ConfigError, DataError
@@ -285,17 +286,6 @@ def test_imported_run_goes_through_eval_features_and_serve(tmp_path, tiny_gpt2_d
         assert listing.status_code == 200
         fires = client.get("/fires.json", params={"text": "The quick brown fox."})
         assert fires.status_code == 200
-
-
-def run_cli(*args: str):
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "sparsecode", *args], capture_output=True, text=True, env=env, check=False
-    )
 
 
 def _one_line_error(r, *needles: str) -> None:
