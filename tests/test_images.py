@@ -178,3 +178,44 @@ def test_train_and_eval_images_from_the_command_line(tmp_path, capsys):
     assert not (tmp_path / "big").exists()
     assert main(["train", "--activations", "x.npy", "--patch", "8", "--out", str(tmp_path / "x")]) == 2
     assert "--patch applies to an image source" in capsys.readouterr().err
+
+
+def test_dashboard_shows_an_image_runs_top_examples_as_the_patches_they_are(tmp_path):
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from sparsecode.cli import main
+    from sparsecode.dashboard import create_app
+    from sparsecode.run import load_run
+    from sparsecode.sources.images import load_images
+
+    _write_images(tmp_path)
+    run = tmp_path / "run"
+    args = ["train", "--images", str(tmp_path), "--n-patches", "3000", "--latents", "16", "--k", "3", "--quiet"]
+    assert main([*args, "--patch", "5", "--tokens", "4096", "--batch-size", "1024", "--out", str(run)]) == 0
+    assert main(["features", str(run), "--quiet", "--top", "4"]) == 0
+    loaded = load_run(run)
+    source = open_source(loaded.config.source)
+    with torch.inference_mode():
+        latents = loaded.sae.encode(torch.cat([b.acts for b in source.iter_batches("eval")]))  # (150, 16)
+    images = [img for _, img in load_images(str(tmp_path))]
+    with TestClient(create_app(run)) as client:
+        fid = next(f["id"] for f in client.get("/features.json?filter=alive").json()["features"])
+        feature = client.get(f"/features/{fid}.json").json()
+        page = client.get(f"/features/{fid}").text
+    top = feature["contexts"]["top"]
+    assert top[0]["activation"] == pytest.approx(float(latents[:, fid].max()), rel=1e-4)
+    for c in top:
+        row = c["tokens"][0]["id"]  # the patch's row in the source: its eval activation is the context's
+        assert c["activation"] == pytest.approx(float(latents[row - source.n_train, fid]), rel=1e-4)
+        img, y, x = source.positions[row]
+        raw = images[img][y : y + 5, x : x + 5]
+        png = Image.open(io.BytesIO(base64.b64decode(c["patch"].split(",", 1)[1])))
+        shown = np.asarray(png, dtype=np.float64)  # the raw patch stretched to 0..255
+        assert shown.shape == (5, 5)
+        np.testing.assert_allclose(shown, (raw - raw.min()) / (raw.max() - raw.min()) * 255, atol=0.51)
+    assert feature["atom"].startswith("data:image/png;base64,")
+    assert page.count('class="patch"') == len(top) + len(feature["contexts"]["quantile"])
+    assert 'id="atom"' in page and 'id="steer"' not in page

@@ -206,7 +206,19 @@ class FeatureDB:
         out["explanation"] = self.explanation(fid)
         if self.meta.get("world") == "othello":
             self._add_boards(out)
+        elif self.meta.get("world") == "images":
+            self._add_pictures(out)
         return out
+
+    def _add_pictures(self, out: dict[str, Any]) -> None:
+        """An image-patch run: each context's patch and the feature's atom as PNG data URIs."""
+        shown = [c for kind in out["contexts"].values() for c in kind]
+        keys = [f"atom:{out['id']}"] + [f"patch:{c['tokens'][0]['id']}" for c in shown if c["tokens"]]
+        marks = ",".join("?" * len(keys))
+        found = dict(self._con().execute(f"SELECT key, data_uri FROM pictures WHERE key IN ({marks})", keys))
+        out["atom"] = found.get(keys[0])
+        for c in shown:
+            c["patch"] = found.get(f"patch:{c['tokens'][0]['id']}") if c["tokens"] else None
 
     def _add_boards(self, out: dict[str, Any]) -> None:
         """An Othello run: each context's position as a board, and the feature's board correlation (64, 3)

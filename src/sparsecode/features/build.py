@@ -70,9 +70,9 @@ def build_features(run_dir: str | Path, config: FeaturesConfig | None = None, pr
     run_dir = Path(run_dir)
     device = check_device(config.device)
     run = load_run(run_dir)
-    if run.config.source.kind != "model":
+    if run.config.source.kind not in ("model", "images"):
         raise DataError(
-            f"{run_dir}: feature contexts need a text model source; this run was trained on "
+            f"{run_dir}: feature contexts need a text model source or image patches; this run was trained on "
             f"{run.config.source.kind} data"
         )
     run.config.source.device = config.device
@@ -81,6 +81,8 @@ def build_features(run_dir: str | Path, config: FeaturesConfig | None = None, pr
     m = sae.cfg.n_latents
     if source.d_in != sae.cfg.d_in:
         raise DataError(f"{run_dir}: the model yields rows of width {source.d_in} but the SAE expects {sae.cfg.d_in}")
+    if run.config.source.kind == "images":
+        return _build_image_features(run_dir, source, sae, config, progress, started)
 
     chunks = source.chunks(config.split)
     counts = source.row_counts(config.split).tolist()
@@ -144,22 +146,29 @@ def build_features(run_dir: str | Path, config: FeaturesConfig | None = None, pr
     texts = token_texts(source.tokenizer, sorted(rows["token_ids"]))
     for feature in rows["features"]:  # the list page shows the distinct words a feature is centred on
         feature[8] = json.dumps(list(dict.fromkeys(texts[t] for t in feature[8]))[:5])
+    optional = {} if boards is None else {"feature_boards": _board_rows(boards)}
+    return _write(run_dir, meta, rows, texts, acc, config, started, random_contexts=random_rows, **optional)
+
+
+def _write(
+    run_dir: Path,
+    meta: dict[str, Any],
+    rows: dict[str, Any],
+    texts: dict[int, str],
+    acc: FeatureAccumulator,
+    config: FeaturesConfig,
+    started: float,
+    **optional: Any,
+) -> dict[str, Any]:
+    """Write RUN/features.sqlite (``optional``: the board / picture tables) and return the build's summary."""
     db_path = run_dir / FEATURES_FILE
-    write_database(
-        db_path,
-        meta,
-        rows["features"],
-        rows["contexts"],
-        texts,
-        ((t, f, a) for (t, f), a in rows["feature_tokens"].items()),
-        None if boards is None else _board_rows(boards),
-        random_contexts=random_rows,
-    )
+    feature_tokens = ((t, f, a) for (t, f), a in rows["feature_tokens"].items())
+    write_database(db_path, meta, rows["features"], rows["contexts"], texts, feature_tokens, **optional)
     fired = acc.fire_count
     density = fired.double() / max(acc.n_tokens, 1)
     return {
         "path": str(db_path),
-        "n_latents": m,
+        "n_latents": meta["n_latents"],
         "n_tokens": acc.n_tokens,
         "split": config.split,
         "dead": int((fired == 0).sum()),
@@ -167,6 +176,37 @@ def build_features(run_dir: str | Path, config: FeaturesConfig | None = None, pr
         "seconds": time.perf_counter() - started,
         "logit_embedding": meta["logit_embedding"],
     }
+
+
+def _build_image_features(
+    run_dir: Path, source: Any, sae: Any, config: FeaturesConfig, progress: bool, started: float
+) -> dict[str, Any]:
+    """The database of an image-patch run (``features/images.py``): patches as one-token chunks, shown as
+    pictures."""
+    from . import images
+
+    config = images.image_settings(config)
+    acc, chunks, _ = images.collect_patches(source, sae, config, progress)
+    if acc.n_tokens == 0:
+        raise DataError(f"{run_dir}: the {config.split} split has no patches; try --split train")
+    meta = {
+        "run": str(run_dir),
+        "arch": sae.cfg.arch,
+        "n_latents": sae.cfg.n_latents,
+        "d_in": sae.cfg.d_in,
+        "split": config.split,
+        "n_tokens": acc.n_tokens,
+        "n_chunks": len(chunks),
+        "settings": config.to_dict(),
+        "quantile_levels": list(QUANTILE_LEVELS),
+        "quantile_bands": [f"{round(100 * lo)}-{round(100 * hi)}%" for lo, hi in QUANTILE_BANDS],
+        **images.image_meta(source, config),
+    }
+    rows = _feature_rows(acc, config, chunks, None)
+    texts = images.patch_labels(source, rows["token_ids"])
+    images.top_labels(rows["features"], texts)
+    pictures = images.pictures(source, sae, rows["token_ids"])
+    return _write(run_dir, meta, rows, texts, acc, config, started, pictures=pictures)
 
 
 def _board_correlation(source: Any, n_latents: int) -> BoardCorrelation | None:

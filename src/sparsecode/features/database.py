@@ -9,6 +9,8 @@ file that is renamed into place, so an interrupted build leaves the previous dat
     feature_tokens(token, feature, activation)   tokens a feature fires on inside its top contexts
     feature_boards(feature, correlation)         Othello runs only: JSON (64, 3) correlation of the latent with
                                   each square being empty / mine / theirs (``features/boards.py``)
+    pictures(key, data_uri)       image-patch runs only: PNG data URIs, "patch:ROW" for every patch shown and
+                                  "atom:ID" for every latent's decoder row (``features/images.py``)
     random_contexts(rank, ...)    token windows at random positions with every latent firing in them (JSON)
 
 `sparsecode explain` adds its own tables (explanations, explanation_scores) to the same file later.
@@ -77,6 +79,8 @@ CREATE TABLE random_contexts (
 """
 BOARDS_SCHEMA = "CREATE TABLE feature_boards (feature INTEGER PRIMARY KEY, correlation TEXT NOT NULL)"
 
+PICTURES_SCHEMA = "CREATE TABLE pictures (key TEXT PRIMARY KEY, data_uri TEXT NOT NULL)"
+
 
 def write_database(
     path: str | Path,
@@ -87,9 +91,10 @@ def write_database(
     feature_tokens: Iterable[tuple],
     feature_boards: Iterable[tuple] | None = None,
     random_contexts: Iterable[tuple] = (),
+    pictures: Iterable[tuple] | None = None,
 ) -> None:
     """Write a complete database to ``path`` atomically. Row tuples follow the column order of ``SCHEMA``
-    (``feature_boards``: (feature, JSON correlation) rows of the optional board table)."""
+    (``feature_boards`` / ``pictures``: rows of the optional board and picture tables)."""
 
     def write(tmp: Path) -> None:
         con = sqlite3.connect(tmp, isolation_level=None)
@@ -110,6 +115,9 @@ def write_database(
                 con.execute(BOARDS_SCHEMA)
                 con.executemany("INSERT INTO feature_boards VALUES (?, ?)", feature_boards)
             con.executemany("INSERT INTO random_contexts VALUES (?, ?, ?, ?, ?, ?)", random_contexts)
+            if pictures is not None:
+                con.execute(PICTURES_SCHEMA)
+                con.executemany("INSERT INTO pictures VALUES (?, ?)", pictures)
             con.execute(
                 "INSERT INTO meta VALUES ('format', ?), ('version', ?)", (json.dumps(FORMAT), json.dumps(VERSION))
             )
