@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 from .options import add_config_flags, check_run_folder, given
 
@@ -56,12 +57,15 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..explain import ExplainConfig, LLMConfig, explain_run
     from ..explain.llm import Usage, open_client
+    from ..explain.store import ExplainStore
+    from ..layout import FEATURES_FILE
 
     check_run_folder(args.run)
     if args.top_density is not None and args.top_density < 1:
         raise ConfigError(f"--top-density must be >= 1, got {args.top_density}")
     config = ExplainConfig(**given(args, args.config_flags, ExplainConfig))
     llm = LLMConfig(**given(args, args.config_flags, LLMConfig))
+    ExplainStore(Path(args.run) / FEATURES_FILE).close()  # a missing or outdated database: said before loading a model
     usage = Usage(max_requests=llm.max_requests)
     client = open_client(llm, usage)
     result = explain_run(
