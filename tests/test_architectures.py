@@ -165,7 +165,7 @@ def test_jumprelu_l0_falls_as_its_penalty_rises(tmp_path):
 # a collapsed SAE has FVU ~1 and MMCS ~0.4
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "arch,start,max_fvu", [("relu", {"l1": 0.5}, 0.85), ("gated", {"l1": 0.5}, 0.4), ("jumprelu", {}, 0.35)]
+    "arch,start,max_fvu", [("relu", {}, 0.85), ("gated", {"l1": 0.5}, 0.4), ("jumprelu", {}, 0.35)]
 )
 def test_target_l0_mode_lands_at_the_target(tmp_path, arch, start, max_fvu):
     """The controller adapts the sparsity coefficient (ReLU and Gated started far below what the target needs)
@@ -382,12 +382,14 @@ def test_transcoder_without_targets_is_an_sae():
 # and settings the CLI gives (only the sparsity given; a small batch for the test's budget). Interference between
 # features in superposition grows with a row's norm, which threshold encoders must allow for: BatchTopK ranks
 # activations relative to the row norm and JumpReLU thresholds relative to it (both their defaults). Measured,
-# seed 0, with `python bench/recovery.py ARCH 'EXTRA'`: batchtopk 0.76, jumprelu 0.86, gated 0.87, matryoshka 0.79,
-# multibudget 0.98, transcoder 0.94, mp 0.93 (of the issue's 0.8 goal, BatchTopK and Matryoshka still fall short).
+# seed 0, with `python bench/recovery.py ARCH 'EXTRA'`: batchtopk 0.76, jumprelu 0.86, gated 0.87, relu 0.86,
+# matryoshka 0.79, multibudget 0.98, transcoder 0.94, mp 0.93 (TopK: 0.94; of the issue's 0.8 goal, BatchTopK and
+# Matryoshka still fall short).
 RECOVERY = {  # arch -> (sparsity setting, training tokens, minimum fraction found at cos >= 0.9)
     "batchtopk": ({"k": 5}, 300_000, 0.7),
     "jumprelu": ({"target_l0": 5.0}, 300_000, 0.8),
     "gated": ({"target_l0": 5.0}, 300_000, 0.8),
+    "relu": ({"target_l0": 5.0}, 300_000, 0.8),
     "matryoshka": ({"k": 5, "prefixes": [64, 256]}, 300_000, 0.7),
     "multibudget": ({"budgets": [3, 5, 8]}, 300_000, 0.9),
     "transcoder": ({"k": 5}, 300_000, 0.85),

@@ -122,18 +122,25 @@ class L0Controller(nn.Module):
     within ``horizon`` of the remaining training, the integral holds (the L0 lags the coefficient by tens of
     steps, and rising further then is what overshoots). Start the coefficient (the config's value) below what
     the target needs, because early in training a coefficient gives a lower L0 than later: the controller
-    reaches ~10x above its start in half of training, any lower value faster.
+    reaches ~10x above its start in half of training, any lower value faster. ``start`` is the multiplier the
+    coefficient starts at.
     The state lives in buffers, saved with the weights in checkpoints, so a resumed run continues exactly.
     Under data-parallel training the batch L0 is first averaged over the processes, so all apply the same
     coefficient.
     """
 
     def __init__(
-        self, target: float, rise: float = 5.0, fall: float = 20.0, smoothing: float = 0.02, horizon: float = 0.5
+        self,
+        target: float,
+        rise: float = 5.0,
+        fall: float = 20.0,
+        smoothing: float = 0.02,
+        horizon: float = 0.5,
+        start: float = 1.0,
     ) -> None:
         super().__init__()
         self.target, self.rise, self.fall, self.smoothing, self.horizon = target, rise, fall, smoothing, horizon
-        self.register_buffer("log_multiplier", torch.zeros(()))  # the integral I
+        self.register_buffer("log_multiplier", torch.full((), math.log(start)))  # the integral I
         self.register_buffer("last_error", torch.zeros(()))  # e of the last update (drives the proportional term)
         self.register_buffer("last_progress", torch.zeros(()))
         self.register_buffer("smoothed_log_l0", torch.full((), torch.nan))  # NaN until the first update
