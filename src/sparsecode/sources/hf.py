@@ -25,7 +25,7 @@ from ..device import check_device
 from ..errors import ConfigError, DataError
 from ..hooks import HookPoint, find_module, run_and_capture
 from .base import ActivationBatch, SourceBase, SourceConfigBase, check_split
-from .embedded import default_model_path, is_smollm2, smollm2_path
+from .embedded import default_model_path, is_smollm2, othello_path, smollm2_path
 from .text import DEFAULT_TEXT_COLUMN, corpus_identity, iter_documents, load_documents, split_documents
 from .tokens import Chunks, TokenizedCorpus, open_tokenized
 
@@ -43,8 +43,8 @@ class ModelSourceConfig(SourceConfigBase):
     has_device: ClassVar[bool] = True
 
     model: str | None = None
-    """Local model directory, hub name, or "smollm2" (the embedded SmolLM2-135M-Instruct causal LM, converted once
-    into the model cache); None means the embedded all-MiniLM-L6-v2."""
+    """Local model directory, hub name, "smollm2" (the embedded SmolLM2-135M-Instruct causal LM, converted once
+    into the model cache) or "othello" (the shipped Othello GPT); None means the embedded all-MiniLM-L6-v2."""
     hook: str
     """Dotted module path inside the model whose activations are taken, e.g. ``encoder.layer.3``."""
     hook_side: str = "output"
@@ -175,6 +175,8 @@ def resolve_model(name_or_path: str | None) -> str:
         return expanded
     if is_smollm2(name_or_path):
         return smollm2_path()
+    if othello_path(name_or_path):
+        return othello_path(name_or_path)
     if os.path.exists(expanded):
         raise DataError(f"model path {name_or_path} is a file; give the directory that holds config.json")
     if _looks_like_path(name_or_path):
