@@ -41,6 +41,7 @@ def _train(args: list[str]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--corpus", help="corpus (default: the embedded one)")
     ap.add_argument("--hooks", nargs="+", default=DEFAULT_HOOKS)
     ap.add_argument("--tokens", type=parse_count, default=32_768)
     ap.add_argument("--batch-size", type=parse_count, default=4096)
@@ -51,7 +52,9 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     common = ["--model", a.model, "--k", a.k, "--latents", str(a.latents), "--tokens", str(a.tokens)]
-    common += ["--batch-size", str(a.batch_size)]
+    # a shuffle fill of the budget (the default fill, 131k rows, would run the model past it)
+    common += ["--batch-size", str(a.batch_size), "--buffer-rows", str(a.tokens)]
+    common += ["--corpus", a.corpus] if a.corpus else []
     root = Path(tempfile.mkdtemp(prefix="one-pass-bench-"))
     times: dict[str, list[float]] = {"together": [], "alone": []}
     try:

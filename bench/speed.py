@@ -202,33 +202,42 @@ def screen_in_use(a) -> bool:
     return screen_applies(torch.zeros(1, a.d_in), sae.W_enc, a.k)
 
 
-def child_sparsify(a) -> dict:
+def sparsify_trainer(d_in: int, latents: int, k: int):
+    """sparsify's SparseCoder and its trainer's step for loss_fn="fvu" with its defaults (signum optimizer,
+    schedule-free, no AuxK), minus the language-model hooks: (sae, optimizer, step(x, first) -> latent indices)."""
     from schedulefree import ScheduleFreeWrapper
     from sparsify import SparseCoder, SparseCoderConfig
     from sparsify.sign_sgd import SignSGD
 
-    # sparsify's Trainer.fit step for loss_fn="fvu" with its defaults (signum optimizer, no AuxK),
-    # minus the language-model hooks: the activations come from the file instead.
-    sae = SparseCoder(a.d_in, SparseCoderConfig(num_latents=a.latents, k=a.k), device="cpu", dtype=torch.float32)
+    sae = SparseCoder(d_in, SparseCoderConfig(num_latents=latents, k=k), device="cpu", dtype=torch.float32)
     lr = 5e-3 / (sae.num_latents / 2**14) ** 0.5
     opt = ScheduleFreeWrapper(SignSGD([{"params": sae.parameters(), "lr": lr}]), momentum=0.95)
     opt.train()
-    tokens_since_fired = torch.zeros(sae.num_latents, dtype=torch.long)
-    did_fire = torch.zeros(sae.num_latents, dtype=torch.bool)
-    t = time.perf_counter()
-    seen = 0
-    for step, x in enumerate(batches(a.train, a.batch, a.tokens)):
-        if step == 0:
+
+    def step(x: torch.Tensor, first: bool = False) -> torch.Tensor:
+        if first:
             sae.b_dec.data = x.mean(0)
         sae.set_decoder_norm_to_unit_norm()
         total_variance = (x - x.mean(0)).pow(2).sum()
         out = sae(x=x, y=x, dead_mask=None, total_variance=total_variance)
-        did_fire[out.latent_indices.flatten()] = True
         loss = out.fvu + out.multi_topk_fvu / 8
         loss.backward()
         sae.remove_gradient_parallel_to_decoder_directions()
         opt.step()
         opt.zero_grad()
+        return out.latent_indices
+
+    return sae, opt, step
+
+
+def child_sparsify(a) -> dict:
+    sae, opt, sparsify_step = sparsify_trainer(a.d_in, a.latents, a.k)
+    tokens_since_fired = torch.zeros(sae.num_latents, dtype=torch.long)
+    did_fire = torch.zeros(sae.num_latents, dtype=torch.bool)
+    t = time.perf_counter()
+    seen = 0
+    for step, x in enumerate(batches(a.train, a.batch, a.tokens)):
+        did_fire[sparsify_step(x, first=step == 0).flatten()] = True
         with torch.no_grad():
             tokens_since_fired += x.shape[0]
             tokens_since_fired[did_fire] = 0

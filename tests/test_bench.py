@@ -21,6 +21,7 @@ HELPERS = {"timing.py"}  # imported by the scripts, not run
 def _smoke_args(script: str, data: Path, run: Path, features: Path, lm_run: Path, tmp: Path) -> list[str]:
     """Tiny arguments for each script (a new script needs a line here: the test below fails without one)."""
     acts = str(data / "minilm-l3-train.npy")
+    lm = [] if lm_run is None else ["--model", *_lm_source(lm_run)]
     return {
         "attention_sink.py": [],  # on the embedded SmolLM2 (the smollm2_models fixture converts it once)
         "against.py": ["HEAD", "--rounds", "1", "--d-in", "64", "--latents", "1024", "--k", "8", "--batch", "512"],
@@ -45,6 +46,10 @@ def _smoke_args(script: str, data: Path, run: Path, features: Path, lm_run: Path
         "lr_sweep.py": [
             *("--data", str(data), "--tokens", "512", "--factors", "1", "--latents", "128", "--k", "4", "--batch", "64")
         ],
+        "one_pass.py": [*lm, "--hooks", "transformer.h.0", "transformer.h.1", "--tokens", "256", "--batch-size", "64"]
+        + ["--latents", "64", "--k", "4"],
+        "bf16_forward.py": [*lm, "--hook", "transformer.h.1", "--rows", "64", "--repeats", "1", "--ce-chunks", "2"],
+        "size_sweep.py": ["--quick", "--batch", "64", "--repeats", "1", "--out", str(tmp)],  # sparsify: not here
         "optimizer.py": ["--latents", "128", "--d-in", "16", "--repeats", "1", "--threads", "1"],
         "recovery.py": ["topk", '{"k": 3}', "--tokens", "2048"],
         "screen.py": [acts, "--rows", "64", "--train-steps", "1", *SHAPE],
@@ -60,6 +65,17 @@ def _smoke_args(script: str, data: Path, run: Path, features: Path, lm_run: Path
         "train_step.py": ["--d-in", "16", "--latents", "128", "--k", "4", "--batch", "64", "--steps", "1"],
     }.get(script)
 
+
+def _lm_source(run: Path) -> list[str]:
+    """The tiny GPT-2 and corpus ``run`` was trained on: --model's value, then --corpus and its value."""
+    import json
+
+    source = json.loads((run / "config.json").read_text())["source"]
+    return [source["model"], "--corpus", *source["corpus"]]
+
+
+LM_SCRIPTS = {"steer.py", "one_pass.py", "bf16_forward.py"}
+"""Scripts run on the tiny GPT-2 (``lm_run``'s model and corpus)."""
 
 SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if p.name not in HELPERS)
 
@@ -91,7 +107,7 @@ def lm_run(tmp_path_factory, tiny_gpt2_dir) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_bench_script_runs_on_tiny_arguments(script, data, planted_run, planted_features, request, tmp_path):
-    lm_run = request.getfixturevalue("lm_run") if script == "steer.py" else None
+    lm_run = request.getfixturevalue("lm_run") if script in LM_SCRIPTS else None
     if script == "attention_sink.py":
         request.getfixturevalue("smollm2_models")  # sets $SPARSECODE_MODELS, which the script inherits
     args = _smoke_args(script, data, planted_run, planted_features, lm_run, tmp_path)

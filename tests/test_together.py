@@ -110,3 +110,14 @@ def test_sweep_entry_that_does_not_fit_its_hook_is_one_line(tmp_path, tiny_gpt2_
     sweep.write_text(json.dumps({"runs": runs}))
     assert _cli(tmp_path, tiny_gpt2_dir, text_corpus, "--sweep", str(sweep), "--out", str(out)) == 0
     assert RunConfig.load(out / "b").sae.d_in == 128 and RunConfig.load(out / "a").sae.d_in == 32
+
+
+def test_model_dtype_flag_sets_the_source_precision(tiny_gpt2_dir):
+    from sparsecode.cli import build_parser
+    from sparsecode.cli.train import _source_config
+
+    base = ["train", "--model", str(tiny_gpt2_dir), "--hook", "transformer.h.0", "--out", "r"]
+    args = build_parser(only="train").parse_args([*base, "--model-dtype", "bfloat16", "--dtype", "float32"])
+    config = _source_config(args)
+    assert (config.dtype, args.dtype) == ("bfloat16", "float32")  # the model's precision, the SAE step's apart
+    assert _source_config(build_parser(only="train").parse_args(base)).dtype == "float32"

@@ -56,8 +56,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "exclude_first_positions",
         "target_hook",
         "target_hook_side",
+        "dtype",
     )
-    flags = add_config_flags(src, [ModelSourceConfig], only=model_fields, many=("hook",))
+    flags = add_config_flags(
+        src, [ModelSourceConfig], only=model_fields, many=("hook",), rename={"dtype": "model_dtype"}
+    )
     flags += add_config_flags(src, [ArraySourceConfig], only=("path", "key"), rename={"path": "activations"})
     image_fields = ("images", "patch", "n_patches", "whiten", "zca_epsilon")
     flags += add_config_flags(src, [ImageSourceConfig], only=image_fields)
@@ -120,6 +123,9 @@ def _flag_names(args: argparse.Namespace, flags: list[ConfigFlag]) -> list[str]:
 
 def _source_config(args: argparse.Namespace):
     from ..sources import ArraySourceConfig, ImageSourceConfig, ModelSourceConfig, parse_synthetic_spec
+    from .train_many import unwrap
+
+    unwrap(args)  # options that take several values, given one each
 
     if args.target_hook and (args.activations or args.synthetic or args.images):
         raise ConfigError("--target-hook needs a model source (--hook)")
