@@ -187,7 +187,8 @@ def test_legal_loss_is_the_mean_next_move_loss_over_the_legal_moves():
     games = othello.random_games(3, seed=5)
     model = new_model(OthelloGPTConfig(n_layer=1, n_embd=16, n_head=2))
     ids, mask = encode_games(games)
-    logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits, -1)  # (3, T, vocab)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits, -1)  # (3, T, vocab)
     token_of = {int(s): i for i, s in enumerate(SQUARE_OF_TOKEN) if s >= 0}
     legal = legal_targets(games)
     per_position = [
