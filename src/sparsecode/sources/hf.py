@@ -76,7 +76,8 @@ class ModelSourceConfig(SourceConfigBase):
     device: str = "cpu"
     """Torch device to run the model on, e.g. "cpu" or "cuda:0"."""
     dtype: str = "float32"
-    """Model weights dtype: float32, float16 or bfloat16 (rows are always returned as float32)."""
+    """Model weights dtype: float32, float16 or bfloat16 (rows are always returned as float32). bfloat16 ran the
+    forward 2.1x faster on a CPU with AVX512-BF16 at an FVU of 1e-4 against float32 (docs/performance.md)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.model, os.PathLike):
