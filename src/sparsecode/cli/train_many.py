@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,14 @@ ENTRY_SOURCE_FIELDS = ("hook", "hook_side", "target_hook", "target_hook_side")
 
 def _many_flags(args: argparse.Namespace) -> list[ConfigFlag | str]:
     """The flags that take several values: the hook, --latents and every dictionary option that is not yes/no."""
-    sae = [f for f in args.sae_flags if isinstance(getattr(args, f.dest), list) and f.field not in LIST_FIELDS]
+    sae = [f for f in args.sae_flags if isinstance(getattr(args, f.dest), list) and not _is_list_field(f)]
     return [*SOURCE_MANY, "latents", *sae]
 
 
-LIST_FIELDS = ("budgets",)
-"""Dictionary fields whose single value is itself a list (--budgets 16,32 64,128 is two runs)."""
+def _is_list_field(flag: ConfigFlag) -> bool:
+    """Whether the dictionary field's single value is itself a list (--budgets 16,32 64,128 is two runs)."""
+    field = next(f for f in fields(flag.owners[0]) if f.name == flag.field)
+    return str(field.type).replace(" ", "").startswith("list[")
 
 
 def _dest(flag: ConfigFlag | str) -> str:
@@ -51,9 +54,9 @@ def _label(flag: ConfigFlag | str, value: Any) -> str:
 def expand(args: argparse.Namespace) -> list[tuple[str, argparse.Namespace]]:
     """The runs the command line asks for: (folder name, arguments with one value per option). One run: its
     name is ""; several: named after the values that vary between them."""
-    dests = [_dest(f) for f in _many_flags(args)] + [f.dest for f in args.sae_flags if f.field in LIST_FIELDS]
+    dests = [_dest(f) for f in _many_flags(args)] + [f.dest for f in args.sae_flags if _is_list_field(f)]
     flags = {d: f for f in _many_flags(args) for d in [_dest(f)]}
-    flags.update({f.dest: f for f in args.sae_flags if f.field in LIST_FIELDS})
+    flags.update({f.dest: f for f in args.sae_flags if _is_list_field(f)})
     given = {d: getattr(args, d) for d in dests if getattr(args, d) is not None}
     varying = [d for d, values in given.items() if len(values) > 1]
     runs = []
