@@ -55,9 +55,19 @@ class CachedSource(SourceBase):
     """Wraps a source; same protocol; serves complete passes from disk. It declares no model or ground truth of
     its own (callers that need those use the wrapped ``inner`` source)."""
 
-    def __init__(self, source: Source, cache_dir: str | Path, shard_rows: int = 65536, progress: bool = False) -> None:
+    def __init__(
+        self,
+        source: Source,
+        cache_dir: str | Path,
+        shard_rows: int = 65536,
+        progress: bool = False,
+        write: bool = True,
+    ) -> None:
         self.inner = source
         self.progress = progress
+        self.write = write
+        """Record complete passes; False only reads passes recorded by another writer of the same key (several
+        runs on one hook trained together: one of them writes)."""
         self.config = source.config
         self.root = Path(cache_dir) / cache_key(source)
         self.shard_rows = shard_rows
@@ -97,7 +107,7 @@ class CachedSource(SourceBase):
         manifest = self._manifest(split)
         if manifest is not None:
             yield from self._read(split, manifest, start_row)
-        elif start_row == 0 and self.inner.num_rows(split) is not None:
+        elif self.write and start_row == 0 and self.inner.num_rows(split) is not None:
             yield from self._write_through(split)
         else:
             yield from self.inner.iter_batches(split, start_row)

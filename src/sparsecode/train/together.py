@@ -52,12 +52,15 @@ def open_sources(
             continue
         shared = SharedPass([configs[i] for i in members], max_lag_rows=max_lag_rows)
         shared.wide.validate()
+        writers: set[str] = set()  # cache keys with a writer: runs on the same hook share one recording
         for i, view in zip(members, shared.views()):
             done[i] = functools.partial(shared.release, view)
             if cache_dir is None:
                 sources[i] = view
                 continue
-            cached = CachedSource(view, cache_dir, progress=progress and i == members[0])
+            key = repr(sorted(view.config.to_dict().items()))
+            cached = CachedSource(view, cache_dir, progress=progress and i == members[0], write=key not in writers)
+            writers.add(key)
             if cached.is_cached("train"):  # read from disk: the shared pass need not keep its rows
                 shared.release(view)
             sources[i] = cached
