@@ -178,3 +178,63 @@ def test_eval_on_another_corpus(tiny_bert_dir, tmp_path, capsys):
     assert "of corpus" in capsys.readouterr().out
     assert main([*base, "--corpus", str(tmp_path / "other.parquet")]) == 2  # no column "text" there
     assert "no text column 'text'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- trackers
+
+
+def _metrics(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+TINY = ["--synthetic", "features=32,dim=8,active=2", "--latents", "32", "--k", "2", "--tokens", "5120"]
+TINY += ["--batch-size", "256", "--log-every", "4", "--quiet"]
+
+
+def test_tensorboard_gets_the_metrics_rows(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--log", "tensorboard", "--out", str(run)]) == 0
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    rows = _metrics(run)
+    assert [e.step for e in events.Scalars("train/fvu")] == [r["step"] for r in rows] == [4, 8, 12, 16, 20]
+    for name in ("fvu", "l0", "lr", "loss"):
+        assert [e.value for e in events.Scalars(f"train/{name}")] == pytest.approx([r[name] for r in rows], rel=1e-6)
+
+
+def _wandb_records(path):
+    """The protobuf records of a .wandb file (LevelDB-style log: 7-byte header, 32 KiB blocks of records)."""
+    data, pos, buf = path.read_bytes(), 7, b""
+    while pos + 7 <= len(data):
+        if (left := 32768 - pos % 32768) < 7:
+            pos += left
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        buf, pos = buf + data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            yield buf
+            buf = b""
+
+
+def test_wandb_offline_gets_the_metrics_rows_and_resume_continues_its_run(tmp_path, monkeypatch):
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--log", "wandb", "--out", str(run), "--checkpoint-every", "8"]) == 0
+    run_id = (run / "wandb-id").read_text().strip()
+    (log,) = run.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb")
+    history = []
+    for raw in _wandb_records(log):
+        record = pb.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "history":
+            items = record.history.item
+            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items})
+    rows = _metrics(run)
+    assert [h["_step"] for h in history] == [r["step"] for r in rows]
+    assert [h["fvu"] for h in history] == pytest.approx([r["fvu"] for r in rows], rel=1e-9)
+    assert main(["train", "--resume", "--tokens", "6144", "--out", str(run), "--quiet"]) == 0
+    assert (run / "wandb-id").read_text().strip() == run_id  # the same wandb run goes on

@@ -206,14 +206,16 @@ def _resumed_config(args: argparse.Namespace, out: Path, train_overrides: dict):
     if clash:
         raise ConfigError(f"--resume continues the run as saved in {out / CONFIG_FILE}; drop {', '.join(clash)}")
     config = RunConfig.load(out)
-    bad = sorted(set(train_overrides) - {"device", "tokens"})
+    bad = sorted(set(train_overrides) - {"device", "tokens", "log"})
     if bad:
         raise ConfigError(
-            f"--resume keeps the saved training settings; only --device and --tokens (to extend the run) may change "
-            f"(drop --{bad[0].replace('_', '-')})"
+            f"--resume keeps the saved training settings; only --device, --log and --tokens (to extend the run) may "
+            f"change (drop --{bad[0].replace('_', '-')})"
         )
     if "tokens" in train_overrides:
         config.train = _extended(config.train, train_overrides["tokens"], out)
+    if "log" in train_overrides:
+        config.train.log = train_overrides["log"]
     if "device" in train_overrides:
         config.train.device = train_overrides["device"]
         if config.source.has_device:

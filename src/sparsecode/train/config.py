@@ -8,6 +8,7 @@ from typing import Any
 
 from ..configs import check_choice, check_field_types, check_float, check_int, dataclass_from_dict
 from ..errors import ConfigError
+from .trackers import TRACKERS
 
 DTYPES = ("float32", "bfloat16", "float16")
 MAX_DEFAULT_LR = 1e-2
@@ -56,6 +57,9 @@ class TrainConfig:
     dtype: str = "float32"
     """Precision of the dense products (autocast): 'float32', 'bfloat16' or 'float16'. Weights, optimizer state
     and a TopK step's sparse parts stay float32; bfloat16 pays on GPUs and CPUs with bf16 units."""
+    log: str | None = None
+    """Also send the metrics rows to an experiment tracker: 'tensorboard' (RUN/tensorboard/) or 'wandb' (offline
+    with WANDB_MODE=offline); metrics.jsonl is written either way. Needs ``pip install 'sparsecode[trackers]'``."""
 
     def __post_init__(self) -> None:
         check_field_types(self, "train")
@@ -78,6 +82,8 @@ class TrainConfig:
                 f"train.data_shards ({self.data_shards}) must be >= 1 and divide train.batch_size ({self.batch_size})"
             )
         check_choice("train.dtype", self.dtype, DTYPES)
+        if self.log is not None:
+            check_choice("train.log", self.log, TRACKERS)
         if self.lr is not None:
             check_float("train.lr", self.lr, 0, 1, low_open=True, high_open=True)
         check_float("train.decay_fraction", self.decay_fraction, 0, 1)

@@ -32,6 +32,7 @@ from .distributed import DataParallel
 from .memory import keep_freed_memory
 from .optim import Adam
 from .plots import plot_training_curves
+from .trackers import open_tracker
 
 if TYPE_CHECKING:
     from ..run import RunConfig
@@ -110,6 +111,7 @@ class Trainer:
             dynamic_ncols=True,
             smoothing=0.1,
         )
+        tracker = open_tracker(tc.log, self.run_dir, self.config.to_dict(), resume) if group.is_main else None
         previous_handler = self._install_sigint_handler() if handle_sigint else None
         t_last, tokens_last = time.perf_counter(), step * tc.batch_size
         try:
@@ -154,6 +156,8 @@ class Trainer:
                     t_last, tokens_last = now, step * tc.batch_size
                     if group.is_main:
                         self._append_metrics(row)
+                        if tracker is not None:
+                            tracker.log(row, step)
                     bar.set_postfix(l0=f"{row['l0']:.1f}", fvu=f"{row['fvu']:.3f}", refresh=False)
                 if (step % tc.checkpoint_every == 0 or step == total) and group.is_main:
                     self._save_checkpoint(sae, optimizer, tokens_since_fired, step, store)
@@ -161,6 +165,8 @@ class Trainer:
         finally:
             bar.close()
             self._restore_sigint_handler(previous_handler)
+            if tracker is not None:
+                tracker.close()
 
         if self._stop_requested and step < total:
             if group.is_main:
