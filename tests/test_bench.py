@@ -60,6 +60,7 @@ def _smoke_args(script: str, data: Path, run: Path, features: Path, lm_run: Path
             *("--latents", "128", "--k", "4", "--threads", "1", "--no-memory"),
         ],
         "steer.py": [str(lm_run), "--tokens", "2", "--repeats", "1", "--threads", "1"],
+        "corpus_memory.py": ["--small", "2k", "--large", "4k", "--hidden", "16", "--data", str(tmp)],
         "store_fill.py": [acts, "--fills", "1", "--chunk-rows", "64", "--buffer-rows", "256", "--batch", "64"],
         "topk.py": ["--rows", "64", *SHAPE, "--steps", "1"],
         "train_step.py": ["--d-in", "16", "--latents", "128", "--k", "4", "--batch", "64", "--steps", "1"],

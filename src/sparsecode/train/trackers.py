@@ -71,6 +71,7 @@ class WandbTracker:
             config=config,
             id=run_id,
             resume="allow",
+            reinit="create_new",  # several runs trained together from one pass log side by side
         )
 
     def log(self, row: dict[str, Any], step: int) -> None:
