@@ -25,6 +25,8 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/sparsecode train --hook encoder.layer.3 --arch topk --k 32 --latents 6144 \
 	    --tokens $(DEMO_TOKENS) --out $(DEMO_RUN) --overwrite
 	HF_HUB_OFFLINE=1 $(VENV)/bin/sparsecode eval $(DEMO_RUN)
+	# the same dictionary on different English text (CPython's docs): how much it learned the layer, not the corpus
+	HF_HUB_OFFLINE=1 $(VENV)/bin/sparsecode eval $(DEMO_RUN) --corpus pydoc --quick
 	HF_HUB_OFFLINE=1 $(VENV)/bin/sparsecode features $(DEMO_RUN)
 	@echo "browse the features:  $(VENV)/bin/sparsecode serve $(DEMO_RUN)   (then open http://127.0.0.1:8000)"
 
