@@ -35,7 +35,7 @@ demo: $(STAMP)
 DEMO_LM_RUN ?= runs/smollm2
 DEMO_LM_TOKENS ?= 150k
 demo-lm: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/sparsecode train --model smollm2 --hook model.layers.15 --arch topk --k 32 \
+	HF_HUB_OFFLINE=1 $(VENV)/bin/sparsecode train --model smollm2 --hook model.layers.9 --arch topk --k 32 \
 	    --latents 4608 --tokens $(DEMO_LM_TOKENS) --out $(DEMO_LM_RUN) --overwrite
 	HF_HUB_OFFLINE=1 $(VENV)/bin/sparsecode eval $(DEMO_LM_RUN) --quick --splice-chunks 16
 	HF_HUB_OFFLINE=1 $(VENV)/bin/sparsecode features $(DEMO_LM_RUN) --split train --max-tokens 20k

@@ -3,8 +3,9 @@
     python bench/attention_sink.py
 
 The first token of a text is an "attention sink" in many LMs: its residual norm is far above the rest. That is
-why the intervention tools leave the first position out of steering, ablation and attribution
-(docs/interventions.md), and why an SAE trained on every token of deep SmolLM2 layers spends capacity on it.
+why model sources leave each chunk's first position out of a causal LM's rows by default
+(`exclude_first_positions`, docs/usage.md), and eval, features, steering, ablation and attribution with them: an
+SAE trained on every token of deep SmolLM2 layers spends its capacity and its input scale on that one outlier.
 """
 
 from __future__ import annotations
