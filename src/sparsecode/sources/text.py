@@ -4,7 +4,7 @@ A *document* is a paragraph of a .txt file (paragraphs are separated by blank li
 one record of a .jsonl/.json/.parquet/.arrow/.csv file or of a Hugging Face hub dataset. The order is fully
 deterministic: corpus entries in the order given, directories walked recursively in sorted order, documents in
 file order. Documents are yielded one at a time (files are read line by line or record batch by record batch),
-so memory does not grow with the corpus.
+so a corpus is never held in memory whole.
 """
 
 from __future__ import annotations

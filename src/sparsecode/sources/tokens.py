@@ -1,4 +1,4 @@
-"""A corpus tokenized once into chunks on disk, read back a chunk at a time: memory does not grow with the corpus.
+"""A corpus tokenized once into chunks on disk, read back a chunk at a time: its token ids are never all in memory.
 
 One streaming pass over the documents deduplicates them (a 16-byte digest per distinct document is all that is
 kept), assigns each distinct document to its split, tokenizes them a batch at a time and appends every chunk's
