@@ -4,7 +4,8 @@ saved again by the peer library itself (SAELens save_model, sparsify save_to_dis
 as runs (for `sparsecode eval / features / serve`).
 
     make bench-setup
-    .venv/bin/sparsecode train --hook encoder.layer.3 --arch topk --k 32 --latents 1536 --tokens 500k --out runs/ic
+    .venv/bin/sparsecode train --hook encoder.layer.3 --arch topk --k 32 --latents 1536 --tokens 500k \
+        --corpus pydoc --out runs/ic
     PYTHONPATH=src .venv-bench/bin/python bench/interop_real.py runs/ic --out runs/ic-interop
 
 Prints, per peer: rows compared, max |latent difference|, rows whose active sets are identical, max |reconstruction
