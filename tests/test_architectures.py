@@ -213,6 +213,21 @@ def test_l0_controller_rises_gently_and_still_arrives():
     assert from_below[-1][1] == pytest.approx(32.0, rel=0.15) and min(l0 for _, l0 in from_below) > 0.85 * 32
 
 
+def test_quadratic_l0_penalty_rewards_firing_below_the_target_and_stiffens_either_side():
+    """JumpReLU's quadratic penalty: its slope per latent is λ·2(L0/T − 1), negative below the target T (a
+    reward for firing, which a linear penalty cannot give), and its stiffness λ grows while the L0 stays off the
+    target on either side, not while it sits on it."""
+    controller = L0Controller(4.0, penalty="quadratic")
+    assert float(controller.coefficient(1.0, torch.tensor(2.0))) == pytest.approx(-1.0)
+    assert float(controller.coefficient(1.0, torch.tensor(6.0))) == pytest.approx(1.0)
+    for l0, grows in ((3.0, True), (5.0, True), (4.0, False)):
+        controller = L0Controller(4.0, penalty="quadratic")
+        for step in range(1, 101):
+            controller.update(torch.tensor(l0), step / 100)
+        assert (float(controller.log_multiplier) > 1.0) == grows, (l0, float(controller.log_multiplier))
+        assert float(controller.log_multiplier) >= 0.0
+
+
 def test_an_sae_saved_before_the_controller_had_its_trend_buffers_still_loads(tmp_path):
     sae = build_sae(ReLUConfig(d_in=8, n_latents=16, target_l0=3.0))
     sae.l0_controller.log_multiplier.fill_(1.5)
@@ -382,7 +397,7 @@ def test_transcoder_without_targets_is_an_sae():
 # and settings the CLI gives (only the sparsity given; a small batch for the test's budget). Interference between
 # features in superposition grows with a row's norm, which threshold encoders must allow for: BatchTopK ranks
 # activations relative to the row norm and JumpReLU thresholds relative to it (both their defaults). Measured,
-# seed 0, with `python bench/recovery.py ARCH 'EXTRA'`: batchtopk 0.76, jumprelu 0.86, gated 0.87, relu 0.86,
+# seed 0, with `python bench/recovery.py ARCH 'EXTRA'`: batchtopk 0.76, jumprelu 0.88, gated 0.87, relu 0.86,
 # matryoshka 0.79, multibudget 0.98, transcoder 0.94, mp 0.93 (TopK: 0.94; of the issue's 0.8 goal, BatchTopK and
 # Matryoshka still fall short).
 RECOVERY = {  # arch -> (sparsity setting, training tokens, minimum fraction found at cos >= 0.9)
@@ -414,6 +429,24 @@ def test_each_architecture_recovers_planted_features_at_8x_superposition(tmp_pat
     )
     rec = recovery_fraction(sae.W_dec.detach(), open_source(src).true_features, threshold=0.9)
     assert rec >= minimum, rec
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["jumprelu", "gated"])
+def test_target_l0_architectures_recover_and_hit_the_target_at_the_cli_defaults(tmp_path, arch):
+    """Issue 19's synthetic setting exactly as `sparsecode train --synthetic features=256,dim=48,active=4
+    --target-l0 4 --latents 512 --tokens 500000` runs it (4096-row batches, 122 steps, every default): MMCS
+    >= 0.9, >= 80% of the planted features found at cos >= 0.9, held-out L0 within 10% of the target."""
+    src = SyntheticSourceConfig(n_features=256, dim=48, active=4, seed=0)
+    cfg = ARCHITECTURES[arch].config_class(d_in=48, n_latents=512, target_l0=4.0)
+    sae = train(tmp_path, arch, src, cfg, tokens=500_000)
+    true = open_source(src).true_features
+    held_out = next(open_source(src).iter_batches("eval")).acts[:16384]  # (n, 48)
+    with torch.no_grad():
+        l0 = (sae.eval().encode(held_out) > 0).sum(-1).float().mean().item()
+    assert mmcs(sae.W_dec.detach(), true) >= 0.9
+    assert recovery_fraction(sae.W_dec.detach(), true, threshold=0.9) >= 0.8
+    assert l0 == pytest.approx(4.0, rel=0.1), l0
 
 
 # -- CLI -------------------------------------------------------------------------------------------

@@ -127,6 +127,16 @@ class L0Controller(nn.Module):
     The state lives in buffers, saved with the weights in checkpoints, so a resumed run continues exactly.
     Under data-parallel training the batch L0 is first averaged over the processes, so all apply the same
     coefficient.
+
+    ``penalty`` is how the architecture declares the penalty's shape. ``"linear"`` (above): λ·L0, which can only
+    push the L0 down. ``"quadratic"``: λ·T·(L0/T − 1)² of the batch's mean L0 (dictionary_learning's JumpReLU
+    trainer, with the factor T making λ the slope per latent at L0 = 1.5·T), which also rewards firing when the
+    L0 is below the target T — for encoders whose reconstruction alone settles below it (JumpReLU on uniform
+    magnitudes). It is applied as a linear penalty with the signed slope ``coefficient(base, batch_l0)`` =
+    λ·2(L0/T − 1) at the (global) batch L0, which gives the quadratic's gradient, also under data-parallel
+    training. Its stiffness λ = base × exp(I) only needs to grow: the equilibrium of reconstruction against the
+    quadratic lies off the target by an amount that shrinks as λ grows, on either side, so I rises by ``rise`` ×
+    Δprogress × |e| unless the L0 is already moving toward the target fast enough (the same hold as above).
     """
 
     def __init__(
@@ -137,28 +147,34 @@ class L0Controller(nn.Module):
         smoothing: float = 0.02,
         horizon: float = 0.5,
         start: float = 1.0,
+        penalty: str = "linear",
     ) -> None:
         super().__init__()
+        if penalty not in ("linear", "quadratic"):
+            raise ValueError(f"penalty must be 'linear' or 'quadratic', got {penalty!r}")
         self.target, self.rise, self.fall, self.smoothing, self.horizon = target, rise, fall, smoothing, horizon
+        self.penalty = penalty
         self.register_buffer("log_multiplier", torch.full((), math.log(start)))  # the integral I
         self.register_buffer("last_error", torch.zeros(()))  # e of the last update (drives the proportional term)
         self.register_buffer("last_progress", torch.zeros(()))
         self.register_buffer("smoothed_log_l0", torch.full((), torch.nan))  # NaN until the first update
         self.register_buffer("trend", torch.zeros(()))  # d(smoothed log L0) / d(progress)
 
-    def coefficient(self, base: float) -> torch.Tensor:
-        """The coefficient in effect: ``base`` times the controller's multiplier (a scalar tensor, no gradient)."""
+    def coefficient(self, base: float, batch_l0: torch.Tensor | None = None) -> torch.Tensor:
+        """The penalty's slope per active latent in effect (a scalar tensor, no gradient): ``base`` times the
+        controller's multiplier; with the quadratic penalty, times 2(L0/T − 1) at this step's ``batch_l0``
+        (required then), so it is negative below the target."""
+        if self.penalty == "quadratic":
+            if batch_l0 is None:
+                raise ValueError("the quadratic penalty's slope needs the batch L0")
+            return base * self.log_multiplier.exp() * 2.0 * (_global_mean(batch_l0) / self.target - 1.0)
         return base * (self.log_multiplier + self.last_error.clamp_max(0.0)).exp()
 
     @torch.no_grad()
     def update(self, batch_l0: torch.Tensor, progress: float) -> None:
         """Move the multiplier after a step at training ``progress`` (in [0, 1]) whose rows had ``batch_l0``
         active latents on average."""
-        l0 = batch_l0.detach().float().reshape(1).clone()
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(l0)
-            l0 /= dist.get_world_size()
-        log_l0 = l0[0].clamp_min(1e-2).log()  # tensors throughout: no device-to-host sync
+        log_l0 = _global_mean(batch_l0).clamp_min(1e-2).log()  # tensors throughout: no device-to-host sync
         first = self.smoothed_log_l0.isnan()
         step = torch.where(first, 0.0, progress - self.last_progress)  # the first update only starts the average
         weight = torch.where(first, 1.0, (step / self.smoothing).clamp_max(1.0))
@@ -167,13 +183,30 @@ class L0Controller(nn.Module):
         self.trend.add_(weight * ((smoothed - previous) / step.clamp_min(1e-9) - self.trend))
         distance = smoothed - math.log(self.target)
         error = distance.clamp(-1.0, 1.0)
-        # above the target but falling fast enough to reach it within ``horizon`` of the remaining training: hold
-        on_course = (distance > 0) & (self.trend < 0) & (distance < -self.trend * self.horizon * (1.0 - progress))
-        rate = torch.where(distance > 0, torch.where(on_course, 0.0, self.rise), self.fall)
-        self.log_multiplier.add_(rate * step * error).clamp_(-30.0, 30.0)
+        # off the target but moving toward it fast enough to reach it within ``horizon`` of the remaining training
+        # (for the linear penalty: from above only): hold
+        reach = distance.abs() < self.trend.abs() * self.horizon * (1.0 - progress)
+        if self.penalty == "quadratic":
+            on_course = (distance * self.trend < 0) & reach
+            # |e| in units of 10% (the tolerance the trainer checks): an equilibrium 10% off still rises at full rate
+            change = torch.where(on_course, 0.0, self.rise) * step * (distance.abs() / 0.1).clamp_max(1.0)
+        else:
+            on_course = (distance > 0) & (self.trend < 0) & reach
+            change = torch.where(distance > 0, torch.where(on_course, 0.0, self.rise), self.fall) * step * error
+        self.log_multiplier.add_(change).clamp_(-30.0, 30.0)
         self.smoothed_log_l0.copy_(smoothed)
         self.last_error.copy_(error)
         self.last_progress.fill_(progress)
+
+
+@torch.no_grad()
+def _global_mean(batch_l0: torch.Tensor) -> torch.Tensor:
+    """The scalar ``batch_l0`` averaged over the data-parallel processes (itself in a single process)."""
+    l0 = batch_l0.detach().float().reshape(1).clone()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(l0)
+        l0 /= dist.get_world_size()
+    return l0[0]
 
 
 def check_target_l0(cfg: Any) -> None:
@@ -191,7 +224,7 @@ def steered(sae: nn.Module, base: float, warmup: float, progress: float, batch_l
     controller = sae.l0_controller
     if controller is None:
         return torch.as_tensor(base * ramp)
-    coefficient = controller.coefficient(base) * ramp
+    coefficient = controller.coefficient(base, batch_l0) * ramp
     if sae.training and ramp >= 1.0:
         controller.update(batch_l0, progress)
     return coefficient
