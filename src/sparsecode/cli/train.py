@@ -1,7 +1,8 @@
-"""train an SAE on activations from a model, an array file, synthetic data or image patches
+"""train an SAE on activations from a model, an array file, synthetic data, image patches or an image model
 Train a sparse autoencoder. Pick one source: a transformers model at a hook (--hook, with --model and
 --corpus defaulting to the embedded MiniLM and CPython docs), an array file (--activations), synthetic data
-(--synthetic) or patches of images (--images: a folder, "skimage" for scikit-image's photographs, or "noise").
+(--synthetic), patches of images (--images: a folder, "skimage" for scikit-image's photographs, or "noise") or
+an image model over views of those images (--images with --model and --hook: its tokens' activations).
 
 The dictionary and training options are the fields of the config dataclasses (sae/*.py, train/config.py),
 described by their docstrings; a dictionary option names the architectures that have it.
@@ -23,6 +24,7 @@ EXAMPLES = """examples:
   sparsecode train --activations recordings.npy --arch relu --l1 5 --latents 4096 --out runs/rec
   sparsecode train --synthetic features=512,dim=64,active=5 --arch topk --k 5 --latents 512 --out runs/toy
   sparsecode train --images skimage --patch 12 --latents 256 --k 8 --out runs/v1     # whitened natural patches
+  sparsecode train --images photos/ --model PATH_OR_NAME --hook encoder.layer.3 --out runs/vit3   # an image model
   sparsecode train --hook encoder.layer.3 --arch batchtopk --k 32 --out runs/btk
   sparsecode train --hook encoder.layer.3 --arch jumprelu --target-l0 32 --out runs/jr
   sparsecode train --hook encoder.layer.3 --arch multibudget --budgets 16,32,64,128 --out runs/mb
@@ -36,17 +38,19 @@ EXAMPLES = """examples:
 """
 
 DEFAULT_ARCH = "topk"
+SOURCE_NAMES = {"model": "text model", "images": "image patches", "vision": "image model"}
+"""How a source option's help names the sources that have it."""
 SAE_SET_HERE = ("d_in", "n_latents", "d_out", "seed")
 """Dictionary fields the command fills itself: widths from the source, --latents, and --seed (shared with train)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..sae import ARCHITECTURES
-    from ..sources import ArraySourceConfig, ImageSourceConfig, ModelSourceConfig
+    from ..sources import ArraySourceConfig, ImageSourceConfig, ModelSourceConfig, VisionSourceConfig
     from ..train import TrainConfig
 
     src = p.add_argument_group("source (choose one)")
-    model_fields = (
+    fields = (
         "model",
         "hook",
         "hook_side",
@@ -57,13 +61,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "target_hook",
         "target_hook_side",
         "dtype",
+        "images",
+        "patch",
+        "n_patches",
+        "whiten",
+        "zca_epsilon",
+        "views",
+        "crop",
+        "image_size",
+        "keep_cls",
     )
     flags = add_config_flags(
-        src, [ModelSourceConfig], only=model_fields, many=("hook",), rename={"dtype": "model_dtype"}
+        src,
+        [ModelSourceConfig, ImageSourceConfig, VisionSourceConfig],
+        only=fields,
+        many=("hook",),
+        rename={"dtype": "model_dtype"},
+        owner_name=lambda c: SOURCE_NAMES[c.kind],
     )
     flags += add_config_flags(src, [ArraySourceConfig], only=("path", "key"), rename={"path": "activations"})
-    image_fields = ("images", "patch", "n_patches", "whiten", "zca_epsilon")
-    flags += add_config_flags(src, [ImageSourceConfig], only=image_fields)
     src.add_argument(
         "--synthetic",
         metavar="SPEC",
@@ -122,32 +138,51 @@ def _flag_names(args: argparse.Namespace, flags: list[ConfigFlag]) -> list[str]:
 
 
 def _source_config(args: argparse.Namespace):
-    from ..sources import ArraySourceConfig, ImageSourceConfig, ModelSourceConfig, parse_synthetic_spec
+    from ..sources import (
+        ArraySourceConfig,
+        ImageSourceConfig,
+        ModelSourceConfig,
+        VisionSourceConfig,
+        parse_synthetic_spec,
+    )
     from .train_many import unwrap
 
     unwrap(args)  # options that take several values, given one each
 
     if args.target_hook and (args.activations or args.synthetic or args.images):
-        raise ConfigError("--target-hook needs a model source (--hook)")
+        raise ConfigError("--target-hook needs a text model source (--hook with --corpus)")
+    vision = bool(args.images and (args.hook or args.model))  # an image model over the images
     chosen = [
         flag
         for flag, on in (
-            ("--hook", args.hook or args.model or args.corpus),
+            ("--hook", (args.hook or args.model or args.corpus) and not vision),
             ("--activations", args.activations),
             ("--synthetic", args.synthetic),
-            ("--images", args.images),
+            ("--images", args.images and not vision),
+            ("--images with --model/--hook", vision),
         )
         if on
     ]
     if len(chosen) != 1:
         raise ConfigError(
             "choose exactly one source: --hook (a model, with optional --model/--corpus), "
-            "--activations FILE, --synthetic SPEC or --images FOLDER" + (f"; got {', '.join(chosen)}" if chosen else "")
+            "--activations FILE, --synthetic SPEC, --images FOLDER (patches) or --images FOLDER --model M --hook H "
+            "(an image model)" + (f"; got {', '.join(chosen)}" if chosen else "")
         )
-    image_only = [f.flag for f in args.source_flags if f.owners == (ImageSourceConfig,) and f.field != "images"]
+    image_only = [f.flag for f in args.source_flags if f.owners == (ImageSourceConfig,)]
     stray = [flag for flag in image_only if getattr(args, flag[2:].replace("-", "_")) is not None]
     if stray and not args.images:
         raise ConfigError(f"{', '.join(stray)} applies to an image source: add --images FOLDER (or skimage / noise)")
+    owner = VisionSourceConfig if vision else ImageSourceConfig if args.images else ModelSourceConfig
+    if not (args.activations or args.synthetic):
+        _check_owned(args, owner)
+    if vision:
+        if not args.hook or not args.model:
+            raise ConfigError("an image model source needs --model (a transformers image model) and --hook")
+        kw = given(args, args.source_flags, VisionSourceConfig)
+        if args.device:
+            kw["device"] = args.device
+        return VisionSourceConfig(**kw)
     if args.images:
         return ImageSourceConfig(**given(args, args.source_flags, ImageSourceConfig))
     if args.activations:
@@ -162,6 +197,17 @@ def _source_config(args: argparse.Namespace):
     if args.device:
         kw["device"] = args.device
     return ModelSourceConfig(**kw)
+
+
+def _check_owned(args: argparse.Namespace, owner: type) -> None:
+    """A one-line ConfigError for source flags given that the chosen source (``owner``) does not have."""
+    stray = [f for f in args.source_flags if getattr(args, f.dest) is not None and owner not in f.owners]
+    if stray:
+        names = " / ".join(SOURCE_NAMES[o.kind] for o in stray[0].owners)
+        hint = "; an image model is --images FOLDER --model M --hook H" if names == SOURCE_NAMES["vision"] else ""
+        raise ConfigError(
+            f"{', '.join(f.flag for f in stray)} applies to {names} sources, not to {SOURCE_NAMES[owner.kind]}{hint}"
+        )
 
 
 def _sae_config(args: argparse.Namespace, d_in: int, d_out: int | None = None):

@@ -1,4 +1,5 @@
-"""Activation sources: a model over a text corpus, an array file, synthetic superposition data or image patches.
+"""Activation sources: a model over a text corpus, an array file, synthetic superposition data, image patches, or an
+image model over views of images.
 
 Every source implements the ``Source`` protocol (see ``base.py``) and is rebuilt from its config
 dict, so a run's config.json is enough to get the exact same stream back.
@@ -24,16 +25,18 @@ from .hf import ModelSource, ModelSourceConfig, find_module, load_model
 from .images import ImageSource, ImageSourceConfig
 from .synthetic import SyntheticSource, SyntheticSourceConfig, parse_synthetic_spec
 from .text import load_documents, split_documents
+from .vision import VisionSource, VisionSourceConfig
 
 SOURCE_KINDS: dict[str, tuple[type[SourceConfigBase], type]] = {
     ModelSourceConfig.kind: (ModelSourceConfig, ModelSource),
     ArraySourceConfig.kind: (ArraySourceConfig, ArraySource),
     SyntheticSourceConfig.kind: (SyntheticSourceConfig, SyntheticSource),
     ImageSourceConfig.kind: (ImageSourceConfig, ImageSource),
+    VisionSourceConfig.kind: (VisionSourceConfig, VisionSource),
 }
 """kind -> (config class, source class)."""
 
-SourceConfig = ModelSourceConfig | ArraySourceConfig | SyntheticSourceConfig | ImageSourceConfig
+SourceConfig = ModelSourceConfig | ArraySourceConfig | SyntheticSourceConfig | ImageSourceConfig | VisionSourceConfig
 
 
 def source_config_from_dict(d: dict[str, Any]) -> SourceConfig:
@@ -74,6 +77,8 @@ __all__ = [
     "SyntheticSource",
     "SyntheticSourceConfig",
     "TextModelSource",
+    "VisionSource",
+    "VisionSourceConfig",
     "check_split",
     "find_module",
     "load_documents",

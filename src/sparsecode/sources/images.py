@@ -94,7 +94,8 @@ def to_gray(image: np.ndarray, name: str) -> np.ndarray:
     return (img - img.mean()) / std
 
 
-def _read_folder(folder: Path) -> list[tuple[str, np.ndarray]]:
+def _read_folder(folder: Path, mode: str = "L") -> list[tuple[str, np.ndarray]]:
+    """(file name, pixels) of every image file in ``folder``, sorted by name, converted to PIL ``mode``."""
     from PIL import Image, UnidentifiedImageError
 
     if not folder.is_dir():
@@ -106,7 +107,7 @@ def _read_folder(folder: Path) -> list[tuple[str, np.ndarray]]:
     for p in files:
         try:
             with Image.open(p) as im:
-                out.append((str(p), np.asarray(im.convert("L"), dtype=np.float64)))
+                out.append((str(p), np.asarray(im.convert(mode), dtype=np.float64 if mode == "L" else np.uint8)))
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise DataError(f"{p}: not a readable image ({str(e).strip().splitlines()[0]}); fix or remove it") from None
     return out
@@ -130,6 +131,25 @@ def load_images(spec: str, seed: int = 0) -> list[tuple[str, np.ndarray]]:
     else:
         raw = _read_folder(Path(spec).expanduser())
     return [(name, to_gray(img, name)) for name, img in raw]
+
+
+def load_rgb_images(spec: str, seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """(name, (H, W, 3) uint8 RGB image) for a folder, "skimage" (gray photographs repeated over the three
+    channels) or "noise" (uniform RGB noise, seeded): what an image model is fed."""
+    if spec == "skimage":
+        raw = _skimage_photos()
+    elif spec == "noise":
+        rng = np.random.default_rng([seed, 1])
+        shape = (NOISE_SIZE, NOISE_SIZE, 3)
+        return [(f"noise{i}", rng.integers(0, 256, shape, dtype=np.uint8)) for i in range(len(SKIMAGE_PHOTOS))]
+    else:
+        return _read_folder(Path(spec).expanduser(), "RGB")
+    out = []
+    for name, img in raw:
+        img = np.asarray(img)
+        rgb = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]  # gray -> RGB; RGBA -> RGB
+        out.append((name, np.ascontiguousarray(rgb, dtype=np.uint8)))
+    return out
 
 
 # --------------------------------------------------------------------------- patches and whitening
