@@ -125,3 +125,36 @@ def test_threshold_separates_a_graded_feature():
     assert r["reconstruction_threshold"] == pytest.approx(0.3)  # below 0.3 the feature is not precise
     at0 = next(p for p in r["per_threshold"] if p["threshold"] == 0.0)
     assert at0["classifiers"] == 0
+
+
+def test_headline_f1_counts_bsps_and_threshold_follows_per_square_f1():
+    # fit rows: feature A = "state 0", feature B = "state 1", both exact. Scored rows: B also fires on every
+    # state-0 row, so those squares get their true state and a false one predicted.
+    boards = _boards(30000, 1, seed=6)
+    state = boards[:, 0]
+    fit = torch.arange(30000) < 15000
+    a = (state == 0).float()
+    b = ((state == 1) | ((state == 0) & ~fit)).float()
+    r = board_metrics(torch.stack([a, b], 1), boards, fit=fit)
+    scored = state[~fit]
+    p0, p1 = float((scored == 0).float().mean()), float((scored == 1).float().mean())
+    # per BSP: TP = states 0 and 1 found, FP = the extra "1" on state-0 rows, FN = state 2 never predicted
+    tp, fp, fn = p0 + p1, p0, 1 - p0 - p1
+    assert r["reconstruction_f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-6)  # ~ 2/3
+    # per square: the state-0 squares are no true positives
+    assert r["reconstruction_f1_per_square"] == pytest.approx(2 * p1 / (2 * p1 + fp + fn), abs=1e-6)  # ~ 1/2
+    assert r["fit_positions"] == 15000
+
+
+def test_coverage_averages_over_every_bsp_even_one_that_never_occurs():
+    boards = torch.from_numpy(np.random.default_rng(7).integers(0, 2, size=(4000, 2)))  # state 2 never occurs
+    onehot = torch.nn.functional.one_hot(boards, 3).reshape(4000, -1).float()
+    r = board_metrics(onehot, boards)
+    assert r["coverage"] == pytest.approx(4 / 6)  # 4 BSPs found exactly, 2 never occur and score 0
+    assert r["reconstruction_f1"] == pytest.approx(1.0)
+
+
+def test_board_metrics_refuse_a_split_without_scored_rows():
+    boards = _boards(100, 2)
+    with pytest.raises(DataError, match="fit and 2 scored"):
+        board_metrics(torch.rand(100, 3), boards, fit=torch.ones(100, dtype=torch.bool))

@@ -6,17 +6,21 @@ Board state properties (BSPs) are binary functions of a position; here one per s
 feature's largest activation on the *fit* rows and thresholded at t in ``THRESHOLDS``; "feature f on at t" then
 acts as a binary classifier of every BSP.
 
-* **Coverage** (their Cov): for each BSP the best F1 of any feature as its classifier, averaged over BSPs
-  (BSPs that never occur are left out), maximised over t.
+* **Coverage** (their Cov): for each BSP the best F1 of any feature as its classifier, averaged over all BSPs
+  (one that never occurs, like an empty centre square, counts as F1 0, as in their code), maximised over t.
 * **Board reconstruction** (their Rec): a feature is a *high-precision classifier* of a BSP at t when, on the fit
-  rows, the BSP holds on at least ``PRECISION`` (0.95) of the rows where the feature is on (and the feature is on
-  at least ``MIN_ON`` times, so one lucky row does not count). On the held-out rows, a BSP is predicted true
-  when any feature classifying it is on. F1 of the predicted against the true boards, counted per square as in
-  their code: a square whose true state is predicted along with a false one counts as a false positive and not
-  as a true positive. Maximised over t.
+  rows, the BSP holds on at least ``PRECISION`` (0.95) of the rows where the feature is on, and on at least
+  ``MIN_ON`` (10) of them. On the held-out rows a BSP is predicted true when any feature classifying it is on.
+  The headline F1 counts predicted against true BSPs (their "per class" F1, the number their paper and results
+  tables report); the threshold it is read at is the one with the best *per-square* F1, in which a square whose
+  true state is predicted along with a false one is a false positive and not a true positive (their code picks
+  the threshold the same way; it drops the true positive only when exactly one false state is predicted, here
+  when any is). Thresholds t = 0.0 .. 0.9, as their headline (their extra t = 1.0 row is left out of it too).
 
-Rows are split in two: the first half fits (maxima, classifier choice), the second half scores, so neither
-metric is measured on the rows that chose it.
+Rows are split in two: the fit rows (maxima, classifier choice) and the scored rows (coverage, reconstruction),
+so neither metric is measured on the rows that chose it. Their code takes the maxima from a training buffer,
+the classifiers from 1,000 training games and scores on 1,000 test games; :func:`othello_section` splits the
+eval positions by game, the first half of the games fitting.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(10))
 PRECISION = 0.95
 """Precision a feature needs on the fit rows to be a high-precision classifier of a BSP."""
 MIN_ON = 10
-"""Fit rows a feature must be on to classify anything (the precision of a handful of rows is noise)."""
+"""Fit rows on which a classifier must be on *and* right (their significance threshold; with the 0.95 precision
+this is the same as being on at least 10 times)."""
 
 
 def bsp_labels(boards: torch.Tensor, n_states: int = 3) -> torch.Tensor:
@@ -47,72 +52,82 @@ def _f1(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
     return 2 * tp / (2 * tp + fp + fn).clamp_min(1)
 
 
-def board_metrics(features: torch.Tensor, boards: torch.Tensor, n_states: int = 3) -> dict[str, Any]:
+def board_metrics(
+    features: torch.Tensor, boards: torch.Tensor, n_states: int = 3, fit: torch.Tensor | None = None
+) -> dict[str, Any]:
     """Coverage and board reconstruction F1 of ``features`` (n, F) against ``boards`` (n, squares) states.
 
-    See the module docstring; returns the two headline numbers, the threshold each was reached at, and per
-    threshold the values and the number of high-precision classifiers.
+    ``fit`` (n,) bool marks the rows that fit maxima and classifiers, the rest are scored (default: the first
+    half of the rows). See the module docstring; returns the two headline numbers, the threshold each was reached
+    at, and per threshold the values and the number of high-precision classifiers.
     """
     if features.ndim != 2 or boards.ndim != 2 or features.shape[0] != boards.shape[0]:
         raise DataError(f"board metrics: features {tuple(features.shape)} and boards {tuple(boards.shape)} differ")
     n = features.shape[0]
-    if n < 4:
-        raise DataError(f"board metrics need at least 4 positions, got {n}")
-    half = n // 2
+    if fit is None:
+        fit = torch.arange(n) < n // 2
+    fit = fit.cpu().bool()
+    if fit.shape != (n,) or int(fit.sum()) < 2 or int((~fit).sum()) < 2:
+        raise DataError(f"board metrics need at least 2 fit and 2 scored positions of {n}")
     feats = features.detach().to("cpu", torch.float32)
     labels = bsp_labels(boards.cpu(), n_states)  # (n, B)
-    fit_f, test_f = feats[:half], feats[half:]
-    fit_y, test_y = labels[:half].float(), labels[half:]
+    fit_f, test_f = feats[fit], feats[~fit]
+    fit_y, test_y = labels[fit].float(), labels[~fit]
     peak = fit_f.max(dim=0).values  # (F,)
     alive = peak > 0
     fit_f, test_f, peak = fit_f[:, alive], test_f[:, alive], peak[alive]
-    occurs = test_y.any(0)  # (B,) BSPs present in the scored rows
     per_t = []
     for t in THRESHOLDS:
-        on_fit = (fit_f > t * peak).float()  # (half, F')
-        on_test = (test_f > t * peak).float()  # (n - half, F')
+        on_fit = (fit_f > t * peak).float()  # (fit, F')
+        on_test = (test_f > t * peak).float()  # (scored, F')
         # coverage on the scored rows: best F1 of any feature for each BSP
         tp = on_test.T @ test_y.float()  # (F', B)
         pred = on_test.sum(0)[:, None]  # (F', 1)
         actual = test_y.float().sum(0)[None, :]  # (1, B)
         best = _f1(tp, pred - tp, actual - tp).max(dim=0).values if tp.numel() else torch.zeros(labels.shape[1])
-        coverage = float(best[occurs].mean()) if occurs.any() else float("nan")
+        coverage = float(best.mean())  # over all BSPs: one that never occurs scores 0
         # reconstruction: classifiers chosen on the fit rows, boards predicted on the scored rows
         fit_tp = on_fit.T @ fit_y  # (F', B)
         fit_on = on_fit.sum(0)[:, None]  # (F', 1)
         classifies = (fit_tp >= PRECISION * fit_on) & (fit_on >= MIN_ON)  # (F', B)
-        predicted = (on_test @ classifies.float()) > 0  # (n - half, B)
+        predicted = (on_test @ classifies.float()) > 0  # (scored, B)
         rec = _reconstruction_f1(predicted, test_y, n_states)
         per_t.append({"threshold": t, "coverage": coverage, "classifiers": int(classifies.any(1).sum()), **rec})
     best_cov = max(per_t, key=lambda r: (r["coverage"], -r["threshold"]))
-    best_rec = max(per_t, key=lambda r: (r["f1"], -r["threshold"]))
+    best_rec = max(per_t, key=lambda r: (r["f1_per_square"], -r["threshold"]))
     return {
         "coverage": best_cov["coverage"],
         "coverage_threshold": best_cov["threshold"],
         "reconstruction_f1": best_rec["f1"],
+        "reconstruction_f1_per_square": best_rec["f1_per_square"],
         "reconstruction_threshold": best_rec["threshold"],
         "alive_features": int(alive.sum()),
         "positions": n,
-        "fit_positions": half,
+        "fit_positions": int(fit.sum()),
         "per_threshold": per_t,
     }
 
 
 def _reconstruction_f1(predicted: torch.Tensor, truth: torch.Tensor, n_states: int) -> dict[str, float]:
-    """Per-square counts of predicted (n, B) against true (n, B) BSPs (B = squares * n_states)."""
+    """F1 of predicted (n, B) against true (n, B) BSPs (B = squares * n_states): per BSP ("per class", the
+    headline) and per square (a square with its true state and a false one predicted is no true positive)."""
     n, b = predicted.shape
+    tp = float((predicted & truth).sum())
+    fp = float((predicted & ~truth).sum())
+    fn = float((~predicted & truth).sum())
     pred = predicted.reshape(n, b // n_states, n_states)
     true = truth.reshape(n, b // n_states, n_states)
-    hit = (pred & true).any(-1)  # (n, squares) the true state predicted
-    wrong = (pred & ~true).sum(-1)  # (n, squares) false states predicted
-    tp = float((hit & (wrong == 0)).sum())  # a square predicted as its true state *and* another is not a TP
-    fp = float(wrong.sum())
-    fn = float((~hit).sum())
+    mixed = float(((pred & true).any(-1) & (pred & ~true).any(-1)).sum())  # (n, squares) summed
     return {
         "precision": tp / (tp + fp) if tp + fp else 0.0,
         "recall": tp / (tp + fn) if tp + fn else 0.0,
-        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+        "f1": _f1_of(tp, fp, fn),
+        "f1_per_square": _f1_of(tp - mixed, fp, fn),
     }
+
+
+def _f1_of(tp: float, fp: float, fn: float) -> float:
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
 
 
 # --------------------------------------------------------------------------- an Othello run's board section
@@ -150,9 +165,13 @@ def othello_section(
     move = positions - 1  # token p (after [BOS]) is move p - 1
     boards = torch.from_numpy(truth.board[game_row.numpy(), move.numpy()].astype(np.int64))  # (n, 64)
     out: dict[str, Any] = {"model_legal_move_top1": load_info(source.model_path).get("legal_move_top1")}
-    out["sae"] = board_metrics(latents, boards)
+    # the first half of the games fit, the other half is scored (a single game: its first half of positions)
+    fit = game_row < len(docs) // 2 if len(docs) > 1 else None  # (n,)
+    out["sae"] = board_metrics(latents, boards, fit=fit)
     neurons = _mlp_neurons(source, docs, doc_ids, positions)
-    out["neurons"] = board_metrics(neurons, boards) if neurons is not None else {"skipped": "no MLP module found"}
+    out["neurons"] = (
+        board_metrics(neurons, boards, fit=fit) if neurons is not None else {"skipped": "no MLP module found"}
+    )
     return out
 
 

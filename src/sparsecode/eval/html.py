@@ -263,6 +263,7 @@ def _board(r: dict[str, Any]) -> str:
         [
             name,
             sec.get("reconstruction_f1"),
+            sec.get("reconstruction_f1_per_square"),
             sec.get("reconstruction_threshold"),
             sec.get("coverage"),
             sec.get("coverage_threshold"),
@@ -276,7 +277,7 @@ def _board(r: dict[str, Any]) -> str:
         "state properties (each square empty / mine / theirs for the player to move); thresholds are fractions of "
         f"each feature's maximum. Model legal-move top-1: {esc(fmt(b.get('model_legal_move_top1')))}.</p>"
     )
-    head = ["features", "reconstruction F1", "at threshold", "coverage", "at threshold", "alive"]
+    head = ["features", "reconstruction F1", "per-square F1", "at threshold", "coverage", "at threshold", "alive"]
     return "<h2>Board state (Othello)</h2>" + note + table(head, rows)
 
 
