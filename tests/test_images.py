@@ -205,8 +205,11 @@ def test_dashboard_shows_an_image_runs_top_examples_as_the_patches_they_are(tmp_
         fid = next(f["id"] for f in client.get("/features.json?filter=alive").json()["features"])
         feature = client.get(f"/features/{fid}.json").json()
         page = client.get(f"/features/{fid}").text
+        fires = client.get("/fires.json?text=hello")
     top = feature["contexts"]["top"]
     assert top[0]["activation"] == pytest.approx(float(latents[:, fid].max()), rel=1e-4)
+    assert fires.status_code == 404 and "this run was trained on image patches" in fires.json()["error"]
+    assert 'href="/fires"' not in page
     for c in top:
         row = c["tokens"][0]["id"]  # the patch's row in the source: its eval activation is the context's
         assert c["activation"] == pytest.approx(float(latents[row - source.n_train, fid]), rel=1e-4)

@@ -145,6 +145,7 @@ def test_command_line_trains_on_an_image_model_and_bad_input_is_one_line(tiny_vi
     assert main([*base, *args, "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())["source"]
     assert config["kind"] == "vision" and config["hook"] == "layers.1" and config["views"] == 24
+    _features_show_the_regions(out)
     capsys.readouterr()
 
     def refused(extra, message):
@@ -188,6 +189,38 @@ def test_command_line_trains_on_an_image_model_and_bad_input_is_one_line(tiny_vi
     )
 
 
+def _features_show_the_regions(run):
+    """`sparsecode features` then the dashboard on a trained ViT run: each top example is the SAE's activation on that
+    token row, with the row's pixel box and the picture of that region."""
+    from fastapi.testclient import TestClient
+
+    from sparsecode.cli import main
+    from sparsecode.dashboard import create_app
+    from sparsecode.features.vision import MIN_SIDE, region
+    from sparsecode.run import load_run
+
+    assert main(["features", str(run), "--quiet", "--top", "3", "--split", "train"]) == 0
+    loaded = load_run(run)
+    source = open_source(loaded.config.source)
+    with torch.inference_mode():
+        latents = loaded.sae.encode(_rows(source))  # (train rows, n_latents)
+    with TestClient(create_app(run)) as client:
+        fid = next(f["id"] for f in client.get("/features.json?filter=alive").json()["features"])
+        feature = client.get(f"/features/{fid}.json").json()
+        page = client.get(f"/features/{fid}").text
+    top = feature["contexts"]["top"]
+    assert len(top) == 3 and top[0]["activation"] == pytest.approx(float(latents[:, fid].max()), rel=1e-4)
+    for c in top:
+        row = c["tokens"][0]["id"]
+        assert c["activation"] == pytest.approx(float(latents[row, fid]), rel=1e-4)
+        img, y, x, h, w = source.box(row)
+        assert c["box"] == {"image": source.image_names[img], "top": y, "left": x, "height": h, "width": w}
+        part, _ = region(source.images[img], (y, x, h, w))
+        scale = -(-MIN_SIDE // max(part.shape[:2]))
+        assert _decode(c["patch"]).shape == (part.shape[0] * scale, part.shape[1] * scale, 3)
+    assert page.count('class="patch region"') >= len(top) and "Promoted tokens" not in page
+
+
 def test_config_checks():
     with pytest.raises(ConfigError, match="source.hook is required"):
         VisionSourceConfig(hook=" ")
@@ -198,3 +231,67 @@ def test_config_checks():
     flat = nn.Sequential(nn.Flatten(1))  # (B, 3 * 8 * 8): neither tokens nor a feature map
     with pytest.raises(DataError, match=r"hook '0' gave \(1, 192\); expected tokens"):
         VisionSource(VisionSourceConfig(hook="0", image_size=8, views=2, images="noise"), model=flat)
+
+
+def _decode(data_uri: str) -> np.ndarray:
+    import base64
+    import io
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_uri.split(",", 1)[1]))).convert("RGB"))
+
+
+def test_dashboard_shows_the_planted_bright_patch_as_its_units_top_example(tmp_path):
+    """Image 0 is dark but for one bright 8 x 8 cell; the patch-mean module's unit, read by a hand-set ReLU latent,
+    fires most there: the feature page's top example is that cell's region, outlined, with its pixel box."""
+    from fastapi.testclient import TestClient
+
+    from sparsecode.dashboard import create_app
+    from sparsecode.features import FeaturesConfig, build_features
+    from sparsecode.features.vision import OUTLINE
+    from sparsecode.run import RunConfig
+    from sparsecode.sae import ReLUConfig, build_sae
+
+    dark = np.full((SIDE, SIDE, 3), 20, dtype=np.uint8)
+    dark[16:24, 8:16] = 250  # grid cell (2, 1)
+    Image.fromarray(dark).save(tmp_path / "a.png")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(60, 120, (SIDE, SIDE, 3), dtype=np.uint8)).save(tmp_path / "b.png")
+    cfg = VisionSourceConfig(hook="out", images=str(tmp_path), views=8, image_size=SIDE)
+    source = VisionSource(cfg, model=PatchMean())
+    sae = build_sae(ReLUConfig(d_in=1, n_latents=2))
+    with torch.no_grad():  # latent 0 = relu(patch mean), latent 1 = relu(-patch mean): never fires
+        sae.W_enc.copy_(torch.tensor([[1.0, -1.0]]))
+        sae.b_enc.zero_(), sae.b_dec.zero_()
+    run = tmp_path / "run"
+    run.mkdir()
+    RunConfig(source=cfg, sae=sae.cfg).save(run)
+    sae.save(run / "sae.safetensors")
+    build_features(run, FeaturesConfig(split="train", top_n=3), progress=False, source=source)
+
+    with TestClient(create_app(run)) as client:
+        feature = client.get("/features/0.json").json()
+        page = client.get("/features/0").text
+        fires, fires_json = client.get("/fires?text=hello"), client.get("/fires.json?text=hello")
+        attribution = client.get("/attribution.json")
+        steer = client.get("/features/0.json?prompt=hello")
+    top = feature["contexts"]["top"][0]
+    assert top["activation"] == pytest.approx(250 / 255, abs=1e-5)
+    assert top["box"] == {"image": str(tmp_path / "a.png"), "top": 16, "left": 8, "height": 8, "width": 8}
+    assert top["tokens"][0]["text"] == f"{tmp_path / 'a.png'} (16,8) 8x8"
+    shown = _decode(top["patch"])  # the region: rows 8..32, columns 0..24 of image a, enlarged 4 times
+    assert shown.shape == (96, 96, 3)
+    assert (shown[32:64, 32:64] == 250).all()  # the cell itself, untouched
+    assert (shown[30:32, 30:66] == OUTLINE).all() and (shown[64:66, 30:66] == OUTLINE).all()  # outlined around it
+    assert (shown[:28] == 20).all() and (shown[:, :28] == 20).all()  # dark context
+    # every shown context's box and picture agree with the source
+    for c in feature["contexts"]["top"] + feature["contexts"]["quantile"]:
+        img, y, x, h, w = source.box(c["tokens"][0]["id"])
+        assert c["box"] == {"image": source.image_names[img], "top": y, "left": x, "height": h, "width": w}
+        assert c["activation"] == pytest.approx(source.images[img][y : y + h, x : x + w].mean() / 255, abs=1e-5)
+    # an image run: no token logits, no steering, no links to the text-only tools, which answer with a message
+    assert page.count('class="patch region"') == len(feature["contexts"]["top"]) + len(feature["contexts"]["quantile"])
+    assert 'id="steer"' not in page and 'href="/fires"' not in page and 'href="/attribution"' not in page
+    assert fires.status_code == fires_json.status_code == attribution.status_code == 404
+    message = "What fires here? needs a text model, and this run was trained on an image model"
+    assert message in fires.text and fires_json.json()["error"].startswith(message)
+    assert steer.status_code == 400 and "steering needs a text model" in steer.json()["error"]

@@ -30,7 +30,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.exceptions import HTTPException
 
 from ..layout import ATTRIBUTION_DIR, CONFIG_FILE, FEATURES_FILE
-from .db import FEATURE_ID, FILTERS, SORTS, FeatureDB
+from .db import FEATURE_ID, FILTERS, IMAGE_WORLDS, SORTS, FeatureDB
 from .fires import FiresModel
 from .guard import Guard
 
@@ -120,6 +120,14 @@ def _attribution(run_dir: Path, site: str | None) -> dict[str, Any]:
     return {"graph": graph, "has_picture": (path.parent / "attribution.png").is_file(), "how": how}
 
 
+def _text_only(tool: str, meta: dict[str, Any]) -> str:
+    """Why a text-only tool is not offered on an image run."""
+    return (
+        f"{tool} needs a text model, and this run was trained on {IMAGE_WORLDS[meta['world']]}; its features' pages "
+        "show the image regions they fire on (/features)"
+    )
+
+
 def create_app(run_dir: str | Path, allowed_hosts: Iterable[str] | None = None) -> FastAPI:
     """The dashboard for the run in ``run_dir`` (its features.sqlite must exist). Requests whose Host header is not
     one of ``allowed_hosts`` get 400 (None: any Host; the server passes its loopback names, see ``guard``)."""
@@ -134,9 +142,16 @@ def create_app(run_dir: str | Path, allowed_hosts: Iterable[str] | None = None) 
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.state.db = db
 
+    image_run = db.image_run
+
     def page(name: str, request: Request, status: int = 200, **context: Any) -> HTMLResponse:
         html = env.get_template(name).render(
-            meta=db.meta, run_name=run_dir.resolve().name, counts=counts, path=request.url.path, **context
+            meta=db.meta,
+            run_name=run_dir.resolve().name,
+            counts=counts,
+            path=request.url.path,
+            image_run=image_run,
+            **context,
         )
         return HTMLResponse(html, status_code=status)
 
@@ -209,6 +224,8 @@ def create_app(run_dir: str | Path, allowed_hosts: Iterable[str] | None = None) 
         if len(prompt) > MAX_TEXT_CHARS:
             raise HTTPException(400, f"prompt is {len(prompt)} characters long; give at most {MAX_TEXT_CHARS}")
         if prompt.strip():
+            if image_run:
+                raise HTTPException(400, _text_only("steering", db.meta))
             try:
                 strength = float(params.get("strength", "4"))
             except ValueError:
@@ -234,6 +251,8 @@ def create_app(run_dir: str | Path, allowed_hosts: Iterable[str] | None = None) 
         )
 
     def fires(request: Request) -> dict[str, Any]:
+        if image_run:
+            raise HTTPException(404, _text_only("What fires here?", db.meta))
         text = request.query_params.get("text", "")
         if len(text) > MAX_TEXT_CHARS:
             raise HTTPException(400, f"text is {len(text)} characters long; paste at most {MAX_TEXT_CHARS}")
@@ -257,13 +276,18 @@ def create_app(run_dir: str | Path, allowed_hosts: Iterable[str] | None = None) 
         result = fires(request)
         return page("fires.html", request, status=503 if result.get("error") else 200, **result)
 
+    def attribution() -> dict[str, Any]:
+        if image_run:
+            raise HTTPException(404, _text_only("Attribution", db.meta))
+        return _attribution(run_dir, site)
+
     @app.get("/attribution.json")
     def attribution_json() -> dict[str, Any]:
-        return _attribution(run_dir, site)
+        return attribution()
 
     @app.get("/attribution", response_class=HTMLResponse)
     def attribution_html(request: Request) -> HTMLResponse:
-        return page("attribution.html", request, **_attribution(run_dir, site))
+        return page("attribution.html", request, **attribution())
 
     @app.get("/attribution.png")
     def attribution_png() -> FileResponse:

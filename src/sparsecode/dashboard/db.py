@@ -33,6 +33,8 @@ EXPLAINED = (
 """The explanation and its detection score of each feature, when `sparsecode explain` has stored them."""
 FILTERS = ("all", "alive", "dead", "dense")
 """List filters."""
+IMAGE_WORLDS = {"images": "image patches", "vision": "an image model's activations over image views"}
+"""meta ``world`` of the runs whose rows come from images, and what they were trained on."""
 
 
 def _like_escape(word: str) -> str:
@@ -206,19 +208,38 @@ class FeatureDB:
         out["explanation"] = self.explanation(fid)
         if self.meta.get("world") == "othello":
             self._add_boards(out)
-        elif self.meta.get("world") == "images":
+        elif self.image_run:
             self._add_pictures(out)
         return out
 
+    @property
+    def image_run(self) -> bool:
+        """Whether the run's rows are image patches or an image model's tokens (no text: text-only tools do not
+        apply)."""
+        return self.meta.get("world") in IMAGE_WORLDS
+
     def _add_pictures(self, out: dict[str, Any]) -> None:
-        """An image-patch run: each context's patch and the feature's atom as PNG data URIs."""
-        shown = [c for kind in out["contexts"].values() for c in kind]
-        keys = [f"atom:{out['id']}"] + [f"patch:{c['tokens'][0]['id']}" for c in shown if c["tokens"]]
+        """An image run: each context's picture (the patch, or the token's region in its image) and, for patches, the
+        feature's atom as PNG data URIs; for an image model's tokens also each context's pixel box."""
+        shown = [c for kind in out["contexts"].values() for c in kind if c["tokens"]]
+        rows = [c["tokens"][0]["id"] for c in shown]
+        keys = [f"atom:{out['id']}"] + [f"patch:{r}" for r in rows]
         marks = ",".join("?" * len(keys))
-        found = dict(self._con().execute(f"SELECT key, data_uri FROM pictures WHERE key IN ({marks})", keys))
+        con = self._con()
+        found = dict(con.execute(f"SELECT key, data_uri FROM pictures WHERE key IN ({marks})", keys))
         out["atom"] = found.get(keys[0])
-        for c in shown:
-            c["patch"] = found.get(f"patch:{c['tokens'][0]['id']}") if c["tokens"] else None
+        boxes = {}
+        if self.meta.get("world") == "vision":
+            query = f"SELECT * FROM boxes WHERE row IN ({','.join('?' * len(rows))})"
+            boxes = {
+                b["row"]: {k: b[k] for k in ("image", "top", "left", "height", "width")}
+                for b in con.execute(query, rows)
+            }
+        for c in (c for kind in out["contexts"].values() for c in kind):
+            row = c["tokens"][0]["id"] if c["tokens"] else None
+            c["patch"] = found.get(f"patch:{row}")
+            if boxes:
+                c["box"] = boxes.get(row)
 
     def _add_boards(self, out: dict[str, Any]) -> None:
         """An Othello run: each context's position as a board, and the feature's board correlation (64, 3)

@@ -57,9 +57,13 @@ def _batches(order: list[int], chunks: list[list[int]], batch_tokens: int) -> li
     return groups
 
 
-def build_features(run_dir: str | Path, config: FeaturesConfig | None = None, progress: bool = True) -> dict[str, Any]:
+def build_features(
+    run_dir: str | Path, config: FeaturesConfig | None = None, progress: bool = True, source: Any = None
+) -> dict[str, Any]:
     """Compute every latent's statistics and examples for the run in ``run_dir``; write RUN/features.sqlite.
 
+    ``source``: the run's source already open, instead of reopening it from the run's config (needed for an image
+    model that is a torch module passed from Python: ``VisionSource(config, model=module)``).
     Returns a summary (tokens read, dead/dense counts, seconds, database path).
     """
     from ..run import load_run
@@ -70,18 +74,20 @@ def build_features(run_dir: str | Path, config: FeaturesConfig | None = None, pr
     run_dir = Path(run_dir)
     device = check_device(config.device)
     run = load_run(run_dir)
-    if run.config.source.kind not in ("model", "images"):
+    kind = run.config.source.kind
+    if kind not in ("model", "images", "vision"):
         raise DataError(
-            f"{run_dir}: feature contexts need a text model source or image patches; this run was trained on "
-            f"{run.config.source.kind} data"
+            f"{run_dir}: feature contexts need a text model source, image patches or an image model; this run was "
+            f"trained on {kind} data"
         )
-    run.config.source.device = config.device
-    source = open_source(run.config.source)
+    if source is None:
+        run.config.source.device = config.device
+        source = open_source(run.config.source)
     sae = run.sae.to(device).eval()
     m = sae.cfg.n_latents
     if source.d_in != sae.cfg.d_in:
         raise DataError(f"{run_dir}: the model yields rows of width {source.d_in} but the SAE expects {sae.cfg.d_in}")
-    if run.config.source.kind == "images":
+    if kind in ("images", "vision"):
         return _build_image_features(run_dir, source, sae, config, progress, started)
 
     chunks = source.chunks(config.split)
@@ -181,14 +187,15 @@ def _write(
 def _build_image_features(
     run_dir: Path, source: Any, sae: Any, config: FeaturesConfig, progress: bool, started: float
 ) -> dict[str, Any]:
-    """The database of an image-patch run (``features/images.py``): patches as one-token chunks, shown as
-    pictures."""
-    from . import images
+    """The database of an image-patch run (``features/images.py``) or an image-model run (``features/vision.py``):
+    every row a one-token chunk, shown as a picture."""
+    from . import images, vision
 
     config = images.image_settings(config)
     acc, chunks, _ = images.collect_patches(source, sae, config, progress)
     if acc.n_tokens == 0:
-        raise DataError(f"{run_dir}: the {config.split} split has no patches; try --split train")
+        raise DataError(f"{run_dir}: the {config.split} split has no rows; try --split train")
+    on_model = source.config.kind == "vision"
     meta = {
         "run": str(run_dir),
         "arch": sae.cfg.arch,
@@ -200,13 +207,17 @@ def _build_image_features(
         "settings": config.to_dict(),
         "quantile_levels": list(QUANTILE_LEVELS),
         "quantile_bands": [f"{round(100 * lo)}-{round(100 * hi)}%" for lo, hi in QUANTILE_BANDS],
-        **images.image_meta(source, config),
+        **(vision.vision_meta(source) if on_model else images.image_meta(source, config)),
     }
     rows = _feature_rows(acc, config, chunks, None)
-    texts = images.patch_labels(source, rows["token_ids"])
+    shown = rows["token_ids"]
+    texts = vision.labels(source, shown) if on_model else images.patch_labels(source, shown)
     images.top_labels(rows["features"], texts)
-    pictures = images.pictures(source, sae, rows["token_ids"])
-    return _write(run_dir, meta, rows, texts, acc, config, started, pictures=pictures)
+    if on_model:
+        tables = {"pictures": vision.pictures(source, shown), "boxes": vision.boxes(source, shown)}
+    else:
+        tables = {"pictures": images.pictures(source, sae, shown)}
+    return _write(run_dir, meta, rows, texts, acc, config, started, **tables)
 
 
 def _board_correlation(source: Any, n_latents: int) -> BoardCorrelation | None:

@@ -9,8 +9,11 @@ file that is renamed into place, so an interrupted build leaves the previous dat
     feature_tokens(token, feature, activation)   tokens a feature fires on inside its top contexts
     feature_boards(feature, correlation)         Othello runs only: JSON (64, 3) correlation of the latent with
                                   each square being empty / mine / theirs (``features/boards.py``)
-    pictures(key, data_uri)       image-patch runs only: PNG data URIs, "patch:ROW" for every patch shown and
-                                  "atom:ID" for every latent's decoder row (``features/images.py``)
+    pictures(key, data_uri)       image runs only: PNG data URIs, "patch:ROW" for every patch (image-model runs: token
+                                  region) shown and, for patches, "atom:ID" for every latent's decoder row
+                                  (``features/images.py``, ``features/vision.py``)
+    boxes(row, image, top, left, height, width)  image-model runs only: the pixel box in its image of every token
+                                  row shown (``features/vision.py``)
     random_contexts(rank, ...)    token windows at random positions with every latent firing in them (JSON)
 
 `sparsecode explain` adds its own tables (explanations, explanation_scores) to the same file later.
@@ -81,6 +84,11 @@ BOARDS_SCHEMA = "CREATE TABLE feature_boards (feature INTEGER PRIMARY KEY, corre
 
 PICTURES_SCHEMA = "CREATE TABLE pictures (key TEXT PRIMARY KEY, data_uri TEXT NOT NULL)"
 
+BOXES_SCHEMA = (
+    "CREATE TABLE boxes (row INTEGER PRIMARY KEY, image TEXT NOT NULL, top INTEGER NOT NULL, "
+    "left INTEGER NOT NULL, height INTEGER NOT NULL, width INTEGER NOT NULL)"
+)
+
 
 def write_database(
     path: str | Path,
@@ -92,9 +100,10 @@ def write_database(
     feature_boards: Iterable[tuple] | None = None,
     random_contexts: Iterable[tuple] = (),
     pictures: Iterable[tuple] | None = None,
+    boxes: Iterable[tuple] | None = None,
 ) -> None:
     """Write a complete database to ``path`` atomically. Row tuples follow the column order of ``SCHEMA``
-    (``feature_boards`` / ``pictures``: rows of the optional board and picture tables)."""
+    (``feature_boards`` / ``pictures`` / ``boxes``: rows of the optional board, picture and box tables)."""
 
     def write(tmp: Path) -> None:
         con = sqlite3.connect(tmp, isolation_level=None)
@@ -118,6 +127,9 @@ def write_database(
             if pictures is not None:
                 con.execute(PICTURES_SCHEMA)
                 con.executemany("INSERT INTO pictures VALUES (?, ?)", pictures)
+            if boxes is not None:
+                con.execute(BOXES_SCHEMA)
+                con.executemany("INSERT INTO boxes VALUES (?, ?, ?, ?, ?, ?)", boxes)
             con.execute(
                 "INSERT INTO meta VALUES ('format', ?), ('version', ?)", (json.dumps(FORMAT), json.dumps(VERSION))
             )

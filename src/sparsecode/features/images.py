@@ -22,8 +22,13 @@ def png_data_uri(pixels: np.ndarray) -> str:
 
     lo, hi = float(pixels.min()), float(pixels.max())
     scaled = np.zeros_like(pixels) if hi <= lo else (pixels - lo) / (hi - lo)
+    return picture_data_uri(Image.fromarray(np.round(scaled * 255).astype(np.uint8), mode="L"))
+
+
+def picture_data_uri(picture: Any) -> str:
+    """A PIL image as a PNG ``data:`` URI (what the ``pictures`` table stores)."""
     buf = io.BytesIO()
-    Image.fromarray(np.round(scaled * 255).astype(np.uint8), mode="L").save(buf, format="PNG")
+    picture.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
