@@ -17,7 +17,7 @@ import random
 import re
 from pathlib import Path
 
-from sparsecode.explain.llm import Usage
+from sparsecode.explain.llm import Answer, Usage
 from sparsecode.features.database import write_database
 
 DIGITS, CAPS, DEAD = 0, 1, 2
@@ -168,8 +168,10 @@ class RuleModel:
             return "yes" if all(rule(t) for t in _marked(excerpt)) else "no"
         return "yes" if any(rule(w) for w in _words(excerpt)) else "no"
 
-    def chat(self, messages: list[dict[str, str]], max_tokens: int) -> str:
+    def chat(self, messages: list[dict[str, str]], max_tokens: int, first_line: bool = False) -> str:
         return self.answer(messages)
 
-    def judge(self, messages: list[dict[str, str]]) -> bool | None:
-        return self.answer(messages) == "yes"
+    def judge(self, questions: list[list[dict[str, str]]]) -> list[Answer]:
+        """A sure yes or no: P(yes) is 1 or 0."""
+        yes = [self.answer(q) == "yes" for q in questions]
+        return [Answer(y, float(y)) for y in yes]

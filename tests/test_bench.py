@@ -37,6 +37,7 @@ def _smoke_args(script: str, data: Path, run: Path, features: Path, lm_run: Path
             "--d-in 16 --latents 128 --k 4 --batch 64",
         ],
         "eval_known_answers.py": [],
+        "explain_speed.py": [str(features), "--features", "1", "--explain-examples", "2", "--test-examples", "2"],
         "interop_fixtures.py": ["--check"],  # the peers are not installed here: it must say so and stop
         "interop_real.py": [str(run), "--out", str(tmp / "interop")],  # likewise
         "eval_report.py": [str(run), "--repeats", "1", "--quick", "--threads", "1"],
@@ -109,7 +110,7 @@ def lm_run(tmp_path_factory, tiny_gpt2_dir) -> Path:
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_bench_script_runs_on_tiny_arguments(script, data, planted_run, planted_features, request, tmp_path):
     lm_run = request.getfixturevalue("lm_run") if script in LM_SCRIPTS else None
-    if script == "attention_sink.py":
+    if script in ("attention_sink.py", "explain_speed.py"):
         request.getfixturevalue("smollm2_models")  # sets $SPARSECODE_MODELS, which the script inherits
     args = _smoke_args(script, data, planted_run, planted_features, lm_run, tmp_path)
     assert args is not None, f"bench/{script} has no smoke arguments in tests/test_bench.py"

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
 
 import pytest
 from explain_world import CAPS, DIGITS, RuleModel, write_world
 
 from sparsecode.explain import ExplainConfig, explain_run
-from sparsecode.explain.llm import Usage
+from sparsecode.explain.llm import Answer, Usage
 from sparsecode.explain.prompts import parse_explanation, parse_yes_no, render
-from sparsecode.explain.scoring import Item, score
+from sparsecode.explain.scoring import Item, auc, score
 
 
 @pytest.fixture
@@ -53,6 +54,11 @@ def test_correct_explanations_score_one_and_shuffled_ones_chance(world):
         assert s["balanced_accuracy"] < 0.9
     summary = result["scores"]["detection"]
     assert summary["real"]["balanced_accuracy"] == 1.0 and summary["shuffled"]["n"] == 2
+    # the rule judge's P(yes) is 1 or 0: the right rule ranks every firing context first (AUC 1), and a sure
+    # yes/no judge's AUC is its balanced accuracy (the ROC curve has one corner)
+    assert all(real[(f, s)]["auc"] == 1.0 for f in (DIGITS, CAPS) for s in ("detection", "fuzzing"))
+    assert all(s["auc"] == pytest.approx(s["balanced_accuracy"]) for s in shuffled.values())
+    assert summary["real"]["auc"] == 1.0 and summary["real"]["n_auc"] == 2
 
 
 def test_a_wrong_explanation_scores_chance(world):
@@ -68,6 +74,7 @@ def test_a_wrong_explanation_scores_chance(world):
     s = _scores(world)[(DIGITS, "detection")]
     assert (s["tp"], s["fp"], s["tn"], s["fn"]) == (0, 0, 8, 8)
     assert s["accuracy"] == s["balanced_accuracy"] == 0.5 and s["f1"] == 0.0
+    assert s["auc"] == 0.5  # P(yes) 0 everywhere: every pair tied
 
 
 def test_interrupted_by_the_request_budget_resumes_to_the_same_result(tmp_path):
@@ -89,9 +96,23 @@ def test_interrupted_by_the_request_budget_resumes_to_the_same_result(tmp_path):
 
 def test_score_arithmetic_and_parsers():
     items = [Item("a", True), Item("b", True), Item("c", False), Item("d", False), Item("e", False)]
-    s = score(items, [True, None, True, False, False])
+    s = score(items, [Answer(True), Answer(None), Answer(True), Answer(False), Answer(False)])
     assert (s.tp, s.fn, s.fp, s.tn, s.unparsed) == (1, 0, 1, 2, 1)
     assert s.accuracy == 0.75 and s.balanced_accuracy == pytest.approx((1 + 2 / 3) / 2) and s.f1 == pytest.approx(2 / 3)
     assert parse_yes_no("Yes, it is.") is True and parse_yes_no("no") is False and parse_yes_no("maybe") is None
     assert parse_explanation('Label: "numbers"  # [x]') == "numbers" and parse_explanation(" \n* \n") is None
     assert render([" the", " 12", " cats"], {1}) == "the <<12>> cats"
+
+
+def test_auc_arithmetic_and_chance():
+    # positives 0.9, 0.8, 0.3 against negatives 0.5, 0.3: of 6 pairs 4 won, 1 tied, 1 lost -> 4.5 / 6
+    assert auc([True, True, True, False, False], [0.9, 0.8, 0.3, 0.5, 0.3]) == pytest.approx(0.75)
+    assert auc([True, False], [0.2, 0.7]) == 0.0 and auc([True, False], [0.7, 0.7]) == 0.5
+    assert auc([True, False], [0.9, None]) is None and auc([True, True], [0.1, 0.2]) is None
+    # a judge whose P(yes) ignores the truth: 0.5 up to sampling noise (s.e. ~0.006 with 2000 + 2000)
+    rng = random.Random(0)
+    truths = [i % 2 == 0 for i in range(4000)]
+    assert abs(auc(truths, [rng.random() for _ in truths]) - 0.5) < 0.03
+    # and one that follows the truth with noise ranks better: P(positive > negative) = P(N(1, 2) > 0) = 0.76
+    noisy = [(1.0 if t else 0.0) + rng.gauss(0, 1) for t in truths]
+    assert auc(truths, noisy) == pytest.approx(0.760, abs=0.03)

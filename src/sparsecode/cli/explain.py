@@ -98,8 +98,15 @@ def format_summary(r: dict, run: str, model: str) -> str:
         for kind, label in (("real", "explanations"), ("shuffled", "shuffled baseline")):
             s = kinds.get(kind)
             if s and s["balanced_accuracy"] is not None:
-                parts.append(f"{label} {s['balanced_accuracy']:.3f} (F1 {s['f1'] or 0:.3f}, {s['n']} features)")
+                auc = f", AUC {s['auc']:.3f}" if s["auc"] is not None else ""
+                parts.append(f"{label} {s['balanced_accuracy']:.3f} (F1 {s['f1'] or 0:.3f}{auc}, {s['n']} features)")
         if parts:
             lines.append(f"  {scorer}, mean balanced accuracy: {'; '.join(parts)}")
+        real = kinds.get("real")
+        if real and real["n_auc"] < real["n"]:
+            lines.append(
+                f"  {scorer}: no AUC for {real['n'] - real['n_auc']} of {real['n']} features (the judge gave no P(yes): "
+                "the endpoint returned no log-probabilities, or they were scored before AUCs were stored)"
+            )
     lines.append(f"  browse: sparsecode serve {run}")
     return "\n".join(lines)

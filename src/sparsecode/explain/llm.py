@@ -8,18 +8,25 @@ caller's business (the prompt parsers return None).
 
 from __future__ import annotations
 
+import inspect
+import math
 import os
 import random
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import ConfigError, DataError, SparsecodeError
 from .config import LLMConfig
-from .prompts import Messages, parse_yes_no
+from .prompts import Messages, parse_explanation, parse_yes_no
 
 ANSWER_TOKENS = 4
+TOP_LOGPROBS = 20
+"""Log-probabilities asked for per answer token over HTTP (20 is the most OpenAI's API returns)."""
+JUDGE_BATCH = 32
+"""Questions the local judge answers in one forward pass (bounds the memory of a batch)."""
 
 
 class LLMError(SparsecodeError):
@@ -62,16 +69,30 @@ class Usage:
         return (self.prompt_tokens * prices[0] + self.completion_tokens * prices[1]) / 1e6
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A judge's answer to one yes/no question."""
+
+    yes: bool | None
+    """True for yes, False for no, None when the reply held neither."""
+    p_yes: float | None = None
+    """The model's probability of yes against no (its best-scoring spelling of each, renormalised over the two);
+    None when the model does not expose it (an API that returns no log-probabilities)."""
+
+
 class ChatClient(Protocol):
     name: str
     """Stored with every explanation and score (never a key or a URL's credentials)."""
     concurrency: int
     """Requests it may usefully have in flight."""
 
-    def chat(self, messages: Messages, max_tokens: int) -> str: ...
+    def chat(self, messages: Messages, max_tokens: int, first_line: bool = False) -> str:
+        """The model's reply (greedy); ``first_line``: only the reply's first line with a word in it is wanted, so a
+        local model may stop generating after it."""
+        ...
 
-    def judge(self, messages: Messages) -> bool | None:
-        """The model's yes (True) / no (False) answer to a question; None if it gave neither."""
+    def judge(self, questions: list[Messages]) -> list[Answer]:
+        """The model's answer to each yes/no question (a feature's test set: the questions share a long prefix)."""
         ...
 
 
@@ -93,13 +114,33 @@ class HttpChat:
         self.name = self.model
         self.concurrency = config.concurrency
         self.config, self.usage, self.stop = config, usage, stop
+        self.logprobs = True
+        """Ask for log-probabilities (turned off for the run once the API refuses them with a 400)."""
         key = os.environ.get(config.api_key_env)
         self.client = httpx.Client(timeout=config.timeout, headers={"Authorization": f"Bearer {key}"} if key else {})
 
-    def chat(self, messages: Messages, max_tokens: int) -> str:
+    def chat(self, messages: Messages, max_tokens: int, first_line: bool = False) -> str:
+        return self._content(self._post(self._body(messages, max_tokens)))[0]
+
+    def judge(self, questions: list[Messages]) -> list[Answer]:
+        """One request per question; P(yes) from the first answer token's log-probabilities when the API returns
+        them (asked for unless the API refused them once in this run)."""
+        answers = []
+        for messages in questions:
+            body = self._body(messages, ANSWER_TOKENS)
+            if self.logprobs:
+                body |= {"logprobs": True, "top_logprobs": TOP_LOGPROBS}
+            text, logprobs = self._content(self._post(body))
+            answers.append(Answer(parse_yes_no(text), p_yes_from_logprobs(logprobs)))
+        return answers
+
+    def _body(self, messages: Messages, max_tokens: int) -> dict[str, Any]:
+        return {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
+
+    def _post(self, body: dict[str, Any]) -> Any:
+        """The 200 reply to ``body``, after the retries; raises LLMError when there is none."""
         import httpx
 
-        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
         cfg = self.config
         for attempt in range(cfg.retries + 1):
             last = attempt == cfg.retries
@@ -126,28 +167,30 @@ class HttpChat:
                     )
                 self._wait(attempt, r.headers.get("retry-after"))
                 continue
+            if r.status_code == 400 and "logprobs" in body:  # an API without log-probabilities: ask without them
+                self.logprobs = False
+                return self._post({k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs")})
             if r.status_code != 200:
                 raise LLMError(
                     f"{self.url} answered {r.status_code} ({_api_message(r)}); check --llm (the API's base URL, "
                     "usually ending in /v1) and --llm-model"
                 )
-            return self._content(r)
+            return r
         raise AssertionError("unreachable")
 
-    def judge(self, messages: Messages) -> bool | None:
-        return parse_yes_no(self.chat(messages, ANSWER_TOKENS))
-
-    def _content(self, r: Any) -> str:
-        """The reply's text; "" when the body is not a chat completion (counted as a malformed answer)."""
+    def _content(self, r: Any) -> tuple[str, Any]:
+        """The reply's text ("" when the body is not a chat completion: counted as a malformed answer) and its
+        log-probabilities (None when absent)."""
         try:
             data = r.json()
-            content = data["choices"][0]["message"]["content"]
+            choice = data["choices"][0]
+            content = choice["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
-            return ""
+            return "", None
         usage = data.get("usage") if isinstance(data, dict) else None
         if isinstance(usage, dict):
             self.usage.add(usage.get("prompt_tokens"), usage.get("completion_tokens"))
-        return content if isinstance(content, str) else ""
+        return (content if isinstance(content, str) else ""), choice.get("logprobs")
 
     def _wait(self, attempt: int, retry_after: str | None) -> None:
         """Exponential back-off with jitter, or the server's Retry-After (seconds); returns early on stop."""
@@ -157,6 +200,26 @@ class HttpChat:
         except ValueError:
             pass
         self.stop.wait(min(delay, 300.0))
+
+
+def p_yes_from_logprobs(logprobs: Any) -> float | None:
+    """P(yes) against no from an OpenAI-style ``logprobs`` object: the top log-probabilities of the reply's first
+    token that is not blank, best spelling of each word (yes, " Yes", ...). If only one word is among them, the
+    other is taken at the lowest listed log-probability (a bound: it is at most that likely). None when neither is
+    listed or the object is missing or malformed."""
+    try:
+        tokens = logprobs["content"]
+        first = next(t for t in tokens if str(t["token"]).strip())
+        options = [first, *(first.get("top_logprobs") or [])]
+        listed = [(str(c["token"]).strip().lower(), float(c["logprob"])) for c in options]
+    except (KeyError, TypeError, ValueError, StopIteration):
+        return None
+    best = {w: max((lp for t, lp in listed if t == w), default=None) for w in ("yes", "no")}
+    if best["yes"] is None and best["no"] is None:
+        return None
+    floor = min(lp for _, lp in listed)
+    yes, no = (floor if best[w] is None else best[w] for w in ("yes", "no"))
+    return _sigmoid(yes - no)
 
 
 def _one_line(text: str, limit: int = 160) -> str:
@@ -205,38 +268,98 @@ class LocalChat:
             )
             for word in ("yes", "no")
         }
+        # any id will do as padding (masked out); a tokenizer's pad id may be 0, so no `or` here
+        pad = self.tokenizer.pad_token_id
+        self._pad = pad if pad is not None else self.tokenizer.eos_token_id if self.tokenizer.eos_token_id else 0
+        # transformers 5 renamed the KV cache argument and output past_key_values -> cache (the old name warns)
+        self._cache_name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         self.name = f"local:{Path(folder).name}"
         self.usage = usage or Usage()
         self.lock = threading.Lock()
 
+    def _ids(self, messages: Messages) -> list[int]:
+        enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        return list(enc["input_ids"] if isinstance(enc, Mapping) else enc)
+
     def _prompt(self, messages: Messages) -> Any:
         import torch
 
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-        return (ids["input_ids"] if not isinstance(ids, torch.Tensor) else ids).to(self.device)  # (1, T)
+        return torch.tensor([self._ids(messages)], device=self.device)  # (1, T)
 
-    def judge(self, messages: Messages) -> bool | None:
-        """Greedy decoding's first token, restricted to the answers: one forward pass instead of a generation
-        (the same answer whenever the model's top token is a yes or a no)."""
+    def judge(self, questions: list[Messages]) -> list[Answer]:
+        """Greedy decoding's first token, restricted to the answers (the same answer whenever the model's top token
+        is a yes or a no), for a batch of questions at once: their common prefix (the system prompt and the
+        explanation) goes through the model once, and the rest of each question in one padded forward pass."""
         import torch
 
-        self.usage.take()
+        for _ in questions:
+            self.usage.take()
+        prompts = [self._ids(q) for q in questions]
+        margins: list[float] = []
         with self.lock, torch.inference_mode():
-            ids = self._prompt(messages)
-            logits = self.model(ids).logits[0, -1]  # (vocab,)
-        self.usage.add(int(ids.shape[1]), 1)
-        yes, no = (logits[self._answer_ids[k]].max() for k in ("yes", "no"))
-        return bool(yes > no)
+            for start in range(0, len(prompts), JUDGE_BATCH):
+                margins += self._margins(prompts[start : start + JUDGE_BATCH]).tolist()
+        self.usage.add(sum(map(len, prompts)), len(prompts))
+        return [Answer(m > 0, _sigmoid(m)) for m in margins]
 
-    def chat(self, messages: Messages, max_tokens: int) -> str:
+    def _margins(self, prompts: list[list[int]]) -> Any:
+        """Best yes logit minus best no logit after each prompt: the shared prefix once, then the prompts' tails
+        padded on the left (between prefix and tail, masked out; positions continue from the prefix)."""
+        import torch
+
+        n = _common_prefix(prompts)
+        if n == 0:  # nothing shared (no chat template does this): one at a time, no padding
+            return torch.stack([self._margin_alone(p) for p in prompts])
+        prefix = self.model(torch.tensor([prompts[0][:n]], device=self.device), use_cache=True, logits_to_keep=1)
+        cache = getattr(prefix, self._cache_name)
+        cache.batch_repeat_interleave(len(prompts))
+        tails = [p[n:] for p in prompts]
+        width = max(map(len, tails))
+        ids = torch.full((len(tails), width), self._pad, dtype=torch.long)  # (B, W)
+        mask = torch.ones((len(tails), n + width), dtype=torch.long)  # (B, n + W)
+        for i, tail in enumerate(tails):
+            ids[i, width - len(tail) :] = torch.tensor(tail)
+            mask[i, n : n + width - len(tail)] = 0
+        positions = (n - 1 + mask[:, n:].cumsum(1)).clamp(min=n)  # (B, W): a tail's tokens follow the prefix
+        out = self.model(
+            ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device),
+            use_cache=False,
+            **{self._cache_name: cache},
+            logits_to_keep=1,
+        )
+        return self._margin(out.logits[:, -1])  # (B,)
+
+    def _margin(self, logits: Any) -> Any:
+        """(B, vocab) -> (B,): best yes logit minus best no logit."""
+        return logits[:, self._answer_ids["yes"]].amax(-1) - logits[:, self._answer_ids["no"]].amax(-1)
+
+    def _margin_alone(self, prompt: list[int]) -> Any:
+        import torch
+
+        logits = self.model(torch.tensor([prompt], device=self.device)).logits[:, -1]  # (1, vocab)
+        return self._margin(logits)[0]
+
+    def p_yes_alone(self, messages: Messages) -> float:
+        """P(yes) for one question in one plain forward pass (no cache, no padding), as the judge answered before
+        it batched: the reference the batched judge is tested and timed against (tests, bench/explain_speed.py)."""
+        import torch
+
+        with self.lock, torch.inference_mode():
+            margin = float(self._margin_alone(self._ids(messages)))
+        return _sigmoid(margin)
+
+    def chat(self, messages: Messages, max_tokens: int, first_line: bool = False) -> str:
         self.usage.take()
-        text, prompt_tokens, completion_tokens = self.complete(messages, max_tokens)
+        text, prompt_tokens, completion_tokens = self.complete(messages, max_tokens, first_line)
         self.usage.add(prompt_tokens, completion_tokens)
         return text
 
-    def complete(self, messages: Messages, max_tokens: int) -> tuple[str, int, int]:
-        """The reply to ``messages`` (greedy, at most ``max_tokens`` new tokens), with the prompt's and the reply's
-        token counts. Not counted against a budget (the LLM server calls this)."""
+    def complete(self, messages: Messages, max_tokens: int, first_line: bool = False) -> tuple[str, int, int]:
+        """The reply to ``messages`` (greedy, at most ``max_tokens`` new tokens; with ``first_line``, stopped once a
+        whole line with a word in it is out), with the prompt's and the reply's token counts. Not counted against a
+        budget (the LLM server calls this)."""
         import torch
 
         with self.lock, torch.inference_mode():
@@ -247,7 +370,37 @@ class LocalChat:
                 max_new_tokens=max_tokens,
                 do_sample=False,
                 repetition_penalty=1.3,  # greedy small models otherwise loop ("the the the ...")
-                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                pad_token_id=self._pad,
+                stopping_criteria=[_FirstLine(self.tokenizer, ids.shape[1])] if first_line else None,
             )  # (1, T + new)
         new = out[0, ids.shape[1] :]
         return self.tokenizer.decode(new, skip_special_tokens=True), int(ids.shape[1]), int(new.shape[0])
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-min(max(x, -700.0), 700.0)))
+
+
+def _common_prefix(prompts: list[list[int]]) -> int:
+    """Length of the token ids all ``prompts`` begin with, leaving each at least its last token."""
+    n = min(map(len, prompts)) - 1
+    for i in range(n):
+        if len({p[i] for p in prompts}) > 1:
+            return i
+    return max(n, 0)
+
+
+class _FirstLine:
+    """Stops a generation once its text holds a whole line from which parse_explanation reads the explanation:
+    what follows that line cannot change it."""
+
+    def __init__(self, tokenizer: Any, start: int) -> None:
+        self.tokenizer, self.start = tokenizer, start
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        text = self.tokenizer.decode(input_ids[0, self.start :], skip_special_tokens=True)
+        lines = text.rpartition("\n")[0]
+        done = bool(lines) and parse_explanation(lines) is not None
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)

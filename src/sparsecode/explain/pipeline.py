@@ -145,7 +145,7 @@ def work(job: Job, client: ChatClient, config: ExplainConfig) -> Done:
     explanation, new = job.explanation, None
     if explanation is None:
         shown = [render(c.tokens, c.firing) for c in job.top[: config.explain_examples]]
-        explanation = parse_explanation(client.chat(explain_messages(shown), EXPLANATION_TOKENS))
+        explanation = parse_explanation(client.chat(explain_messages(shown), EXPLANATION_TOKENS, first_line=True))
         if explanation is None:
             raise Malformed(job.feature)
         new = explanation
@@ -162,8 +162,7 @@ def work(job: Job, client: ChatClient, config: ExplainConfig) -> Done:
 
 
 def _judge(client: ChatClient, explanation: str, items: list[Item], ask: Callable) -> Score:
-    answers = [client.judge(ask(explanation, item.excerpt)) for item in items]
-    return score(items, answers)
+    return score(items, client.judge([ask(explanation, item.excerpt) for item in items]))
 
 
 class _Runner:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from .llm import Answer
 from .prompts import render
 
 
@@ -73,6 +74,10 @@ class Score:
     fn: int
     unparsed: int
     """Answers with neither yes nor no: left out of the matrix, counted here."""
+    auc: float | None = None
+    """Area under the ROC curve of the judge's P(yes) over the test set: the chance that a context where the feature
+    fires gets a higher P(yes) than one where it does not (ties count half). Threshold-free, so a judge that leans
+    to "no" loses nothing by it; 0.5 is chance. None when some answer came without a P(yes)."""
 
     @property
     def n(self) -> int:
@@ -97,13 +102,29 @@ class Score:
         return 2 * self.tp / denominator if denominator else None
 
 
-def score(items: list[Item], answers: list[bool | None]) -> Score:
-    """The confusion matrix of ``answers`` (None: unparsed) against the items' truths."""
+def score(items: list[Item], answers: list[Answer]) -> Score:
+    """The confusion matrix of the ``answers`` (yes None: unparsed) against the items' truths, and their AUC."""
     counts = {"tp": 0, "fp": 0, "tn": 0, "fn": 0, "unparsed": 0}
     for item, answer in zip(items, answers, strict=True):
-        if answer is None:
+        if answer.yes is None:
             key = "unparsed"
         else:
-            key = ("t" if answer == item.truth else "f") + ("p" if answer else "n")
+            key = ("t" if answer.yes == item.truth else "f") + ("p" if answer.yes else "n")
         counts[key] += 1
-    return Score(**counts)
+    return Score(**counts, auc=auc([i.truth for i in items], [a.p_yes for a in answers]))
+
+
+def auc(truths: list[bool], p_yes: list[float | None]) -> float | None:
+    """ROC AUC of ``p_yes`` for the ``truths`` (Mann-Whitney: mean rank of the positives, ties at their mean rank);
+    None unless every P(yes) is known and both classes are present."""
+    if any(p is None for p in p_yes):
+        return None
+    n_pos = sum(truths)
+    n_neg = len(truths) - n_pos
+    if not n_pos or not n_neg:
+        return None
+    from scipy.stats import rankdata
+
+    ranks = rankdata(p_yes)
+    rank_sum = sum(r for r, t in zip(ranks, truths) if t)
+    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

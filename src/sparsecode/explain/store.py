@@ -4,7 +4,7 @@ Results go into two tables of the same file, created on first use (the dashboard
 
     explanations(feature, text, explainer, prompt_version)
     explanation_scores(feature, scorer, baseline, explanation_of, judge, prompt_version,
-                       tp, fp, tn, fn, unparsed, accuracy, balanced_accuracy, f1)
+                       tp, fp, tn, fn, unparsed, accuracy, balanced_accuracy, f1, auc)
 
 Each feature's explanation and scores are written in one transaction, so an interrupted run leaves every feature
 either complete or absent, and the next run carries on with the absent ones. Rebuilding the database with
@@ -43,9 +43,16 @@ CREATE TABLE IF NOT EXISTS explanation_scores (
     accuracy REAL,
     balanced_accuracy REAL,
     f1 REAL,
+    auc REAL,
     PRIMARY KEY (feature, scorer, baseline)
 ) WITHOUT ROWID
 """
+
+
+SCORE_COLUMNS = (
+    *("feature", "scorer", "baseline", "explanation_of", "judge", "prompt_version", "tp", "fp", "tn", "fn"),
+    *("unparsed", "accuracy", "balanced_accuracy", "f1", "auc"),
+)
 
 
 class ExplainStore:
@@ -78,6 +85,9 @@ class ExplainStore:
         self.con.execute("BEGIN")
         for statement in SCHEMA.split(";"):
             self.con.execute(statement)
+        columns = {r[1] for r in self.con.execute("PRAGMA table_info(explanation_scores)")}
+        if "auc" not in columns:  # scores stored before the AUC was: theirs stays empty
+            self.con.execute("ALTER TABLE explanation_scores ADD COLUMN auc REAL")
         self.con.execute("COMMIT")
         self._texts: dict[int, str] = dict(self.con.execute("SELECT id, text FROM tokens").fetchall())
         self._negatives: list[tuple[list[int], set[int]]] | None = None
@@ -158,10 +168,11 @@ class ExplainStore:
                     "INSERT OR REPLACE INTO explanations VALUES (?, ?, ?, ?)", (feature, *explanation, prompt_version)
                 )
             self.con.executemany(
-                "INSERT OR REPLACE INTO explanation_scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO explanation_scores ({', '.join(SCORE_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(SCORE_COLUMNS))})",
                 [
                     (feature, name, int(baseline), explanation_of, judge, prompt_version, s.tp, s.fp, s.tn, s.fn)
-                    + (s.unparsed, s.accuracy, s.balanced_accuracy, s.f1)
+                    + (s.unparsed, s.accuracy, s.balanced_accuracy, s.f1, s.auc)
                     for name, s in scores.items()
                 ],
             )
@@ -171,17 +182,20 @@ class ExplainStore:
             raise
 
     def summary(self) -> dict[str, dict[str, dict[str, float | int | None]]]:
-        """{scorer: {"real"/"shuffled": {"n": features, "accuracy": mean, "balanced_accuracy": mean, "f1": mean}}}."""
+        """{scorer: {"real"/"shuffled": {"n": features, "accuracy": mean, "balanced_accuracy": mean, "f1": mean,
+        "auc": mean over the "n_auc" features that have one}}}."""
         out: dict[str, dict[str, dict[str, float | int | None]]] = {}
         rows = self.con.execute(
-            "SELECT scorer, baseline, COUNT(*), AVG(accuracy), AVG(balanced_accuracy), AVG(f1) "
+            "SELECT scorer, baseline, COUNT(*), AVG(accuracy), AVG(balanced_accuracy), AVG(f1), AVG(auc), COUNT(auc) "
             "FROM explanation_scores GROUP BY scorer, baseline ORDER BY scorer, baseline"
         )
-        for scorer, baseline, n, acc, bal, f1 in rows:
+        for scorer, baseline, n, acc, bal, f1, auc, n_auc in rows:
             out.setdefault(scorer, {})["shuffled" if baseline else "real"] = {
                 "n": n,
                 "accuracy": acc,
                 "balanced_accuracy": bal,
                 "f1": f1,
+                "auc": auc,
+                "n_auc": n_auc,
             }
         return out
