@@ -4,6 +4,7 @@ key, an unreachable endpoint or malformed replies end in one line with the finis
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -13,15 +14,16 @@ import pytest
 from explain_world import CAPS, DIGITS, RuleModel, write_world
 
 from sparsecode.cli import main
-from sparsecode.explain.llm import Usage
+from sparsecode.explain.llm import Usage, p_yes_from_logprobs
 
 SECRET = "sk-test-0123456789-secret"
 
 
 @contextmanager
-def fake_api(behaviour):
-    """A chat-completions endpoint whose reply to the n-th request (from 0) is ``behaviour(n, messages)``:
-    (status, body, headers). Yields (base URL, list of the Authorization headers received)."""
+def fake_api(behaviour, with_body=False):
+    """A chat-completions endpoint whose reply to the n-th request (from 0) is ``behaviour(n, messages)`` (with
+    ``with_body``: ``behaviour(n, messages, request body)``): (status, body, headers). Yields (base URL, list of the
+    Authorization headers received)."""
     seen: list[str | None] = []
     lock = threading.Lock()
 
@@ -31,7 +33,7 @@ def fake_api(behaviour):
             with lock:
                 n = len(seen)
                 seen.append(self.headers.get("Authorization"))
-            status, reply, headers = behaviour(n, body["messages"])
+            status, reply, headers = behaviour(n, body["messages"], *([body] if with_body else []))
             data = reply.encode() if isinstance(reply, str) else json.dumps(reply).encode()
             self.send_response(status)
             for k, v in {"Content-Type": "application/json", **headers}.items():
@@ -171,3 +173,67 @@ def test_a_database_without_random_contexts_asks_for_a_rebuild(tmp_path, capsys)
     sqlite3.connect(run / "features.sqlite", isolation_level=None).execute("DROP TABLE random_contexts")
     assert main(["explain", str(run), "--llm", "http://127.0.0.1:9/v1", "--llm-model", "m"]) == 2
     assert "rebuild it with `sparsecode features" in capsys.readouterr().err
+
+
+def _scores(run):
+    con = sqlite3.connect(run / "features.sqlite")
+    rows = con.execute("SELECT feature, scorer, baseline, balanced_accuracy, auc FROM explanation_scores")
+    return {(f, s, b): (bal, auc) for f, s, b, bal, auc in rows}
+
+
+def with_logprobs(n, messages, body):
+    """The rule model's answers, with the log-probabilities of "Yes" and "No" for the first token when asked."""
+    status, reply, headers = rules(n, messages)
+    text = reply["choices"][0]["message"]["content"]
+    if body.get("logprobs") and body["max_tokens"] < 10:  # a judge question
+        yes, no = (-0.05, -3.0) if text == "yes" else (-3.5, -0.03)
+        top = [{"token": "Yes", "logprob": yes}, {"token": " No", "logprob": no}, {"token": "The", "logprob": -6.0}]
+        first = {"token": "Yes" if text == "yes" else " No", "logprob": max(yes, no), "top_logprobs": top}
+        reply["choices"][0]["logprobs"] = {"content": [{"token": "\n", "logprob": -9.0, "top_logprobs": []}, first]}
+    return status, reply, headers
+
+
+def test_auc_from_the_endpoints_log_probabilities_or_empty_and_said_so(tmp_path, capsys):
+    with_lp, without, refusing = (write_world(tmp_path / name) for name in ("lp", "plain", "refusing"))
+    with fake_api(with_logprobs, with_body=True) as (url, _):
+        assert _run(with_lp, url) == 0
+    scores = _scores(with_lp)
+    assert all(scores[(f, s, 0)] == (1.0, 1.0) for f in (DIGITS, CAPS) for s in ("detection", "fuzzing"))
+    assert all(auc == pytest.approx(bal) for bal, auc in scores.values())  # two-valued P(yes): AUC = balanced acc.
+    out = capsys.readouterr().out
+    assert "AUC 1.000" in out and "no AUC" not in out
+
+    with fake_api(rules) as (url, _):  # an API that ignores the request for log-probabilities
+        assert _run(without, url) == 0
+    assert {auc for _, auc in _scores(without).values()} == {None}
+    out = capsys.readouterr().out
+    assert "detection: no AUC for 2 of 2 features (the judge gave no P(yes)" in out
+
+    asked: list[bool] = []
+
+    def no_logprobs(n, messages, body):
+        asked.append("logprobs" in body)
+        return (400, {"error": {"message": "logprobs not supported"}}, {}) if "logprobs" in body else rules(n, messages)
+
+    with fake_api(no_logprobs, with_body=True) as (url, _):  # one that refuses them: asked once, then not again
+        assert _run(refusing, url, "--concurrency", "1") == 0
+    assert asked.count(True) == 1 and {auc for _, auc in _scores(refusing).values()} == {None}
+    assert _explained(refusing) == {DIGITS: "numbers", CAPS: "capitalised words"}
+
+
+def test_p_yes_from_log_probabilities():
+    def lp(*pairs, chosen=0):
+        top = [{"token": t, "logprob": v} for t, v in pairs]
+        return {"content": [{**top[chosen], "top_logprobs": top}]}
+
+    assert p_yes_from_logprobs(lp(("Yes", -0.5), ("No", -1.5), (" yes", -3.0))) == pytest.approx(1 / (1 + math.exp(-1)))
+    # only one word listed: the other at most as likely as the least likely token listed (or what is left over)
+    assert p_yes_from_logprobs(lp(("No", -0.5), ("The", -2.5))) == pytest.approx(1 / (1 + math.exp(2)))
+    left_over = 1 - math.exp(-0.5) - 2 * math.exp(-2.0)  # 0.123: less than the least likely token listed
+    assert p_yes_from_logprobs(lp(("No", -0.5), ("The", -2.0), ("A", -2.0))) == pytest.approx(
+        1 / (1 + math.exp(-0.5 - math.log(left_over)))
+    )
+    assert p_yes_from_logprobs(lp(("Maybe", -0.1), ("The", -2.1))) is None
+    assert p_yes_from_logprobs(None) is None and p_yes_from_logprobs({"content": []}) is None
+    alone = p_yes_from_logprobs({"content": [{"token": "yes", "logprob": -0.2}]})  # no alternatives listed
+    assert alone == pytest.approx(math.exp(-0.2))  # no has at most the probability yes leaves

@@ -205,19 +205,18 @@ class HttpChat:
 def p_yes_from_logprobs(logprobs: Any) -> float | None:
     """P(yes) against no from an OpenAI-style ``logprobs`` object: the top log-probabilities of the reply's first
     token that is not blank, best spelling of each word (yes, " Yes", ...). If only one word is among them, the
-    other is taken at the lowest listed log-probability (a bound: it is at most that likely). None when neither is
-    listed or the object is missing or malformed."""
+    other is taken as likely as it can be: no more than the least likely token listed, nor than the probability
+    left over by all of them. None when neither is listed or the object is missing or malformed."""
     try:
-        tokens = logprobs["content"]
-        first = next(t for t in tokens if str(t["token"]).strip())
-        options = [first, *(first.get("top_logprobs") or [])]
-        listed = [(str(c["token"]).strip().lower(), float(c["logprob"])) for c in options]
+        first = next(t for t in logprobs["content"] if str(t["token"]).strip())
+        listed = {str(c["token"]): float(c["logprob"]) for c in [first, *(first.get("top_logprobs") or [])]}
     except (KeyError, TypeError, ValueError, StopIteration):
         return None
-    best = {w: max((lp for t, lp in listed if t == w), default=None) for w in ("yes", "no")}
+    best = {w: max((lp for t, lp in listed.items() if t.strip().lower() == w), default=None) for w in ("yes", "no")}
     if best["yes"] is None and best["no"] is None:
         return None
-    floor = min(lp for _, lp in listed)
+    left_over = 1 - sum(math.exp(lp) for lp in listed.values())
+    floor = min(min(listed.values()), math.log(max(left_over, 1e-12)))
     yes, no = (floor if best[w] is None else best[w] for w in ("yes", "no"))
     return _sigmoid(yes - no)
 
