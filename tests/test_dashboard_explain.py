@@ -35,11 +35,12 @@ def test_list_shows_explanations_and_sorts_by_detection(client):
     body = client.get("/features.json", params={"sort": "id", "order": "asc"}).json()
     rows = {f["id"]: f for f in body["features"]}
     assert rows[DIGITS]["explanation"] == "numbers" and rows[DIGITS]["detection"] == 1.0
+    assert rows[DIGITS]["detection_auc"] == 1.0 and rows[DEAD]["detection_auc"] is None
     assert rows[CAPS]["explanation"] == "capitalised words" and rows[DEAD]["explanation"] is None
     by_score = client.get("/features.json", params={"sort": "detection", "order": "asc"}).json()
     assert _ids(by_score)[-1] == DEAD  # unexplained last, in either direction
     html = client.get("/features").text
-    assert "capitalised words" in html and 'data-sort="detection"' in html
+    assert "capitalised words" in html and 'data-sort="detection"' in html and "AUC 1</small>" in html
 
 
 def test_search_by_words_of_the_explanation(client):
@@ -56,7 +57,9 @@ def test_feature_page_shows_the_scores_and_the_baseline(client):
     real, shuffled = f["scores"]["detection"]["real"], f["scores"]["detection"]["shuffled"]
     assert real["balanced_accuracy"] == 1.0 and (real["tp"], real["tn"]) == (4, 4)
     assert shuffled["explanation_of"] == CAPS and f["scores"]["fuzzing"]["real"]["f1"] == 1.0
+    assert real["auc"] == 1.0 and shuffled["auc"] == pytest.approx(shuffled["balanced_accuracy"])
     html = client.get(f"/features/{DIGITS}").text
+    assert '<th title="area under the ROC curve' in html and f"{shuffled['auc']:.2g} <small" in html
     assert "“numbers”" in html and 'href="/features/1">1</a>' in html
     assert client.get(f"/features/{DEAD}.json").json()["explanation"] is None
 
@@ -73,3 +76,24 @@ def test_explanations_are_escaped(tmp_path):
         for page in (f"/features/{DIGITS}", "/features"):
             html = c.get(page).text
             assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html
+
+
+def test_scores_stored_before_the_auc_existed_show_without_it(tmp_path):
+    """A database explained by an older sparsecode (no auc column) is still served, the AUC shown as missing."""
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+
+    from sparsecode.dashboard import create_app
+
+    run = write_world(tmp_path / "run")
+    usage = Usage()
+    explain_run(run, RuleModel(usage), usage, features=[DIGITS], progress=False)
+    con = sqlite3.connect(run / "features.sqlite")
+    con.execute("ALTER TABLE explanation_scores DROP COLUMN auc")
+    con.commit()
+    con.close()
+    with TestClient(create_app(run)) as c:
+        assert c.get("/features.json").json()["features"][0]["detection_auc"] is None
+        assert c.get(f"/features/{DIGITS}.json").json()["explanation"]["scores"]["detection"]["real"]["auc"] is None
+        assert "“numbers”" in c.get(f"/features/{DIGITS}").text

@@ -116,3 +116,14 @@ def test_auc_arithmetic_and_chance():
     # and one that follows the truth with noise ranks better: P(positive > negative) = P(N(1, 2) > 0) = 0.76
     noisy = [(1.0 if t else 0.0) + rng.gauss(0, 1) for t in truths]
     assert auc(truths, noisy) == pytest.approx(0.760, abs=0.03)
+
+
+def test_a_database_scored_before_the_auc_existed_gets_the_column(world):
+    usage = Usage()
+    explain_run(world, RuleModel(usage), usage, ExplainConfig(baseline=False), features=[DIGITS], progress=False)
+    con = sqlite3.connect(world / "features.sqlite")
+    con.execute("ALTER TABLE explanation_scores DROP COLUMN auc")  # as an older sparsecode left it
+    con.commit()
+    explain_run(world, RuleModel(usage), usage, ExplainConfig(baseline=False), features=[DIGITS, CAPS], progress=False)
+    assert _scores(world)[(DIGITS, "detection")]["auc"] is None  # kept as it was, not made up
+    assert _scores(world)[(CAPS, "detection")]["auc"] == 1.0

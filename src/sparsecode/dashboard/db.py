@@ -91,15 +91,16 @@ class FeatureDB:
         """(total matching, one page of summary rows). ``query``: a feature id, or a token's text (exact,
         case-insensitive, ignoring surrounding spaces) that the feature fires on in its top contexts, or words that
         all occur in the feature's explanation (either matches); rows carry ``match_act``, the feature's largest
-        activation on that token (None for a match by explanation), and ``explanation`` / ``detection`` (its
-        detection balanced accuracy) when explained."""
+        activation on that token (None for a match by explanation), and ``explanation`` / ``detection`` /
+        ``detection_auc`` (its detection balanced accuracy and AUC) when explained."""
         where, params, join_params = [], [], []
         explained = self.has_explanations()
         join = EXPLAINED if explained else ""
         columns = (
-            "e.text AS explanation, s.balanced_accuracy AS detection"
+            f"e.text AS explanation, s.balanced_accuracy AS detection, {'s.auc' if self._has_auc() else 'NULL'} "
+            "AS detection_auc"
             if explained
-            else ("NULL AS explanation, NULL AS detection")
+            else ("NULL AS explanation, NULL AS detection, NULL AS detection_auc")
         )
         match = "NULL AS match_act"
         if filter == "alive":
@@ -151,6 +152,10 @@ class FeatureDB:
         )
         return row[0] == 2
 
+    def _has_auc(self) -> bool:
+        """Whether the scores carry an AUC (those stored by an older sparsecode do not)."""
+        return any(r[1] == "auc" for r in self._con().execute("PRAGMA table_info(explanation_scores)"))
+
     def explanation(self, fid: int) -> dict[str, Any] | None:
         """Feature ``fid``'s explanation, who wrote it, and its scores {scorer: {"real"/"shuffled": {...}}}."""
         if not self.has_explanations():
@@ -161,7 +166,7 @@ class FeatureDB:
             return None
         scores: dict[str, dict[str, Any]] = {}
         for s in con.execute("SELECT * FROM explanation_scores WHERE feature = ? ORDER BY scorer, baseline", (fid,)):
-            row = {k: v for k, v in dict(s).items() if k not in ("feature", "scorer", "baseline")}
+            row = {"auc": None} | {k: v for k, v in dict(s).items() if k not in ("feature", "scorer", "baseline")}
             scores.setdefault(s["scorer"], {})["shuffled" if s["baseline"] else "real"] = row
         return {**dict(r), "scores": scores}
 
