@@ -351,14 +351,17 @@ class LocalChat:
 
     def chat(self, messages: Messages, max_tokens: int, first_line: bool = False) -> str:
         self.usage.take()
-        text, prompt_tokens, completion_tokens = self.complete(messages, max_tokens, first_line)
-        self.usage.add(prompt_tokens, completion_tokens)
-        return text
+        reply = self.complete(messages, max_tokens, first_line)
+        self.usage.add(reply.prompt_tokens, reply.completion_tokens)
+        return reply.text
 
-    def complete(self, messages: Messages, max_tokens: int, first_line: bool = False) -> tuple[str, int, int]:
+    def complete(
+        self, messages: Messages, max_tokens: int, first_line: bool = False, top_logprobs: int | None = None
+    ) -> Completion:
         """The reply to ``messages`` (greedy, at most ``max_tokens`` new tokens; with ``first_line``, stopped once a
-        whole line with a word in it is out), with the prompt's and the reply's token counts. Not counted against a
-        budget (the LLM server calls this)."""
+        whole line with a word in it is out), with token counts and, if ``top_logprobs`` is given, each reply token's
+        log-probability and the ``top_logprobs`` likeliest alternatives (of the distribution greedy decoding picked
+        from). Not counted against a budget (the LLM server calls this)."""
         import torch
 
         with self.lock, torch.inference_mode():
@@ -371,9 +374,35 @@ class LocalChat:
                 repetition_penalty=1.3,  # greedy small models otherwise loop ("the the the ...")
                 pad_token_id=self._pad,
                 stopping_criteria=[_FirstLine(self.tokenizer, ids.shape[1])] if first_line else None,
-            )  # (1, T + new)
-        new = out[0, ids.shape[1] :]
-        return self.tokenizer.decode(new, skip_special_tokens=True), int(ids.shape[1]), int(new.shape[0])
+                output_scores=top_logprobs is not None,
+                return_dict_in_generate=True,
+            )
+        new = out.sequences[0, ids.shape[1] :]  # (new,)
+        logprobs = None
+        if top_logprobs is not None:
+            logprobs = [self._token_logprobs(int(t), step[0], top_logprobs) for t, step in zip(new, out.scores)]
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        return Completion(text, int(ids.shape[1]), int(new.shape[0]), logprobs)
+
+    def _token_logprobs(self, token: int, scores: Any, k: int) -> dict[str, Any]:
+        """OpenAI's shape of one reply token's log-probabilities, from that step's (vocab,) scores."""
+        logp = scores.float().log_softmax(-1)
+        top = logp.topk(k) if k else None
+        alternatives = [] if top is None else zip(top.indices.tolist(), top.values.tolist())
+        return {
+            "token": self.tokenizer.decode([token]),
+            "logprob": float(logp[token]),
+            "top_logprobs": [{"token": self.tokenizer.decode([i]), "logprob": v} for i, v in alternatives],
+        }
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    logprobs: list[dict[str, Any]] | None = None
+    """Per reply token: {"token", "logprob", "top_logprobs": [{"token", "logprob"}, ...]} (OpenAI's shape)."""
 
 
 def _sigmoid(x: float) -> float:

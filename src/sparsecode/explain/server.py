@@ -1,6 +1,7 @@
 """An OpenAI-compatible chat API over a local transformers model (`sparsecode llm serve`).
 
     POST /v1/chat/completions   {"messages": [{"role", "content"}, ...], "max_tokens": N}: greedy reply + usage
+                                (+ "logprobs": true, "top_logprobs": K: each reply token's log-probabilities)
     GET  /v1/models             the one model served
 
 Enough of the API for `sparsecode explain --llm URL` and other OpenAI-style clients; any "model" value is
@@ -20,6 +21,7 @@ from .llm import LocalChat
 
 MAX_TOKENS_LIMIT = 2048
 DEFAULT_MAX_TOKENS = 256
+MAX_TOP_LOGPROBS = 20
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -57,20 +59,32 @@ def create_llm_app(chat: LocalChat) -> FastAPI:
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or DEFAULT_MAX_TOKENS
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
             return _error(400, f"max_tokens must be a whole number from 1 to {MAX_TOKENS_LIMIT}")
+        top = body.get("top_logprobs") if body.get("logprobs") is True else None
+        top = 0 if body.get("logprobs") is True and top is None else top
+        if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS):
+            return _error(400, f"top_logprobs must be a whole number from 0 to {MAX_TOP_LOGPROBS}")
         from starlette.concurrency import run_in_threadpool
 
-        text, prompt_tokens, completion_tokens = await run_in_threadpool(chat.complete, messages, max_tokens)
+        reply = await run_in_threadpool(chat.complete, messages, max_tokens, False, top)
+        logprobs = None if reply.logprobs is None else {"content": reply.logprobs}
         return JSONResponse(
             {
                 "id": f"chatcmpl-{uuid.uuid4().hex}",
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": chat.name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": reply.text},
+                        "logprobs": logprobs,
+                        "finish_reason": "stop",
+                    }
+                ],
                 "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
+                    "prompt_tokens": reply.prompt_tokens,
+                    "completion_tokens": reply.completion_tokens,
+                    "total_tokens": reply.prompt_tokens + reply.completion_tokens,
                 },
             }
         )
