@@ -64,6 +64,8 @@ def _smoke_args(script: str, data: Path, run: Path, features: Path, lm_run: Path
         "corpus_memory.py": ["--small", "2k", "--large", "4k", "--hidden", "16", "--data", str(tmp)],
         "store_fill.py": [acts, "--fills", "1", "--chunk-rows", "64", "--buffer-rows", "256", "--batch", "64"],
         "topk.py": ["--rows", "64", *SHAPE, "--steps", "1"],
+        "vision_model.py": ["--out", str(tmp / "vit"), "--layers", "2", "--hidden", "16", "--heads", "2"]
+        + ["--image", "32", "--patch", "8", "--hook", "layers.1", "--views", "4"],
         "train_step.py": ["--d-in", "16", "--latents", "128", "--k", "4", "--batch", "64", "--steps", "1"],
     }.get(script)
 
