@@ -134,7 +134,8 @@ def test_training_step_reduces_the_loss_and_reports_fvu_and_l0(arch):
 # -- defining properties ---------------------------------------------------------------------------
 def test_batchtopk_keeps_exactly_k_times_batch_activations_and_infers_with_a_threshold():
     sae = BatchTopKSAE(BatchTopKConfig(d_in=16, n_latents=64, k=4))
-    x = torch.randn(50, 16, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(50, 16, generator=torch.Generator().manual_seed(1))
+    # (not seed 0: the SAE initialises its decoder from seed 0, so rows would equal decoder rows and tie in pairs)
     latents = sae.batch_select(sae.pre_acts(x))
     assert int((latents != 0).sum()) == 4 * 50
     per_row = (latents != 0).sum(-1)
@@ -397,11 +398,11 @@ def test_transcoder_without_targets_is_an_sae():
 # and settings the CLI gives (only the sparsity given; a small batch for the test's budget). Interference between
 # features in superposition grows with a row's norm, which threshold encoders must allow for: BatchTopK ranks
 # activations relative to the row norm and JumpReLU thresholds relative to it (both their defaults). Measured,
-# seed 0, with `python bench/recovery.py ARCH 'EXTRA'`: batchtopk 0.76, jumprelu 0.88, gated 0.87, relu 0.86,
-# matryoshka 0.79, multibudget 0.98, transcoder 0.94, mp 0.93 (TopK: 0.94; of the 0.8 goal, BatchTopK and
-# Matryoshka still fall short).
+# seed 0, with `python bench/recovery.py ARCH 'EXTRA'`: batchtopk 0.91, jumprelu 0.88, gated 0.87, relu 0.86,
+# matryoshka 0.79, multibudget 0.98, transcoder 0.94, mp 0.93 (TopK: 0.94; of the 0.8 goal, Matryoshka
+# still falls short).
 RECOVERY = {  # arch -> (sparsity setting, training tokens, minimum fraction found at cos >= 0.9)
-    "batchtopk": ({"k": 5}, 300_000, 0.7),
+    "batchtopk": ({"k": 5}, 300_000, 0.8),
     "jumprelu": ({"target_l0": 5.0}, 300_000, 0.8),
     "gated": ({"target_l0": 5.0}, 300_000, 0.8),
     "relu": ({"target_l0": 5.0}, 300_000, 0.8),
