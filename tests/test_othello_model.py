@@ -212,3 +212,27 @@ def test_the_shipped_model_resolves_offline_and_plays_legal_moves():
     rate = legal_move_rate(model, games)
     assert rate == pytest.approx(info["legal_move_top1"], abs=0.03)
     assert rate > 0.9  # an untrained model of the same shape plays a legal move ~0.2 % of the time
+
+
+def test_recorded_command_parses_back_to_the_same_config():
+    import shlex
+
+    from sparsecode.cli import build_parser
+    from sparsecode.cli.options import given
+    from sparsecode.worlds.othello_gpt import reproducing_command
+
+    for cfg in (OthelloGPTConfig(), OthelloGPTConfig(tie_embeddings=False, n_layer=2, lr=0.001, targets="next")):
+        argv = shlex.split(reproducing_command(cfg))[1:] + ["--out", "unused"]
+        args = build_parser("othello").parse_args(argv)
+        assert OthelloGPTConfig(**given(args, args.config_flags)) == cfg
+
+
+def test_untied_model_has_its_own_output_layer():
+    from sparsecode.worlds.othello_gpt import new_model
+
+    untied, tied = (
+        new_model(OthelloGPTConfig(n_layer=1, n_embd=16, tie_embeddings=False)),
+        new_model(OthelloGPTConfig(n_layer=1, n_embd=16, tie_embeddings=True)),
+    )
+    assert untied.lm_head.weight.data_ptr() != untied.transformer.wte.weight.data_ptr()
+    assert tied.lm_head.weight.data_ptr() == tied.transformer.wte.weight.data_ptr()

@@ -51,6 +51,10 @@ class OthelloGPTConfig:
     """Residual stream width."""
     n_head: int = 4
     """Attention heads per block."""
+    tie_embeddings: bool = True
+    """Whether the output layer reuses the move embeddings (GPT-2's default). Untied, reading "the move was X" and
+    predicting "X is legal now", two different things, get their own weights (in a 400-step trial the untied model
+    led at every check: 74.0 % legal vs 69.6 % at step 400)."""
     steps: int = 3000
     """Optimizer steps; every step sees ``batch_games`` new random games. 0 saves the untrained model (the
     random-init baseline)."""
@@ -81,6 +85,8 @@ class OthelloGPTConfig:
             raise ConfigError(f"othello.lr must be in (0, 1), got {self.lr!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"othello.seed must be a whole number >= 0, got {self.seed!r}")
+        if not isinstance(self.tie_embeddings, bool):
+            raise ConfigError(f"othello.tie_embeddings must be true or false, got {self.tie_embeddings!r}")
         if self.targets not in ("legal", "next"):
             raise ConfigError(f"othello.targets must be 'legal' or 'next', got {self.targets!r}")
 
@@ -112,6 +118,7 @@ def new_model(cfg: OthelloGPTConfig) -> Any:
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
+        tie_word_embeddings=cfg.tie_embeddings,
     )
     return GPT2LMHeadModel(config)
 
@@ -230,8 +237,7 @@ def train_othello_gpt(cfg: OthelloGPTConfig, out: str | Path, progress: bool = T
         "train_seconds": round(seconds, 1),
         "parameters": sum(p.numel() for p in model.parameters()),
         "history": history,
-        "command": "sparsecode othello train "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items()),
+        "command": reproducing_command(cfg),
     }
     # written to a sibling folder and renamed: an interrupted save leaves no half-written model behind
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -250,6 +256,15 @@ def train_othello_gpt(cfg: OthelloGPTConfig, out: str | Path, progress: bool = T
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return info
+
+
+def reproducing_command(cfg: OthelloGPTConfig) -> str:
+    """The `sparsecode othello train` flags that give ``cfg`` (every field spelled out, yes/no fields as switches)."""
+    flags = []
+    for k, v in asdict(cfg).items():
+        name = k.replace("_", "-")
+        flags.append((f"--{name}" if v else f"--no-{name}") if isinstance(v, bool) else f"--{name} {v}")
+    return "sparsecode othello train " + " ".join(flags)
 
 
 def load_info(model_dir: str | Path) -> dict:
