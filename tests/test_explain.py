@@ -127,3 +127,26 @@ def test_a_database_scored_before_the_auc_existed_gets_the_column(world):
     explain_run(world, RuleModel(usage), usage, ExplainConfig(baseline=False), features=[DIGITS, CAPS], progress=False)
     assert _scores(world)[(DIGITS, "detection")]["auc"] is None  # kept as it was, not made up
     assert _scores(world)[(CAPS, "detection")]["auc"] == 1.0
+
+
+def test_summary_means_standard_errors_and_paired_differences(world):
+    from sparsecode.explain.scoring import Score
+    from sparsecode.explain.store import ExplainStore
+
+    store = ExplainStore(world / "features.sqlite")
+    # balanced accuracies 1, 0.5, 0.75 for the real explanations (AUC on two of them), 0.5 for each shuffled one
+    real = [Score(4, 0, 4, 0, 0, auc=1.0), Score(2, 2, 2, 2, 0, auc=0.5), Score(4, 2, 2, 0, 0)]
+    for f, s in enumerate(real):
+        store.save(f, (f"rule {f}", "m"), {"detection": s}, False, f, "m", 1)
+        store.save(f, None, {"detection": Score(0, 0, 4, 4, 1, auc=0.5)}, True, (f + 1) % 3, "m", 1)
+    summary = store.summary()["detection"]
+    store.close()
+    r, b, d = summary["real"], summary["shuffled"], summary["paired"]
+    assert r["n"] == 3 and r["balanced_accuracy"] == pytest.approx(0.75)
+    assert r["balanced_accuracy_se"] == pytest.approx(0.25 / 3**0.5)  # sample s.d. 0.25 over sqrt(3)
+    assert r["auc"] == 0.75 and r["n_auc"] == 2 and r["auc_se"] == pytest.approx(0.25)
+    assert r["yes_rate"] == pytest.approx((4 + 4 + 6) / 24) and b["yes_rate"] == 0.0  # unparsed answers left out
+    assert b["balanced_accuracy"] == 0.5 and b["balanced_accuracy_se"] == 0.0
+    assert (d["n"], d["higher"], d["equal"], d["lower"]) == (3, 2, 1, 0)
+    assert d["balanced_accuracy"] == pytest.approx(0.25) and d["balanced_accuracy_se"] == pytest.approx(0.25 / 3**0.5)
+    assert d["auc"] == pytest.approx(0.25) and d["n_auc"] == 2

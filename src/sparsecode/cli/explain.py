@@ -94,19 +94,40 @@ def format_summary(r: dict, run: str, model: str) -> str:
     if r["stopped"] == "max-requests":
         lines.append("  stopped at --max-requests; run the same command again to continue")
     for scorer, kinds in r["scores"].items():
-        parts = []
-        for kind, label in (("real", "explanations"), ("shuffled", "shuffled baseline")):
-            s = kinds.get(kind)
-            if s and s["balanced_accuracy"] is not None:
-                auc = f", AUC {s['auc']:.3f}" if s["auc"] is not None else ""
-                parts.append(f"{label} {s['balanced_accuracy']:.3f} (F1 {s['f1'] or 0:.3f}{auc}, {s['n']} features)")
-        if parts:
-            lines.append(f"  {scorer}, mean balanced accuracy: {'; '.join(parts)}")
-        real = kinds.get("real")
-        if real and real["n_auc"] < real["n"]:
-            lines.append(
-                f"  {scorer}: no AUC for {real['n'] - real['n_auc']} of {real['n']} features (the judge gave no P(yes): "
-                "the endpoint returned no log-probabilities, or they were scored before AUCs were stored)"
-            )
+        lines += _scorer_lines(scorer, kinds)
     lines.append(f"  browse: sparsecode serve {run}")
     return "\n".join(lines)
+
+
+def _pm(mean: float | None, se: float | None, sign: str = "") -> str:
+    return "—" if mean is None else f"{mean:{sign}.3f}" + ("" if se is None else f" ± {se:.3f}")
+
+
+def _scorer_lines(scorer: str, kinds: dict) -> list[str]:
+    """Mean scores (± standard error) of the real explanations and the shuffled baseline, and their paired
+    difference."""
+    parts = []
+    for kind, label in (("real", "explanations"), ("shuffled", "shuffled baseline")):
+        s = kinds.get(kind)
+        if s and s["balanced_accuracy"] is not None:
+            auc = f"AUC {_pm(s['auc'], s['auc_se'])}, " if s["auc"] is not None else ""
+            parts.append(
+                f"{label} {_pm(s['balanced_accuracy'], s['balanced_accuracy_se'])} ({auc}F1 {s['f1'] or 0:.3f}, "
+                f"yes-rate {s['yes_rate']:.2f}, {s['n']} features)"
+            )
+    lines = [f"  {scorer}, mean balanced accuracy: {'; '.join(parts)}"] if parts else []
+    d = kinds.get("paired")
+    if d and d["n"]:
+        auc = f"; AUC {_pm(d['auc'], d['auc_se'], '+')} ({d['n_auc']} features)" if d["n_auc"] else ""
+        lines.append(
+            f"  {scorer}, explanations minus shuffled on the same {d['n']} features: balanced accuracy "
+            f"{_pm(d['balanced_accuracy'], d['balanced_accuracy_se'], '+')} (higher {d['higher']}, equal "
+            f"{d['equal']}, lower {d['lower']}){auc}"
+        )
+    real = kinds.get("real")
+    if real and real["n_auc"] < real["n"]:
+        lines.append(
+            f"  {scorer}: no AUC for {real['n'] - real['n_auc']} of {real['n']} features (the judge gave no P(yes): "
+            "the endpoint returned no log-probabilities, or they were scored before AUCs were stored)"
+        )
+    return lines

@@ -14,7 +14,9 @@ either complete or absent, and the next run carries on with the absent ones. Reb
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
+import statistics
 from pathlib import Path
 
 from ..errors import DataError
@@ -53,6 +55,10 @@ SCORE_COLUMNS = (
     *("feature", "scorer", "baseline", "explanation_of", "judge", "prompt_version", "tp", "fp", "tn", "fn"),
     *("unparsed", "accuracy", "balanced_accuracy", "f1", "auc"),
 )
+
+
+SUMMED = ("accuracy", "balanced_accuracy", "f1", "auc")
+"""The per-feature scores averaged over features in a summary."""
 
 
 class ExplainStore:
@@ -182,20 +188,62 @@ class ExplainStore:
             raise
 
     def summary(self) -> dict[str, dict[str, dict[str, float | int | None]]]:
-        """{scorer: {"real"/"shuffled": {"n": features, "accuracy": mean, "balanced_accuracy": mean, "f1": mean,
-        "auc": mean over the "n_auc" features that have one}}}."""
-        out: dict[str, dict[str, dict[str, float | int | None]]] = {}
+        """{scorer: {"real"/"shuffled": means over features, "paired": real minus shuffled feature by feature}}.
+
+        real/shuffled: "n" features, mean "accuracy", "balanced_accuracy" (and its standard error "_se"), "f1",
+        "auc" (and "auc_se", over the "n_auc" features that have one), "yes_rate" (share of all answers that were
+        yes). paired, over the features scored both ways: the mean difference of balanced accuracy and of AUC with
+        standard errors, and how many features scored "higher" / "equal" / "lower" in balanced accuracy."""
         rows = self.con.execute(
-            "SELECT scorer, baseline, COUNT(*), AVG(accuracy), AVG(balanced_accuracy), AVG(f1), AVG(auc), COUNT(auc) "
-            "FROM explanation_scores GROUP BY scorer, baseline ORDER BY scorer, baseline"
-        )
-        for scorer, baseline, n, acc, bal, f1, auc, n_auc in rows:
-            out.setdefault(scorer, {})["shuffled" if baseline else "real"] = {
-                "n": n,
-                "accuracy": acc,
-                "balanced_accuracy": bal,
-                "f1": f1,
-                "auc": auc,
-                "n_auc": n_auc,
-            }
-        return out
+            "SELECT scorer, baseline, feature, tp, fp, tn, fn, accuracy, balanced_accuracy, f1, auc "
+            "FROM explanation_scores ORDER BY scorer, baseline, feature"
+        ).fetchall()
+        by: dict[str, dict[str, dict[int, tuple]]] = {}
+        for scorer, baseline, feature, *rest in rows:
+            by.setdefault(scorer, {}).setdefault("shuffled" if baseline else "real", {})[feature] = tuple(rest)
+        return {scorer: _scorer_summary(kinds) for scorer, kinds in by.items()}
+
+
+def _mean_se(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and its standard error (sample standard deviation / sqrt(n); None for fewer than 2 values)."""
+    if not values:
+        return None, None
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+
+
+def _scorer_summary(kinds: dict[str, dict[int, tuple]]) -> dict[str, dict[str, float | int | None]]:
+    out: dict[str, dict[str, float | int | None]] = {}
+    for kind, rows in kinds.items():  # row: tp, fp, tn, fn, accuracy, balanced_accuracy, f1, auc
+        column = {name: [r[i] for r in rows.values() if r[i] is not None] for i, name in enumerate(SUMMED, 4)}
+        answered = sum(r[0] + r[1] + r[2] + r[3] for r in rows.values())
+        bal, bal_se = _mean_se(column["balanced_accuracy"])
+        auc, auc_se = _mean_se(column["auc"])
+        out[kind] = {
+            "n": len(rows),
+            "accuracy": _mean_se(column["accuracy"])[0],
+            "balanced_accuracy": bal,
+            "balanced_accuracy_se": bal_se,
+            "f1": _mean_se(column["f1"])[0],
+            "auc": auc,
+            "auc_se": auc_se,
+            "n_auc": len(column["auc"]),
+            "yes_rate": sum(r[0] + r[1] for r in rows.values()) / answered if answered else None,
+        }
+    real, shuffled = kinds.get("real", {}), kinds.get("shuffled", {})
+    both = [(real[f], shuffled[f]) for f in sorted(real.keys() & shuffled.keys())]
+    if both:
+        bal = [r[5] - b[5] for r, b in both if r[5] is not None and b[5] is not None]
+        auc = [r[7] - b[7] for r, b in both if r[7] is not None and b[7] is not None]
+        out["paired"] = {
+            "n": len(bal),
+            "balanced_accuracy": _mean_se(bal)[0],
+            "balanced_accuracy_se": _mean_se(bal)[1],
+            "higher": sum(d > 0 for d in bal),
+            "equal": sum(d == 0 for d in bal),
+            "lower": sum(d < 0 for d in bal),
+            "auc": _mean_se(auc)[0],
+            "auc_se": _mean_se(auc)[1],
+            "n_auc": len(auc),
+        }
+    return out
