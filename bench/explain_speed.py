@@ -2,8 +2,10 @@
 
     python bench/explain_speed.py RUN [--features 5] [--test-examples 10] [--explain-examples 10] [--threads 1]
 
-RUN holds features.sqlite (`sparsecode features RUN`). For each of the --features most frequent live features,
-as `sparsecode explain` would (detection, the same prompts and test contexts):
+RUN holds features.sqlite (`sparsecode features RUN`). For each of the --features most frequent live features that
+have a full test set (--test-examples contexts where they fire and as many where they do not; the densest
+features may fire in nearly every random window), as `sparsecode explain` would (detection, the same prompts and
+test contexts):
 
 - explain: the explanation generated up to EXPLANATION_TOKENS new tokens (before) and stopped once its first line
   is out (after); the explanation read from both must be the same;
@@ -54,17 +56,21 @@ def main() -> None:
     chat = LocalChat(args.llm_model)
     store = ExplainStore(os.path.join(args.run, FEATURES_FILE))
     rows = []
-    for f in store.top_density(args.features):
+    for f in store.top_density(store.n_latents):
+        if len(rows) == args.features:
+            break
         top, quantile = store.contexts(f)
+        rng = random.Random(f"{args.seed}:{f}:detection")
+        held_out = top[args.explain_examples :] + quantile
+        items = detection_items(held_out, store.negatives(f), args.test_examples, rng)
+        if len(items) < 2 * args.test_examples:  # too dense (or too rare) for a full test set: not timed
+            continue
         shown = explain_messages([render(c.tokens, c.firing) for c in top[: args.explain_examples]])
         t_long, long = timed(chat.chat, shown, EXPLANATION_TOKENS)
         t_short, short = timed(chat.chat, shown, EXPLANATION_TOKENS, first_line=True)
         explanation = parse_explanation(long)
         if explanation != parse_explanation(short):
             raise SystemExit(f"feature {f}: stopping at the first line changed the explanation: {long!r} / {short!r}")
-        rng = random.Random(f"{args.seed}:{f}:detection")
-        held_out = top[args.explain_examples :] + quantile
-        items = detection_items(held_out, store.negatives(f), args.test_examples, rng)
         questions = [detection_messages(explanation or "nothing", item.excerpt) for item in items]
         t_alone, alone = timed(list, map(chat.p_yes_alone, questions))
         t_batch, batch = timed(chat.judge, questions)
@@ -79,7 +85,7 @@ def main() -> None:
         )
     store.close()
     if not rows:
-        raise SystemExit("no live feature in the database")
+        raise SystemExit("no live feature with a full test set in the database; lower --test-examples")
     med = {
         k: statistics.median(r[i] for r in rows) for i, k in enumerate(["", "", "long", "short", "alone", "batch"]) if k
     }
