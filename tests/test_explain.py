@@ -147,6 +147,7 @@ def test_summary_means_standard_errors_and_paired_differences(world):
     assert r["auc"] == 0.75 and r["n_auc"] == 2 and r["auc_se"] == pytest.approx(0.25)
     assert r["yes_rate"] == pytest.approx((4 + 4 + 6) / 24) and b["yes_rate"] == 0.0  # unparsed answers left out
     assert b["balanced_accuracy"] == 0.5 and b["balanced_accuracy_se"] == 0.0
+    assert r["contexts"] == 8 and b["contexts"] == 8 and b["contexts_min"] == 8  # answered, unparsed left out
     assert (d["n"], d["higher"], d["equal"], d["lower"]) == (3, 2, 1, 0)
     assert d["balanced_accuracy"] == pytest.approx(0.25) and d["balanced_accuracy_se"] == pytest.approx(0.25 / 3**0.5)
     assert d["auc"] == pytest.approx(0.25) and d["n_auc"] == 2

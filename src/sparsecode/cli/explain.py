@@ -113,7 +113,8 @@ def _scorer_lines(scorer: str, kinds: dict) -> list[str]:
             auc = f"AUC {_pm(s['auc'], s['auc_se'])}, " if s["auc"] is not None else ""
             parts.append(
                 f"{label} {_pm(s['balanced_accuracy'], s['balanced_accuracy_se'])} ({auc}F1 {s['f1'] or 0:.3f}, "
-                f"yes-rate {s['yes_rate']:.2f}, {s['n']} features)"
+                f"yes-rate {s['yes_rate']:.2f}, {s['n']} features, {s['contexts']:.1f} contexts each, fewest "
+                f"{s['contexts_min']})"
             )
     lines = [f"  {scorer}, mean balanced accuracy: {'; '.join(parts)}"] if parts else []
     d = kinds.get("paired")

@@ -192,14 +192,15 @@ class ExplainStore:
 
         real/shuffled: "n" features, mean "accuracy", "balanced_accuracy" (and its standard error "_se"), "f1",
         "auc" (and "auc_se", over the "n_auc" features that have one), "yes_rate" (share of all answers that were
-        yes). paired, over the features scored both ways: the mean difference of balanced accuracy and of AUC with
+        yes), "contexts" (answered per feature, mean) and "contexts_min" (fewest; 0 for a feature without a test
+        set, e.g. one firing in every random window, whose scores are then empty and left out of the means). paired, over the features scored both ways: the mean difference of balanced accuracy and of AUC with
         standard errors, and how many features scored "higher" / "equal" / "lower" in balanced accuracy."""
         rows = self.con.execute(
             "SELECT scorer, baseline, feature, tp, fp, tn, fn, accuracy, balanced_accuracy, f1, auc "
             "FROM explanation_scores ORDER BY scorer, baseline, feature"
         ).fetchall()
         by: dict[str, dict[str, dict[int, tuple]]] = {}
-        for scorer, baseline, feature, *rest in rows:
+        for scorer, baseline, feature, *rest in rows:  # rest: tp, fp, tn, fn, accuracy, balanced accuracy, f1, auc
             by.setdefault(scorer, {}).setdefault("shuffled" if baseline else "real", {})[feature] = tuple(rest)
         return {scorer: _scorer_summary(kinds) for scorer, kinds in by.items()}
 
@@ -229,6 +230,8 @@ def _scorer_summary(kinds: dict[str, dict[int, tuple]]) -> dict[str, dict[str, f
             "auc_se": auc_se,
             "n_auc": len(column["auc"]),
             "yes_rate": sum(r[0] + r[1] for r in rows.values()) / answered if answered else None,
+            "contexts": answered / len(rows),
+            "contexts_min": min(r[0] + r[1] + r[2] + r[3] for r in rows.values()),
         }
     real, shuffled = kinds.get("real", {}), kinds.get("shuffled", {})
     both = [(real[f], shuffled[f]) for f in sorted(real.keys() & shuffled.keys())]
