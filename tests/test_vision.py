@@ -295,3 +295,22 @@ def test_dashboard_shows_the_planted_bright_patch_as_its_units_top_example(tmp_p
     message = "What fires here? needs a text model, and this run was trained on an image model"
     assert message in fires.text and fires_json.json()["error"].startswith(message)
     assert steer.status_code == 400 and "steering needs a text model" in steer.json()["error"]
+
+
+def test_activation_cache_serves_the_same_rows_and_is_keyed_by_the_image_files(tiny_vit, tmp_path):
+    from sparsecode.activations import CachedSource
+    from sparsecode.activations.cache import cache_key
+    from sparsecode.train.trainer import open_training_source
+
+    _photos(tmp_path / "img")
+    cfg = VisionSourceConfig(model=str(tiny_vit), hook="layers.0", images=str(tmp_path / "img"), views=6)
+    direct = _rows(VisionSource(cfg))
+    cached = open_training_source(cfg, tmp_path / "cache")
+    assert isinstance(cached, CachedSource) and not cached.is_cached("train")
+    assert torch.equal(_rows(cached), direct) and cached.is_cached("train")  # the first pass writes through
+    again = open_training_source(cfg, tmp_path / "cache")
+    again.inner._forward = None  # a second pass must not run the model: it reads the shards
+    assert torch.equal(_rows(again), direct)
+    key = cache_key(cached.inner)
+    _photos(tmp_path / "img", seed=5)  # same names, other pixels (and mtimes)
+    assert cache_key(VisionSource(cfg)) != key

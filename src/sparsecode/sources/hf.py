@@ -205,6 +205,27 @@ def portable_model_name(model: str | None) -> str | None:
     return model
 
 
+def model_identity(name_or_path: str | None) -> dict[str, Any]:
+    """The model folder, its files (name, size, mtime) and the library versions: what activations depend on beyond
+    the model's name (keys the activation cache)."""
+    import transformers
+
+    where = resolve_model(name_or_path)
+    files = []
+    if os.path.isdir(where):
+        where = os.path.abspath(where)
+        for entry in sorted(os.scandir(where), key=lambda e: e.name):
+            if entry.is_file():
+                st = entry.stat()
+                files.append([entry.name, st.st_size, st.st_mtime_ns])
+    return {
+        "model": where,
+        "model_files": files,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__.split("+")[0],
+    }
+
+
 def _load_error(name: str, e: BaseException) -> DataError:
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
     if not os.path.isdir(name) and _offline():
@@ -418,23 +439,7 @@ class ModelSource(SourceBase):
         return out
 
     def _model_identity(self) -> dict[str, Any]:
-        """The model folder, its files (name, size, mtime) and the library versions."""
-        import transformers
-
-        where = resolve_model(self.config.model)
-        files = []
-        if os.path.isdir(where):
-            where = os.path.abspath(where)
-            for entry in sorted(os.scandir(where), key=lambda e: e.name):
-                if entry.is_file():
-                    st = entry.stat()
-                    files.append([entry.name, st.st_size, st.st_mtime_ns])
-        return {
-            "model": where,
-            "model_files": files,
-            "transformers": transformers.__version__,
-            "torch": torch.__version__.split("+")[0],
-        }
+        return model_identity(self.config.model)
 
     # -- corpus -----------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -150,6 +150,22 @@ def load_rgb_images(spec: str, seed: int = 0) -> list[tuple[str, np.ndarray]]:
         rgb = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]  # gray -> RGB; RGBA -> RGB
         out.append((name, np.ascontiguousarray(rgb, dtype=np.uint8)))
     return out
+
+
+def images_identity(spec: str) -> dict[str, Any]:
+    """What the images of ``spec`` are beyond its name: for a folder its image files (name, size, mtime), for
+    "skimage" the package version (keys the activation cache of image-model runs)."""
+    if spec == "skimage":
+        import skimage
+
+        return {"skimage": skimage.__version__}
+    if spec == "noise":
+        return {"noise": NOISE_SIZE}
+    folder = Path(spec).expanduser()
+    if not folder.is_dir():
+        return {"folder": str(folder)}
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return {"folder": str(folder.resolve()), "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
 
 
 # --------------------------------------------------------------------------- patches and whitening

@@ -37,7 +37,7 @@ from ..device import check_device
 from ..errors import ConfigError, DataError
 from ..hooks import HookPoint, find_module, run_and_capture
 from .base import ActivationBatch, SourceBase, SourceConfigBase, check_split
-from .images import load_rgb_images, sample_positions
+from .images import images_identity, load_rgb_images, sample_positions
 
 
 @dataclass(kw_only=True)
@@ -314,6 +314,21 @@ class VisionSource(SourceBase):
     @property
     def d_in(self) -> int:
         return self.d
+
+    def fingerprint(self) -> dict[str, Any] | None:
+        """The model's files, the images' files and the library versions (keys the activation cache); None for a
+        torch module passed from Python, which only the caller can identify (such a source is never cached)."""
+        import PIL
+
+        from .hf import model_identity
+
+        if self.config.model is None:
+            return None
+        return {
+            **model_identity(self.config.model),
+            "images": images_identity(self.config.images),
+            "pillow": PIL.__version__,
+        }
 
     def _views(self, split: str) -> tuple[int, int]:
         check_split(split)

@@ -433,7 +433,7 @@ def open_training_source(config: Any, cache_dir: str | Path | None = None, progr
 
     source = open_source(config)
     source.validate()
-    if cache_dir is not None and config.kind == "model":
+    if cache_dir is not None and config.kind in ("model", "vision"):
         source = CachedSource(source, cache_dir, progress=progress)
     return source
 
