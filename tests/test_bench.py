@@ -47,6 +47,8 @@ def _smoke_args(script: str, data: Path, run: Path, features: Path, lm_run: Path
         "lr_sweep.py": [
             *("--data", str(data), "--tokens", "512", "--factors", "1", "--latents", "128", "--k", "4", "--batch", "64")
         ],
+        "othello_trials.py": ["--stop", "2", "--steps", "4", "--log-every", "1"]
+        + ["--variants", '{"tiny": {"n_layer": 1, "n_embd": 16, "n_head": 2, "batch_games": 2, "eval_games": 4}}'],
         "one_pass.py": [*lm, "--hooks", "transformer.h.0", "transformer.h.1", "--tokens", "256", "--batch-size", "64"]
         + ["--latents", "64", "--k", "4"],
         "bf16_forward.py": [*lm, "--hook", "transformer.h.1", "--rows", "64", "--repeats", "1", "--ce-chunks", "2"],

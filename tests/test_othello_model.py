@@ -236,3 +236,14 @@ def test_untied_model_has_its_own_output_layer():
     )
     assert untied.lm_head.weight.data_ptr() != untied.transformer.wte.weight.data_ptr()
     assert tied.lm_head.weight.data_ptr() == tied.transformer.wte.weight.data_ptr()
+
+
+def test_fit_stops_early_on_the_full_schedule_and_counts_cpu_seconds():
+    from sparsecode.worlds.othello_gpt import _lr_at, fit_othello_gpt, held_out_games
+
+    cfg = OthelloGPTConfig(n_layer=1, n_embd=16, n_head=2, steps=10, warmup=1, batch_games=2, eval_games=4)
+    _, history = fit_othello_gpt(cfg, held_out_games(cfg), progress=False, log_every=1, stop=3)
+    assert [h["step"] for h in history] == [1, 2, 3]
+    cpu = [h["cpu_seconds"] for h in history]
+    assert cpu == sorted(cpu) and cpu[-1] > 0
+    assert _lr_at(2, cfg) < cfg.lr  # step 3 of 10 is already decaying: the trial saw the full run's schedule

@@ -200,20 +200,25 @@ def _loss(model: Any, games: list[list[int]], targets: str) -> torch.Tensor:
     return per_pos[has_move].mean()
 
 
-def train_othello_gpt(cfg: OthelloGPTConfig, out: str | Path, progress: bool = True, log_every: int = 100) -> dict:
-    """Train the model and save it (safetensors), its tokenizer and ``othello.json`` into ``out``."""
+def fit_othello_gpt(
+    cfg: OthelloGPTConfig,
+    eval_games: list[list[int]],
+    progress: bool = True,
+    log_every: int = 100,
+    stop: int | None = None,
+) -> tuple[Any, list[dict]]:
+    """A new model trained by ``cfg`` (its first ``stop`` steps only, if given; the schedule stays ``cfg.steps``
+    long) and its history: every ``log_every`` steps the loss, the legal-move rate on ``eval_games[:100]`` and the
+    CPU seconds of this process so far (one thread: the cost of the steps, whatever else the machine runs)."""
     from tqdm.auto import tqdm
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} is not empty; choose a new folder for the Othello model")
     model = new_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    eval_games = othello.random_games(cfg.eval_games, seed=cfg.seed + 1_000_003)  # a stream no step draws from
     history = []
-    start = time.perf_counter()
+    cpu0 = time.process_time()
     model.train()
-    bar = tqdm(range(cfg.steps), desc="othello", disable=not progress)
+    last = cfg.steps if stop is None else min(stop, cfg.steps)
+    bar = tqdm(range(last), desc="othello", disable=not progress)
     for step in bar:
         games = othello.random_games(cfg.batch_games, seed=cfg.seed * 1_000_000 + step)
         loss = _loss(model, games, cfg.targets)
@@ -223,11 +228,28 @@ def train_othello_gpt(cfg: OthelloGPTConfig, out: str | Path, progress: bool = T
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+        if (step + 1) % log_every == 0 or step + 1 == last:
             rate = legal_move_rate(model, eval_games[:100])  # a quick look; the final rate uses all eval games
             model.train()
             history.append({"step": step + 1, "loss": round(float(loss.detach()), 4), "legal_top1": round(rate, 4)})
+            history[-1]["cpu_seconds"] = round(time.process_time() - cpu0, 1)
             bar.set_postfix(history[-1])
+    return model, history
+
+
+def held_out_games(cfg: OthelloGPTConfig) -> list[list[int]]:
+    """The ``cfg.eval_games`` games the legal-move rate is measured on (a seed stream no training step draws from)."""
+    return othello.random_games(cfg.eval_games, seed=cfg.seed + 1_000_003)
+
+
+def train_othello_gpt(cfg: OthelloGPTConfig, out: str | Path, progress: bool = True, log_every: int = 100) -> dict:
+    """Train the model and save it (safetensors), its tokenizer and ``othello.json`` into ``out``."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} is not empty; choose a new folder for the Othello model")
+    eval_games = held_out_games(cfg)
+    start = time.perf_counter()
+    model, history = fit_othello_gpt(cfg, eval_games, progress=progress, log_every=log_every)
     seconds = time.perf_counter() - start
     rate = legal_move_rate(model, eval_games)
     info = {
@@ -235,6 +257,7 @@ def train_othello_gpt(cfg: OthelloGPTConfig, out: str | Path, progress: bool = T
         "legal_move_top1": rate,
         "eval_games": cfg.eval_games,
         "train_seconds": round(seconds, 1),
+        "train_cpu_seconds": history[-1]["cpu_seconds"] if history else 0.0,
         "parameters": sum(p.numel() for p in model.parameters()),
         "history": history,
         "command": reproducing_command(cfg),
