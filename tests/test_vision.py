@@ -246,6 +246,7 @@ def test_dashboard_shows_the_planted_bright_patch_as_its_units_top_example(tmp_p
     from fastapi.testclient import TestClient
 
     from sparsecode.dashboard import create_app
+    from sparsecode.explain.store import ExplainStore
     from sparsecode.features import FeaturesConfig, build_features
     from sparsecode.features.vision import OUTLINE
     from sparsecode.run import RunConfig
@@ -295,6 +296,8 @@ def test_dashboard_shows_the_planted_bright_patch_as_its_units_top_example(tmp_p
     message = "What fires here? needs a text model, and this run was trained on an image model"
     assert message in fires.text and fires_json.json()["error"].startswith(message)
     assert steer.status_code == 400 and "steering needs a text model" in steer.json()["error"]
+    with pytest.raises(DataError, match=r"explanations are written from text contexts.*images \(vision\)"):
+        ExplainStore(run / "features.sqlite")
 
 
 def test_activation_cache_serves_the_same_rows_and_is_keyed_by_the_image_files(tiny_vit, tmp_path):

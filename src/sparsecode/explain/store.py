@@ -80,6 +80,13 @@ class ExplainStore:
                 f"{self.path}: not a sparsecode feature database of version {VERSION}; rebuild it with "
                 f"`sparsecode features {self.path.parent}`"
             )
+        world = json.loads(meta.get("world", "null"))
+        if world in ("images", "vision"):  # contexts are pictures: there is no text to describe or judge
+            self.con.close()
+            raise DataError(
+                f"{self.path}: explanations are written from text contexts, and this run's examples are images "
+                f"({world}); browse them with `sparsecode serve {self.path.parent}`"
+            )
         tables = {r[0] for r in self.con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "random_contexts" not in tables:
             self.con.close()
