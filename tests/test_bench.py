@@ -18,7 +18,9 @@ SHAPE = ["--latents", "128", "--d-in", "16", "--k", "4", "--repeats", "1", "--th
 HELPERS = {"timing.py"}  # imported by the scripts, not run
 
 
-def _smoke_args(script: str, data: Path, run: Path, features: Path, lm_run: Path, tmp: Path) -> list[str]:
+def _smoke_args(
+    script: str, data: Path, run: Path, features: Path, lm_run: Path, tmp: Path, image_run: Path | None = None
+) -> list[str]:
     """Tiny arguments for each script (a new script needs a line here: the test below fails without one)."""
     acts = str(data / "minilm-l3-train.npy")
     lm = [] if lm_run is None else ["--model", *_lm_source(lm_run)]
@@ -66,6 +68,7 @@ def _smoke_args(script: str, data: Path, run: Path, features: Path, lm_run: Path
         "corpus_memory.py": ["--small", "2k", "--large", "4k", "--hidden", "16", "--data", str(tmp)],
         "store_fill.py": [acts, "--fills", "1", "--chunk-rows", "64", "--buffer-rows", "256", "--batch", "64"],
         "topk.py": ["--rows", "64", *SHAPE, "--steps", "1"],
+        "image_examples.py": [str(image_run), "--out", str(tmp / "examples.png"), "--features", "2"],
         "vision_model.py": ["--out", str(tmp / "vit"), "--layers", "2", "--hidden", "16", "--heads", "2"]
         + ["--image", "32", "--patch", "8", "--hook", "layers.1", "--views", "4"],
         "train_step.py": ["--d-in", "16", "--latents", "128", "--k", "4", "--batch", "64", "--steps", "1"],
@@ -110,13 +113,26 @@ def lm_run(tmp_path_factory, tiny_gpt2_dir) -> Path:
     return root / "run"
 
 
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory) -> Path:
+    """A tiny image-patch run with its feature database (bench/image_examples.py draws its examples)."""
+    from sparsecode.cli import main
+
+    run = tmp_path_factory.mktemp("bench-images") / "run"
+    args = ["train", "--images", "noise", "--patch", "5", "--n-patches", "3000", "--latents", "16", "--k", "3"]
+    assert main([*args, "--tokens", "4096", "--batch-size", "1024", "--quiet", "--out", str(run)]) == 0
+    assert main(["features", str(run), "--quiet", "--top", "4"]) == 0
+    return run
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_bench_script_runs_on_tiny_arguments(script, data, planted_run, planted_features, request, tmp_path):
     lm_run = request.getfixturevalue("lm_run") if script in LM_SCRIPTS else None
     if script in ("attention_sink.py", "explain_speed.py"):
         request.getfixturevalue("smollm2_models")  # sets $SPARSECODE_MODELS, which the script inherits
-    args = _smoke_args(script, data, planted_run, planted_features, lm_run, tmp_path)
+    image_run = request.getfixturevalue("image_run") if script == "image_examples.py" else None
+    args = _smoke_args(script, data, planted_run, planted_features, lm_run, tmp_path, image_run)
     assert args is not None, f"bench/{script} has no smoke arguments in tests/test_bench.py"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(BENCH)])}
     r = subprocess.run(
