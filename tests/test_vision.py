@@ -157,6 +157,7 @@ def test_command_line_trains_on_an_image_model_and_bad_input_is_one_line(tiny_vi
 
     refused(["--model", str(tiny_vit), "--hook", "layers.7"], "unknown hook 'layers.7'")
     refused(["--model", "othello", "--hook", "transformer.h.0"], "is not an image model")
+    refused(["--model", "nobody/no-such-vit", "--hook", "layers.0"], "not found locally and the hub is offline")
     refused(["--model", str(tiny_vit), "--hook", "layers.0", "--patch", "4"], "--patch applies to image patches")
     refused(["--model", str(tiny_vit), "--hook", "layers.0", "--corpus", "x.txt"], "--corpus applies to text model")
     refused(["--model", str(tiny_vit)], "needs --model (a transformers image model) and --hook")
