@@ -12,6 +12,7 @@ import torch
 from cli_toy import toy_train
 
 from sparsecode.cli import main
+from sparsecode.errors import DataError
 from sparsecode.eval import evaluate_reconstruction, evaluate_run, mmcs, recovery_fraction
 from sparsecode.eval.budgets import evaluate_budgets
 from sparsecode.io import save_tensors
@@ -242,6 +243,28 @@ def test_an_sae_saved_before_the_controller_had_its_trend_buffers_still_loads(tm
     assert loaded.l0_controller.log_multiplier == 1.5 and loaded.l0_controller.smoothed_log_l0.isnan()
     x = torch.randn(4, 8)
     assert torch.equal(loaded(x), sae(x))
+
+
+def _save_as_format_1(sae, path):
+    """Write ``sae`` as a file of format version 1 (before relative gates divided by the encoder column norm)."""
+    meta = {"format": "sparsecode-sae", "format_version": "1", "config": json.dumps(sae.cfg.to_dict())}
+    save_tensors(path, dict(sae.state_dict()), metadata=meta)
+
+
+def test_a_format_1_jumprelu_file_keeps_its_old_gate_and_a_batchtopk_one_is_refused(tmp_path):
+    sae = perturbed("jumprelu")
+    assert sae.cfg.relative_threshold
+    _save_as_format_1(sae, tmp_path / "old.safetensors")
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(3))
+    pre = sae.pre_acts(x)  # (64, n_latents)
+    rms = (x - sae.b_dec).norm(dim=-1, keepdim=True) / math.sqrt(16)  # the old gate: row RMS only
+    old = pre * (pre / rms > sae.threshold)
+    torch.testing.assert_close(load_sae(tmp_path / "old.safetensors").encode(x), old)
+    bt = perturbed("batchtopk")
+    bt.threshold.fill_(0.1)
+    _save_as_format_1(bt, tmp_path / "bt.safetensors")
+    with pytest.raises(DataError, match="older sparsecode"):
+        load_sae(tmp_path / "bt.safetensors")
 
 
 def test_jumprelu_threshold_gradient_comes_from_the_kernel_window_only():

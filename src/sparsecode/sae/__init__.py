@@ -80,6 +80,11 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SparseAuto
         raise DataError(f"{path}: the SAE config in its metadata is not valid JSON") from None
     sae = build_sae(cfg)
     restore_state(sae, load_tensors(path, device="cpu"), str(path))
+    try:
+        version = int(meta.get("format_version", "1"))
+    except ValueError:
+        raise DataError(f"{path}: format_version {meta['format_version']!r} is not a whole number") from None
+    sae.upgrade_from(version, str(path))
     return sae.to(device)
 
 

@@ -25,7 +25,9 @@ from ..errors import ConfigError
 from ..io import save_tensors
 from ..kernels import project_out_rows_
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: JumpReLU's relative thresholds and BatchTopK's relative ranking also divide by the encoder column norm
+(files of version 1 are upgraded on load by ``upgrade_from``)."""
 
 
 @dataclass
@@ -194,6 +196,10 @@ class SparseAutoencoder(nn.Module):
 
     def _fold_extra(self, scale: float) -> None:
         """Architectures with thresholds or other input-scaled parameters fold them here."""
+
+    def upgrade_from(self, format_version: int, where: str) -> None:
+        """Make weights loaded from a file of an older ``format_version`` act as they did when saved (a DataError
+        naming ``where`` when that is impossible); nothing to do for most architectures."""
 
     # -- save / load -------------------------------------------------------------------------
     def save(self, path: str | Path, extra_metadata: dict[str, str] | None = None) -> None:

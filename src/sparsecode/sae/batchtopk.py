@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .base import TrainOutput, data_parallel
 from .common import add_auxk, fvu, l0
 from .topk import TopKConfig, TopKSAE
@@ -82,6 +82,15 @@ class BatchTopKSAE(TopKSAE):
         if not self.cfg.rank_relative:
             return None
         return (x - self.b_dec).norm(dim=-1, keepdim=True).clamp_min(1e-12) * self._column_norms()
+
+    def upgrade_from(self, format_version: int, where: str) -> None:
+        """Before format 2 relative ranking divided by the row norm only; one inference threshold cannot give the
+        old gate under the new ranking, so such a file is refused rather than silently acting differently."""
+        if format_version < 2 and self.cfg.rank_relative and float(self.threshold) >= 0:
+            raise DataError(
+                f"{where}: a BatchTopK SAE saved by an older sparsecode, whose relative ranking did not divide by "
+                "the encoder column norm; retrain it, or load it with an older sparsecode"
+            )
 
     @torch.no_grad()
     def _column_norms(self) -> torch.Tensor:

@@ -145,6 +145,13 @@ class JumpReLUSAE(SparseAutoencoder):
         if kth > 0:
             self.log_threshold.fill_(math.log(float(kth)))
 
+    @torch.no_grad()
+    def upgrade_from(self, format_version: int, where: str) -> None:
+        """Before format 2 relative thresholds compared z / RMS(x − b_dec) with θ; now z is also divided by the
+        column norm c, so θ / c gives exactly the old gate."""
+        if format_version < 2 and self.cfg.relative_threshold:
+            self.log_threshold -= self.W_enc.norm(dim=0).clamp_min(1e-12).log()
+
     def lr_multipliers(self) -> dict[str, float]:
         return {"log_threshold": self.cfg.threshold_lr_scale}
 
