@@ -318,3 +318,18 @@ def test_activation_cache_serves_the_same_rows_and_is_keyed_by_the_image_files(t
     key = cache_key(cached.inner)
     _photos(tmp_path / "img", seed=5)  # same names, other pixels (and mtimes)
     assert cache_key(VisionSource(cfg)) != key
+
+
+def test_a_folder_is_read_on_access_and_a_bad_file_is_refused_up_front(tiny_vit, tmp_path):
+    arrays = _photos(tmp_path, sizes=[(40, 40)] * 12)
+    src = VisionSource(VisionSourceConfig(model=str(tiny_vit), hook="layers.0", images=str(tmp_path), views=30))
+    assert len(src.images) == 12 and src.images.shapes == [(40, 40)] * 12
+    _rows(src)
+    assert len(src.images._cache) <= src.images.keep  # never the whole folder in memory
+    for i, a in enumerate(arrays):  # files are taken in name order: img0, img1, img10, img11, img2, ...
+        assert np.array_equal(src.images[src.image_names.index(str(tmp_path / f"img{i}.png"))], a)
+    good = (tmp_path / "img0.png").read_bytes()
+    (tmp_path / "img5.png").write_bytes(good[: len(good) // 2])  # truncated: the header reads, the data does not
+    with pytest.raises(DataError, match=r"img5\.png: not a readable image") as e:
+        VisionSource(VisionSourceConfig(model=str(tiny_vit), hook="layers.0", images=str(tmp_path), views=30))
+    assert "\n" not in str(e.value)

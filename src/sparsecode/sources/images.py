@@ -17,7 +17,8 @@ Pipeline (every step seeded, so a run's config rebuilds the same rows):
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -94,23 +95,31 @@ def to_gray(image: np.ndarray, name: str) -> np.ndarray:
     return (img - img.mean()) / std
 
 
-def _read_folder(folder: Path, mode: str = "L") -> list[tuple[str, np.ndarray]]:
-    """(file name, pixels) of every image file in ``folder``, sorted by name, converted to PIL ``mode``."""
-    from PIL import Image, UnidentifiedImageError
-
+def image_files(folder: Path) -> list[Path]:
+    """The image files in ``folder``, sorted by name; DataError for a missing folder or one without images."""
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder of images (or 'skimage' / 'noise')")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    out = []
-    for p in files:
-        try:
-            with Image.open(p) as im:
-                out.append((str(p), np.asarray(im.convert(mode), dtype=np.float64 if mode == "L" else np.uint8)))
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise DataError(f"{p}: not a readable image ({str(e).strip().splitlines()[0]}); fix or remove it") from None
-    return out
+    return files
+
+
+def read_image(path: Path, mode: str = "L") -> np.ndarray:
+    """The pixels of one image file converted to PIL ``mode`` ("L": float64; else uint8); one-line DataError for a
+    file that is not a readable image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert(mode), dtype=np.float64 if mode == "L" else np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable image ({str(e).strip().splitlines()[0]}); fix or remove it") from None
+
+
+def _read_folder(folder: Path, mode: str = "L") -> list[tuple[str, np.ndarray]]:
+    """(file name, pixels) of every image file in ``folder``, sorted by name, converted to PIL ``mode``."""
+    return [(str(p), read_image(p, mode)) for p in image_files(folder)]
 
 
 def _skimage_photos() -> list[tuple[str, np.ndarray]]:
@@ -150,6 +159,53 @@ def load_rgb_images(spec: str, seed: int = 0) -> list[tuple[str, np.ndarray]]:
         rgb = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]  # gray -> RGB; RGBA -> RGB
         out.append((name, np.ascontiguousarray(rgb, dtype=np.uint8)))
     return out
+
+
+class RGBImages(Sequence):
+    """The RGB images of ``spec`` as a sequence of (H, W, 3) uint8 arrays, for an image model. "skimage" and "noise"
+    are held in memory; a folder's files are decoded on access (the last ``keep`` kept), so a large folder is never
+    in memory whole. Every file's size is read, and the file checked, up front: a bad file is reported before any
+    work is done."""
+
+    def __init__(self, spec: str, seed: int = 0, keep: int = 8) -> None:
+        self.keep = keep
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        if spec in ("skimage", "noise"):
+            named = load_rgb_images(spec, seed)
+            self.files: list[Path] | None = None
+            self.names = [n for n, _ in named]
+            self._arrays = [a for _, a in named]
+            self.shapes = [a.shape[:2] for a in self._arrays]
+        else:
+            self.files = image_files(Path(spec).expanduser())
+            self.names = [str(p) for p in self.files]
+            self.shapes = [_checked_shape(p) for p in self.files]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        if self.files is None:
+            return self._arrays[i]
+        if i not in self._cache:
+            self._cache[i] = read_image(self.files[i], "RGB")
+            while len(self._cache) > self.keep:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(i)
+        return self._cache[i]
+
+
+def _checked_shape(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file from its header, after PIL's integrity check of the file (no decoding)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            im.verify()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"{path}: not a readable image ({str(e).strip().splitlines()[0]}); fix or remove it") from None
+    return height, width
 
 
 def images_identity(spec: str) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Pipeline (seeded, so a run's config rebuilds the same rows):
 
-* images: a folder, "skimage" or "noise" as in ``sources/images.py``, read as RGB;
+* images: a folder, "skimage" or "noise" as in ``sources/images.py``, read as RGB (a folder's files on access);
 * ``views`` square views drawn uniformly over every position where a ``crop`` x ``crop`` square fits in an
   image (``crop`` None: the model's input side, so a view is fed at its own resolution); each is resized to the
   input side S when ``crop`` differs, then made into pixel values by the model's image processor with its own
@@ -37,7 +37,7 @@ from ..device import check_device
 from ..errors import ConfigError, DataError
 from ..hooks import HookPoint, find_module, run_and_capture
 from .base import ActivationBatch, SourceBase, SourceConfigBase, check_split
-from .images import images_identity, load_rgb_images, sample_positions
+from .images import RGBImages, images_identity, sample_positions
 
 
 @dataclass(kw_only=True)
@@ -185,10 +185,10 @@ class VisionSource(SourceBase):
         self.side = self._input_side()
         """Side S of the model's square input in pixels."""
         self.crop = c.crop or self.side
-        named = load_rgb_images(c.images, c.seed)
-        self.image_names = [n for n, _ in named]
-        self.images = [img for _, img in named]
-        """(H, W, 3) uint8 RGB images, as fed to the model (before the processor's normalisation)."""
+        self.images = RGBImages(c.images, c.seed)
+        """(H, W, 3) uint8 RGB images, as fed to the model (before the processor's normalisation); a folder's are read
+        from disk on access."""
+        self.image_names = self.images.names
         self.view_positions = self._draw_views()
         """(views, 3) int64 (image index, top, left) of every view's top-left corner, train views first."""
         n_eval = max(1, round(c.views * c.eval_fraction))
@@ -218,7 +218,7 @@ class VisionSource(SourceBase):
 
     def _draw_views(self) -> np.ndarray:
         c, crop = self.config, self.crop
-        shapes = [img.shape[:2] for img in self.images]
+        shapes = self.images.shapes
         usable = [i for i, s in enumerate(shapes) if min(s) >= crop]
         if not usable:
             h, w = min(shapes, key=min)
