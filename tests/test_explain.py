@@ -139,15 +139,16 @@ def test_summary_means_standard_errors_and_paired_differences(world):
     for f, s in enumerate(real):
         store.save(f, (f"rule {f}", "m"), {"detection": s}, False, f, "m", 1)
         store.save(f, None, {"detection": Score(0, 0, 4, 4, 1, auc=0.5)}, True, (f + 1) % 3, "m", 1)
+    store.save(9, ("everywhere", "m"), {"detection": Score(0, 0, 0, 0, 0)}, False, 9, "m", 1)  # no test set
     summary = store.summary()["detection"]
     store.close()
     r, b, d = summary["real"], summary["shuffled"], summary["paired"]
-    assert r["n"] == 3 and r["balanced_accuracy"] == pytest.approx(0.75)
+    assert (r["n"], r["n_scored"]) == (4, 3) and r["balanced_accuracy"] == pytest.approx(0.75)  # no score: left out
     assert r["balanced_accuracy_se"] == pytest.approx(0.25 / 3**0.5)  # sample s.d. 0.25 over sqrt(3)
     assert r["auc"] == 0.75 and r["n_auc"] == 2 and r["auc_se"] == pytest.approx(0.25)
     assert r["yes_rate"] == pytest.approx((4 + 4 + 6) / 24) and b["yes_rate"] == 0.0  # unparsed answers left out
     assert b["balanced_accuracy"] == 0.5 and b["balanced_accuracy_se"] == 0.0
-    assert r["contexts"] == 8 and b["contexts"] == 8 and b["contexts_min"] == 8  # answered, unparsed left out
+    assert (r["contexts"], r["contexts_min"]) == (6, 0) and (b["contexts"], b["contexts_min"]) == (8, 8)
     assert (d["n"], d["higher"], d["equal"], d["lower"]) == (3, 2, 1, 0)
     assert d["balanced_accuracy"] == pytest.approx(0.25) and d["balanced_accuracy_se"] == pytest.approx(0.25 / 3**0.5)
     assert d["auc"] == pytest.approx(0.25) and d["n_auc"] == 2

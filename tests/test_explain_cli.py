@@ -207,7 +207,7 @@ def test_auc_from_the_endpoints_log_probabilities_or_empty_and_said_so(tmp_path,
         assert _run(without, url) == 0
     assert {auc for _, auc in _scores(without).values()} == {None}
     out = capsys.readouterr().out
-    assert "detection: no AUC for 2 of 2 features (the judge gave no P(yes)" in out
+    assert "detection: no AUC for 2 of 2 scored features (the judge gave no P(yes)" in out
 
     asked: list[bool] = []
 

@@ -33,6 +33,9 @@ def test_explain_and_score_over_http_with_the_local_model(smollm2_chat, planted_
         assert models["data"][0]["id"] == "local:SmolLM2-135M-Instruct"
         bad = httpx.post(f"{url}/v1/chat/completions", json={"messages": "hi"})
         assert bad.status_code == 400 and "messages must be" in bad.json()["error"]["message"]
+        hi = [{"role": "user", "content": "hi"}]
+        bad = httpx.post(f"{url}/v1/chat/completions", json={"messages": hi, "logprobs": True, "top_logprobs": 99})
+        assert bad.status_code == 400 and "top_logprobs must be" in bad.json()["error"]["message"]
         assert main([*args, "--llm", f"{url}/v1", "--llm-model", "smollm2"]) == 0
     out = capsys.readouterr().out
     assert "explained 2 of 2 chosen features with smollm2" in out and "prompt +" in out  # usage was reported

@@ -126,9 +126,15 @@ def _scorer_lines(scorer: str, kinds: dict) -> list[str]:
             f"{d['equal']}, lower {d['lower']}){auc}"
         )
     real = kinds.get("real")
-    if real and real["n_auc"] < real["n"]:
+    if real and real["n_scored"] < real["n"]:
         lines.append(
-            f"  {scorer}: no AUC for {real['n'] - real['n_auc']} of {real['n']} features (the judge gave no P(yes): "
-            "the endpoint returned no log-probabilities, or they were scored before AUCs were stored)"
+            f"  {scorer}: {real['n'] - real['n_scored']} of {real['n']} features have no score (no test set of both "
+            "classes: e.g. a feature firing in every random window has no negatives); left out of the means"
+        )
+    if real and real["n_auc"] < real["n_scored"]:
+        lines.append(
+            f"  {scorer}: no AUC for {real['n_scored'] - real['n_auc']} of {real['n_scored']} scored features (the "
+            "judge gave no P(yes): the endpoint returned no log-probabilities, or they were scored before AUCs were "
+            "stored)"
         )
     return lines

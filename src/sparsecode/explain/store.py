@@ -197,7 +197,7 @@ class ExplainStore:
     def summary(self) -> dict[str, dict[str, dict[str, float | int | None]]]:
         """{scorer: {"real"/"shuffled": means over features, "paired": real minus shuffled feature by feature}}.
 
-        real/shuffled: "n" features, mean "accuracy", "balanced_accuracy" (and its standard error "_se"), "f1",
+        real/shuffled: "n" features ("n_scored" of them with a test set of both classes), mean "accuracy", "balanced_accuracy" (and its standard error "_se"), "f1",
         "auc" (and "auc_se", over the "n_auc" features that have one), "yes_rate" (share of all answers that were
         yes), "contexts" (answered per feature, mean) and "contexts_min" (fewest; 0 for a feature without a test
         set, e.g. one firing in every random window, whose scores are then empty and left out of the means). paired, over the features scored both ways: the mean difference of balanced accuracy and of AUC with
@@ -229,6 +229,7 @@ def _scorer_summary(kinds: dict[str, dict[int, tuple]]) -> dict[str, dict[str, f
         auc, auc_se = _mean_se(column["auc"])
         out[kind] = {
             "n": len(rows),
+            "n_scored": len(column["balanced_accuracy"]),
             "accuracy": _mean_se(column["accuracy"])[0],
             "balanced_accuracy": bal,
             "balanced_accuracy_se": bal_se,
