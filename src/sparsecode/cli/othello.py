@@ -15,7 +15,7 @@ import json
 from .options import add_config_flags, given, parse_count
 
 EXAMPLES = """examples:
-  sparsecode othello train --out models/othello --seed 0        # the shipped model: 3000 steps x 32 games
+  sparsecode othello train --out models/othello --seed 0        # the shipped model: 4500 steps x 32 games
   sparsecode othello games --games 20000 --seed 1 --out games.txt
   sparsecode train --model othello --hook transformer.h.2 --corpus games.txt --max-length 61 \\
       --k 16 --latents 1024 --out runs/othello-l2                        # --model othello: the shipped model

@@ -51,11 +51,11 @@ class OthelloGPTConfig:
     """Residual stream width."""
     n_head: int = 4
     """Attention heads per block."""
-    tie_embeddings: bool = True
+    tie_embeddings: bool = False
     """Whether the output layer reuses the move embeddings (GPT-2's default). Untied, reading "the move was X" and
-    predicting "X is legal now", two different things, get their own weights (in a 400-step trial the untied model
-    led at every check: 74.0 % legal vs 69.6 % at step 400)."""
-    steps: int = 3000
+    predicting "X is legal now", two different things, get their own weights (``bench/othello_trials.py`` compares
+    the two per CPU second)."""
+    steps: int = 4500
     """Optimizer steps; every step sees ``batch_games`` new random games. 0 saves the untrained model (the
     random-init baseline)."""
     batch_games: int = 32
