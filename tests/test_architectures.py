@@ -552,7 +552,7 @@ def test_cli_passes_an_explicit_zero_through(tmp_path):
             "sae.prefixes must be increasing whole numbers in [1, n_latents=64)",
         ),
         (["--arch", "mp", "--skip"], "--skip applies to --arch transcoder, not mp"),
-        (["--target-hook", "x"], "--target-hook needs a model source"),
+        (["--target-hook", "x"], "--target-hook needs a text model source (--hook with --corpus)"),
     ],
 )
 def test_cli_rejects_flags_that_do_not_apply(tmp_path, capsys, flags, message):
