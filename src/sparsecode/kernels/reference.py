@@ -7,7 +7,7 @@ compiled kernels) are tested against them (``tests/test_kernels.py``).
 - AuxK: each row's ``k_aux`` largest pre-activations among the dead latents model the residual the live latents
   leave; ``auxk_alpha`` × the FVU of that fit is added.
 - Matryoshka: the winners (ranked over the whole dictionary) inside each nested prefix reconstruct on their own;
-  the loss sums the prefixes' FVUs.
+  the loss is the whole dictionary's FVU plus the mean of the smaller prefixes' FVUs.
 - Multi-budget: the b largest winners reconstruct on their own for each budget b; the loss averages the FVUs.
 """
 
@@ -59,7 +59,7 @@ def topk_loss(
     on input ``x`` (n, d) reconstructing ``target`` (n, d_out; default ``x``).
 
     ``prefixes`` (Matryoshka): the nested prefix sizes below m (the whole dictionary is added last), the loss
-    their FVUs' sum. ``budgets`` (multi-budget, the last equal to ``k``): the loss the mean of their FVUs. AuxK
+    the whole dictionary's FVU plus the mean of the prefixes' FVUs. ``budgets`` (multi-budget, the last equal to ``k``): the loss the mean of their FVUs. AuxK
     (``k_aux``, default d // 2) runs when ``dead`` marks any latent; its residual is that of the last
     reconstruction (the whole dictionary, or the largest budget), which is also the x_hat returned.
     """
@@ -74,7 +74,10 @@ def topk_loss(
         codes = [latents * (torch.arange(pre.shape[1], device=pre.device) < size) for size in sizes]
     x_hats = [code @ W_dec + b_dec for code in codes]
     losses = torch.stack([fvu(x_hat, target) for x_hat in x_hats])
-    loss = losses.mean() if budgets is not None else losses.sum()
+    if budgets is not None:
+        loss = losses.mean()
+    else:  # Matryoshka (TopK when there are no prefixes): the whole dictionary + the mean of the smaller prefixes
+        loss = losses[-1] + (losses[:-1].mean() if len(losses) > 1 else 0.0)
     x_hat = x_hats[-1]
     if dead is not None and bool(dead.any()):
         loss = loss + auxk_alpha * auxk(pre, dead, k_aux or x.shape[1] // 2, W_dec, (target - x_hat).detach())
