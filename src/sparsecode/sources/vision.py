@@ -195,6 +195,10 @@ class VisionSource(SourceBase):
         self.n_train_views = c.views - n_eval
         if self.n_train_views < 1:
             raise ConfigError(f"source.views {c.views} leaves no training views; raise it")
+        self.grid: tuple[int, int] | None = None
+        """(h, w) of the token grid at the hook, fixed by the first forward pass."""
+        self.n_prefix = 0
+        """Tokens before the grid ([CLS], registers)."""
         probe = self._forward(self.view_positions[:1])  # (1, T, d): checks the hook and fixes the layout
         self.d = int(probe.shape[-1])
         self.per_view = (self.n_prefix if c.keep_cls else 0) + self.grid[0] * self.grid[1]
@@ -283,7 +287,7 @@ class VisionSource(SourceBase):
                 f"hook {self.config.hook!r} gave {tuple(x.shape)}; expected tokens (batch, tokens, d) or a feature map "
                 f"(batch, d, h, w) with batch {len(views)}; hook another module (e.g. a layer of the encoder)"
             )
-        if not hasattr(self, "grid"):
+        if self.grid is None:
             self.grid, self.n_prefix = grid, prefix
         elif (grid, prefix) != (self.grid, self.n_prefix):
             raise DataError(f"hook {self.config.hook!r} changed its token layout between forward passes")
