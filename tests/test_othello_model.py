@@ -250,3 +250,36 @@ def test_fit_stops_early_on_the_full_schedule_and_counts_cpu_seconds():
     cpu = [h["cpu_seconds"] for h in history]
     assert cpu == sorted(cpu) and cpu[-1] > 0
     assert _lr_at(2, cfg) < cfg.lr  # step 3 of 10 is already decaying: the trial saw the full run's schedule
+
+
+def test_an_interrupted_training_resumes_from_its_checkpoint_to_the_same_model(tmp_path):
+    from safetensors.torch import load_file
+
+    from sparsecode.worlds.othello_gpt import checkpoint_path, fit_othello_gpt, held_out_games
+
+    cfg = OthelloGPTConfig(n_layer=1, n_embd=16, n_head=2, steps=8, warmup=2, batch_games=4, eval_games=10)
+    whole = train_othello_gpt(cfg, tmp_path / "whole", progress=False, log_every=2)
+    ckpt = checkpoint_path(tmp_path / "resumed")
+    # a run stopped after 5 steps, its last checkpoint at step 3 (what Ctrl-C at step 5 leaves behind)
+    fit_othello_gpt(cfg, held_out_games(cfg), progress=False, log_every=2, stop=5, checkpoint=ckpt, checkpoint_every=3)
+    assert ckpt.is_file()
+    resumed = train_othello_gpt(cfg, tmp_path / "resumed", progress=False, log_every=2)
+    a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("whole", "resumed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    drop_cpu = [{k: v for k, v in h.items() if k != "cpu_seconds"} for h in whole["history"]]
+    assert [{k: v for k, v in h.items() if k != "cpu_seconds"} for h in resumed["history"]] == drop_cpu
+    assert not ckpt.exists()  # the finished model replaces its checkpoint
+    # a checkpoint of other flags is refused, not silently continued
+    other = checkpoint_path(tmp_path / "other")
+    fit_othello_gpt(cfg, held_out_games(cfg), progress=False, stop=4, checkpoint=other, checkpoint_every=3)
+    with pytest.raises(ConfigError, match="checkpoint of another config"):
+        train_othello_gpt(OthelloGPTConfig(**{**cfg.__dict__, "lr": 0.001}), tmp_path / "other", progress=False)
+
+
+def test_a_corrupt_checkpoint_is_one_error_line(tmp_path, capsys):
+    (tmp_path / "m.checkpoint.pt").write_bytes(b"not a checkpoint")
+    argv = ["othello", "train", "--out", str(tmp_path / "m"), "--steps", "2", "--n-layer", "1", "--n-embd", "16"]
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "unreadable Othello checkpoint" in err[0]
+    assert not (tmp_path / "m").exists()

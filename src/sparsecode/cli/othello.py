@@ -34,7 +34,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=1, help="seed of the games")
     g.add_argument("--out", required=True, metavar="FILE", help=".txt file to write")
     t = sub.add_parser("train", help="train the Othello GPT on fresh random games and save it as a model folder")
-    t.add_argument("--out", required=True, metavar="DIR", help="new (or empty) folder for the model")
+    t.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="new (or empty) folder for the model; until it is written, DIR.checkpoint.pt (saved every 500 steps) "
+        "lets the same command continue an interrupted run",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(config_flags=add_config_flags(t, [OthelloGPTConfig]))
     pr = sub.add_parser("probe", help="linear board probes (mine / theirs / empty) on every layer of a model")
@@ -57,9 +63,11 @@ def _games(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..worlds.othello_gpt import OthelloGPTConfig, train_othello_gpt
+    from ..worlds.othello_gpt import OthelloGPTConfig, checkpoint_path, train_othello_gpt
 
     cfg = OthelloGPTConfig(**given(args, args.config_flags))
+    if checkpoint_path(args.out).is_file():
+        print(f"continuing from {checkpoint_path(args.out)} (an unfinished run of these flags)")
     info = train_othello_gpt(cfg, args.out, progress=not args.quiet)
     print(
         f"trained {args.out}: {info['parameters']:,} parameters, {cfg.steps} steps x {cfg.batch_games} games in "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -206,19 +207,29 @@ def fit_othello_gpt(
     progress: bool = True,
     log_every: int = 100,
     stop: int | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 500,
 ) -> tuple[Any, list[dict]]:
     """A new model trained by ``cfg`` (its first ``stop`` steps only, if given; the schedule stays ``cfg.steps``
     long) and its history: every ``log_every`` steps the loss, the legal-move rate on ``eval_games[:100]`` and the
-    CPU seconds of this process so far (one thread: the cost of the steps, whatever else the machine runs)."""
+    CPU seconds of this process so far (one thread: the cost of the steps, whatever else the machine runs).
+
+    With ``checkpoint`` (a file path), the model, optimizer and history are saved there every ``checkpoint_every``
+    steps, and a run whose checkpoint exists continues from it: every step's games come from the step's own seed and
+    nothing else is random, so the resumed run ends with the same weights as an uninterrupted one.
+    """
     from tqdm.auto import tqdm
 
     model = new_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    history = []
-    cpu0 = time.process_time()
+    history: list[dict] = []
+    first, cpu_before = 0, 0.0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        first, history, cpu_before = _load_checkpoint(Path(checkpoint), cfg, model, opt)
+    cpu0 = time.process_time() - cpu_before
     model.train()
     last = cfg.steps if stop is None else min(stop, cfg.steps)
-    bar = tqdm(range(last), desc="othello", disable=not progress)
+    bar = tqdm(range(first, last), desc="othello", disable=not progress, initial=first, total=last)
     for step in bar:
         games = othello.random_games(cfg.batch_games, seed=cfg.seed * 1_000_000 + step)
         loss = _loss(model, games, cfg.targets)
@@ -234,7 +245,25 @@ def fit_othello_gpt(
             history.append({"step": step + 1, "loss": round(float(loss.detach()), 4), "legal_top1": round(rate, 4)})
             history[-1]["cpu_seconds"] = round(time.process_time() - cpu0, 1)
             bar.set_postfix(history[-1])
+        if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < last:
+            state = {"config": asdict(cfg), "step": step + 1, "history": history, "cpu": time.process_time() - cpu0}
+            state |= {"model": model.state_dict(), "optimizer": opt.state_dict()}
+            atomic_write(Path(checkpoint), lambda p, state=state: torch.save(state, p))
     return model, history
+
+
+def _load_checkpoint(path: Path, cfg: OthelloGPTConfig, model: Any, opt: Any) -> tuple[int, list[dict], float]:
+    """Restore ``model`` and ``opt`` from a checkpoint of the same config; (next step, history, CPU seconds)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"{path}: unreadable Othello checkpoint ({first}); delete it to start over") from None
+    if state.get("config") != asdict(cfg):
+        raise ConfigError(f"{path} is a checkpoint of another config; delete it or train with the same flags")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    return int(state["step"]), list(state["history"]), float(state["cpu"])
 
 
 def held_out_games(cfg: OthelloGPTConfig) -> list[list[int]]:
@@ -249,7 +278,8 @@ def train_othello_gpt(cfg: OthelloGPTConfig, out: str | Path, progress: bool = T
         raise ConfigError(f"{out} is not empty; choose a new folder for the Othello model")
     eval_games = held_out_games(cfg)
     start = time.perf_counter()
-    model, history = fit_othello_gpt(cfg, eval_games, progress=progress, log_every=log_every)
+    ckpt = checkpoint_path(out)
+    model, history = fit_othello_gpt(cfg, eval_games, progress=progress, log_every=log_every, checkpoint=ckpt)
     seconds = time.perf_counter() - start
     rate = legal_move_rate(model, eval_games)
     info = {
@@ -278,7 +308,14 @@ def train_othello_gpt(cfg: OthelloGPTConfig, out: str | Path, progress: bool = T
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    ckpt.unlink(missing_ok=True)
     return info
+
+
+def checkpoint_path(out: str | Path) -> Path:
+    """Where ``train_othello_gpt`` keeps its checkpoint while it trains into ``out`` (a sibling file)."""
+    out = Path(out)
+    return out.parent / f"{out.name}.checkpoint.pt"
 
 
 def reproducing_command(cfg: OthelloGPTConfig) -> str:
