@@ -4,6 +4,8 @@ backend) against ``kernels.reference``'s dense losses, and each compiled kernel 
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -395,6 +397,70 @@ def test_batchtopk_sparse_step_matches_its_dense_step(monkeypatch, rank_relative
         sae.b_enc.zero_()
     aligned = x.clone()
     aligned[0] = sae.b_dec.detach() + 5 * u
+    sae.training_output(aligned, dead_mask=None, progress=0.5)
+    assert calls == [1]
+
+
+def _sparse_and_dense_steps(cfg, dtype, open_per_latent=3):
+    """Two copies of a ``cfg`` dictionary, each latent open on about ``open_per_latent`` of 512 rows, and the
+    sparse ``training_output`` of the first (asserting it ran sparse) and the dense step of the second."""
+    torch.manual_seed(5)
+    x = torch.nn.functional.normalize(torch.randn(512, cfg.d_in, dtype=dtype), dim=1) * 4  # rows of equal norm
+    sae = build_sae(cfg)
+    sae.initialize_from_data(x.float())
+    sae.to(dtype)
+    with torch.no_grad():
+        if cfg.arch == "gated":  # gate bias: each latent opens on its ``open_per_latent`` largest projections
+            sae.b_enc.copy_(-sae.pre_acts(x).topk(open_per_latent + 1, dim=0).values.mean(0) + sae.b_enc)
+            sae.r_mag.normal_(0, 0.3)
+            sae.b_mag.normal_(0, 0.1)
+        else:  # thresholds between each latent's ``open_per_latent`` largest z and the next
+            z = sae.pre_acts(x).relu()
+            z = z if sae.row_rms(x) is None else z / sae.row_rms(x)
+            sae.log_threshold.copy_(z.topk(open_per_latent + 1, dim=0).values[-2:].mean(0).clamp_min(0.1).log())
+    twin = copy.deepcopy(sae)
+    calls = []
+    original = sae._dense_training_output
+    sae._dense_training_output = lambda *a: calls.append(1) or original(*a)
+    sparse_out = sae.training_output(x, dead_mask=None, progress=0.5)
+    assert calls == []  # an ordinary batch takes the sparse path
+    dense_out = twin._dense_training_output(x, 0.5)
+    return (sae, sparse_out), (twin, dense_out), calls, x
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(
+    "arch,extra",
+    [("jumprelu", {"relative_threshold": True}), ("jumprelu", {"relative_threshold": False}), ("gated", {})],
+    ids=["jumprelu", "jumprelu-absolute", "gated"],
+)
+def test_target_l0_sparse_step_matches_its_dense_step(arch, extra, dtype):
+    """JumpReLU's and Gated's candidates-per-row step gives the dense step's loss, reconstruction, metrics and
+    every gradient (thresholds included: latents just below theirs are candidates too); a batch where some row
+    might have more open latents than candidates takes the dense path itself."""
+    from sparsecode.sae.common import candidate_width
+
+    extra = {"bandwidth": 0.02, **extra} if arch == "jumprelu" else extra
+    cfg = ARCHITECTURES[arch].config_class(d_in=16, n_latents=256, target_l0=4.0, **extra)
+    (sae, sparse_out), (twin, dense_out), calls, x = _sparse_and_dense_steps(cfg, dtype)
+    tol = {"rtol": 1e-9, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-6}
+    torch.testing.assert_close(sparse_out.loss, dense_out.loss, **tol)
+    torch.testing.assert_close(sparse_out.x_hat, dense_out.x_hat, **tol)
+    assert torch.equal(sparse_out.fired, dense_out.fired)
+    for name, value in dense_out.metrics.items():
+        torch.testing.assert_close(sparse_out.metrics[name], value, msg=name, **tol)
+    ours, ref = grads(sae, sparse_out.loss), grads(twin, dense_out.loss)
+    for name in ref:
+        assert ref[name].abs().sum() > 0, name
+        torch.testing.assert_close(ours[name], ref[name], msg=name, **tol)
+
+    # a row aligned with more identical encoder columns than it has candidates: the dense path runs instead
+    u = torch.nn.functional.normalize(torch.randn(16, dtype=dtype), dim=0)
+    with torch.no_grad():
+        sae.W_enc[:, : candidate_width(4.0, 256) + 8] = u[:, None]
+        sae.b_enc.zero_()
+    aligned = x.clone()
+    aligned[0] = sae.b_dec.detach() + 50 * u
     sae.training_output(aligned, dead_mask=None, progress=0.5)
     assert calls == [1]
 

@@ -194,6 +194,11 @@ class SparseAutoencoder(nn.Module):
         self.b_dec /= scale
         self._fold_extra(scale)
 
+    def train(self, mode: bool = True) -> SparseAutoencoder:
+        if not mode:  # the sparse training steps' scratch buffers (``kernels.EncoderScratch``) are not needed
+            self.__dict__.pop("_scratch", None)
+        return super().train(mode)
+
     def _fold_extra(self, scale: float) -> None:
         """Architectures with thresholds or other input-scaled parameters fold them here."""
 

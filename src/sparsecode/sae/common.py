@@ -11,8 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..kernels import SparsePattern, sparse_decode
-from .base import TrainOutput, total_variance
+from ..kernels import EncoderScratch, SparsePattern, encoder_topk, sparse_decode
+from .base import TrainOutput, data_parallel, total_variance
+
+CANDIDATES_PER_TARGET = 4
+"""Per-row candidates of the sparse steps of dictionaries with a target L0 (JumpReLU, Gated), in multiples of the
+target: a batch where some row might have more active latents takes the dense step."""
 
 
 def fvu(x_hat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -78,6 +82,34 @@ def add_auxk(
     aux = auxk_loss(*chosen, sae.W_dec, residual)
     metrics["auxk_loss"] = aux.detach()
     return loss + sae.cfg.auxk_alpha * aux
+
+
+def candidate_width(target_l0: float | None, n_latents: int) -> int | None:
+    """How many candidates per row a sparse step with this target L0 considers; None (dense steps only) without a
+    target, or when the candidates would be more than half of the dictionary (the dense product is as cheap)."""
+    if target_l0 is None:
+        return None
+    width = CANDIDATES_PER_TARGET * math.ceil(target_l0)
+    return width if width <= n_latents // 2 else None
+
+
+@torch.no_grad()
+def encoder_candidates(
+    sae: nn.Module, x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's ``width`` largest ``(x − b_dec) W_enc + b_enc`` (n, width) and their latents (n, width), with the
+    SAE's ``b_dec`` and reused scratch buffers (``kernels.encoder_topk``: the step's one dense product)."""
+    scratch = sae.__dict__.setdefault("_scratch", EncoderScratch())  # plain attribute: reused buffers
+    return encoder_topk(x, W_enc, b_enc, sae.b_dec, width, scratch=scratch)
+
+
+@torch.no_grad()
+def any_process(flag: torch.Tensor) -> bool:
+    """Whether the scalar bool ``flag`` is true in this process or, under data-parallel training, in any."""
+    flag = flag.to(torch.uint8).reshape(1)
+    if data_parallel():
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag[0])
 
 
 def l0(latents: torch.Tensor) -> torch.Tensor:

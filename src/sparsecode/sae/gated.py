@@ -9,8 +9,18 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import SparseAutoencoder, TrainOutput
-from .common import L0Controller, fvu, l0, penalised_fvu, steered
+from ..kernels import SparsePattern, gathered_pre_acts, sparse_decode, sparse_fvu
+from .base import SparseAutoencoder, TrainOutput, total_variance
+from .common import (
+    L0Controller,
+    any_process,
+    candidate_width,
+    encoder_candidates,
+    fvu,
+    l0,
+    penalised_fvu,
+    steered,
+)
 from .relu import ReLUConfig
 
 
@@ -59,6 +69,38 @@ class GatedSAE(SparseAutoencoder):
     def training_output(
         self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float, target: torch.Tensor | None = None
     ) -> TrainOutput:
+        """The sparse step: every term of the loss involves only open gates (gate > 0), so after the one dense
+        product (each row's ``candidate_width`` largest gate pre-activations) it works on those, with the dense
+        step's loss and gradients; the dense step without a target L0 or when some row has more open gates."""
+        width = candidate_width(self.cfg.target_l0, self.cfg.n_latents)
+        if width is None:
+            return self._dense_training_output(x, progress)
+        top_gate, indices = encoder_candidates(self, x, self.W_enc, self.b_enc, width)  # (n, width) each
+        if any_process((top_gate.amin(1) > 0).any()):  # a row whose smallest candidate is open may have more
+            return self._dense_training_output(x, progress)
+        pattern = SparsePattern(indices, self.cfg.n_latents)
+        gate = gathered_pre_acts(top_gate, x, self.W_enc, self.b_enc, self.b_dec, pattern)  # (n, width)
+        projected = gate - self.b_enc[indices]  # (x − b_dec) W_enc at the candidates
+        mag = projected * self.r_mag.exp()[indices] + self.b_mag[indices]  # (n, width)
+        latents = (gate.detach() > 0) * mag.relu()  # (n, width)
+        gate_acts = gate.relu()  # (n, width)
+        sparsity = (gate_acts * self.W_dec.norm(dim=1)[indices]).sum(-1)  # (n,)
+        x_hat_gate = sparse_decode(gate_acts, pattern, self.W_dec.detach()) + self.b_dec.detach()  # (n, d_in)
+        aux = fvu(x_hat_gate, x)
+        batch_l0 = (latents > 0).sum(-1).float().mean().detach()
+        coefficient = steered(self, self.cfg.l1, self.cfg.l1_warmup, progress, batch_l0)
+        variance = total_variance(x).clamp_min(1e-12)
+        with torch.autocast(x.device.type, enabled=False):
+            batch_fvu, x_hat = sparse_fvu(latents, pattern, self.W_dec, self.b_dec, x, variance)
+        loss = batch_fvu + coefficient * sparsity.sum() / variance + aux
+        fired = torch.zeros(self.cfg.n_latents, dtype=torch.bool, device=x.device)
+        fired[indices[latents.detach() > 0]] = True
+        return TrainOutput(
+            loss=loss, x_hat=x_hat, fired=fired, metrics=_metrics(batch_fvu, batch_l0, sparsity, aux, coefficient)
+        )
+
+    def _dense_training_output(self, x: torch.Tensor, progress: float) -> TrainOutput:
+        """The plain dense formulation (what the sparse step is tested against)."""
         gate, mag = self._paths(x)  # (n, n_latents) each
         latents = (gate > 0) * mag.relu()  # (n, n_latents); no gradient reaches the gate through here
         x_hat = self.decode(latents)  # (n, d_in)
@@ -70,15 +112,24 @@ class GatedSAE(SparseAutoencoder):
         batch_l0 = l0(latents)
         coefficient = steered(self, self.cfg.l1, self.cfg.l1_warmup, progress, batch_l0)
         loss, batch_fvu = penalised_fvu(x_hat, x, coefficient, sparsity)
-        loss = loss + aux
-        metrics = {
-            "fvu": batch_fvu,
-            "l0": batch_l0,
-            "l1": sparsity.mean().detach(),
-            "aux_loss": aux.detach(),
-            "l1_coefficient": coefficient.detach(),
-        }
-        return TrainOutput(loss=loss, x_hat=x_hat, fired=(latents > 0).any(0), metrics=metrics)
+        metrics = _metrics(batch_fvu, batch_l0, sparsity, aux, coefficient)
+        return TrainOutput(loss=loss + aux, x_hat=x_hat, fired=(latents > 0).any(0), metrics=metrics)
 
     def _fold_extra(self, scale: float) -> None:
         self.b_mag /= scale
+
+
+def _metrics(
+    batch_fvu: torch.Tensor,
+    batch_l0: torch.Tensor,
+    sparsity: torch.Tensor,
+    aux: torch.Tensor,
+    coefficient: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    return {
+        "fvu": batch_fvu.detach(),
+        "l0": batch_l0,
+        "l1": sparsity.mean().detach(),
+        "aux_loss": aux.detach(),
+        "l1_coefficient": coefficient.detach(),
+    }

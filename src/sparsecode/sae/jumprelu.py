@@ -23,8 +23,17 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from .base import SAEConfig, SparseAutoencoder, TrainOutput
-from .common import L0Controller, check_target_l0, penalised_fvu, steered
+from ..kernels import SparsePattern, gathered_pre_acts, sparse_fvu
+from .base import SAEConfig, SparseAutoencoder, TrainOutput, total_variance
+from .common import (
+    L0Controller,
+    any_process,
+    candidate_width,
+    check_target_l0,
+    encoder_candidates,
+    penalised_fvu,
+    steered,
+)
 
 
 def _rectangle(u: torch.Tensor) -> torch.Tensor:
@@ -32,7 +41,8 @@ def _rectangle(u: torch.Tensor) -> torch.Tensor:
 
 
 class _JumpReLU(torch.autograd.Function):
-    """z · H(z − θ); ∂/∂z = H(z − θ), ∂/∂θ = −(θ/ε) K((z − θ)/ε)."""
+    """z · H(z − θ); ∂/∂z = H(z − θ), ∂/∂θ = −(θ/ε) K((z − θ)/ε). θ is (n_latents,) against dense (n, n_latents)
+    z, or one threshold per entry of z (the sparse step's gathered thresholds)."""
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
@@ -45,7 +55,7 @@ class _JumpReLU(torch.autograd.Function):
         z, theta = ctx.saved_tensors
         eps = ctx.bandwidth
         grad_z = grad * (z > theta)
-        grad_theta = (grad * -(theta / eps) * _rectangle((z - theta) / eps)).sum(0)
+        grad_theta = (grad * -(theta / eps) * _rectangle((z - theta) / eps)).sum_to_size(theta.shape)
         return grad_z, grad_theta, None
 
 
@@ -62,7 +72,7 @@ class _Step(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         z, theta = ctx.saved_tensors
         eps = ctx.bandwidth
-        return None, (grad * -(1.0 / eps) * _rectangle((z - theta) / eps)).sum(0), None
+        return None, (grad * -(1.0 / eps) * _rectangle((z - theta) / eps)).sum_to_size(theta.shape), None
 
 
 @dataclass
@@ -170,8 +180,7 @@ class JumpReLUSAE(SparseAutoencoder):
         planted features in 48 dims at the CLI defaults, 122 steps: the L0 rose to 100 for a target of 4)."""
         if not self.cfg.relative_threshold:
             return None
-        rms = ((x - self.b_dec).norm(dim=-1, keepdim=True) / math.sqrt(self.cfg.d_in)).clamp_min(1e-12)  # (n, 1)
-        return rms * self.W_enc.norm(dim=0).clamp_min(1e-12)  # (n, n_latents)
+        return self._rms(x) * self.W_enc.norm(dim=0).clamp_min(1e-12)  # (n, n_latents)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.pre_acts(x)  # (n, n_latents)
@@ -181,6 +190,58 @@ class JumpReLUSAE(SparseAutoencoder):
     def training_output(
         self, x: torch.Tensor, *, dead_mask: torch.Tensor | None, progress: float, target: torch.Tensor | None = None
     ) -> TrainOutput:
+        """The sparse step (``_candidates``): one dense product, then only each row's candidates, with the dense
+        step's loss and gradients; the dense step when a row might have more latents than candidates within the
+        reach of the thresholds' gradient."""
+        found = self._candidates(x)
+        if found is None:
+            return self._dense_training_output(x, progress)
+        top_pre, indices, scale = found  # (n, width) each
+        pattern = SparsePattern(indices, self.cfg.n_latents)
+        pre = gathered_pre_acts(top_pre, x, self.W_enc, self.b_enc, self.b_dec, pattern).relu()  # (n, width)
+        z = pre / scale  # what the threshold sees
+        theta = self.threshold[indices]  # (n, width)
+        latents = _JumpReLU.apply(z, theta, self.cfg.bandwidth) * scale  # (n, width)
+        l0 = _Step.apply(z, theta, self.cfg.bandwidth).sum(-1)  # (n,)
+        coefficient = steered(self, self.cfg.l0_coefficient, self.cfg.l0_warmup, progress, l0.mean().detach())
+        variance = total_variance(x).clamp_min(1e-12)
+        with torch.autocast(x.device.type, enabled=False):
+            batch_fvu, x_hat = sparse_fvu(latents, pattern, self.W_dec, self.b_dec, x, variance)
+        loss = batch_fvu + coefficient * l0.sum() / variance
+        fired = torch.zeros(self.cfg.n_latents, dtype=torch.bool, device=x.device)
+        fired[indices[latents.detach() > 0]] = True
+        return TrainOutput(loss=loss, x_hat=x_hat, fired=fired, metrics=self._metrics(batch_fvu, l0, coefficient))
+
+    @torch.no_grad()
+    def _candidates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Each row's ``candidate_width`` latents whose pre-activation is largest relative to the
+        lower edge of their threshold's kernel, θ − ε/2 (in pre-activation units): their pre-activations,
+        indices and the (n, width) scales z = pre / scale, each (n, width). Outside them every latent of the row
+        has a smaller ratio than the row's smallest candidate; when that is below 1 in every row, no other latent
+        is active or near enough to its threshold to get a gradient, and the sparse step equals the dense one.
+        None (take the dense step) without a candidate width, when a threshold's kernel reaches 0, or when some
+        row's smallest candidate is within the kernel."""
+        cfg = self.cfg
+        width = candidate_width(cfg.target_l0, cfg.n_latents)
+        edge = self.threshold - cfg.bandwidth / 2  # (n_latents,)
+        if width is None or not bool(edge.min() > 0):
+            return None
+        rms = self._rms(x)  # (n, 1)
+        columns = self.W_enc.norm(dim=0).clamp_min(1e-12) if cfg.relative_threshold else torch.ones_like(edge)
+        unit = columns * edge  # (n_latents,) the pre-activation at the kernel's edge, per unit of row RMS
+        ratio, indices = encoder_candidates(self, x, self.W_enc / unit, self.b_enc / unit, width)  # (n, width)
+        if any_process((ratio.amin(1) >= rms[:, 0]).any()):
+            return None
+        return ratio * unit[indices], indices, rms * columns[indices]
+
+    def _rms(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, 1) each row's RMS ‖x − b_dec‖ / √d_in, or ones when thresholds are absolute."""
+        if not self.cfg.relative_threshold:
+            return x.new_ones(x.shape[0], 1)
+        return ((x - self.b_dec).norm(dim=-1, keepdim=True) / math.sqrt(self.cfg.d_in)).clamp_min(1e-12)
+
+    def _dense_training_output(self, x: torch.Tensor, progress: float) -> TrainOutput:
+        """The plain dense formulation (what the sparse step is tested against)."""
         pre = self.pre_acts(x).relu()  # (n, n_latents); θ > 0, so negative entries never pass
         rms = self.row_rms(x)  # (n, n_latents) or None
         z = pre if rms is None else pre / rms  # what the threshold sees
@@ -191,13 +252,17 @@ class JumpReLUSAE(SparseAutoencoder):
         l0 = _Step.apply(z, theta, self.cfg.bandwidth).sum(-1)  # (n,)
         coefficient = steered(self, self.cfg.l0_coefficient, self.cfg.l0_warmup, progress, l0.mean().detach())
         loss, batch_fvu = penalised_fvu(x_hat, x, coefficient, l0)
-        metrics = {
-            "fvu": batch_fvu,
+        return TrainOutput(
+            loss=loss, x_hat=x_hat, fired=(latents > 0).any(0), metrics=self._metrics(batch_fvu, l0, coefficient)
+        )
+
+    def _metrics(self, batch_fvu: torch.Tensor, l0: torch.Tensor, coefficient: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {
+            "fvu": batch_fvu.detach(),
             "l0": l0.mean().detach(),
-            "mean_threshold": theta.mean().detach(),
+            "mean_threshold": self.threshold.mean().detach(),
             "l0_coefficient": coefficient.detach(),
         }
-        return TrainOutput(loss=loss, x_hat=x_hat, fired=(latents > 0).any(0), metrics=metrics)
 
     def _fold_extra(self, scale: float) -> None:
         if not self.cfg.relative_threshold:  # a ratio to the row's RMS does not scale

@@ -145,8 +145,3 @@ class TopKSAE(SparseAutoencoder):
             return None
         dead = dead_mask.nonzero().squeeze(1)  # (n_dead,)
         return DeadLatents(dead, min(self.cfg.k_aux or d_in // 2, len(dead)))
-
-    def train(self, mode: bool = True) -> TopKSAE:
-        if not mode:
-            self.__dict__.pop("_scratch", None)  # the training scratch buffers are not needed for inference
-        return super().train(mode)
