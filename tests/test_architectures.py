@@ -280,6 +280,22 @@ def test_jumprelu_threshold_gradient_comes_from_the_kernel_window_only():
     assert torch.all(grad[~near] == 0) and torch.any(grad[near] != 0)
 
 
+def test_gated_with_a_target_starts_with_each_latent_open_on_its_share_of_rows():
+    """With a target L0 the gate biases start so that every latent opens on target_l0 / n_latents of the sample's
+    rows: the initial L0 is the target (not half the dictionary) and no latent starts dead or always open."""
+    x = torch.randn(2048, 16) * torch.rand(2048, 1).add(0.5) + 3.0  # off-centre rows of varied norm
+    for target in (2.0, 8.0):
+        sae = GatedSAE(GatedConfig(d_in=16, n_latents=256, target_l0=target))
+        sae.initialize_from_data(x)
+        opened = sae.encode(x) > 0  # (n, n_latents)
+        assert abs(opened.sum(-1).float().mean().item() - target) < 0.1 * target
+        rates = opened.float().mean(0)  # (n_latents,)
+        assert rates.min() > 0 and rates.max() < 3 * target / 256
+    plain = GatedSAE(GatedConfig(d_in=16, n_latents=256))
+    plain.initialize_from_data(x)
+    assert torch.equal(plain.b_enc, torch.zeros(256))  # without a target: the gate bias starts at 0 as before
+
+
 def test_gated_l1_only_acts_on_the_gate_path():
     """Raising the L1 coefficient changes the gate's gradients, never the magnitude path's."""
     x = torch.randn(128, 16)
