@@ -283,3 +283,36 @@ def test_a_corrupt_checkpoint_is_one_error_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "unreadable Othello checkpoint" in err[0]
     assert not (tmp_path / "m").exists()
+
+
+class _BoardInItsResidual(torch.nn.Module):
+    """A stand-in 'model' whose layer 1 is the true board after each token, linearly embedded, and whose layer 0
+    is noise: probes must read layer 1 perfectly and layer 0 not at all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.embed = torch.randn(192, 256, generator=g)  # injective: the board is fully readable
+
+    def forward(self, input_ids, attention_mask, output_hidden_states=True):
+        from types import SimpleNamespace
+
+        from sparsecode.worlds.othello_gpt import boards_of_ids
+
+        boards = torch.from_numpy(boards_of_ids(input_ids.numpy()).astype(np.int64))  # (b, T, 64)
+        board = torch.nn.functional.one_hot(boards, 3).reshape(*boards.shape[:2], 192).float() @ self.embed
+        noise = torch.randn(board.shape, generator=torch.Generator().manual_seed(1))
+        return SimpleNamespace(hidden_states=(noise, board))
+
+
+def test_probe_as_features_scores_a_linearly_held_board_as_a_perfect_dictionary():
+    from sparsecode.eval.board import board_metrics
+
+    rows = probe_layers(_BoardInItsResidual(), n_games=120, score=board_metrics)
+    noise, board = rows
+    assert board["accuracy"] > 0.99 and noise["accuracy"] < board["majority"] + 0.05
+    # the probe's probabilities of a board it reads exactly are exact classifiers of the 192 BSPs (bar the four
+    # centre squares' never-occurring "empty": coverage 188 / 192)
+    assert board["probe_as_features"]["reconstruction_f1"] > 0.97
+    assert board["probe_as_features"]["coverage"] == pytest.approx(188 / 192, abs=0.01)
+    assert noise["probe_as_features"]["reconstruction_f1"] < 0.1

@@ -78,17 +78,21 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
+    from ..eval.board import board_metrics
     from ..sources.hf import load_model, resolve_model
     from ..worlds.othello_gpt import load_info, probe_layers
 
     path = resolve_model(args.model)  # a folder, or "othello": the shipped model
     load_info(path)  # one line if this is not an Othello model
     model, _ = load_model(path)
-    rows = probe_layers(model, n_games=args.games)
+    rows = probe_layers(model, n_games=args.games, score=board_metrics)
     print(json.dumps(rows))
     for r in rows:
+        as_features = r["probe_as_features"]
         print(
-            f"  layer {r['layer']}: board probe accuracy {100 * r['accuracy']:.1f}% (majority {100 * r['majority']:.1f}%)"
+            f"  layer {r['layer']}: board probe accuracy {100 * r['accuracy']:.1f}% (majority {100 * r['majority']:.1f}%);"
+            f" the probe as features: board reconstruction F1 {as_features['reconstruction_f1']:.3f},"
+            f" coverage {as_features['coverage']:.3f}"
         )
     return 0
 

@@ -16,6 +16,7 @@ import pickle
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -368,39 +369,67 @@ def hidden_rows(model: Any, games: list[list[int]], batch: int = 256) -> tuple[l
     return [torch.cat(h) for h in per_layer], np.concatenate(boards)
 
 
-def linear_probe_accuracy(
-    fit_x: torch.Tensor, fit_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, steps: int = 100
-) -> float:
-    """Accuracy on held-out rows of a linear probe (one 3-way softmax per square) trained by full-batch Adam.
-
-    ``*_x`` (rows, d) activations, ``*_y`` (rows, 64) square states.
-    """
+def fit_linear_probe(
+    fit_x: torch.Tensor, fit_y: torch.Tensor, steps: int = 100
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A linear probe (one 3-way softmax per square) trained by full-batch Adam on ``fit_x`` (rows, d) activations
+    and ``fit_y`` (rows, 64) square states; returns the map from activations (rows, d) to the probe's state
+    probabilities (rows, 64, 3)."""
     torch.manual_seed(0)
     mean, std = fit_x.mean(0), fit_x.std(0).clamp_min(1e-6)
-    fx, tx = (fit_x - mean) / std, (test_x - mean) / std
-    probe = torch.nn.Linear(fx.shape[1], 64 * 3)
+    probe = torch.nn.Linear(fit_x.shape[1], 64 * 3)
     opt = torch.optim.Adam(probe.parameters(), lr=0.05)
+    fx = (fit_x - mean) / std
     for _ in range(steps):
         logits = probe(fx).reshape(-1, 64, 3)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 3), fit_y.reshape(-1).long())
         opt.zero_grad()
         loss.backward()
         opt.step()
-    with torch.no_grad():
-        pred = probe(tx).reshape(-1, 64, 3).argmax(-1)
-    return float((pred == test_y).float().mean())
+
+    @torch.no_grad()
+    def probabilities(x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(probe((x - mean) / std).reshape(-1, 64, 3), -1)
+
+    return probabilities
 
 
-def probe_layers(model: Any, n_games: int = 300, seed: int = 7) -> list[dict[str, float]]:
+def linear_probe_accuracy(
+    fit_x: torch.Tensor, fit_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, steps: int = 100
+) -> float:
+    """Accuracy on held-out rows of :func:`fit_linear_probe`. ``*_x`` (rows, d) activations, ``*_y`` (rows, 64)
+    square states."""
+    probabilities = fit_linear_probe(fit_x, fit_y, steps)
+    return float((probabilities(test_x).argmax(-1) == test_y).float().mean())
+
+
+def probe_layers(
+    model: Any, n_games: int = 300, seed: int = 7, score: Callable[..., dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """Per layer (0 = embeddings), the held-out accuracy of a linear board probe (mine / theirs / empty), and the
-    accuracy of always guessing each square's most common state (the floor a probe must beat)."""
+    accuracy of always guessing each square's most common state (the floor a probe must beat).
+
+    With ``score`` (``eval.board.board_metrics``: features, boards, fit mask -> metrics), each layer also gets
+    ``probe_as_features``: those metrics for the probe's 192 state probabilities taken as the features of a
+    dictionary, on the same fit / scored games. A dictionary whose latents were exactly the probe's directions
+    would score that; it shows how much of the board the layer offers to any linear dictionary.
+    """
     games = othello.random_games(n_games, seed)
     fit_layers, fit_boards = hidden_rows(model, games[: n_games // 2])
     test_layers, test_boards = hidden_rows(model, games[n_games // 2 :])  # held-out games, not just rows
     fit_y, test_y = (torch.from_numpy(b.astype(np.int64)) for b in (fit_boards, test_boards))
     majority = torch.mode(fit_y, dim=0).values  # (64,)
     floor = float((test_y == majority).float().mean())
-    return [
-        {"layer": i, "accuracy": linear_probe_accuracy(f, fit_y, t, test_y), "majority": floor}
-        for i, (f, t) in enumerate(zip(fit_layers, test_layers))
-    ]
+    rows: list[dict[str, Any]] = []
+    for i, (f, t) in enumerate(zip(fit_layers, test_layers)):
+        probabilities = fit_linear_probe(f, fit_y)
+        test_p = probabilities(t)  # (scored, 64, 3)
+        row: dict[str, Any] = {"layer": i, "accuracy": float((test_p.argmax(-1) == test_y).float().mean())}
+        row["majority"] = floor
+        if score is not None:
+            feats = torch.cat([probabilities(f), test_p]).reshape(-1, 64 * 3)  # (rows, 192), state-major per square
+            fit = torch.arange(len(feats)) < len(f)
+            m = score(feats, torch.cat([fit_y, test_y]), fit=fit)
+            row["probe_as_features"] = {"reconstruction_f1": m["reconstruction_f1"], "coverage": m["coverage"]}
+        rows.append(row)
+    return rows
