@@ -2,7 +2,7 @@
 variants, each the first ``--stop`` steps of its full ``--steps``-step schedule (so every trial sees the learning
 rate the full run would), on one torch thread.
 
-    python bench/othello_trials.py [--stop 400] [--steps 4500] [--log-every 100] [--variants JSON] [--out FILE]
+    python bench/othello_trials.py [--stop 400] [--steps N] [--log-every 100] [--variants JSON] [--out FILE]
 
 ``--variants`` is a JSON object {name: {OthelloGPTConfig field: value}} of changes to the defaults; the default
 set compares the output layer tied to the move embeddings or not, a higher learning rate and twice the depth.
@@ -21,17 +21,17 @@ import torch
 from sparsecode.worlds.othello_gpt import OthelloGPTConfig, fit_othello_gpt, held_out_games
 
 VARIANTS = {
-    "4x128 tied, lr 3e-3": {"tie_embeddings": True},
-    "4x128 untied, lr 3e-3": {"tie_embeddings": False},
-    "4x128 untied, lr 1e-2": {"tie_embeddings": False, "lr": 0.01},
-    "8x128 untied, lr 3e-3": {"tie_embeddings": False, "n_layer": 8},
+    "4x128 tied, lr 3e-3": {"n_layer": 4, "tie_embeddings": True},
+    "4x128 untied, lr 3e-3": {"n_layer": 4, "tie_embeddings": False},
+    "4x128 untied, lr 1e-2": {"n_layer": 4, "tie_embeddings": False, "lr": 0.01},
+    "8x128 untied, lr 3e-3": {"n_layer": 8, "tie_embeddings": False},
 }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stop", type=int, default=400, help="steps each trial runs")
-    ap.add_argument("--steps", type=int, default=4500, help="the schedule length of the full run")
+    ap.add_argument("--steps", type=int, default=None, help="schedule length (default: othello train's)")
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--variants", default=None, help="JSON {name: {field: value}}; default: the set above")
     ap.add_argument("--out", default=None, help="also write the histories here (JSON)")
@@ -40,7 +40,7 @@ def main() -> None:
     variants = json.loads(args.variants) if args.variants else VARIANTS
     results = {}
     for name, changes in variants.items():
-        cfg = OthelloGPTConfig(**{"steps": args.steps, **changes})
+        cfg = OthelloGPTConfig(**{**({"steps": args.steps} if args.steps else {}), **changes})
         _, history = fit_othello_gpt(cfg, held_out_games(cfg), progress=False, log_every=args.log_every, stop=args.stop)
         results[name] = history
         for h in history:
