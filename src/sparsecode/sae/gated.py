@@ -21,11 +21,11 @@ from .common import (
     penalised_fvu,
     steered,
 )
-from .relu import ReLUConfig
+from .relu import L1Config
 
 
 @dataclass
-class GatedConfig(ReLUConfig):
+class GatedConfig(L1Config):
     """ReLU's L1 settings (``l1``, ``l1_warmup``, ``target_l0``), applied to the gate path only."""
 
     l1: float = 2.0
