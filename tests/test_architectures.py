@@ -471,7 +471,7 @@ def test_each_architecture_recovers_planted_features_at_8x_superposition(tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["jumprelu", "gated"])
+@pytest.mark.parametrize("arch", ["jumprelu", "gated", "relu"])
 def test_target_l0_architectures_recover_and_hit_the_target_at_the_cli_defaults(tmp_path, arch):
     """Issue 19's synthetic setting exactly as `sparsecode train --synthetic features=256,dim=48,active=4
     --target-l0 4 --latents 512 --tokens 500000` runs it (4096-row batches, 122 steps, every default): MMCS
