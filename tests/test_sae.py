@@ -103,6 +103,20 @@ def test_folding_the_input_scale_gives_the_same_sae_on_raw_inputs(cfg):
     assert torch.equal(sae.W_dec, W_dec)  # directions (unit or free rows) untouched by the fold
 
 
+def test_relu_ends_training_with_unit_rows_and_the_same_reconstruction():
+    sae = perturbed(ReLUConfig(d_in=16, n_latents=64, unit_norm_decoder=False))
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.linspace(0.05, 3.0, 64)[:, None])  # free rows of very different norms
+    x = torch.randn(40, 16)
+    norms = sae.W_dec.norm(dim=1).detach().clone()
+    x_hat, latents = sae(x).detach(), sae.encode(x).detach()
+    assert (latents > 0).sum() > 100  # enough active latents for the comparison to mean something
+    sae.finish_training_()
+    torch.testing.assert_close(sae(x), x_hat, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sae.encode(x), latents * norms, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64))
+
+
 def test_decoder_normalisation_and_parallel_gradient_removal():
     sae = perturbed(TopKConfig(d_in=16, n_latents=64, k=4))
     sae.normalize_decoder_()

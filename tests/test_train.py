@@ -62,6 +62,8 @@ def test_relu_recovers_most_planted_features(tmp_path):
     )
     rec = recovery_fraction(sae.W_dec.detach(), source.true_features, threshold=0.9)
     assert rec >= 0.6, rec
+    # trained with free rows, saved with unit rows (the norms moved into the latents)
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(512))
 
 
 RELU_L1 = 5.0

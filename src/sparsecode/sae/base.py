@@ -194,6 +194,10 @@ class SparseAutoencoder(nn.Module):
         self.b_dec /= scale
         self._fold_extra(scale)
 
+    def finish_training_(self) -> None:
+        """Called once when training ends, before ``fold_input_scale_``: architectures that train with free decoder
+        rows move the rows' norms into the latents here (see ``ReLUSAE``); nothing to do for most."""
+
     def train(self, mode: bool = True) -> SparseAutoencoder:
         if not mode:  # the sparse training steps' scratch buffers (``kernels.EncoderScratch``) are not needed
             self.__dict__.pop("_scratch", None)

@@ -96,3 +96,15 @@ class ReLUSAE(SparseAutoencoder):
         loss, fvu = penalised_fvu(x_hat, x, coefficient, weighted_l1)
         metrics = {"fvu": fvu, "l1": weighted_l1.mean().detach(), "l0": l0, "l1_coefficient": coefficient.detach()}
         return TrainOutput(loss=loss, x_hat=x_hat, fired=(latents > 0).any(0), metrics=metrics)
+
+    @torch.no_grad()
+    def finish_training_(self) -> None:
+        """Free decoder rows end at unit norm, each latent scaled by its row's old norm: the reconstruction is the
+        same (a ReLU latent is positively homogeneous), and a latent's activation is again its magnitude along a unit
+        direction, comparable across latents (densities, top contexts, steering strengths, peers' formats)."""
+        if self.cfg.unit_norm_decoder:
+            return
+        norms = self.W_dec.norm(dim=1).clamp_min(1e-8)  # (n_latents,)
+        self.W_dec /= norms[:, None]
+        self.W_enc *= norms  # (d_in, n_latents): column i scaled by norm i
+        self.b_enc *= norms

@@ -327,6 +327,7 @@ class Trainer:
     def _finish(self, sae: SparseAutoencoder) -> SparseAutoencoder:
         sae.eval()
         sae = sae.to("cpu")
+        sae.finish_training_()
         sae.fold_input_scale_(
             float(self.config.input_scale or 1.0),
             None if self.config.target_scale is None else float(self.config.target_scale),
