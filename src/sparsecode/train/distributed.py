@@ -144,5 +144,9 @@ def _run_rank(rank: int, world_size: int, store_file: str, device: str, worker, 
     dist.init_process_group(backend_for(device), init_method=f"file://{store_file}", rank=rank, world_size=world_size)
     try:
         worker(*args)
+        # every rank is done with its collectives before any tears its connections down: a rank that returned early
+        # (a stop before the end) and closed its gloo pairs while the other was still busy once aborted that other
+        # process ("terminate called without an active exception", SIGABRT)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
