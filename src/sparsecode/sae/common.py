@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..kernels import EncoderScratch, SparsePattern, encoder_topk, sparse_decode
+from ..kernels import EncoderScratch, SparsePattern, encoder_topk, sparse_decode, sparse_fvu
 from .base import TrainOutput, data_parallel, total_variance
 
 CANDIDATES_PER_TARGET = 4
@@ -35,6 +35,30 @@ def penalised_fvu(
     variance = total_variance(target).clamp_min(1e-12)
     sq_err = (x_hat - target).pow(2).sum()
     return (sq_err + coefficient * penalty.sum()) / variance, (sq_err / variance).detach()
+
+
+def sparse_penalised_fvu(
+    sae: nn.Module,
+    latents: torch.Tensor,
+    pattern: SparsePattern,
+    target: torch.Tensor,
+    coefficient: torch.Tensor | float,
+    penalty: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``penalised_fvu`` for (n, width) ``latents`` at ``pattern``'s columns, decoded sparsely
+    (``kernels.sparse_fvu``): the loss, the FVU (detached) and x_hat."""
+    variance = total_variance(target).clamp_min(1e-12)
+    with torch.autocast(target.device.type, enabled=False):
+        batch_fvu, x_hat = sparse_fvu(latents, pattern, sae.W_dec, sae.b_dec, target, variance)
+    return batch_fvu + coefficient * penalty.sum() / variance, batch_fvu.detach(), x_hat
+
+
+def fired_latents(values: torch.Tensor, indices: torch.Tensor, n_latents: int) -> torch.Tensor:
+    """(n_latents,) bool: the latents positive in some row, from (n, width) ``values`` at their ``indices``, without
+    a dense (n, n_latents) matrix."""
+    fired = torch.zeros(n_latents, dtype=torch.bool, device=values.device)
+    fired[indices[values.detach() > 0]] = True
+    return fired
 
 
 def auxk_loss(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -133,8 +157,7 @@ def topk_train_output(
     fired and the L0 from the (n, k) winners ``values``/``indices`` of ``pre`` (n, n_latents)."""
     metrics = dict(metrics)
     loss = add_auxk(sae, pre, dead_mask, (target - x_hat).detach(), loss, metrics)
-    fired = torch.zeros(sae.cfg.n_latents, dtype=torch.bool, device=pre.device)
-    fired[indices[values > 0]] = True  # from the k winners, without a dense (n, n_latents) matrix
+    fired = fired_latents(values, indices, sae.cfg.n_latents)
     metrics["l0"] = (values > 0).sum(-1).float().mean().detach()
     return TrainOutput(loss=loss, x_hat=x_hat, fired=fired, metrics=metrics)
 

@@ -9,16 +9,18 @@ from dataclasses import dataclass
 
 import torch
 
-from ..kernels import SparsePattern, gathered_pre_acts, sparse_decode, sparse_fvu
-from .base import SparseAutoencoder, TrainOutput, total_variance
+from ..kernels import SparsePattern, gathered_pre_acts, sparse_decode
+from .base import SparseAutoencoder, TrainOutput
 from .common import (
     L0Controller,
     any_process,
     candidate_width,
     encoder_candidates,
+    fired_latents,
     fvu,
     l0,
     penalised_fvu,
+    sparse_penalised_fvu,
     steered,
 )
 from .relu import L1Config
@@ -112,14 +114,12 @@ class GatedSAE(SparseAutoencoder):
         aux = fvu(x_hat_gate, x)
         batch_l0 = (latents > 0).sum(-1).float().mean().detach()
         coefficient = steered(self, self.cfg.l1, self.cfg.l1_warmup, progress, batch_l0)
-        variance = total_variance(x).clamp_min(1e-12)
-        with torch.autocast(x.device.type, enabled=False):
-            batch_fvu, x_hat = sparse_fvu(latents, pattern, self.W_dec, self.b_dec, x, variance)
-        loss = batch_fvu + coefficient * sparsity.sum() / variance + aux
-        fired = torch.zeros(self.cfg.n_latents, dtype=torch.bool, device=x.device)
-        fired[indices[latents.detach() > 0]] = True
+        loss, batch_fvu, x_hat = sparse_penalised_fvu(self, latents, pattern, x, coefficient, sparsity)
         return TrainOutput(
-            loss=loss, x_hat=x_hat, fired=fired, metrics=_metrics(batch_fvu, batch_l0, sparsity, aux, coefficient)
+            loss=loss + aux,
+            x_hat=x_hat,
+            fired=fired_latents(latents, indices, self.cfg.n_latents),
+            metrics=_metrics(batch_fvu, batch_l0, sparsity, aux, coefficient),
         )
 
     def _dense_training_output(self, x: torch.Tensor, progress: float) -> TrainOutput:

@@ -23,15 +23,17 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from ..kernels import SparsePattern, gathered_pre_acts, sparse_fvu
-from .base import SAEConfig, SparseAutoencoder, TrainOutput, total_variance
+from ..kernels import SparsePattern, gathered_pre_acts
+from .base import SAEConfig, SparseAutoencoder, TrainOutput
 from .common import (
     L0Controller,
     any_process,
     candidate_width,
     check_target_l0,
     encoder_candidates,
+    fired_latents,
     penalised_fvu,
+    sparse_penalised_fvu,
     steered,
 )
 
@@ -204,12 +206,8 @@ class JumpReLUSAE(SparseAutoencoder):
         latents = _JumpReLU.apply(z, theta, self.cfg.bandwidth) * scale  # (n, width)
         l0 = _Step.apply(z, theta, self.cfg.bandwidth).sum(-1)  # (n,)
         coefficient = steered(self, self.cfg.l0_coefficient, self.cfg.l0_warmup, progress, l0.mean().detach())
-        variance = total_variance(x).clamp_min(1e-12)
-        with torch.autocast(x.device.type, enabled=False):
-            batch_fvu, x_hat = sparse_fvu(latents, pattern, self.W_dec, self.b_dec, x, variance)
-        loss = batch_fvu + coefficient * l0.sum() / variance
-        fired = torch.zeros(self.cfg.n_latents, dtype=torch.bool, device=x.device)
-        fired[indices[latents.detach() > 0]] = True
+        loss, batch_fvu, x_hat = sparse_penalised_fvu(self, latents, pattern, x, coefficient, l0)
+        fired = fired_latents(latents, indices, self.cfg.n_latents)
         return TrainOutput(loss=loss, x_hat=x_hat, fired=fired, metrics=self._metrics(batch_fvu, l0, coefficient))
 
     @torch.no_grad()
