@@ -280,6 +280,37 @@ def test_jumprelu_threshold_gradient_comes_from_the_kernel_window_only():
     assert torch.all(grad[~near] == 0) and torch.any(grad[near] != 0)
 
 
+def test_jumprelu_threshold_steering_brings_the_l0_to_the_target_without_the_optimizer():
+    """With a target L0, training steps move every log-threshold by the same ``threshold_steering`` × log(L0 /
+    target) with no optimizer step at all: thresholds started 10x too low (L0 far above the target) or 10x too
+    high (almost nothing fires) reach the target within 10% in 60 steps, keeping their relative sizes; with
+    steering 0, or in eval mode, they stay put."""
+    x = torch.randn(2048, 16) * torch.rand(2048, 1).add(0.5)  # rows of varied norm
+    for start in (-math.log(10), math.log(10)):
+        sae = build_sae(JumpReLUConfig(d_in=16, n_latents=256, target_l0=4.0))
+        sae.initialize_from_data(x)
+        with torch.no_grad():
+            sae.log_threshold.add_(torch.linspace(-0.2, 0.2, 256) + start)  # distinct relative sizes
+        relative = sae.log_threshold.detach() - sae.log_threshold.detach().mean()
+        for step in range(60):
+            sae.training_output(x, dead_mask=None, progress=step / 60)
+        with torch.no_grad():
+            l0 = (sae.encode(x) > 0).sum(-1).float().mean().item()
+        assert l0 == pytest.approx(4.0, rel=0.1), (start, l0)
+        torch.testing.assert_close(sae.log_threshold.detach() - sae.log_threshold.detach().mean(), relative)
+
+    for steering, mode in ((0.0, "train"), (0.1, "eval")):
+        sae = build_sae(JumpReLUConfig(d_in=16, n_latents=256, target_l0=4.0, threshold_steering=steering))
+        sae.initialize_from_data(x)
+        before = sae.log_threshold.detach().clone()
+        sae.train(mode == "train")
+        with torch.no_grad():
+            sae.log_threshold.sub_(math.log(10))
+            sae.training_output(x, dead_mask=None, progress=0.5)
+            sae.log_threshold.add_(math.log(10))
+        torch.testing.assert_close(sae.log_threshold.detach(), before, msg=f"{steering}, {mode}")  # not 0.1 off
+
+
 def test_gated_with_a_target_starts_with_each_latent_open_on_its_share_of_rows():
     """With a target L0 the gate biases start so that every latent opens on target_l0 / n_latents of the sample's
     rows: the initial L0 is the target (not half the dictionary) and no latent starts dead or always open."""

@@ -222,14 +222,14 @@ class L0Controller(nn.Module):
         if self.penalty == "quadratic":
             if batch_l0 is None:
                 raise ValueError("the quadratic penalty's slope needs the batch L0")
-            return base * self.log_multiplier.exp() * 2.0 * (_global_mean(batch_l0) / self.target - 1.0)
+            return base * self.log_multiplier.exp() * 2.0 * (global_mean(batch_l0) / self.target - 1.0)
         return base * (self.log_multiplier + self.last_error.clamp_max(0.0)).exp()
 
     @torch.no_grad()
     def update(self, batch_l0: torch.Tensor, progress: float) -> None:
         """Move the multiplier after a step at training ``progress`` (in [0, 1]) whose rows had ``batch_l0``
         active latents on average."""
-        log_l0 = _global_mean(batch_l0).clamp_min(1e-2).log()  # tensors throughout: no device-to-host sync
+        log_l0 = global_mean(batch_l0).clamp_min(1e-2).log()  # tensors throughout: no device-to-host sync
         first = self.smoothed_log_l0.isnan()
         step = torch.where(first, 0.0, progress - self.last_progress)  # the first update only starts the average
         weight = torch.where(first, 1.0, (step / self.smoothing).clamp_max(1.0))
@@ -255,7 +255,7 @@ class L0Controller(nn.Module):
 
 
 @torch.no_grad()
-def _global_mean(batch_l0: torch.Tensor) -> torch.Tensor:
+def global_mean(batch_l0: torch.Tensor) -> torch.Tensor:
     """The scalar ``batch_l0`` averaged over the data-parallel processes (itself in a single process)."""
     l0 = batch_l0.detach().float().reshape(1).clone()
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

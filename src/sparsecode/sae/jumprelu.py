@@ -6,13 +6,14 @@ target L0.
 The recipe at the defaults: the encoder starts as the decoder's transpose scaled by d_in / n_latents (Conerly et
 al. 2025), with a target L0 the thresholds start where the initial encoder keeps that many latents per row,
 thresholds are relative to each row's RMS and to each latent's encoder column norm, the learning rate is about
-TopK's (twice that for the thresholds), and a target L0 is held by a quadratic penalty λ·T·(L0/T − 1)² of the
-batch L0 (dictionary_learning's JumpReLU trainer), which rewards firing below the target, with λ stiffening while
-the L0 stays off it (``common.L0Controller(penalty="quadratic")``). On 512 planted features in 64 dims (the
-recovery test) it finds 0.88 of them at cos >= 0.9 with a held-out L0 of 5.14 for a target of 5; on 256 in 48
-dims with the CLI's 4096-row batches and 500k tokens (122 steps) 1.00 (MMCS 0.995, L0 3.90 for 4; 0.88 and L0
-3.11 with the linear penalty and thresholds relative to the row only): ``python bench/recovery.py jumprelu
-'{"target_l0": 4.0}' --cli``.
+TopK's (the thresholds' too), and a target L0 is held by steering the thresholds' common scale toward it after
+every step (``threshold_steering``) plus a quadratic penalty λ·T·(L0/T − 1)² of the batch L0 (dictionary_learning's
+JumpReLU trainer), which rewards firing below the target, with λ stiffening while the L0 stays off it
+(``common.L0Controller(penalty="quadratic")``). On 512 planted features in 64 dims (the recovery test) it finds
+0.94 of them at cos >= 0.9 with a held-out L0 of 4.99 for a target of 5; on 256 in 48 dims with the CLI's
+4096-row batches and 500k tokens (122 steps) 1.00 (MMCS 0.997, L0 3.99 for 4): ``python bench/recovery.py
+jumprelu '{"target_l0": 4.0}' --cli``. On MiniLM layer 3 (3072 latents, 1M tokens, L0 32) its held-out FVU is
+about TopK's (docs/architectures.md).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .common import (
     check_target_l0,
     encoder_candidates,
     fired_latents,
+    global_mean,
     penalised_fvu,
     sparse_penalised_fvu,
     steered,
@@ -90,13 +92,19 @@ class JumpReLUConfig(SAEConfig):
     """Initial threshold of every latent."""
     l0_warmup: float = 0.05
     """Fraction of training over which λ ramps linearly from 0 to its full value."""
-    threshold_lr_scale: float = 2.0
-    """The log-thresholds train at this multiple of the learning rate (their own optimizer group). Adam moves each
-    by about its learning rate per step, while the encoder grows from its small start by a large fraction of its
-    norm per step, raising every pre-activation; at 1x the thresholds lag behind (measured with thresholds relative
-    to the row RMS only, before the column-norm gate took most of that growth out: 256 planted features in 48 dims,
-    512 latents, CLI defaults, 122 steps: L0 9 for a target of 4, 18% found at cos >= 0.9; at 2x 88%, at 3x 94%,
-    but at 3x and more the 1170 smaller steps of the recovery test get noisy: 0.80 found, 0.22 at 10x)."""
+    threshold_lr_scale: float = 1.0
+    """The log-thresholds train at this multiple of the learning rate (their own optimizer group). Before
+    ``threshold_steering`` they needed 2x to follow the encoder (256 planted features in 48 dims at the CLI defaults:
+    L0 9 for a target of 4 at 1x); with it, and the encoder at TopK's rate, 1x does best (MiniLM layer 3, 3072
+    latents, 1M tokens: held-out FVU 0.097 at L0 34.8; lr 2x lower with thresholds at 2x: 0.105 at 34.5)."""
+    threshold_steering: float = 0.1
+    """With a ``target_l0``: after every training step all log-thresholds move together by this × log(batch L0 /
+    target) (clipped to ±1), so their common scale follows the target within a few steps, while reconstruction and
+    the L0 penalty set them relative to each other. Adam moves a threshold by about its learning rate per step, and
+    the L0 at fixed thresholds swings with the encoder (it aligns with the data in the first steps, then grows
+    selective): on MiniLM layer 3 (3072 latents, 1M tokens, target 32) the L0 rose to 260 by step 10, then fell to
+    22 and stayed below the target for most of training (held-out FVU 0.124 at L0 30.3; with steering 0.105 at
+    34.5, and at TopK's learning rate 0.097 at 34.8, TopK 0.098). 0 turns it off."""
     relative_threshold: bool = True
     """Compare each pre-activation divided by its row's RMS ‖x − b_dec‖ / √d_in (about 1 on normalised inputs)
     and by its latent's encoder column norm with θ, instead of the pre-activation itself: interference between
@@ -105,10 +113,11 @@ class JumpReLUConfig(SAEConfig):
     the column norm keeps the thresholds valid while the encoder's scale grows (see ``row_rms``)."""
 
     arch = "jumprelu"
-    # 1e-2 at 512 latents (the default's cap), 4.9e-3 at 3072: the thresholds move by about the learning rate
-    # per step, and at 6e-4 (3.4e-3 at 512 latents) they could not follow the encoder in 122 steps (L0 27 for a
-    # target of 4 on 256 planted features in 48 dims, 500k tokens at the CLI's batch of 4096; L0 9 at 1e-2)
-    base_lr = 2.1e-3
+    # 9.7e-3 at 3072 latents, about TopK's 1e-2 (capped there at 512): with the thresholds steered toward the
+    # target, JumpReLU trains at TopK's rate (MiniLM layer 3, 3072 latents, 1M tokens, held-out FVU 0.105 -> 0.097;
+    # without steering, at half the rate, 0.124 and at this one 0.111 at L0 31, the L0 under the target for most
+    # of training)
+    base_lr = 4.2e-3
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -119,6 +128,8 @@ class JumpReLUConfig(SAEConfig):
             raise ConfigError(
                 f"sae.bandwidth and sae.threshold_init must be > 0, got {self.bandwidth} and {self.threshold_init}"
             )
+        if self.threshold_steering < 0:
+            raise ConfigError(f"sae.threshold_steering must be >= 0, got {self.threshold_steering}")
         if self.threshold_lr_scale <= 0:
             raise ConfigError(f"sae.threshold_lr_scale must be > 0, got {self.threshold_lr_scale}")
         if not 0 <= self.l0_warmup <= 1:
@@ -206,6 +217,7 @@ class JumpReLUSAE(SparseAutoencoder):
         latents = _JumpReLU.apply(z, theta, self.cfg.bandwidth) * scale  # (n, width)
         l0 = _Step.apply(z, theta, self.cfg.bandwidth).sum(-1)  # (n,)
         coefficient = steered(self, self.cfg.l0_coefficient, self.cfg.l0_warmup, progress, l0.mean().detach())
+        self._steer_thresholds(l0)
         loss, batch_fvu, x_hat = sparse_penalised_fvu(self, latents, pattern, x, coefficient, l0)
         fired = fired_latents(latents, indices, self.cfg.n_latents)
         return TrainOutput(loss=loss, x_hat=x_hat, fired=fired, metrics=self._metrics(batch_fvu, l0, coefficient))
@@ -249,10 +261,23 @@ class JumpReLUSAE(SparseAutoencoder):
         x_hat = self.decode(latents)  # (n, d_in)
         l0 = _Step.apply(z, theta, self.cfg.bandwidth).sum(-1)  # (n,)
         coefficient = steered(self, self.cfg.l0_coefficient, self.cfg.l0_warmup, progress, l0.mean().detach())
+        self._steer_thresholds(l0)
         loss, batch_fvu = penalised_fvu(x_hat, x, coefficient, l0)
         return TrainOutput(
             loss=loss, x_hat=x_hat, fired=(latents > 0).any(0), metrics=self._metrics(batch_fvu, l0, coefficient)
         )
+
+    @torch.no_grad()
+    def _steer_thresholds(self, l0: torch.Tensor) -> None:
+        """Training with a target: move every log-threshold by ``threshold_steering`` × log(L0 / target) of this
+        step's (n,) row ``l0``s, averaged over the data-parallel processes (all keep the same thresholds). The
+        step's graph holds exp(log θ), not log θ, so its gradients are those of the thresholds it ran with
+        (autograd would refuse the backward otherwise)."""
+        cfg = self.cfg
+        if not self.training or cfg.target_l0 is None or cfg.threshold_steering == 0:
+            return
+        error = (global_mean(l0.mean()).clamp_min(1e-2) / cfg.target_l0).log().clamp(-1.0, 1.0)
+        self.log_threshold.add_(cfg.threshold_steering * error)
 
     def _metrics(self, batch_fvu: torch.Tensor, l0: torch.Tensor, coefficient: torch.Tensor) -> dict[str, torch.Tensor]:
         return {

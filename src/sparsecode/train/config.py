@@ -23,7 +23,7 @@ class TrainConfig:
     """Rows per optimizer step."""
     lr: float | None = None
     """Adam peak learning rate; None means the architecture's default (``SAEConfig.base_lr``: 4.8e-3 for the TopK
-    family, 6e-4 for ReLU and JumpReLU, 1.8e-3 for Gated) times 1/sqrt(n_latents / 2**14), tuned on runs of
+    family and ReLU, 4.2e-3 for JumpReLU, 1.8e-3 for Gated) times 1/sqrt(n_latents / 2**14), tuned on runs of
     0.5-2M tokens."""
     beta1: float = 0.9
     """Adam β1."""
