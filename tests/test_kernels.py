@@ -47,7 +47,8 @@ def grads(sae, loss):
     return {name: p.grad for name, p in sae.named_parameters()}
 
 
-NESTED = {"topk": {}, "matryoshka": {"prefixes": [8, 40]}, "multibudget": {"budgets": [1, 3, 5]}}
+# Matryoshka per row, as the reference ranks (its batch-ranked step: test_architectures, against its dense step)
+NESTED = {"topk": {}, "matryoshka": {"prefixes": [8, 40], "batch_topk": False}, "multibudget": {"budgets": [1, 3, 5]}}
 
 
 @pytest.mark.parametrize(
@@ -98,7 +99,11 @@ def test_float32_step_matches_dense_reference(monkeypatch, arch, backend, dense_
     monkeypatch.setenv("SPARSECODE_KERNELS", backend)
     monkeypatch.setattr(auxk_module, "DENSE_AUXK_RATIO", 10**6 if dense_auxk else 0)
     torch.manual_seed(1)
-    nested = {"topk": {}, "matryoshka": {"prefixes": [64, 256]}, "multibudget": {"budgets": [4, 8, 16]}}[arch]
+    nested = {
+        "topk": {},
+        "matryoshka": {"prefixes": [64, 256], "batch_topk": False},
+        "multibudget": {"budgets": [4, 8, 16]},
+    }[arch]
     sae = build_sae(config_class(arch)(d_in=64, n_latents=1024, k=16, **nested))
     x = torch.randn(512, 64)
     dead = torch.rand(1024) < 0.2

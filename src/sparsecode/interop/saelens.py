@@ -7,8 +7,8 @@ threshold, as SAELens itself exports them, makes them JumpReLU). ``apply_b_dec_t
 normalisations (layer_norm, constant_norm_rescale), whitening and an unknown ``expected_average_only_in`` factor have
 no equivalent and are refused, as are architectures sparsecode does not have (abstopk, temporal, ...).
 
-Written: sparsecode's topk, relu, jumprelu, gated, batchtopk (raw-ranked) and matryoshka dictionaries and its
-relu/jumprelu transcoders, as SAELens inference files (``SAE.load_from_disk`` reads them).
+Written: sparsecode's topk, relu, jumprelu, gated, batchtopk and matryoshka (raw-ranked or, for matryoshka, per-row
+TopK) dictionaries and its relu/jumprelu transcoders, as SAELens inference files (``SAE.load_from_disk`` reads them).
 """
 
 from __future__ import annotations
@@ -228,11 +228,12 @@ def to_saelens(sae: SparseAutoencoder) -> tuple[str, dict[str, torch.Tensor], di
     t = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
     if c.arch == "relu":
         return "standard", t, {}
-    if c.arch in ("topk", "matryoshka"):  # a Matryoshka dictionary encodes as TopK; the nesting is training-only
+    per_row = c.arch == "matryoshka" and not c.batch_topk  # encodes as TopK; the nesting is training-only
+    if c.arch == "topk" or per_row:
         return "topk", t, {"k": c.k, "rescale_acts_by_decoder_norm": False}
     if c.arch == "jumprelu" and not c.relative_threshold:
         return "jumprelu", {**t, "threshold": threshold_from_log(sae.log_threshold.detach())}, {}
-    if c.arch == "batchtopk" and not c.rank_relative and float(sae.threshold) >= 0:
+    if c.arch in ("batchtopk", "matryoshka") and not c.rank_relative and float(sae.threshold) >= 0:
         return "jumprelu", {**t, "threshold": sae.threshold.detach().float().expand(c.n_latents).clone()}, {}
     if c.arch == "gated":
         t["b_gate"] = t.pop("b_enc")
@@ -250,8 +251,9 @@ def to_saelens(sae: SparseAutoencoder) -> tuple[str, dict[str, torch.Tensor], di
 
 def _describe(sae: SparseAutoencoder) -> str:
     c = sae.cfg
-    if c.arch == "batchtopk":
-        return "BatchTopK SAE (its threshold is relative to each row's norm, or was never set)"
+    if c.arch in ("batchtopk", "matryoshka"):
+        kind = "BatchTopK" if c.arch == "batchtopk" else "Matryoshka (BatchTopK)"
+        return f"{kind} SAE (its threshold is relative to each row's norm, or was never set)"
     if c.arch == "jumprelu":
         return "JumpReLU SAE (its threshold is relative to each row's RMS)"
     if c.arch == "transcoder":

@@ -37,12 +37,14 @@ ARCHITECTURES: dict[str, type[SparseAutoencoder]] = {
 }
 
 
-def sae_config_from_dict(d: dict[str, Any]) -> SAEConfig:
-    """Build the right config dataclass from a dict with an 'arch' key."""
+def sae_config_from_dict(d: dict[str, Any], format_version: int | None = None) -> SAEConfig:
+    """Build the right config dataclass from a dict with an 'arch' key; ``format_version`` is that of the SAE file
+    the dict comes from (fields an older file lacks then take the values it was trained with)."""
     arch = d.get("arch")
     if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise ConfigError(f"sae.arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
-    return ARCHITECTURES[arch].config_class.from_dict(d)
+    config_class = ARCHITECTURES[arch].config_class
+    return config_class.from_dict(d if format_version is None else config_class.saved_defaults(d, format_version))
 
 
 def build_sae(cfg: SAEConfig) -> SparseAutoencoder:
@@ -75,15 +77,15 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SparseAuto
     if meta.get("format") != "sparsecode-sae" or "config" not in meta:
         raise DataError(f"{path}: not a sparsecode SAE file (no sparsecode config in its metadata)")
     try:
-        cfg = sae_config_from_dict(json.loads(meta["config"]))
+        version = int(meta.get("format_version", "1"))
+    except ValueError:
+        raise DataError(f"{path}: format_version {meta['format_version']!r} is not a whole number") from None
+    try:
+        cfg = sae_config_from_dict(json.loads(meta["config"]), version)
     except json.JSONDecodeError:
         raise DataError(f"{path}: the SAE config in its metadata is not valid JSON") from None
     sae = build_sae(cfg)
     restore_state(sae, load_tensors(path, device="cpu"), str(path))
-    try:
-        version = int(meta.get("format_version", "1"))
-    except ValueError:
-        raise DataError(f"{path}: format_version {meta['format_version']!r} is not a whole number") from None
     sae.upgrade_from(version, str(path))
     return sae.to(device)
 

@@ -25,9 +25,10 @@ from ..errors import ConfigError
 from ..io import save_tensors
 from ..kernels import project_out_rows_
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """2: JumpReLU's relative thresholds and BatchTopK's relative ranking also divide by the encoder column norm
-(files of version 1 are upgraded on load by ``upgrade_from``)."""
+(files of version 1 are upgraded on load by ``upgrade_from``). 3: Matryoshka ranks with BatchTopK by default
+(older files, ranked per row, load with ``batch_topk`` false: ``SAEConfig.saved_defaults``)."""
 
 
 @dataclass
@@ -58,6 +59,12 @@ class SAEConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"arch": self.arch, **asdict(self)}
+
+    @classmethod
+    def saved_defaults(cls, d: dict[str, Any], format_version: int) -> dict[str, Any]:
+        """``d``, the config of a file of ``format_version``, with the values older files were trained with for
+        fields whose default changed since (nothing to add for most architectures)."""
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SAEConfig:

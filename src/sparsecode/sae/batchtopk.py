@@ -155,13 +155,21 @@ class BatchTopKSAE(TopKSAE):
         pre = self.pre_acts(x)  # (n, n_latents)
         norms = self.row_norms(x)  # (n, n_latents) or None
         latents = self.batch_select(pre, norms)  # (n, n_latents)
-        x_hat = self.decode(latents)  # (n, d_in)
-        loss = fvu(x_hat, x)
-        metrics = {"fvu": loss.detach(), "l0": l0(latents)}
+        loss, x_hat, metrics = self._dense_reconstruction_loss(latents, x)  # x_hat (n, d_in)
+        metrics["l0"] = l0(latents)
         loss = add_auxk(self, pre, dead_mask, (x - x_hat).detach(), loss, metrics)
         self._update_threshold((latents if norms is None else latents / norms)[latents > 0])
         metrics["threshold"] = self.threshold.detach().clone()
         return TrainOutput(loss=loss, x_hat=x_hat, fired=(latents > 0).any(0), metrics=metrics)
+
+    def _dense_reconstruction_loss(
+        self, latents: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss, (n, d_out) reconstruction and metrics from dense (n, n_latents) latents: the dense path's
+        ``_reconstruction_loss`` (Matryoshka adds its prefixes')."""
+        x_hat = self.decode(latents)
+        loss = fvu(x_hat, target)
+        return loss, x_hat, {"fvu": loss.detach()}
 
     def _fold_extra(self, scale: float) -> None:
         if self.threshold > 0 and not self.cfg.rank_relative:  # a ratio to the row norm does not scale
