@@ -7,8 +7,8 @@ Activations are BatchTopK's (``batch_topk``, as Bussmann et al. 2025): the batch
 whole dictionary, and a learned threshold at inference. The prefixes pull the early latents onto many rows, and a
 per-row budget of k then leaves later latents few slots: on MiniLM (layer 3, 3072 latents, 1M tokens,
 bench/architectures.py's setting) per-row TopK left 46% of the latents dead at an FVU 1.20x TopK's, batch ranking
-24% dead at 1.08x (held-out L0 34.8, as BatchTopK's threshold keeps a little more than k), with each prefix's FVU
-lower too. ``batch_topk`` false keeps TopK's k per row (files older than format 3 were trained so)."""
+25% dead at 1.08x (held-out L0 34.8, as BatchTopK's threshold keeps a little more than k: 1.11x TopK at k 35),
+with each prefix's FVU lower too. ``batch_topk`` false keeps TopK's k per row (files older than format 3 were trained so)."""
 
 from __future__ import annotations
 
