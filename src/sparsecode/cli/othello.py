@@ -26,7 +26,7 @@ EXAMPLES = """examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..worlds.othello_gpt import OthelloGPTConfig
+    from ..worlds.othello_gpt import PROBE_GAMES, OthelloGPTConfig
 
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     g = sub.add_parser("games", help="write seeded random legal games, one per paragraph (a text corpus)")
@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.set_defaults(config_flags=add_config_flags(t, [OthelloGPTConfig]))
     pr = sub.add_parser("probe", help="linear board probes (mine / theirs / empty) on every layer of a model")
     pr.add_argument("model", metavar="DIR", help='model folder written by `sparsecode othello train`, or "othello"')
-    pr.add_argument("--games", type=parse_count, default=300, metavar="N", help="games (half fit, half test)")
+    pr.add_argument("--games", type=parse_count, default=PROBE_GAMES, metavar="N", help="games (half fit, half test)")
     b = sub.add_parser("board", help="the position after a move string, with the legal moves")
     b.add_argument("moves", help='moves separated by spaces, e.g. "d3 c3 c4"')
 
