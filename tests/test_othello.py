@@ -146,6 +146,24 @@ def test_headline_f1_counts_bsps_and_threshold_follows_per_square_f1():
     assert r["fit_positions"] == 15000
 
 
+def test_per_square_f1_drops_a_true_positive_beside_exactly_one_false_state_as_karvonen_et_al():
+    # fit rows: one exact feature per state. Scored rows: "1" and "2" also fire on state-0 rows (two false states
+    # beside the true one) and "2" on state-1 rows (one false state). Their code (f1_score_per_square) drops the
+    # true positive only where exactly one false state is predicted: the state-1 rows.
+    boards = _boards(30000, 1, seed=8)
+    state = boards[:, 0]
+    fit = torch.arange(30000) < 15000
+    a = (state == 0).float()
+    b = ((state == 1) | ((state == 0) & ~fit)).float()
+    c = ((state == 2) | ((state != 2) & ~fit)).float()
+    r = board_metrics(torch.stack([a, b, c], 1), boards, fit=fit)
+    scored = state[~fit]
+    p0, p1 = float((scored == 0).float().mean()), float((scored == 1).float().mean())
+    fp = 2 * p0 + p1  # every scored square's true state is predicted: TP 1 per row, FN 0
+    assert r["reconstruction_f1"] == pytest.approx(2 / (2 + fp), abs=1e-6)
+    assert r["reconstruction_f1_per_square"] == pytest.approx(2 * (1 - p1) / (2 * (1 - p1) + fp), abs=1e-6)
+
+
 def test_coverage_averages_over_every_bsp_even_one_that_never_occurs():
     boards = torch.from_numpy(np.random.default_rng(7).integers(0, 2, size=(4000, 2)))  # state 2 never occurs
     onehot = torch.nn.functional.one_hot(boards, 3).reshape(4000, -1).float()

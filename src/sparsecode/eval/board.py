@@ -13,9 +13,9 @@ acts as a binary classifier of every BSP.
   ``MIN_ON`` (10) of them. On the held-out rows a BSP is predicted true when any feature classifying it is on.
   The headline F1 counts predicted against true BSPs (their "per class" F1, the number their paper and results
   tables report); the threshold it is read at is the one with the best *per-square* F1, in which a square whose
-  true state is predicted along with a false one is a false positive and not a true positive (their code picks
-  the threshold the same way; it drops the true positive only when exactly one false state is predicted, here
-  when any is). Thresholds t = 0.0 .. 0.9, as their headline (their extra t = 1.0 row is left out of it too).
+  true state is predicted along with exactly one false state is a false positive and not a true positive (as their
+  code picks the threshold, including its quirk: with both false states predicted the true positive stays).
+  Thresholds t = 0.0 .. 0.9, as their headline (their extra t = 1.0 row is left out of it too).
 
 Rows are split in two: the fit rows (maxima, classifier choice) and the scored rows (coverage, reconstruction),
 so neither metric is measured on the rows that chose it. Their code takes the maxima from a training buffer,
@@ -110,14 +110,16 @@ def board_metrics(
 
 def _reconstruction_f1(predicted: torch.Tensor, truth: torch.Tensor, n_states: int) -> dict[str, float]:
     """F1 of predicted (n, B) against true (n, B) BSPs (B = squares * n_states): per BSP ("per class", the
-    headline) and per square (a square with its true state and a false one predicted is no true positive)."""
+    headline) and per square (a square with its true state and one false state predicted is no true positive)."""
     n, b = predicted.shape
     tp = float((predicted & truth).sum())
     fp = float((predicted & ~truth).sum())
     fn = float((~predicted & truth).sum())
     pred = predicted.reshape(n, b // n_states, n_states)
     true = truth.reshape(n, b // n_states, n_states)
-    mixed = float(((pred & true).any(-1) & (pred & ~true).any(-1)).sum())  # (n, squares) summed
+    # their adjustment, as their code has it: a true positive is dropped where exactly one false state is predicted
+    # beside it (with both false states predicted it stays), so the threshold is picked as theirs is
+    mixed = float(((pred & true).any(-1) & ((pred & ~true).sum(-1) == 1)).sum())  # (n, squares) summed
     return {
         "precision": tp / (tp + fp) if tp + fp else 0.0,
         "recall": tp / (tp + fn) if tp + fn else 0.0,
