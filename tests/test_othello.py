@@ -127,12 +127,16 @@ def test_threshold_separates_a_graded_feature():
     assert at0["classifiers"] == 0
 
 
+def _one_square_half_fit(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """30,000 random one-square boards, their square's state, and a fit mask of the first half."""
+    boards = _boards(30000, 1, seed=seed)
+    return boards, boards[:, 0], torch.arange(30000) < 15000
+
+
 def test_headline_f1_counts_bsps_and_threshold_follows_per_square_f1():
     # fit rows: feature A = "state 0", feature B = "state 1", both exact. Scored rows: B also fires on every
     # state-0 row, so those squares get their true state and a false one predicted.
-    boards = _boards(30000, 1, seed=6)
-    state = boards[:, 0]
-    fit = torch.arange(30000) < 15000
+    boards, state, fit = _one_square_half_fit(seed=6)
     a = (state == 0).float()
     b = ((state == 1) | ((state == 0) & ~fit)).float()
     r = board_metrics(torch.stack([a, b], 1), boards, fit=fit)
@@ -150,9 +154,7 @@ def test_per_square_f1_drops_a_true_positive_beside_exactly_one_false_state_as_k
     # fit rows: one exact feature per state. Scored rows: "1" and "2" also fire on state-0 rows (two false states
     # beside the true one) and "2" on state-1 rows (one false state). Their code (f1_score_per_square) drops the
     # true positive only where exactly one false state is predicted: the state-1 rows.
-    boards = _boards(30000, 1, seed=8)
-    state = boards[:, 0]
-    fit = torch.arange(30000) < 15000
+    boards, state, fit = _one_square_half_fit(seed=8)
     a = (state == 0).float()
     b = ((state == 1) | ((state == 0) & ~fit)).float()
     c = ((state == 2) | ((state != 2) & ~fit)).float()
