@@ -403,5 +403,5 @@ def test_train_flags_are_the_config_fields(capsys):
     assert (cfg.arch, cfg.rank_relative, cfg.k_aux, cfg.n_latents) == ("batchtopk", False, 7, 256)
     assert args.tokens == 2_000_000
     args = parser.parse_args([*base, "--arch", "topk", "--no-rank-relative"])
-    with pytest.raises(ConfigError, match="--rank-relative applies to --arch batchtopk, not topk"):
+    with pytest.raises(ConfigError, match="--rank-relative applies to --arch batchtopk / matryoshka, not topk"):
         _sae_config(args, d_in=16)
