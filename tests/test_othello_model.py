@@ -212,7 +212,9 @@ def test_legal_loss_is_the_mean_next_move_loss_over_the_legal_moves():
         for p in range(legal.shape[1])
         if legal[g, p].any()
     ]
-    assert float(_loss(model, games, "legal")) == pytest.approx(np.mean(per_position), rel=1e-5)
+    with torch.no_grad():
+        loss = float(_loss(model, games, "legal"))
+    assert loss == pytest.approx(np.mean(per_position), rel=1e-5)
     assert len(per_position) == sum(len(g) for g in games)  # [BOS] and every move but the last, which ends the game
 
 

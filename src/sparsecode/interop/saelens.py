@@ -228,8 +228,7 @@ def to_saelens(sae: SparseAutoencoder) -> tuple[str, dict[str, torch.Tensor], di
     t = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
     if c.arch == "relu":
         return "standard", t, {}
-    per_row = c.arch == "matryoshka" and not c.batch_topk  # encodes as TopK; the nesting is training-only
-    if c.arch == "topk" or per_row:
+    if c.plain_topk:
         return "topk", t, {"k": c.k, "rescale_acts_by_decoder_norm": False}
     if c.arch == "jumprelu" and not c.relative_threshold:
         return "jumprelu", {**t, "threshold": threshold_from_log(sae.log_threshold.detach())}, {}

@@ -119,8 +119,7 @@ def to_sparsify(sae: SparseAutoencoder) -> tuple[dict[str, Any], dict[str, torch
     c = sae.cfg
     W_enc, b_enc, W_dec, b_dec = (p.detach().float() for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec))
     transcode = c.arch == "transcoder"
-    per_row = c.arch == "topk" or (c.arch == "matryoshka" and not c.batch_topk)
-    if not (per_row or transcode) or (transcode and c.activation != "topk"):
+    if not (c.plain_topk or transcode) or (transcode and c.activation != "topk"):
         what = f"{c.activation} transcoder" if transcode else f"{c.arch} dictionary"
         raise ConfigError(f"sparsify has only TopK sparse coders; this {what} does not map (try --format saelens)")
     if transcode and c.d_out != c.d_in:

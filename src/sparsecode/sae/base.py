@@ -51,6 +51,12 @@ class SAEConfig:
     """Default Adam peak learning rate at 2**14 latents (scaled by 1/sqrt(n_latents / 2**14)) when train.lr is
     not given. Per architecture: penalty-trained dictionaries collapse at rates TopK trains best with."""
 
+    @property
+    def plain_topk(self) -> bool:
+        """A plain TopK SAE at inference (each row's k largest pre-activations, nothing else to keep), so a format
+        with only TopK SAEs holds it whole."""
+        return False
+
     def __post_init__(self) -> None:
         check_field_types(self, "sae")
         check_int("sae.d_in", self.d_in, minimum=1)

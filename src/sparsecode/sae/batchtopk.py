@@ -30,6 +30,10 @@ class BatchTopKConfig(TopKConfig):
 
     arch = "batchtopk"
 
+    @property
+    def plain_topk(self) -> bool:
+        return False
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 <= self.threshold_momentum < 1:

@@ -57,6 +57,10 @@ class MatryoshkaConfig(BatchTopKConfig):
         return {"batch_topk": False, **d} if format_version < 3 else d
 
     @property
+    def plain_topk(self) -> bool:
+        return not self.batch_topk  # the nesting is training-only: it encodes as TopK
+
+    @property
     def sizes(self) -> list[int]:
         """Every nested size, the whole dictionary last."""
         return [*(self.prefixes or []), self.n_latents]
@@ -112,8 +116,9 @@ class MatryoshkaSAE(BatchTopKSAE):
         self, latents: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """``_reconstruction_loss`` from dense (n, n_latents) latents (BatchTopK's dense path)."""
-        losses = [fvu(latents[:, :size] @ self.W_dec[:size] + self.b_dec, target) for size in self.cfg.sizes]
-        return self._nested_loss(losses), latents @ self.W_dec + self.b_dec, self._prefix_metrics(losses)
+        x_hats = [latents[:, :size] @ self.W_dec[:size] + self.b_dec for size in self.cfg.sizes]  # each (n, d_in)
+        losses = [fvu(x_hat, target) for x_hat in x_hats]
+        return self._nested_loss(losses), x_hats[-1], self._prefix_metrics(losses)
 
     def _nested_loss(self, losses: list[torch.Tensor]) -> torch.Tensor:
         """The whole dictionary's FVU (last of ``losses``) plus the mean of the prefixes'."""

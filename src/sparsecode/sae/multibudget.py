@@ -23,6 +23,10 @@ class MultiBudgetConfig(TopKConfig):
 
     arch = "multibudget"
 
+    @property
+    def plain_topk(self) -> bool:
+        return False  # its budgets would be lost
+
     def __post_init__(self) -> None:
         if self.k is None:
             self.k = self.budgets[-1] if isinstance(self.budgets, list) and self.budgets else 32

@@ -34,6 +34,10 @@ class TopKConfig(SAEConfig):
     arch = "topk"
     base_lr = 4.8e-3  # best of a 1-32x sweep on MiniLM at 0.5M and 2M tokens (bench/results/lr_sweep.md)
 
+    @property
+    def plain_topk(self) -> bool:
+        return True
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 1 <= self.k <= self.n_latents:

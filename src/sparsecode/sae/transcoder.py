@@ -36,6 +36,10 @@ class TranscoderConfig(TopKConfig):
 
     arch = "transcoder"
 
+    @property
+    def plain_topk(self) -> bool:
+        return False  # a transcoder, not an SAE
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.activation not in ACTIVATIONS:
