@@ -283,14 +283,34 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_to_the_same_model(t
     resumed = train_othello_gpt(cfg, tmp_path / "resumed", progress=False, log_every=2)
     a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("whole", "resumed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    drop_cpu = [{k: v for k, v in h.items() if k != "cpu_seconds"} for h in whole["history"]]
-    assert [{k: v for k, v in h.items() if k != "cpu_seconds"} for h in resumed["history"]] == drop_cpu
+    timeless = [
+        [{k: v for k, v in h.items() if not k.endswith("_seconds")} for h in r["history"]] for r in (whole, resumed)
+    ]
+    assert timeless[0] == timeless[1]
     assert not ckpt.exists()  # the finished model replaces its checkpoint
     # a checkpoint of other flags is refused, not silently continued
     other = checkpoint_path(tmp_path / "other")
     fit_othello_gpt(cfg, held_out_games(cfg), progress=False, stop=4, checkpoint=other, checkpoint_every=3)
     with pytest.raises(ConfigError, match="checkpoint of another config"):
         train_othello_gpt(OthelloGPTConfig(**{**cfg.__dict__, "lr": 0.001}), tmp_path / "other", progress=False)
+
+
+def test_a_resumed_run_counts_the_seconds_of_every_segment(tmp_path, monkeypatch):
+    import itertools
+
+    from sparsecode.worlds import othello_gpt
+    from sparsecode.worlds.othello_gpt import checkpoint_path, fit_othello_gpt, held_out_games
+
+    clock = itertools.count(1000.0)  # a wall clock one second later at every reading
+    monkeypatch.setattr(othello_gpt.time, "perf_counter", lambda: next(clock))
+    cfg = OthelloGPTConfig(n_layer=1, n_embd=16, n_head=2, steps=6, warmup=1, batch_games=2, eval_games=4)
+    ckpt = checkpoint_path(tmp_path / "m")
+    fit_othello_gpt(cfg, held_out_games(cfg), progress=False, log_every=1, stop=4, checkpoint=ckpt, checkpoint_every=3)
+    info = train_othello_gpt(cfg, tmp_path / "m", progress=False, log_every=1)
+    wall = [h["wall_seconds"] for h in info["history"]]
+    assert [h["step"] for h in info["history"]] == [1, 2, 3, 4, 5, 6]
+    assert wall == sorted(wall) and len(set(wall)) == 6  # the resumed segment adds to the first one's seconds
+    assert info["train_seconds"] == wall[-1]
 
 
 def test_a_corrupt_checkpoint_is_one_error_line(tmp_path, capsys):

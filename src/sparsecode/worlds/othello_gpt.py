@@ -213,8 +213,9 @@ def fit_othello_gpt(
     checkpoint_every: int = 500,
 ) -> tuple[Any, list[dict]]:
     """A new model trained by ``cfg`` (its first ``stop`` steps only, if given; the schedule stays ``cfg.steps``
-    long) and its history: every ``log_every`` steps the loss, the legal-move rate on ``eval_games[:100]`` and the
-    CPU seconds of this process so far (one thread: the cost of the steps, whatever else the machine runs).
+    long) and its history: every ``log_every`` steps the loss, the legal-move rate on ``eval_games[:100]``, the
+    CPU seconds of training so far (one thread: the cost of the steps, whatever else the machine runs) and its
+    wall-clock seconds (both summed over every resumed segment).
 
     With ``checkpoint`` (a file path), the model, optimizer and history are saved there every ``checkpoint_every``
     steps, and a run whose checkpoint exists continues from it: every step's games come from the step's own seed and
@@ -225,10 +226,10 @@ def fit_othello_gpt(
     model = new_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
     history: list[dict] = []
-    first, cpu_before = 0, 0.0
+    first, cpu_before, wall_before = 0, 0.0, 0.0
     if checkpoint is not None and Path(checkpoint).is_file():
-        first, history, cpu_before = _load_checkpoint(Path(checkpoint), cfg, model, opt)
-    cpu0 = time.process_time() - cpu_before
+        first, history, cpu_before, wall_before = _load_checkpoint(Path(checkpoint), cfg, model, opt)
+    cpu0, wall0 = time.process_time() - cpu_before, time.perf_counter() - wall_before
     model.train()
     last = cfg.steps if stop is None else min(stop, cfg.steps)
     bar = tqdm(range(first, last), desc="othello", disable=not progress, initial=first, total=last)
@@ -246,16 +247,19 @@ def fit_othello_gpt(
             model.train()
             history.append({"step": step + 1, "loss": round(float(loss.detach()), 4), "legal_top1": round(rate, 4)})
             history[-1]["cpu_seconds"] = round(time.process_time() - cpu0, 1)
+            history[-1]["wall_seconds"] = round(time.perf_counter() - wall0, 1)
             bar.set_postfix(history[-1])
         if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < last:
             state = {"config": asdict(cfg), "step": step + 1, "history": history, "cpu": time.process_time() - cpu0}
+            state["wall"] = time.perf_counter() - wall0
             state |= {"model": model.state_dict(), "optimizer": opt.state_dict()}
             atomic_write(Path(checkpoint), lambda p, state=state: torch.save(state, p))
     return model, history
 
 
-def _load_checkpoint(path: Path, cfg: OthelloGPTConfig, model: Any, opt: Any) -> tuple[int, list[dict], float]:
-    """Restore ``model`` and ``opt`` from a checkpoint of the same config; (next step, history, CPU seconds)."""
+def _load_checkpoint(path: Path, cfg: OthelloGPTConfig, model: Any, opt: Any) -> tuple[int, list[dict], float, float]:
+    """Restore ``model`` and ``opt`` from a checkpoint of the same config; (next step, history, CPU seconds, wall
+    seconds)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
@@ -265,7 +269,7 @@ def _load_checkpoint(path: Path, cfg: OthelloGPTConfig, model: Any, opt: Any) ->
         raise ConfigError(f"{path} is a checkpoint of another config; delete it or train with the same flags")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
-    return int(state["step"]), list(state["history"]), float(state["cpu"])
+    return int(state["step"]), list(state["history"]), float(state["cpu"]), float(state.get("wall", 0.0))
 
 
 def held_out_games(cfg: OthelloGPTConfig) -> list[list[int]]:
@@ -279,16 +283,14 @@ def train_othello_gpt(cfg: OthelloGPTConfig, out: str | Path, progress: bool = T
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty; choose a new folder for the Othello model")
     eval_games = held_out_games(cfg)
-    start = time.perf_counter()
     ckpt = checkpoint_path(out)
     model, history = fit_othello_gpt(cfg, eval_games, progress=progress, log_every=log_every, checkpoint=ckpt)
-    seconds = time.perf_counter() - start
     rate = legal_move_rate(model, eval_games)
     info = {
         "config": asdict(cfg),
         "legal_move_top1": rate,
         "eval_games": cfg.eval_games,
-        "train_seconds": round(seconds, 1),
+        "train_seconds": history[-1]["wall_seconds"] if history else 0.0,
         "train_cpu_seconds": history[-1]["cpu_seconds"] if history else 0.0,
         "parameters": sum(p.numel() for p in model.parameters()),
         "history": history,
