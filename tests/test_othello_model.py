@@ -4,6 +4,7 @@ ordinary model source, and eval's board section for the SAE latents and the MLP 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -222,8 +223,9 @@ def test_the_shipped_model_resolves_offline_and_plays_legal_moves():
     from sparsecode.sources.hf import load_model, resolve_model
     from sparsecode.worlds.othello_gpt import reproducing_command
 
-    path = resolve_model("othello")
-    info = json.loads((__import__("pathlib").Path(path) / "othello.json").read_text())
+    path = Path(resolve_model("othello"))
+    info = json.loads((path / "othello.json").read_text())
+    assert sum(f.stat().st_size for f in path.iterdir()) <= 20e6  # the limit for a committed model
     assert info["command"].startswith("sparsecode othello train") and info["config"]["seed"] == 0
     # `sparsecode othello train` at its defaults is the command that made the shipped model
     assert info["command"] == reproducing_command(OthelloGPTConfig())
@@ -292,7 +294,7 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_to_the_same_model(t
     other = checkpoint_path(tmp_path / "other")
     fit_othello_gpt(cfg, held_out_games(cfg), progress=False, stop=4, checkpoint=other, checkpoint_every=3)
     with pytest.raises(ConfigError, match="checkpoint of another config"):
-        train_othello_gpt(OthelloGPTConfig(**{**cfg.__dict__, "lr": 0.001}), tmp_path / "other", progress=False)
+        train_othello_gpt(OthelloGPTConfig(**{**cfg.__dict__, "lr": cfg.lr / 2}), tmp_path / "other", progress=False)
 
 
 def test_a_resumed_run_counts_the_seconds_of_every_segment(tmp_path, monkeypatch):
