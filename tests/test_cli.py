@@ -405,3 +405,29 @@ def test_train_flags_are_the_config_fields(capsys):
     args = parser.parse_args([*base, "--arch", "topk", "--no-rank-relative"])
     with pytest.raises(ConfigError, match="--rank-relative applies to --arch batchtopk / matryoshka, not topk"):
         _sae_config(args, d_in=16)
+
+
+def _example_commands(text: str) -> list[list[str]]:
+    """The `sparsecode ...` lines of a command's examples, continuation lines joined and trailing comments cut;
+    lines with a `...` placeholder are left out."""
+    import re
+    import shlex
+
+    commands = []
+    for line in re.sub(r"\\\n\s*", " ", text).splitlines():
+        line = line.strip()
+        if line.startswith("sparsecode ") and "..." not in line:
+            commands.append(shlex.split(re.split(r"\s#\s|\s{2,}\(", line)[0]))
+    return commands
+
+
+def test_every_help_example_parses():
+    """The examples under each command's --help are real command lines: a renamed or removed flag fails here."""
+    from sparsecode.cli import COMMANDS, build_parser, command_module
+
+    for name in COMMANDS:
+        examples = _example_commands(getattr(command_module(name), "EXAMPLES", None) or "")
+        assert any(argv[1] == name for argv in examples), f"{name}: no example of the command itself"
+        for argv in examples:
+            args = build_parser(argv[1]).parse_args(argv[1:])  # argparse exits (SystemExit) on a bad example
+            assert args.command == argv[1]

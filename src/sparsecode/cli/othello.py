@@ -18,7 +18,7 @@ EXAMPLES = """examples:
   sparsecode othello train --out models/othello --seed 0        # the shipped model: 6 blocks of 256, 20000 steps x 32 games
   sparsecode othello games --games 100000 --seed 2 --out games.txt
   sparsecode train --model othello --hook transformer.h.4 --corpus games.txt --max-length 61 \\
-      --k 16 --latents 1024 --tokens 6M --out runs/othello-l4            # --model othello: the shipped model
+      --k 32 --latents 2048 --tokens 6M --out runs/othello-l4            # --model othello: the shipped model
   sparsecode eval runs/othello-l4                                        # board F1 / coverage: SAE and neurons
   sparsecode othello probe othello
   sparsecode othello board "d3 c3 c4"
