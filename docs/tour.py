@@ -144,20 +144,26 @@ def shown_commands(text: str) -> list[str]:
     return commands
 
 
-def check_commands(page: Path) -> list[str]:
+def unparsed(commands: list[str], where: str) -> list[str]:
+    """A line for each command line the real parser refuses, with argparse's complaint."""
     from sparsecode.cli import build_parser
 
+    parser = build_parser()
     problems = []
-    for command in shown_commands(page.read_text()):
+    for command in commands:
         argv = shlex.split(command)[1:]
         err = io.StringIO()
         try:
             with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                build_parser().parse_args(argv)
+                parser.parse_args(argv)
         except SystemExit as e:
             if e.code:
-                problems.append(f"{page.name}: `{command}` does not parse: {err.getvalue().strip().splitlines()[-1]}")
+                problems.append(f"{where}: `{command}` does not parse: {err.getvalue().strip().splitlines()[-1]}")
     return problems
+
+
+def check_commands(page: Path) -> list[str]:
+    return unparsed(shown_commands(page.read_text()), page.name)
 
 
 def check() -> list[str]:

@@ -407,27 +407,18 @@ def test_train_flags_are_the_config_fields(capsys):
         _sae_config(args, d_in=16)
 
 
-def _example_commands(text: str) -> list[list[str]]:
-    """The `sparsecode ...` lines of a command's examples, continuation lines joined and trailing comments cut;
-    lines with a `...` placeholder are left out."""
-    import re
-    import shlex
-
-    commands = []
-    for line in re.sub(r"\\\n\s*", " ", text).splitlines():
-        line = line.strip()
-        if line.startswith("sparsecode ") and "..." not in line:
-            commands.append(shlex.split(re.split(r"\s#\s|\s{2,}\(", line)[0]))
-    return commands
-
-
 def test_every_help_example_parses():
-    """The examples under each command's --help are real command lines: a renamed or removed flag fails here."""
-    from sparsecode.cli import COMMANDS, build_parser, command_module
+    """The examples under each command's --help are real command lines: a renamed or removed flag fails here
+    (parsed as docs/tour.py parses the commands the docs show)."""
+    import importlib.util
+    from pathlib import Path
 
+    from sparsecode.cli import COMMANDS, command_module
+
+    spec = importlib.util.spec_from_file_location("tour", Path(__file__).parent.parent / "docs" / "tour.py")
+    tour = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tour)
     for name in COMMANDS:
-        examples = _example_commands(getattr(command_module(name), "EXAMPLES", None) or "")
-        assert any(argv[1] == name for argv in examples), f"{name}: no example of the command itself"
-        for argv in examples:
-            args = build_parser(argv[1]).parse_args(argv[1:])  # argparse exits (SystemExit) on a bad example
-            assert args.command == argv[1]
+        examples = tour.shown_commands(f"```\n{getattr(command_module(name), 'EXAMPLES', None) or ''}```")
+        assert any(c.split()[1] == name for c in examples), f"{name}: no example of the command itself"
+        assert tour.unparsed(examples, f"sparsecode {name} --help") == []

@@ -31,7 +31,7 @@ EXAMPLES = """examples:
   sparsecode train --hook encoder.layer.2 encoder.layer.4 --k 16 32 --out runs/sweep   # 4 runs, one model pass
   sparsecode train --sweep sweep.json --out runs/sweep        # the runs listed in a file, one model pass
   sparsecode train --hook encoder.layer.3.intermediate --hook-side input --target-hook encoder.layer.3.output.dense \\
-      --arch transcoder --k 32 --skip --out runs/tc3     (MLP input -> MLP output of block 3)
+      --arch transcoder --k 32 --skip --out runs/tc3     # MLP input -> MLP output of block 3
   sparsecode train --resume --out runs/minilm-l3
   sparsecode train --activations acts.npy --latents 6144 --nproc 2 --out runs/ddp     # data-parallel, 2 processes
   torchrun --nnodes 2 --nproc-per-node 4 ... -m sparsecode train ... --device cuda   # several machines
